@@ -1,0 +1,440 @@
+//! Configuration: YAML (or the built-in default) plus command-line overrides
+//! → a validated [`Config`]. Nothing past this module sees raw strings.
+//!
+//! Imports: `oci`.
+
+pub mod raw;
+mod secret;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use raw::{DEFAULT_CONFIG_YAML, UpstreamUrl};
+pub use secret::Secret;
+
+use crate::oci::{RegistryHost, RepoName};
+
+/// Why a configuration was refused. Parse errors carry YAML line numbers;
+/// validation errors name the YAML path of the offending value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {source}")]
+    Yaml {
+        origin: String,
+        source: yaml_serde::Error,
+    },
+    #[error("{origin}: {at}: {message}")]
+    Invalid {
+        origin: String,
+        at: String,
+        message: String,
+    },
+}
+
+/// Settings given on the command line; each overrides the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    /// An upstream URL that becomes the default (and is allow-listed).
+    pub default_upstream: Option<UpstreamUrl>,
+}
+
+/// Credentials presented to one upstream.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    Basic { username: String, password: Secret },
+    Bearer(Secret),
+}
+
+/// One allow-listed upstream registry.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// The name clients use for it (`docker.io`).
+    pub host: RegistryHost,
+    /// Where the proxy connects (`https://registry-1.docker.io`).
+    pub url: UpstreamUrl,
+    pub credentials: Option<Credentials>,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Upstream {
+    /// Docker Hub keeps official images under `library/`.
+    pub fn is_docker_hub(&self) -> bool {
+        self.host.as_str() == "docker.io"
+    }
+
+    /// The repository name to use upstream for a client-visible `name`.
+    pub fn upstream_repo(&self, name: &RepoName) -> RepoName {
+        if self.is_docker_hub() {
+            name.with_library_prefix()
+        } else {
+            name.clone()
+        }
+    }
+}
+
+/// Timeouts and retries for upstream requests.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamPolicy {
+    pub connect_timeout: Duration,
+    /// containerd waits at most 30 s for response headers, so ours is shorter.
+    pub response_header_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub token_timeout: Duration,
+    pub retry_attempts: u32,
+    pub retry_backoff: Duration,
+}
+
+impl Default for UpstreamPolicy {
+    fn default() -> Self {
+        UpstreamPolicy {
+            connect_timeout: Duration::from_secs(10),
+            response_header_timeout: Duration::from_secs(20),
+            body_idle_timeout: Duration::from_secs(60),
+            token_timeout: Duration::from_secs(15),
+            retry_attempts: 3,
+            retry_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// TLS for the listener.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tls: Option<TlsFiles>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub default_upstream: Option<Arc<Upstream>>,
+    aliases: HashMap<String, Arc<Upstream>>,
+    pub manifest_memory_bytes: u64,
+    pub upstream_policy: UpstreamPolicy,
+    /// Where this configuration came from (a path or "built-in default").
+    pub origin: String,
+}
+
+impl Config {
+    /// Load `path`, or the built-in default when `None`, then apply overrides.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (origin, text) = match path {
+            Some(p) => (
+                p.display().to_string(),
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?,
+            ),
+            None => ("built-in default".to_owned(), DEFAULT_CONFIG_YAML.to_owned()),
+        };
+        Self::from_yaml(&text, &origin, overrides)
+    }
+
+    /// Parse and validate YAML `text`; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let raw = raw::parse(text).map_err(|source| ConfigError::Yaml {
+            origin: origin.to_owned(),
+            source,
+        })?;
+        Self::from_raw(raw, origin, overrides)
+    }
+
+    fn from_raw(raw: raw::RawConfig, origin: &str, ov: &Overrides) -> Result<Config, ConfigError> {
+        let invalid = |at: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            at: at.to_owned(),
+            message,
+        };
+        let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
+        let mut aliases: HashMap<String, Arc<Upstream>> = HashMap::new();
+        for (i, u) in raw.upstreams.into_iter().enumerate() {
+            let at = format!("upstreams[{i}]");
+            if !u.url.https && !u.insecure_plain_http {
+                return Err(invalid(
+                    &format!("{at}.url"),
+                    format!(
+                        "`{}` is plain HTTP; set `insecurePlainHttp: true` to allow it",
+                        u.url
+                    ),
+                ));
+            }
+            if upstreams.iter().any(|o| o.host == u.host) {
+                return Err(invalid(&format!("{at}.host"), format!("duplicate upstream `{}`", u.host)));
+            }
+            let credentials = u
+                .credentials
+                .map(|c| secret::load_credentials(c, origin_dir(origin)))
+                .transpose()
+                .map_err(|m| invalid(&format!("{at}.credentials"), m))?;
+            let upstream = Arc::new(Upstream {
+                host: u.host,
+                url: u.url,
+                credentials,
+                ca_file: u.ca_file.map(|p| resolve_path(origin, p)),
+            });
+            for (j, alias) in u.aliases.into_iter().enumerate() {
+                let alias_at = format!("{at}.aliases[{j}]");
+                if alias.parse::<RepoName>().map(|n| n.depth()) != Ok(1)
+                    || RegistryHost::looks_like_host(&alias)
+                {
+                    return Err(invalid(
+                        &alias_at,
+                        format!("alias `{alias}` must be one lowercase path segment without dots"),
+                    ));
+                }
+                if aliases.insert(alias.clone(), upstream.clone()).is_some() {
+                    return Err(invalid(&alias_at, format!("alias `{alias}` is used twice")));
+                }
+            }
+            upstreams.push(upstream);
+        }
+
+        let mut default_upstream = match raw.default_upstream {
+            None => None,
+            Some(name) => Some(
+                upstreams
+                    .iter()
+                    .find(|u| u.host.as_str() == name)
+                    .or_else(|| aliases.get(&name))
+                    .cloned()
+                    .ok_or_else(|| {
+                        invalid("defaultUpstream", format!("`{name}` is not a configured upstream host or alias"))
+                    })?,
+            ),
+        };
+        if let Some(url) = &ov.default_upstream {
+            let upstream = match upstreams.iter().position(|u| u.host == url.authority) {
+                Some(i) => {
+                    // Same host as a configured upstream: the flag's URL wins,
+                    // credentials and CA stay.
+                    let mut u = (*upstreams[i]).clone();
+                    u.url = url.clone();
+                    let u = Arc::new(u);
+                    upstreams[i] = u.clone();
+                    for v in aliases.values_mut() {
+                        if v.host == u.host {
+                            *v = u.clone();
+                        }
+                    }
+                    u
+                }
+                None => {
+                    let u = Arc::new(Upstream {
+                        host: url.authority.clone(),
+                        url: url.clone(),
+                        credentials: None,
+                        ca_file: None,
+                    });
+                    upstreams.push(u.clone());
+                    u
+                }
+            };
+            default_upstream = Some(upstream);
+        }
+
+        let d = UpstreamPolicy::default();
+        let p = raw.upstream_defaults;
+        let upstream_policy = UpstreamPolicy {
+            connect_timeout: p.connect_timeout.map_or(d.connect_timeout, |x| x.0),
+            response_header_timeout: p.response_header_timeout.map_or(d.response_header_timeout, |x| x.0),
+            body_idle_timeout: p.body_idle_timeout.map_or(d.body_idle_timeout, |x| x.0),
+            token_timeout: p.token_timeout.map_or(d.token_timeout, |x| x.0),
+            retry_attempts: p.retry_attempts.unwrap_or(d.retry_attempts).clamp(1, 10),
+            retry_backoff: p.retry_backoff.map_or(d.retry_backoff, |x| x.0),
+        };
+
+        Ok(Config {
+            listen: ov
+                .listen
+                .or(raw.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5000))),
+            data_dir: ov
+                .data_dir
+                .clone()
+                .or(raw.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./portcullis-data")),
+            tls: raw.tls.map(|t| TlsFiles {
+                cert: resolve_path(origin, t.cert),
+                key: resolve_path(origin, t.key),
+            }),
+            upstreams,
+            default_upstream,
+            aliases,
+            manifest_memory_bytes: raw.cache.manifest_memory_bytes.unwrap_or(64 * 1024 * 1024),
+            upstream_policy,
+            origin: origin.to_owned(),
+        })
+    }
+
+    /// The upstream a client-visible host names, if allow-listed.
+    pub fn upstream_by_host(&self, host: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.host.as_str() == host)
+    }
+
+    /// The upstream an alias names.
+    pub fn upstream_by_alias(&self, alias: &str) -> Option<&Arc<Upstream>> {
+        self.aliases.get(alias)
+    }
+
+    /// A human summary of what this configuration does, secrets elided.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "configuration: {}", self.origin);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let _ = writeln!(out, "listen: {scheme}://{}", self.listen);
+        let _ = writeln!(out, "data directory: {}", self.data_dir.display());
+        let _ = writeln!(out, "upstreams (allow-list; any other registry host is refused):");
+        for u in &self.upstreams {
+            let mut aliases: Vec<&str> = self
+                .aliases
+                .iter()
+                .filter(|(_, v)| v.host == u.host)
+                .map(|(k, _)| k.as_str())
+                .collect();
+            aliases.sort_unstable();
+            let _ = write!(out, "  {} -> {}", u.host, u.url);
+            if !u.url.https {
+                let _ = write!(out, " (PLAIN HTTP)");
+            }
+            if !aliases.is_empty() {
+                let _ = write!(out, ", aliases: {}", aliases.join(", "));
+            }
+            match &u.credentials {
+                Some(Credentials::Basic { username, .. }) => {
+                    let _ = write!(out, ", credentials: basic as `{username}`");
+                }
+                Some(Credentials::Bearer(_)) => {
+                    let _ = write!(out, ", credentials: static bearer token");
+                }
+                None => {
+                    let _ = write!(out, ", anonymous");
+                }
+            }
+            let _ = writeln!(out);
+            let example = if u.is_docker_hub() { "library/alpine" } else { "org/app" };
+            let _ = writeln!(
+                out,
+                "      routes: /v2/{}/{example}/...  and  /v2/{example}/...?ns={}",
+                u.host, u.host
+            );
+        }
+        match &self.default_upstream {
+            Some(u) => {
+                let _ = writeln!(out, "default upstream (paths naming no registry): {}", u.host);
+            }
+            None => {
+                let _ = writeln!(out, "default upstream: none (paths must name a registry)");
+            }
+        }
+        let p = &self.upstream_policy;
+        let _ = writeln!(
+            out,
+            "upstream timeouts: connect {:?}, response headers {:?}, body idle {:?}; {} attempts, backoff from {:?}",
+            p.connect_timeout, p.response_header_timeout, p.body_idle_timeout, p.retry_attempts, p.retry_backoff
+        );
+        let _ = writeln!(out, "manifest memory cache: {} bytes", self.manifest_memory_bytes);
+        out
+    }
+}
+
+fn origin_dir(origin: &str) -> Option<&Path> {
+    Path::new(origin).parent().filter(|_| origin != "built-in default")
+}
+
+/// Relative paths in a config file are relative to the file.
+fn resolve_path(origin: &str, p: PathBuf) -> PathBuf {
+    match origin_dir(origin) {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_default() {
+        let c = Config::load(None, &Overrides::default()).expect("default config");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.default_upstream.as_ref().map(|u| u.host.as_str()), Some("docker.io"));
+        assert_eq!(
+            c.upstream_by_alias("hub").map(|u| u.url.to_string()),
+            Some("https://registry-1.docker.io".to_owned())
+        );
+        assert!(c.upstream_by_host("quay.io").is_some());
+        assert!(c.upstream_by_host("evil.example").is_none());
+    }
+
+    #[test]
+    fn default_upstream_flag_allow_lists_its_host() {
+        let ov = Overrides {
+            default_upstream: Some("http://127.0.0.1:5001".parse().expect("url")),
+            ..Default::default()
+        };
+        let c = Config::load(None, &ov).expect("config");
+        let d = c.default_upstream.as_ref().expect("default");
+        assert_eq!(d.host.as_str(), "127.0.0.1:5001");
+        assert!(!d.url.https);
+        assert!(c.upstream_by_host("127.0.0.1:5001").is_some());
+    }
+
+    #[test]
+    fn plain_http_needs_opt_in() {
+        let err = Config::from_yaml(
+            "upstreams:\n  - host: local.test\n    url: http://127.0.0.1:1\n",
+            "t.yaml",
+            &Overrides::default(),
+        )
+        .expect_err("must refuse");
+        assert!(err.to_string().contains("insecurePlainHttp"), "{err}");
+    }
+
+    #[test]
+    fn cross_field_errors_name_the_path() {
+        let err = Config::from_yaml(
+            "defaultUpstream: nope\nupstreams:\n  - host: a.io\n    url: https://a.io\n",
+            "t.yaml",
+            &Overrides::default(),
+        )
+        .expect_err("unknown default");
+        assert!(err.to_string().contains("defaultUpstream"), "{err}");
+        let err = Config::from_yaml(
+            "upstreams:\n  - host: a.io\n    url: https://a.io\n    aliases: [x.y]\n",
+            "t.yaml",
+            &Overrides::default(),
+        )
+        .expect_err("dotted alias");
+        assert!(err.to_string().contains("upstreams[0].aliases[0]"), "{err}");
+    }
+
+    #[test]
+    fn describe_never_prints_secrets() {
+        // SAFETY of the test: the variable name is unique to this test.
+        let c = Config::from_yaml(
+            "upstreams:\n  - host: a.io\n    url: https://a.io\n    credentials: { username: bob, password: hunter2 }\n",
+            "t.yaml",
+            &Overrides::default(),
+        )
+        .expect("config");
+        let text = c.describe();
+        assert!(text.contains("bob") && !text.contains("hunter2"), "{text}");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

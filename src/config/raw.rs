@@ -1,0 +1,223 @@
+//! The YAML configuration file as written, one serde struct per mapping.
+//!
+//! Every mapping rejects unknown keys, and every scalar with a grammar
+//! (hosts, URLs, durations, addresses) is parsed during deserialisation, so a
+//! bad value is reported by the YAML parser with its line and column.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::oci::RegistryHost;
+
+/// The built-in default configuration: the proxy runs on it when no
+/// `--config` is given.
+pub const DEFAULT_CONFIG_YAML: &str = r#"# Portcullis built-in default configuration.
+listen: 127.0.0.1:5000
+dataDir: ./portcullis-data
+defaultUpstream: docker.io
+upstreams:
+  - host: docker.io
+    url: https://registry-1.docker.io
+    aliases: [hub]
+  - host: ghcr.io
+    url: https://ghcr.io
+    aliases: [ghcr]
+  - host: quay.io
+    url: https://quay.io
+    aliases: [quay]
+  - host: registry.k8s.io
+    url: https://registry.k8s.io
+    aliases: [k8s]
+"#;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub tls: Option<RawTls>,
+    /// Host (or alias) of the upstream used when a path names no registry.
+    pub default_upstream: Option<String>,
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
+    pub upstream_defaults: RawUpstreamDefaults,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawUpstream {
+    /// The registry name clients use (`docker.io`, `ghcr.io`, `127.0.0.1:5001`).
+    pub host: RegistryHost,
+    /// Where to connect: `https://host[:port]`, or `http://` together with
+    /// `insecurePlainHttp: true`.
+    pub url: UpstreamUrl,
+    #[serde(default)]
+    pub insecure_plain_http: bool,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    pub credentials: Option<RawCredentials>,
+    /// Extra PEM CA certificates trusted for this upstream only.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Credentials for one upstream. Secrets are named by file or environment
+/// variable (preferred) or given inline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCredentials {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// A static bearer token (some registries issue long-lived ones).
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCache {
+    /// Bytes of verified manifests kept in memory (besides the disk store).
+    pub manifest_memory_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawUpstreamDefaults {
+    pub connect_timeout: Option<HumanDuration>,
+    pub response_header_timeout: Option<HumanDuration>,
+    pub body_idle_timeout: Option<HumanDuration>,
+    pub token_timeout: Option<HumanDuration>,
+    pub retry_attempts: Option<u32>,
+    pub retry_backoff: Option<HumanDuration>,
+}
+
+/// `http(s)://host[:port]` with no path, query or credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub https: bool,
+    pub authority: RegistryHost,
+}
+
+impl FromStr for UpstreamUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (https, rest) = if let Some(rest) = s.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = s.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(format!("upstream URL `{s}` must start with https:// or http://"));
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(['/', '?', '#', '@']) {
+            return Err(format!(
+                "upstream URL `{s}` must be scheme://host[:port] with no path, query or credentials"
+            ));
+        }
+        let authority = authority.parse().map_err(|e| format!("upstream URL `{s}`: {e}"))?;
+        Ok(UpstreamUrl { https, authority })
+    }
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.authority)
+    }
+}
+
+/// A duration written as `500ms`, `10s`, `5m` or `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration like 500ms, 10s, 5m or 1h"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(format!("`{s}` is not a duration like 500ms, 10s, 5m or 1h")),
+        };
+        Ok(HumanDuration(d))
+    }
+}
+
+macro_rules! deserialize_from_str {
+    ($($ty:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_from_str!(UpstreamUrl, HumanDuration, RegistryHost);
+
+/// Parse YAML text. Errors carry the line and column of the offending value.
+pub fn parse(yaml: &str) -> Result<RawConfig, yaml_serde::Error> {
+    yaml_serde::from_str(yaml)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_parses() {
+        let raw = parse(DEFAULT_CONFIG_YAML).expect("built-in default must parse");
+        assert_eq!(raw.upstreams.len(), 4);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_line_numbers() {
+        let err = parse("listen: 127.0.0.1:5000\nupstreams:\n  - host: a.io\n    url: https://a.io\n    colour: red\n")
+            .expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.contains("colour"), "{msg}");
+        assert!(msg.contains("line 5"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_have_line_numbers() {
+        let err = parse("upstreams:\n  - host: a.io\n    url: ftp://a.io\n").expect_err("bad url");
+        let msg = err.to_string();
+        assert!(msg.contains("https://") && msg.contains("line 3"), "{msg}");
+        let err = parse("upstreamDefaults:\n  connectTimeout: soon\n").expect_err("bad duration");
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!("500ms".parse(), Ok(HumanDuration(Duration::from_millis(500))));
+        assert_eq!("2m".parse(), Ok(HumanDuration(Duration::from_secs(120))));
+        assert!("10".parse::<HumanDuration>().is_err());
+        assert!("s".parse::<HumanDuration>().is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! Portcullis: a verifying pull-through OCI registry proxy.
+//!
+//! Module map (imports point downward only):
+//! `oci` → `telemetry`, `verify` → `config` → `upstream`, `store` → `proxy` → `server`.
+//! See `docs/ARCHITECTURE.md` for the request flow.
+
+pub mod config;
+pub mod oci;
+pub mod telemetry;
+pub mod upstream;
+pub mod store;
+pub mod verify;

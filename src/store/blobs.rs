@@ -1,0 +1,154 @@
+//! Content-addressed blob files. A file appears under a digest only through
+//! [`BlobWriter::commit`], which demands the verifier's [`DigestMatched`]
+//! proof; a writer dropped without commit deletes its temp file.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use super::{StoreError, content_path, io_err, publish};
+use crate::oci::Digest;
+use crate::verify::DigestMatched;
+
+#[derive(Debug)]
+pub struct BlobStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl BlobStore {
+    pub(super) fn new(root: PathBuf, tmp: PathBuf) -> BlobStore {
+        BlobStore { root, tmp }
+    }
+
+    /// Open a committed blob: the file and its length.
+    pub fn open(&self, digest: &Digest) -> Result<Option<(File, u64)>, StoreError> {
+        let path = content_path(&self.root, digest);
+        match File::open(&path) {
+            Ok(f) => {
+                let len = f.metadata().map_err(io_err("stat", &path))?.len();
+                Ok(Some((f, len)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("open", &path)(e)),
+        }
+    }
+
+    /// Start writing `digest` into a temp file.
+    pub fn writer(&self, digest: &Digest) -> Result<BlobWriter, StoreError> {
+        let tmp_path = self
+            .tmp
+            .join(format!("{}.{}.part", digest.hex(), fastrand::u64(..)));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp_path)
+            .map_err(io_err("create", &tmp_path))?;
+        Ok(BlobWriter {
+            file: Some(file),
+            tmp_path,
+            final_path: content_path(&self.root, digest),
+            digest: digest.clone(),
+        })
+    }
+}
+
+/// A blob being written. Commit with a proof, or drop to discard.
+#[derive(Debug)]
+pub struct BlobWriter {
+    file: Option<File>,
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    digest: Digest,
+}
+
+impl BlobWriter {
+    /// A second handle on the temp file, for readers that follow the write.
+    pub fn reader(&self) -> Result<File, StoreError> {
+        File::open(&self.tmp_path).map_err(io_err("open", &self.tmp_path))
+    }
+
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        match &mut self.file {
+            Some(f) => f.write_all(chunk).map_err(io_err("write", &self.tmp_path)),
+            None => Ok(()),
+        }
+    }
+
+    /// fsync and rename into the content-addressed path. The proof must be
+    /// for this writer's digest.
+    pub fn commit(mut self, proof: DigestMatched) -> Result<PathBuf, StoreError> {
+        if proof.digest() != &self.digest {
+            return Err(StoreError::WrongProof {
+                proof: proof.digest().clone(),
+                writer: self.digest.clone(),
+            });
+        }
+        if let Some(f) = self.file.take() {
+            f.sync_all().map_err(io_err("fsync", &self.tmp_path))?;
+        }
+        publish(&self.tmp_path, &self.final_path)?;
+        Ok(self.final_path.clone())
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // Not committed (error, mismatch, panic): the partial file must never
+        // appear under the digest. After a commit the rename already moved it.
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Algorithm;
+    use crate::verify::BlobVerifier;
+
+    fn store() -> (tempfile::TempDir, BlobStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("tmp")).expect("tmp");
+        let s = BlobStore::new(dir.path().join("blobs"), dir.path().join("tmp"));
+        (dir, s)
+    }
+
+    #[test]
+    fn commit_with_proof_then_open() {
+        let (_dir, s) = store();
+        let d = Digest::of(Algorithm::Sha256, b"data");
+        let mut w = s.writer(&d).expect("writer");
+        w.write(b"data").expect("write");
+        let mut v = BlobVerifier::new(d.clone(), Some(4));
+        v.update(b"data").expect("len");
+        w.commit(v.finish().expect("proof")).expect("commit");
+        let (_, len) = s.open(&d).expect("io").expect("present");
+        assert_eq!(len, 4);
+    }
+
+    #[test]
+    fn dropped_writer_leaves_nothing() {
+        let (dir, s) = store();
+        let d = Digest::of(Algorithm::Sha256, b"data");
+        let mut w = s.writer(&d).expect("writer");
+        w.write(b"dat").expect("write");
+        drop(w);
+        assert!(s.open(&d).expect("io").is_none());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
+    }
+
+    #[test]
+    fn proof_for_another_digest_is_refused() {
+        let (_dir, s) = store();
+        let d = Digest::of(Algorithm::Sha256, b"data");
+        let other = Digest::of(Algorithm::Sha256, b"other");
+        let w = s.writer(&d).expect("writer");
+        let mut v = BlobVerifier::new(other, None);
+        v.update(b"other").expect("ok");
+        assert!(matches!(w.commit(v.finish().expect("proof")), Err(StoreError::WrongProof { .. })));
+        assert!(s.open(&d).expect("io").is_none());
+    }
+}

@@ -1,0 +1,200 @@
+//! The HTTP client for one upstream: rustls with webpki and native roots
+//! (plus an optional per-upstream CA), header timeouts, and redirects that
+//! the proxy follows itself, dropping `Authorization` on cross-host hops.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, LOCATION};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use super::Error;
+use crate::config::{Upstream, UpstreamPolicy};
+
+pub(super) type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// Registries redirect blob GETs to CDNs once; a handful of hops is plenty.
+const MAX_REDIRECTS: usize = 5;
+
+/// webpki roots plus the machine's native roots, loaded once per process.
+fn base_roots() -> &'static RootCertStore {
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+        tracing::debug!(native_roots = added, "loaded TLS roots");
+        roots
+    })
+}
+
+pub(super) fn build(upstream: &Upstream, policy: &UpstreamPolicy) -> Result<HttpClient, Error> {
+    let setup = |message: String| Error::Setup {
+        host: upstream.host.to_string(),
+        message,
+    };
+    let mut roots = base_roots().clone();
+    if let Some(ca) = &upstream.ca_file {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| setup(format!("cannot read CA file {}: {e}", ca.display())))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| setup(format!("bad PEM in {}: {e}", ca.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| setup(format!("bad CA certificate in {}: {e}", ca.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| setup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(policy.connect_timeout));
+    http.set_nodelay(true);
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(https))
+}
+
+/// Send one request and follow redirects. `authorization` goes only to the
+/// original authority; a redirect to another host (a blob CDN with a signed
+/// URL) never sees it. HTTPS → HTTP downgrades are refused.
+pub(super) async fn send(
+    http: &HttpClient,
+    host: &str,
+    policy: &UpstreamPolicy,
+    method: &Method,
+    url: Uri,
+    headers: &HeaderMap,
+    authorization: Option<&HeaderValue>,
+) -> Result<Response<Incoming>, Error> {
+    let origin = url.authority().cloned();
+    let mut url = url;
+    for _hop in 0..=MAX_REDIRECTS {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(url.clone())
+            .body(Empty::new())
+            .map_err(|e| protocol(host, format!("bad request: {e}")))?;
+        *req.headers_mut() = headers.clone();
+        if let Some(auth) = authorization
+            && url.authority() == origin.as_ref()
+        {
+            req.headers_mut().insert(AUTHORIZATION, auth.clone());
+        }
+        let resp = tokio::time::timeout(policy.response_header_timeout, http.request(req))
+            .await
+            .map_err(|_| Error::Timeout {
+                host: host.to_owned(),
+                phase: "response headers",
+                seconds: policy.response_header_timeout.as_secs(),
+            })?
+            .map_err(|e| Error::Connect {
+                host: host.to_owned(),
+                message: error_chain(&e),
+            })?;
+        if !resp.status().is_redirection() || resp.status() == http::StatusCode::NOT_MODIFIED {
+            return Ok(resp);
+        }
+        let location = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .ok_or_else(|| protocol(host, format!("{} without a Location", resp.status())))?;
+        let next = resolve_location(&url, location)
+            .ok_or_else(|| protocol(host, format!("unusable redirect Location `{location}`")))?;
+        if url.scheme_str() == Some("https") && next.scheme_str() != Some("https") {
+            return Err(protocol(host, "refusing a redirect from HTTPS to plain HTTP".into()));
+        }
+        tracing::debug!(upstream = host, to = %redact_query(&next), "following upstream redirect");
+        url = next;
+    }
+    Err(protocol(host, format!("more than {MAX_REDIRECTS} redirects")))
+}
+
+fn protocol(host: &str, message: String) -> Error {
+    Error::Protocol {
+        host: host.to_owned(),
+        message,
+    }
+}
+
+/// Resolve a `Location` value against the URL that returned it.
+fn resolve_location(base: &Uri, location: &str) -> Option<Uri> {
+    let loc: Uri = location.parse().ok()?;
+    if loc.scheme().is_some() && loc.authority().is_some() {
+        return Some(loc);
+    }
+    if !location.starts_with('/') {
+        return None; // relative-path references are not used by registries
+    }
+    Uri::builder()
+        .scheme(base.scheme()?.clone())
+        .authority(base.authority()?.clone())
+        .path_and_query(loc.path_and_query()?.clone())
+        .build()
+        .ok()
+}
+
+/// Signed CDN URLs carry credentials in the query: never log it.
+fn redact_query(uri: &Uri) -> String {
+    format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or(""),
+        uri.authority().map(|a| a.as_str()).unwrap_or(""),
+        uri.path()
+    )
+}
+
+/// The error and its sources, for messages (hyper's top-level text is terse).
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        let base: Uri = "https://reg.example/v2/a/blobs/x".parse().expect("uri");
+        assert_eq!(
+            resolve_location(&base, "/other?x=1").map(|u| u.to_string()),
+            Some("https://reg.example/other?x=1".into())
+        );
+        assert_eq!(
+            resolve_location(&base, "https://cdn.example/blob?sig=1").map(|u| u.to_string()),
+            Some("https://cdn.example/blob?sig=1".into())
+        );
+        assert_eq!(resolve_location(&base, "relative"), None);
+        let cdn: Uri = "https://cdn.example/b?sig=secret".parse().expect("uri");
+        assert_eq!(redact_query(&cdn), "https://cdn.example/b");
+    }
+}
