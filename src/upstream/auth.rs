@@ -181,14 +181,16 @@ async fn fetch_token(
             "token realm `{realm}` must be HTTPS for an HTTPS upstream"
         )));
     }
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    if let Some(service) = service {
-        query.append_pair("service", service);
-    }
-    if !scope.is_empty() {
-        query.append_pair("scope", scope);
-    }
-    let query = query.finish();
+    let query = {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        if let Some(service) = service {
+            q.append_pair("service", service);
+        }
+        if !scope.is_empty() {
+            q.append_pair("scope", scope);
+        }
+        q.finish()
+    };
     let sep = if realm.contains('?') { '&' } else { '?' };
     let url: Uri = format!("{realm}{sep}{query}")
         .parse()

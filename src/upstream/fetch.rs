@@ -243,14 +243,16 @@ impl Registry {
 
     /// `GET /v2/<repo>/tags/list[?n=&last=]`.
     pub async fn tags(&self, repo: &RepoName, n: Option<usize>, last: Option<&str>) -> Result<TagsPage, Error> {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        if let Some(n) = n {
-            query.append_pair("n", &n.to_string());
-        }
-        if let Some(last) = last {
-            query.append_pair("last", last);
-        }
-        let query = query.finish();
+        let query = {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            if let Some(n) = n {
+                q.append_pair("n", &n.to_string());
+            }
+            if let Some(last) = last {
+                q.append_pair("last", last);
+            }
+            q.finish()
+        };
         let path = if query.is_empty() {
             format!("/v2/{repo}/tags/list")
         } else {

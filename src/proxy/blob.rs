@@ -1,0 +1,350 @@
+//! Blobs: served from the store when verified there, otherwise downloaded
+//! once (single flight) into a spool that every requesting client follows.
+//!
+//! ```text
+//! client ─► store hit? ──yes──► stream file (Range supported)
+//!              │no
+//!              ▼
+//!           join flight ─leader─► spawn download: upstream GET ─► hash+write thread ─► commit on proof
+//!              │follower                                   │ advances the spool
+//!              ▼                                           ▼
+//!           read the spool: bytes as written, last byte only after verification;
+//!           on mismatch/truncation the response is aborted and nothing is stored
+//! ```
+//! The download continues if clients disconnect, so a large blob is never
+//! fetched twice because an impatient client gave up.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::mpsc;
+
+use super::{Error, Proxy, Target, blocking};
+use crate::oci::Digest;
+use crate::store::spool::{self, ReadError};
+use crate::store::{BlobWriter, Join, Spool};
+use crate::telemetry::CacheOutcome;
+use crate::upstream::BlobResponse;
+use crate::verify::{BlobVerifier, IntegrityError};
+
+/// Chunks handed from the network task to the hashing thread are coalesced
+/// to about this size (fewer syscalls and wake-ups).
+const WRITE_CHUNK: usize = 256 * 1024;
+/// Chunks in flight between the network task and the hashing thread.
+const WRITE_QUEUE: usize = 8;
+
+/// A single `Range` (RFC 9110 §14.1.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=a-b` (inclusive).
+    FromTo(u64, u64),
+    /// `bytes=a-`.
+    From(u64),
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// Parse a `Range` header. `None` for anything but one byte range, which
+    /// RFC 9110 lets a server ignore (serve 200).
+    pub fn parse(value: &str) -> Option<ByteRange> {
+        let spec = value.trim().strip_prefix("bytes=")?.trim();
+        if spec.contains(',') {
+            return None;
+        }
+        let (a, b) = spec.split_once('-')?;
+        let (a, b) = (a.trim(), b.trim());
+        match (a.is_empty(), b.is_empty()) {
+            (true, false) => Some(ByteRange::Suffix(b.parse().ok()?)),
+            (false, true) => Some(ByteRange::From(a.parse().ok()?)),
+            (false, false) => {
+                let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+                (a <= b).then_some(ByteRange::FromTo(a, b))
+            }
+            (true, true) => None,
+        }
+    }
+
+    /// `[start, end)` within a blob of `size` bytes, or `None` if
+    /// unsatisfiable (→ 416).
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        match self {
+            ByteRange::FromTo(a, b) if a < size => Some((a, (b + 1).min(size))),
+            ByteRange::From(a) if a < size => Some((a, size)),
+            ByteRange::Suffix(n) if n > 0 && size > 0 => Some((size - n.min(size), size)),
+            _ => None,
+        }
+    }
+}
+
+/// A blob response: its full size, the slice being sent, and the bytes.
+#[derive(Debug)]
+pub struct BlobServed {
+    pub size: u64,
+    /// `Some` when answering a `Range` (206).
+    pub range: Option<(u64, u64)>,
+    /// `None` for HEAD.
+    pub body: Option<BlobBody>,
+    pub cache: CacheOutcome,
+}
+
+impl Proxy {
+    /// `GET`/`HEAD /v2/<name>/blobs/<digest>`.
+    pub async fn blob(&self, target: &Target, digest: &Digest, range: Option<ByteRange>, head: bool) -> Result<BlobServed, Error> {
+        let store = self.store.clone();
+        let d = digest.clone();
+        if let Some((file, size)) = blocking(move || store.blobs.open(&d)).await? {
+            let spool = Spool::completed(file, size);
+            return serve(&spool, size, range, head, CacheOutcome::Hit);
+        }
+        if head {
+            return self.head_missing_blob(target, digest).await;
+        }
+        let (spool, cache) = match self.flights.join(digest) {
+            Join::Leader(lead) => {
+                let spool = lead.spool().clone();
+                let downloader = Downloader {
+                    store: self.store.clone(),
+                    target: target.clone(),
+                    digest: digest.clone(),
+                };
+                tokio::spawn(async move {
+                    downloader.run(lead.spool()).await;
+                    drop(lead); // ends the flight after the verdict is published
+                });
+                (spool, CacheOutcome::Miss)
+            }
+            Join::Follower(spool) => (spool, CacheOutcome::Joined),
+        };
+        let mut rx = spool.subscribe();
+        let size = match spool::wait_started(&mut rx).await.map_err(read_error)? {
+            Some(size) => size,
+            // No Content-Length upstream: the response needs one, so wait
+            // for the verified whole.
+            None => spool::wait_complete(&mut rx).await.map_err(read_error)?,
+        };
+        serve(&spool, size, range, false, cache)
+    }
+
+    /// HEAD for a blob not in the store: a running download knows the size;
+    /// otherwise ask the upstream (HEAD, no body transferred).
+    async fn head_missing_blob(&self, target: &Target, digest: &Digest) -> Result<BlobServed, Error> {
+        if let Some(spool) = self.flights.current(digest)
+            && let Ok(Some(size)) = spool::wait_started(&mut spool.subscribe()).await
+        {
+            return serve(&spool, size, None, true, CacheOutcome::Joined);
+        }
+        let size = target.registry.head_blob(&target.repo, digest).await?.ok_or_else(|| {
+            Error::Upstream(crate::upstream::Error::Protocol {
+                host: target.registry.host().to_string(),
+                message: "blob HEAD without Content-Length".into(),
+            })
+        })?;
+        Ok(BlobServed {
+            size,
+            range: None,
+            body: None,
+            cache: CacheOutcome::Miss,
+        })
+    }
+}
+
+fn serve(spool: &Spool<Error>, size: u64, range: Option<ByteRange>, head: bool, cache: CacheOutcome) -> Result<BlobServed, Error> {
+    let slice = match range {
+        None => None,
+        Some(r) => Some(r.resolve(size).ok_or(Error::RangeNotSatisfiable { size })?),
+    };
+    let (start, end) = slice.unwrap_or((0, size));
+    let body = (!head).then(|| BlobBody::new(spool::read_range(spool.subscribe(), start, end), end - start));
+    Ok(BlobServed {
+        size,
+        range: slice,
+        body,
+        cache,
+    })
+}
+
+fn read_error(e: ReadError<Error>) -> Error {
+    match e {
+        ReadError::Failed(e) => e,
+        ReadError::Abandoned => Error::Internal("download abandoned".into()),
+        ReadError::Io(m) => Error::Internal(m),
+    }
+}
+
+/// The leader's download of one blob.
+struct Downloader {
+    store: Arc<crate::store::Store>,
+    target: Target,
+    digest: Digest,
+}
+
+impl Downloader {
+    async fn run(self, spool: &Arc<Spool<Error>>) {
+        match self.fetch(spool).await {
+            Ok(len) => {
+                spool.complete();
+                tracing::debug!(digest = %self.digest, bytes = len, "blob verified and stored");
+            }
+            Err(e) => {
+                if let Error::Integrity { source, .. } = &e {
+                    let (expected, actual) = match source {
+                        IntegrityError::DigestMismatch { expected, actual } => (expected.to_string(), actual.to_string()),
+                        other => (self.digest.to_string(), other.to_string()),
+                    };
+                    tracing::warn!(upstream = %self.target.registry.host(), repo = %self.target.repo, %expected, %actual,
+                        "blob integrity failure: download aborted, nothing stored");
+                } else {
+                    tracing::warn!(upstream = %self.target.registry.host(), repo = %self.target.repo, digest = %self.digest,
+                        error = %e, "blob download failed");
+                }
+                spool.fail(e);
+            }
+        }
+    }
+
+    /// Stream the upstream body into the hashing thread; returns the
+    /// verified length once the blob is committed.
+    async fn fetch(&self, spool: &Arc<Spool<Error>>) -> Result<u64, Error> {
+        let mut upstream = self.target.registry.get_blob(&self.target.repo, &self.digest).await?;
+        let store = self.store.clone();
+        let d = self.digest.clone();
+        let writer = blocking(move || store.blobs.writer(&d)).await?;
+        let reader = writer.reader().map_err(|e| Error::Store(Arc::new(e)))?;
+        spool.start(reader, upstream.length);
+
+        let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let verifier = BlobVerifier::new(self.digest.clone(), upstream.length);
+        let thread_spool = spool.clone();
+        let digest = self.digest.clone();
+        let worker = tokio::task::spawn_blocking(move || hash_and_write(rx, verifier, writer, &thread_spool, digest));
+        let network = pump_network(&mut upstream, tx).await;
+        let verdict = match worker.await {
+            Ok(v) => v,
+            Err(e) => Err(Error::Internal(format!("hashing thread failed: {e}"))),
+        };
+        match (network, verdict) {
+            // The bytes are what the digest says: a connection error after the
+            // last byte changes nothing.
+            (_, Ok(len)) => Ok(len),
+            // A broken or slow upstream explains a failed verification best.
+            (Err(e), Err(_)) => Err(e),
+            (Ok(()), Err(e)) => Err(e),
+        }
+    }
+}
+
+/// Move upstream chunks to the hashing thread, coalesced. Returns when the
+/// body ends, fails, or the thread stops taking chunks (verification failed).
+async fn pump_network(upstream: &mut BlobResponse, tx: mpsc::Sender<Bytes>) -> Result<(), Error> {
+    let mut pending = BytesMut::new();
+    loop {
+        match upstream.next_chunk().await {
+            Ok(Some(chunk)) => {
+                pending.extend_from_slice(&chunk);
+                if pending.len() >= WRITE_CHUNK && tx.send(pending.split().freeze()).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(None) => {
+                if !pending.is_empty() {
+                    let _ = tx.send(pending.freeze()).await;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The hashing thread: hash, write, publish progress; commit only with the
+/// verifier's proof. Any early return drops the writer, deleting the file.
+fn hash_and_write(
+    mut rx: mpsc::Receiver<Bytes>,
+    mut verifier: BlobVerifier,
+    mut writer: BlobWriter,
+    spool: &Spool<Error>,
+    digest: Digest,
+) -> Result<u64, Error> {
+    let integrity = |source| Error::Integrity {
+        digest: digest.clone(),
+        source,
+    };
+    let store_err = |e| Error::Store(Arc::new(e));
+    while let Some(chunk) = rx.blocking_recv() {
+        verifier.update(&chunk).map_err(integrity)?;
+        writer.write(&chunk).map_err(store_err)?;
+        spool.advance(verifier.seen());
+    }
+    let proof = verifier.finish().map_err(integrity)?;
+    let len = proof.length();
+    writer.commit(proof).map_err(store_err)?;
+    Ok(len)
+}
+
+/// The response body of a blob: chunks from a spool reader, with an exact
+/// size hint. It ends with an error (so hyper aborts the connection) when
+/// the download fails verification.
+#[derive(Debug)]
+pub struct BlobBody {
+    rx: mpsc::Receiver<Result<Bytes, ReadError<Error>>>,
+    remaining: u64,
+}
+
+impl BlobBody {
+    fn new(rx: mpsc::Receiver<Result<Bytes, ReadError<Error>>>, len: u64) -> BlobBody {
+        BlobBody { rx, remaining: len }
+    }
+}
+
+impl Body for BlobBody {
+    type Data = Bytes;
+    type Error = ReadError<Error>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(Some(Err(ReadError::Abandoned))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// True only after the final (verified) byte has been handed out.
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(ByteRange::parse("bytes=0-9"), Some(ByteRange::FromTo(0, 9)));
+        assert_eq!(ByteRange::parse("bytes=5-"), Some(ByteRange::From(5)));
+        assert_eq!(ByteRange::parse("bytes=-3"), Some(ByteRange::Suffix(3)));
+        assert_eq!(ByteRange::parse("bytes=0-1,3-4"), None);
+        assert_eq!(ByteRange::parse("bytes=9-0"), None);
+        assert_eq!(ByteRange::parse("items=0-1"), None);
+        assert_eq!(ByteRange::FromTo(0, 99).resolve(10), Some((0, 10)));
+        assert_eq!(ByteRange::From(10).resolve(10), None);
+        assert_eq!(ByteRange::Suffix(30).resolve(10), Some((0, 10)));
+        assert_eq!(ByteRange::Suffix(0).resolve(10), None);
+        assert_eq!(ByteRange::FromTo(3, 4).resolve(10), Some((3, 5)));
+    }
+}

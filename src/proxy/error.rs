@@ -1,0 +1,45 @@
+//! What can go wrong while serving a pull, as one cloneable enum (a failed
+//! download is shared by every client following it).
+
+use std::sync::Arc;
+
+use crate::oci::{Digest, ManifestMediaType};
+use crate::store::StoreError;
+use crate::upstream;
+use crate::verify::IntegrityError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Upstream(#[from] upstream::Error),
+    #[error("upstream content for {digest} failed verification: {source}")]
+    Integrity { digest: Digest, source: IntegrityError },
+    #[error("manifest has media type {media_type}, which the client does not accept")]
+    NotAcceptable { media_type: ManifestMediaType },
+    #[error("requested range not satisfiable (blob has {size} bytes)")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("upstream sent an invalid {what}: {message}")]
+    BadListing { what: &'static str, message: String },
+    #[error("local store: {0}")]
+    Store(Arc<StoreError>),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The upstream could not be asked (as opposed to answering "no"): the
+    /// cases where serving the last verified tag digest is better than failing.
+    pub fn is_upstream_unavailable(&self) -> bool {
+        match self {
+            Error::Upstream(e) => matches!(
+                e,
+                upstream::Error::Connect { .. }
+                    | upstream::Error::Timeout { .. }
+                    | upstream::Error::Status { .. }
+                    | upstream::Error::TooManyRequests { .. }
+                    | upstream::Error::Body { .. }
+            ),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Manifests: a tag is resolved upstream once per request to a digest; from
+//! then on everything is by digest.
+//!
+//! ```text
+//! by tag:    HEAD upstream (tag) ──► digest ──► record observation ─┐
+//!            (upstream down: last verified digest, with a warning)  │
+//! by digest: ───────────────────────────────────────────────────────┤
+//!                                                                   ▼
+//!            memory cache ─► disk store (re-verified) ─► GET upstream by digest
+//!                                                        └► verify::manifest::check ─► store
+//!                                                                   ▼
+//!            serve VerifiedManifest bytes verbatim
+//! ```
+//! Concurrent requests for one digest share a single load (moka).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::HeaderValue;
+
+use super::{Error, Proxy, Target, blocking};
+use crate::oci::manifest::{DEFAULT_ACCEPT, MAX_MANIFEST_BYTES, accepts};
+use crate::oci::{Digest, Reference, Tag};
+use crate::telemetry::CacheOutcome;
+use crate::upstream;
+use crate::verify::{self, VerifiedManifest, manifest::check_computed};
+
+/// A manifest ready to serve, and how it was obtained.
+#[derive(Debug, Clone)]
+pub struct ManifestServed {
+    pub manifest: VerifiedManifest,
+    pub cache: CacheOutcome,
+    /// Set when the upstream could not be asked and the last verified
+    /// digest for the tag was served instead.
+    pub stale_warning: Option<String>,
+}
+
+impl Proxy {
+    /// `GET`/`HEAD /v2/<name>/manifests/<reference>`.
+    pub async fn manifest(&self, target: &Target, reference: &Reference, accept: Option<&HeaderValue>) -> Result<ManifestServed, Error> {
+        match reference {
+            Reference::Digest(digest) => {
+                let (manifest, cache) = self.manifest_by_digest(target, digest).await?;
+                Ok(ManifestServed {
+                    manifest,
+                    cache,
+                    stale_warning: None,
+                })
+            }
+            Reference::Tag(tag) => self.manifest_by_tag(target, tag, accept).await,
+        }
+    }
+
+    async fn manifest_by_tag(&self, target: &Target, tag: &Tag, accept: Option<&HeaderValue>) -> Result<ManifestServed, Error> {
+        let upstream_accept = match accept {
+            Some(a) if !a.as_bytes().is_empty() => a.clone(),
+            _ => HeaderValue::from_static(DEFAULT_ACCEPT),
+        };
+        let (digest, fetched_by_tag, stale_warning) = match self.resolve_tag(target, tag, &upstream_accept).await {
+            Ok((digest, fetched)) => (digest, fetched, None),
+            Err(e) if e.is_upstream_unavailable() => {
+                let host = target.registry.host().clone();
+                let (repo, t) = (target.repo.clone(), tag.clone());
+                let store = self.store.clone();
+                match blocking(move || store.tags.last(&host, &repo, &t)).await? {
+                    Some(d) => {
+                        tracing::warn!(upstream = %target.registry.host(), repo = %target.repo, %tag, digest = %d, error = %e,
+                            "upstream unavailable; serving the last verified digest for the tag");
+                        let warning = format!("upstream unavailable ({e}); served the last verified digest for this tag");
+                        (d, None, Some(warning))
+                    }
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let (manifest, cache) = match fetched_by_tag {
+            Some(m) => {
+                self.remember(&m).await?;
+                (m, CacheOutcome::Miss)
+            }
+            None => self.manifest_by_digest(target, &digest).await?,
+        };
+        let cache = if stale_warning.is_some() { CacheOutcome::Stale } else { cache };
+        let accept_values = accept.and_then(|a| a.to_str().ok());
+        if !accepts(accept_values, manifest.media_type().as_str()) {
+            return Err(Error::NotAcceptable {
+                media_type: manifest.media_type(),
+            });
+        }
+        Ok(ManifestServed {
+            manifest,
+            cache,
+            stale_warning,
+        })
+    }
+
+    /// Resolve a tag to a digest with one upstream HEAD (free under Docker
+    /// Hub's pull limit). An upstream that omits `Docker-Content-Digest` (or
+    /// refuses HEAD) is asked with GET instead, and the digest is computed
+    /// from the bytes, which are then returned already verified.
+    async fn resolve_tag(&self, target: &Target, tag: &Tag, accept: &HeaderValue) -> Result<(Digest, Option<VerifiedManifest>), Error> {
+        let reference = Reference::Tag(tag.clone());
+        let head = target.registry.head_manifest(&target.repo, &reference, accept).await;
+        let (digest, fetched) = match head {
+            Ok(upstream::ManifestHead { digest: Some(d), .. }) => (d, None),
+            Ok(_) | Err(upstream::Error::Status { .. }) => {
+                let unverified = target.registry.get_manifest(&target.repo, &reference, accept, MAX_MANIFEST_BYTES).await?;
+                let m = check_computed(unverified).map_err(|source| {
+                    let digest = Digest::of(crate::oci::Algorithm::Sha256, b"");
+                    integrity_failure(target, digest, source)
+                })?;
+                (m.digest().clone(), Some(m))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (host, repo, t, d) = (target.registry.host().clone(), target.repo.clone(), tag.clone(), digest.clone());
+        let store = self.store.clone();
+        if let Some(previous) = blocking(move || store.tags.record(&host, &repo, &t, &d)).await? {
+            tracing::info!(upstream = %target.registry.host(), repo = %target.repo, %tag, %previous, now = %digest, "tag moved upstream");
+        }
+        Ok((digest, fetched))
+    }
+
+    /// A manifest by digest: memory, then disk (re-verified), then upstream.
+    /// Concurrent callers for the same digest share one load.
+    async fn manifest_by_digest(&self, target: &Target, digest: &Digest) -> Result<(VerifiedManifest, CacheOutcome), Error> {
+        if let Some(m) = self.manifests.get(digest).await {
+            return Ok((m, CacheOutcome::Hit));
+        }
+        let fetched = Arc::new(AtomicBool::new(false));
+        let load = self.load_manifest(target, digest, fetched.clone());
+        let m = self.manifests.try_get_with(digest.clone(), load).await.map_err(|e| (*e).clone())?;
+        let cache = if fetched.load(Ordering::Relaxed) { CacheOutcome::Miss } else { CacheOutcome::Hit };
+        Ok((m, cache))
+    }
+
+    async fn load_manifest(&self, target: &Target, digest: &Digest, fetched: Arc<AtomicBool>) -> Result<VerifiedManifest, Error> {
+        let store = self.store.clone();
+        let d = digest.clone();
+        if let Some(unverified) = blocking(move || store.manifests.get(&d)).await? {
+            match verify::manifest::check(unverified, digest) {
+                Ok(m) => return Ok(m),
+                Err(e) => tracing::warn!(%digest, error = %e, "stored manifest failed re-verification; fetching again"),
+            }
+        }
+        fetched.store(true, Ordering::Relaxed);
+        let accept = HeaderValue::from_static(DEFAULT_ACCEPT);
+        let reference = Reference::Digest(digest.clone());
+        let unverified = target.registry.get_manifest(&target.repo, &reference, &accept, MAX_MANIFEST_BYTES).await?;
+        let m = verify::manifest::check(unverified, digest).map_err(|source| integrity_failure(target, digest.clone(), source))?;
+        let store = self.store.clone();
+        let to_store = m.clone();
+        blocking(move || store.manifests.put(&to_store)).await?;
+        Ok(m)
+    }
+
+    /// Put a manifest verified outside `load_manifest` into both caches.
+    async fn remember(&self, m: &VerifiedManifest) -> Result<(), Error> {
+        let store = self.store.clone();
+        let to_store = m.clone();
+        blocking(move || store.manifests.put(&to_store)).await?;
+        self.manifests.insert(m.digest().clone(), m.clone()).await;
+        Ok(())
+    }
+}
+
+fn integrity_failure(target: &Target, digest: Digest, source: verify::IntegrityError) -> Error {
+    match &source {
+        verify::IntegrityError::DigestMismatch { expected, actual } => {
+            tracing::warn!(upstream = %target.registry.host(), repo = %target.repo, %expected, %actual, "manifest integrity failure: bytes do not match the digest");
+        }
+        verify::IntegrityError::ClaimedDigestMismatch { claimed, actual } => {
+            tracing::warn!(upstream = %target.registry.host(), repo = %target.repo, expected = %claimed, %actual, "manifest integrity failure: Docker-Content-Digest does not match the bytes");
+        }
+        other => {
+            tracing::warn!(upstream = %target.registry.host(), repo = %target.repo, %digest, error = %other, "manifest refused");
+        }
+    }
+    Error::Integrity { digest, source }
+}

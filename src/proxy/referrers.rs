@@ -1,0 +1,121 @@
+//! Referrers: the native API when the upstream has it, otherwise the
+//! referrers tag schema (`<alg>-<hex>` tag holding an index), so signatures
+//! and SBOMs can be discovered through the proxy either way.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::{Error, Proxy, Target};
+use crate::oci::manifest::OCI_INDEX;
+use crate::oci::{Digest, Reference};
+use crate::upstream;
+
+/// At most this many pages of an upstream referrers list are followed.
+const MAX_PAGES: usize = 16;
+/// At most this many descriptors are returned.
+const MAX_DESCRIPTORS: usize = 4096;
+
+/// The referrers index for the client.
+#[derive(Debug, Clone)]
+pub struct ReferrersServed {
+    pub body: Bytes,
+    /// Whether an `artifactType` filter was applied (`OCI-Filters-Applied`).
+    pub filtered: bool,
+}
+
+impl Proxy {
+    /// `GET /v2/<name>/referrers/<digest>[?artifactType=]`.
+    pub async fn referrers(&self, target: &Target, subject: &Digest, artifact_type: Option<&str>) -> Result<ReferrersServed, Error> {
+        let descriptors = match target.registry.referrers(&target.repo, subject).await? {
+            Some(first) => self.native_referrers(target, first).await?,
+            None => self.fallback_referrers(target, subject).await?,
+        };
+        let mut descriptors: Vec<Value> = descriptors.into_iter().filter(valid_descriptor).collect();
+        if let Some(wanted) = artifact_type {
+            descriptors.retain(|d| d.get("artifactType").and_then(Value::as_str) == Some(wanted));
+        }
+        descriptors.truncate(MAX_DESCRIPTORS);
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": descriptors,
+        });
+        let body = serde_json::to_vec(&index).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(ReferrersServed {
+            body: body.into(),
+            filtered: artifact_type.is_some(),
+        })
+    }
+
+    async fn native_referrers(&self, target: &Target, first: upstream::TagsPage) -> Result<Vec<Value>, Error> {
+        let mut all = Vec::new();
+        let mut page = first;
+        for _ in 0..MAX_PAGES {
+            all.extend(index_manifests(&page.body)?);
+            if all.len() >= MAX_DESCRIPTORS {
+                break;
+            }
+            let Some(next) = page.link.as_deref().and_then(link_target) else {
+                break;
+            };
+            page = target.registry.get_link(&target.repo, &next).await?;
+        }
+        Ok(all)
+    }
+
+    /// The tag schema: the index tagged `<alg>-<hex>`, fetched and verified
+    /// through the ordinary manifest path. No such tag: no referrers.
+    async fn fallback_referrers(&self, target: &Target, subject: &Digest) -> Result<Vec<Value>, Error> {
+        let Ok(tag) = subject.tag_form().parse() else {
+            return Ok(Vec::new());
+        };
+        match self.manifest(target, &Reference::Tag(tag), None).await {
+            Ok(served) if served.manifest.media_type().is_index() => index_manifests(served.manifest.bytes()),
+            Ok(_) => Ok(Vec::new()),
+            Err(Error::Upstream(e)) if e.is_not_found() => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn index_manifests(body: &[u8]) -> Result<Vec<Value>, Error> {
+    let bad = |message: String| Error::BadListing {
+        what: "referrers index",
+        message,
+    };
+    let v: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    match v.get("manifests") {
+        Some(Value::Array(items)) => Ok(items.clone()),
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(_) => Err(bad("`manifests` is not an array".into())),
+    }
+}
+
+/// A descriptor must carry a media type, a valid digest and a size.
+fn valid_descriptor(d: &Value) -> bool {
+    let media_type = d.get("mediaType").and_then(Value::as_str).is_some();
+    let digest = d.get("digest").and_then(Value::as_str).is_some_and(|s| s.parse::<Digest>().is_ok());
+    let size = d.get("size").and_then(Value::as_u64).is_some();
+    media_type && digest && size
+}
+
+/// `</v2/...>; rel="next"` → `/v2/...`.
+fn link_target(link: &str) -> Option<String> {
+    let start = link.find('<')? + 1;
+    let end = link[start..].find('>')? + start;
+    link[end..].contains("rel=\"next\"").then(|| link[start..end].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_header() {
+        assert_eq!(
+            link_target(r#"</v2/a/referrers/sha256:x?n=1&last=y>; rel="next""#),
+            Some("/v2/a/referrers/sha256:x?n=1&last=y".into())
+        );
+        assert_eq!(link_target("<x>; rel=\"prev\""), None);
+    }
+}
