@@ -7,6 +7,7 @@
 pub mod config;
 pub mod oci;
 pub mod proxy;
+pub mod server;
 pub mod telemetry;
 pub mod upstream;
 pub mod store;

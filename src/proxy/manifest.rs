@@ -20,7 +20,7 @@ use http::HeaderValue;
 
 use super::{Error, Proxy, Target, blocking};
 use crate::oci::manifest::{DEFAULT_ACCEPT, MAX_MANIFEST_BYTES, accepts};
-use crate::oci::{Digest, Reference, Tag};
+use crate::oci::{Digest, ManifestMediaType, Reference, Tag};
 use crate::telemetry::CacheOutcome;
 use crate::upstream;
 use crate::verify::{self, VerifiedManifest, manifest::check_computed};
@@ -52,10 +52,7 @@ impl Proxy {
     }
 
     async fn manifest_by_tag(&self, target: &Target, tag: &Tag, accept: Option<&HeaderValue>) -> Result<ManifestServed, Error> {
-        let upstream_accept = match accept {
-            Some(a) if !a.as_bytes().is_empty() => a.clone(),
-            _ => HeaderValue::from_static(DEFAULT_ACCEPT),
-        };
+        let upstream_accept = upstream_accept(accept);
         let (digest, fetched_by_tag, stale_warning) = match self.resolve_tag(target, tag, &upstream_accept).await {
             Ok((digest, fetched)) => (digest, fetched, None),
             Err(e) if e.is_upstream_unavailable() => {
@@ -162,6 +159,20 @@ impl Proxy {
         blocking(move || store.manifests.put(&to_store)).await?;
         self.manifests.insert(m.digest().clone(), m.clone()).await;
         Ok(())
+    }
+}
+
+/// Forward the client's `Accept` when it names manifest types. A missing or
+/// wildcard-only `Accept` becomes the full supported list: registries such as
+/// distribution 2.x refuse OCI manifests to clients that do not name them,
+/// and would fall back to schema 1 for Docker images.
+fn upstream_accept(client: Option<&HeaderValue>) -> HeaderValue {
+    let names_a_type = client
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.split(',').any(|t| ManifestMediaType::parse(t).is_ok()));
+    match client {
+        Some(a) if names_a_type => a.clone(),
+        _ => HeaderValue::from_static(DEFAULT_ACCEPT),
     }
 }
 

@@ -1,0 +1,177 @@
+//! Errors rendered once, as OCI error JSON: `{"errors":[{code,message,detail}]}`.
+//! Every failure below the HTTP edge arrives here typed and is mapped by one
+//! exhaustive `match`, so the compiler finds unmapped variants.
+
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Method, StatusCode};
+
+use crate::oci::{DigestError, NameError, ReferenceError, RegistryHost};
+use crate::proxy;
+use crate::upstream;
+
+/// An error response in the making.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<HeaderValue>,
+    warn: bool,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+            warn: false,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The OCI error code (`MANIFEST_UNKNOWN`, `DENIED`, …).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn retry_after(&self) -> Option<&HeaderValue> {
+        self.retry_after.as_ref()
+    }
+
+    /// Whether this failure deserves a warning in the log (upstream faults,
+    /// integrity failures) rather than being a normal client error.
+    pub fn is_warning(&self) -> bool {
+        self.warn || self.status.is_server_error()
+    }
+
+    pub fn not_found_route(path: &str) -> ApiError {
+        let shown: String = path.chars().take(200).collect();
+        ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", format!("no such endpoint: {shown}"))
+    }
+
+    pub fn unsupported(message: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", message)
+    }
+
+    pub fn push_refused() -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "Portcullis is a pull-only proxy: push and delete are not supported",
+        )
+    }
+
+    pub fn method_not_allowed(method: &Method) -> ApiError {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", format!("method {method} is not supported here"))
+    }
+
+    pub fn bad_reference(e: ReferenceError) -> ApiError {
+        match e {
+            ReferenceError::Digest(d) => ApiError::bad_digest(d),
+            ReferenceError::Tag(t) => ApiError::bad_name(t),
+        }
+    }
+
+    pub fn bad_digest(e: DigestError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string())
+    }
+
+    pub fn bad_name(e: NameError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string())
+    }
+
+    pub fn not_allow_listed(host: &RegistryHost) -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            format!("registry `{host}` is not an allow-listed upstream of this proxy"),
+        )
+    }
+
+    pub fn name_unknown(message: String) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message)
+    }
+
+    pub fn internal(message: String) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", message)
+    }
+
+    /// `{"errors":[{"code","message","detail"}]}`.
+    pub fn body(&self) -> Vec<u8> {
+        let v = serde_json::json!({
+            "errors": [{ "code": self.code, "message": self.message, "detail": null }]
+        });
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+
+    pub fn content_type() -> (http::header::HeaderName, HeaderValue) {
+        (CONTENT_TYPE, HeaderValue::from_static("application/json"))
+    }
+
+    pub fn retry_after_header(&self) -> Option<(http::header::HeaderName, HeaderValue)> {
+        self.retry_after.clone().map(|v| (RETRY_AFTER, v))
+    }
+}
+
+impl From<proxy::Error> for ApiError {
+    fn from(e: proxy::Error) -> ApiError {
+        let message = e.to_string();
+        match e {
+            proxy::Error::Upstream(u) => from_upstream(u, message),
+            proxy::Error::Integrity { .. } => {
+                let mut a = ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "UNKNOWN",
+                    format!("refused: {message}; nothing was served or stored"),
+                );
+                a.warn = true;
+                a
+            }
+            proxy::Error::NotAcceptable { .. } => ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message),
+            proxy::Error::RangeNotSatisfiable { .. } => {
+                ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "UNSUPPORTED", message)
+            }
+            proxy::Error::BadListing { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message),
+            proxy::Error::Store(_) | proxy::Error::Internal(_) => ApiError::internal(message),
+        }
+    }
+}
+
+fn from_upstream(e: upstream::Error, message: String) -> ApiError {
+    use upstream::Error as U;
+    match e {
+        U::NotFound { what, .. } => {
+            let code = match what {
+                "manifest" => "MANIFEST_UNKNOWN",
+                "blob" => "BLOB_UNKNOWN",
+                _ => "NAME_UNKNOWN",
+            };
+            ApiError::new(StatusCode::NOT_FOUND, code, message)
+        }
+        U::TooManyRequests { retry_after, .. } => {
+            let mut a = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
+            a.retry_after = retry_after;
+            a.warn = true;
+            a
+        }
+        U::Unauthorized { .. } | U::Forbidden { .. } => {
+            let mut a = ApiError::new(StatusCode::FORBIDDEN, "DENIED", message);
+            a.warn = true;
+            a
+        }
+        U::Timeout { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", message),
+        U::Connect { .. } | U::Status { .. } | U::Protocol { .. } | U::Body { .. } | U::TooLarge { .. } => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message)
+        }
+        U::Setup { .. } => ApiError::internal(message),
+    }
+}
