@@ -7,6 +7,7 @@
 //! Imports: `oci`.
 
 pub mod blob;
+pub mod signature;
 pub mod manifest;
 
 pub use blob::{BlobVerifier, DigestMatched, IntegrityError};

@@ -1,0 +1,8 @@
+//! Signature verification material and checks: keys, trust roots, and (as
+//! they land) the cosign legacy, DSSE and Sigstore bundle verifiers.
+
+pub mod keys;
+pub mod trust;
+
+pub use keys::{KeyError, KeyKind, PublicKey, SignatureHash};
+pub use trust::{TrustError, TrustRoot};
