@@ -9,7 +9,7 @@ pub mod oci;
 pub mod policy;
 pub mod proxy;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod upstream;
-pub mod store;
 pub mod verify;

@@ -11,7 +11,11 @@ use portcullis::server::Server;
 use portcullis::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "A verifying pull-through OCI registry proxy")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A verifying pull-through OCI registry proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,16 +68,26 @@ fn main() -> ExitCode {
                 data_dir,
                 default_upstream,
             };
-            report(Config::load(config.as_deref(), &overrides).map_err(anyhow::Error::from).and_then(serve))
+            report(
+                Config::load(config.as_deref(), &overrides)
+                    .map_err(anyhow::Error::from)
+                    .and_then(serve),
+            )
         }
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => report(Config::load(Some(&file), &Overrides::default()).map(|c| print!("{}", c.describe())).map_err(Into::into)),
+        } => report(
+            Config::load(Some(&file), &Overrides::default())
+                .map(|c| print!("{}", c.describe()))
+                .map_err(Into::into),
+        ),
     }
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let server = Server::bind(config).await?;
         if let Some(addr) = server.local_addr() {
@@ -88,10 +102,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -124,7 +124,9 @@ impl FromStr for UpstreamUrl {
         } else if let Some(rest) = s.strip_prefix("http://") {
             (false, rest)
         } else {
-            return Err(format!("upstream URL `{s}` must start with https:// or http://"));
+            return Err(format!(
+                "upstream URL `{s}` must start with https:// or http://"
+            ));
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.contains(['/', '?', '#', '@']) {
@@ -132,7 +134,9 @@ impl FromStr for UpstreamUrl {
                 "upstream URL `{s}` must be scheme://host[:port] with no path, query or credentials"
             ));
         }
-        let authority = authority.parse().map_err(|e| format!("upstream URL `{s}`: {e}"))?;
+        let authority = authority
+            .parse()
+            .map_err(|e| format!("upstream URL `{s}`: {e}"))?;
         Ok(UpstreamUrl { https, authority })
     }
 }
@@ -215,7 +219,10 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!("500ms".parse(), Ok(HumanDuration(Duration::from_millis(500))));
+        assert_eq!(
+            "500ms".parse(),
+            Ok(HumanDuration(Duration::from_millis(500)))
+        );
         assert_eq!("2m".parse(), Ok(HumanDuration(Duration::from_secs(120))));
         assert!("10".parse::<HumanDuration>().is_err());
         assert!("s".parse::<HumanDuration>().is_err());

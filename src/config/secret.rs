@@ -42,7 +42,9 @@ fn one_secret(
         .filter(|x| **x)
         .count();
     if given > 1 {
-        return Err(format!("give only one of `{what}`, `{what}File`, `{what}Env`"));
+        return Err(format!(
+            "give only one of `{what}`, `{what}File`, `{what}Env`"
+        ));
     }
     if let Some(v) = inline {
         return Ok(Some(Secret::new(v)));
@@ -57,14 +59,18 @@ fn one_secret(
         return Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))));
     }
     if let Some(var) = env {
-        let v = std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))?;
+        let v =
+            std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))?;
         return Ok(Some(Secret::new(v)));
     }
     Ok(None)
 }
 
 /// Turn the raw credentials mapping into [`Credentials`], reading secrets.
-pub(super) fn load_credentials(raw: RawCredentials, base: Option<&Path>) -> Result<Credentials, String> {
+pub(super) fn load_credentials(
+    raw: RawCredentials,
+    base: Option<&Path>,
+) -> Result<Credentials, String> {
     let password = one_secret(
         "password",
         raw.password,
@@ -72,7 +78,13 @@ pub(super) fn load_credentials(raw: RawCredentials, base: Option<&Path>) -> Resu
         raw.password_env.as_deref(),
         base,
     )?;
-    let token = one_secret("token", raw.token, raw.token_file.as_deref(), raw.token_env.as_deref(), base)?;
+    let token = one_secret(
+        "token",
+        raw.token,
+        raw.token_file.as_deref(),
+        raw.token_env.as_deref(),
+        base,
+    )?;
     match (raw.username, password, token) {
         (Some(username), Some(password), None) => Ok(Credentials::Basic { username, password }),
         (None, None, Some(token)) => Ok(Credentials::Bearer(token)),

@@ -228,9 +228,19 @@ mod tests {
             Err(DigestError::BadEncoded { .. })
         ));
         // one hex digit short
-        assert!(EMPTY_SHA256[..EMPTY_SHA256.len() - 1].parse::<Digest>().is_err());
+        assert!(
+            EMPTY_SHA256[..EMPTY_SHA256.len() - 1]
+                .parse::<Digest>()
+                .is_err()
+        );
         // uppercase hex is not canonical
-        assert!(EMPTY_SHA256.to_uppercase().replace("SHA256", "sha256").parse::<Digest>().is_err());
+        assert!(
+            EMPTY_SHA256
+                .to_uppercase()
+                .replace("SHA256", "sha256")
+                .parse::<Digest>()
+                .is_err()
+        );
     }
 
     #[test]

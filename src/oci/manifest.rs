@@ -60,7 +60,10 @@ impl ManifestMediaType {
     }
 
     pub fn is_index(self) -> bool {
-        matches!(self, ManifestMediaType::OciIndex | ManifestMediaType::DockerManifestList)
+        matches!(
+            self,
+            ManifestMediaType::OciIndex | ManifestMediaType::DockerManifestList
+        )
     }
 }
 
@@ -211,7 +214,8 @@ pub fn accepts<'a>(accept_values: impl IntoIterator<Item = &'a str>, media_type:
         any = true;
         let excluded = parts.any(|p| {
             let p = p.trim();
-            p.strip_prefix("q=").is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
+            p.strip_prefix("q=")
+                .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
         });
         let matches = range == "*/*"
             || range == media_type
@@ -232,7 +236,9 @@ mod tests {
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     fn image(media_type: Option<&str>) -> String {
-        let mt = media_type.map(|m| format!("\"mediaType\":\"{m}\",")).unwrap_or_default();
+        let mt = media_type
+            .map(|m| format!("\"mediaType\":\"{m}\","))
+            .unwrap_or_default();
         format!(
             r#"{{"schemaVersion":2,{mt}"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{D}","size":0}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{D}","size":0}}]}}"#
         )
@@ -270,7 +276,10 @@ mod tests {
             ManifestInfo::parse(image(Some(OCI_INDEX)).as_bytes(), None),
             Err(ManifestError::Shape(ManifestMediaType::OciIndex))
         );
-        assert!(matches!(ManifestInfo::parse(b"{", None), Err(ManifestError::Json(_))));
+        assert!(matches!(
+            ManifestInfo::parse(b"{", None),
+            Err(ManifestError::Json(_))
+        ));
     }
 
     #[test]

@@ -194,7 +194,8 @@ impl FromStr for RegistryHost {
         {
             return Err(bad());
         }
-        let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))
+        {
             inner.parse::<std::net::Ipv6Addr>().is_ok()
         } else {
             !host.is_empty()
@@ -204,7 +205,9 @@ impl FromStr for RegistryHost {
                         && label.len() <= 63
                         && !label.starts_with('-')
                         && !label.ends_with('-')
-                        && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                        && label
+                            .bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || c == b'-')
                 })
         };
         if host_ok {
@@ -273,10 +276,19 @@ mod tests {
 
     #[test]
     fn hosts() {
-        for ok in ["docker.io", "127.0.0.1:5000", "localhost", "[::1]:5000", "Ghcr.IO"] {
+        for ok in [
+            "docker.io",
+            "127.0.0.1:5000",
+            "localhost",
+            "[::1]:5000",
+            "Ghcr.IO",
+        ] {
             assert!(ok.parse::<RegistryHost>().is_ok(), "{ok}");
         }
-        assert_eq!("Ghcr.IO".parse::<RegistryHost>().map(|h| h.to_string()), Ok("ghcr.io".into()));
+        assert_eq!(
+            "Ghcr.IO".parse::<RegistryHost>().map(|h| h.to_string()),
+            Ok("ghcr.io".into())
+        );
         for bad in ["", "a:", "a:port", "a b", "::1", "-a.com", "a..b"] {
             assert!(bad.parse::<RegistryHost>().is_err(), "{bad}");
         }

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use super::schema::{self, AuthoritySpec, CheckSpec, IdentitySpec, PolicyDoc, RuleSpec};
 use super::{
-    Authority, AuthorityKind, AttestationRequirement, Check, CheckOp, CiClaim, Glob, Identity, Matcher, Mode,
-    Mutability, NoMatch, PolicySet, Requirements, Rule, RuleAction, SctMode, SignatureRequirement, TlogMode,
+    AttestationRequirement, Authority, AuthorityKind, Check, CheckOp, CiClaim, Glob, Identity,
+    Matcher, Mode, Mutability, NoMatch, PolicySet, Requirements, Rule, RuleAction, Sct,
+    SignatureRequirement, Tlog,
 };
 use crate::oci::{Algorithm, DigestHasher};
 use crate::verify::signature::{PublicKey, SignatureHash, TrustRoot};
@@ -19,11 +20,21 @@ use crate::verify::signature::{PublicKey, SignatureHash, TrustRoot};
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Yaml { path: PathBuf, source: yaml_serde::Error },
+    Yaml {
+        path: PathBuf,
+        source: yaml_serde::Error,
+    },
     #[error("{path}: {at}: {message}")]
-    Invalid { path: PathBuf, at: String, message: String },
+    Invalid {
+        path: PathBuf,
+        at: String,
+        message: String,
+    },
     #[error("no policy files (*.yaml) in {0}")]
     Empty(PathBuf),
 }
@@ -45,7 +56,10 @@ impl Ctx<'_> {
 /// Load and compile every policy document in `dir`.
 pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|source| PolicyError::Read { path: dir.to_owned(), source })?
+        .map_err(|source| PolicyError::Read {
+            path: dir.to_owned(),
+            source,
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
@@ -55,8 +69,14 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyError> {
     }
     let mut docs = Vec::new();
     for path in files {
-        let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read { path: path.clone(), source })?;
-        let doc: PolicyDoc = yaml_serde::from_str(&text).map_err(|source| PolicyError::Yaml { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let doc: PolicyDoc = yaml_serde::from_str(&text).map_err(|source| PolicyError::Yaml {
+            path: path.clone(),
+            source,
+        })?;
         docs.push((path, text, doc));
     }
     compile(docs)
@@ -74,38 +94,74 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
     for (path, text, doc) in docs {
         let cx = Ctx { path: &path };
         if doc.api_version != schema::API_VERSION || doc.kind != schema::KIND {
-            return Err(cx.err("apiVersion/kind", format!("expected apiVersion {} and kind {}", schema::API_VERSION, schema::KIND)));
+            return Err(cx.err(
+                "apiVersion/kind",
+                format!(
+                    "expected apiVersion {} and kind {}",
+                    schema::API_VERSION,
+                    schema::KIND
+                ),
+            ));
         }
-        hash_part(&mut revision, path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
+        hash_part(
+            &mut revision,
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+                .as_bytes(),
+        );
         hash_part(&mut revision, text.as_bytes());
         if let Some(d) = doc.defaults {
             if let Some((other, _)) = &defaults {
-                return Err(cx.err("defaults", format!("defaults are already set in {}", other.display())));
+                return Err(cx.err(
+                    "defaults",
+                    format!("defaults are already set in {}", other.display()),
+                ));
             }
             defaults = Some((path.clone(), d));
         }
         let base = path.parent().unwrap_or(Path::new("."));
         for (name, spec) in doc.trust_roots {
             let file = base.join(&spec.trusted_root);
-            let root = TrustRoot::load(&name, &file, spec.sha256.as_deref()).map_err(|e| cx.err(format!("trustRoots.{name}"), e.to_string()))?;
+            let root = TrustRoot::load(&name, &file, spec.sha256.as_deref())
+                .map_err(|e| cx.err(format!("trustRoots.{name}"), e.to_string()))?;
             hash_part(&mut revision, root.sha256.as_bytes());
-            unique(&cx, "trust root", &name, trust_roots.insert(name.clone(), Arc::new(root)).is_some())?;
+            unique(
+                &cx,
+                "trust root",
+                &name,
+                trust_roots.insert(name.clone(), Arc::new(root)).is_some(),
+            )?;
         }
         for (name, spec) in doc.keys {
             let file = base.join(&spec.path);
-            let pem = std::fs::read(&file).map_err(|e| cx.err(format!("keys.{name}"), format!("cannot read {}: {e}", file.display())))?;
+            let pem = std::fs::read(&file).map_err(|e| {
+                cx.err(
+                    format!("keys.{name}"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
             hash_part(&mut revision, &pem);
             let hash = match spec.hash_algorithm.unwrap_or(schema::HashAlgorithm::Sha256) {
                 schema::HashAlgorithm::Sha256 => SignatureHash::Sha256,
                 schema::HashAlgorithm::Sha384 => SignatureHash::Sha384,
                 schema::HashAlgorithm::Sha512 => SignatureHash::Sha512,
             };
-            let key = PublicKey::from_pem(&pem, hash).map_err(|e| cx.err(format!("keys.{name}"), e.to_string()))?;
-            unique(&cx, "key", &name, keys.insert(name.clone(), Arc::new(key)).is_some())?;
+            let key = PublicKey::from_pem(&pem, hash)
+                .map_err(|e| cx.err(format!("keys.{name}"), e.to_string()))?;
+            unique(
+                &cx,
+                "key",
+                &name,
+                keys.insert(name.clone(), Arc::new(key)).is_some(),
+            )?;
         }
         for (name, spec) in doc.authorities {
             if authority_specs.iter().any(|(_, n, _)| *n == name) {
-                return Err(cx.err(format!("authorities.{name}"), "authority name is used twice"));
+                return Err(cx.err(
+                    format!("authorities.{name}"),
+                    "authority name is used twice",
+                ));
             }
             authority_specs.push((path.clone(), name, spec));
         }
@@ -162,7 +218,12 @@ fn authority(
     trust_roots: &BTreeMap<String, Arc<TrustRoot>>,
 ) -> Result<Authority, PolicyError> {
     let at = format!("authorities.{name}");
-    let root = |r: &str| trust_roots.get(r).cloned().ok_or_else(|| cx.err(&at, format!("unknown trust root `{r}`")));
+    let root = |r: &str| {
+        trust_roots
+            .get(r)
+            .cloned()
+            .ok_or_else(|| cx.err(&at, format!("unknown trust root `{r}`")))
+    };
     let (kind, trust_root, default_tlog) = match (spec.key, spec.keyless) {
         (Some(k), None) => {
             if k.keys.is_empty() {
@@ -171,14 +232,22 @@ fn authority(
             let list = k
                 .keys
                 .iter()
-                .map(|kn| keys.get(kn).cloned().map(|key| (kn.clone(), key)).ok_or_else(|| cx.err(&at, format!("unknown key `{kn}`"))))
+                .map(|kn| {
+                    keys.get(kn)
+                        .cloned()
+                        .map(|key| (kn.clone(), key))
+                        .ok_or_else(|| cx.err(&at, format!("unknown key `{kn}`")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let tr = spec.trust_root.as_deref().map(root).transpose()?;
-            (AuthorityKind::Key { keys: list }, tr, TlogMode::Optional)
+            (AuthorityKind::Key { keys: list }, tr, Tlog::Optional)
         }
         (None, Some(kl)) => {
             if spec.trust_root.is_some() {
-                return Err(cx.err(&at, "keyless authorities name their trust root under `keyless.trustRoot`"));
+                return Err(cx.err(
+                    &at,
+                    "keyless authorities name their trust root under `keyless.trustRoot`",
+                ));
             }
             if kl.identities.is_empty() {
                 return Err(cx.err(&at, "a keyless authority needs at least one identity"));
@@ -190,18 +259,33 @@ fn authority(
                 .enumerate()
                 .map(|(i, id)| identity(cx, &format!("{at}.keyless.identities[{i}]"), id))
                 .collect::<Result<Vec<_>, _>>()?;
-            (AuthorityKind::Keyless { identities }, Some(tr), TlogMode::Required)
+            (
+                AuthorityKind::Keyless { identities },
+                Some(tr),
+                Tlog::Required,
+            )
         }
         _ => return Err(cx.err(&at, "give exactly one of `key` or `keyless`")),
     };
-    let tlog = spec.tlog.unwrap_or(default_tlog);
-    if matches!(kind, AuthorityKind::Keyless { .. }) && tlog == TlogMode::Ignore {
-        return Err(cx.err(&at, "keyless signatures need a verified time: `tlog: ignore` is not allowed"));
+    let tlog = match spec.tlog {
+        None => default_tlog,
+        Some(schema::TlogMode::Required) => Tlog::Required,
+        Some(schema::TlogMode::Optional) => Tlog::Optional,
+        Some(schema::TlogMode::Ignore) => Tlog::Ignore,
+    };
+    if matches!(kind, AuthorityKind::Keyless { .. }) && tlog == Tlog::Ignore {
+        return Err(cx.err(
+            &at,
+            "keyless signatures need a verified time: `tlog: ignore` is not allowed",
+        ));
     }
-    if tlog != TlogMode::Ignore && trust_root.is_none() {
+    if tlog != Tlog::Ignore && trust_root.is_none() {
         return Err(cx.err(&at, "`tlog: required|optional` needs a `trustRoot` with the Rekor keys (or set `tlog: ignore`)"));
     }
-    let sct = spec.sct.unwrap_or(SctMode::Required);
+    let sct = match spec.sct {
+        Some(schema::SctMode::Ignore) => Sct::Ignore,
+        _ => Sct::Required,
+    };
     Ok(Authority {
         name: name.to_owned(),
         kind,
@@ -211,54 +295,160 @@ fn authority(
     })
 }
 
-fn matcher(cx: &Ctx<'_>, at: &str, field: &str, exact: Option<String>, regex: Option<String>, required: bool) -> Result<Option<Matcher>, PolicyError> {
+fn matcher(
+    cx: &Ctx<'_>,
+    at: &str,
+    field: &str,
+    exact: Option<String>,
+    regex: Option<String>,
+    required: bool,
+) -> Result<Option<Matcher>, PolicyError> {
     match (exact, regex) {
-        (Some(_), Some(_)) => Err(cx.err(at, format!("give `{field}` or `{field}RegExp`, not both"))),
+        (Some(_), Some(_)) => {
+            Err(cx.err(at, format!("give `{field}` or `{field}RegExp`, not both")))
+        }
         (Some(e), None) => Ok(Some(Matcher::Exact(e))),
-        (None, Some(r)) => regex::Regex::new(&format!("^(?:{r})$"))
-            .map(|re| Some(Matcher::Regex(re)))
+        (None, Some(r)) => Matcher::anchored(&r)
+            .map(Some)
             .map_err(|e| cx.err(at, format!("`{field}RegExp`: {e}"))),
-        (None, None) if required => Err(cx.err(at, format!("`{field}` or `{field}RegExp` is required"))),
+        (None, None) if required => {
+            Err(cx.err(at, format!("`{field}` or `{field}RegExp` is required")))
+        }
         (None, None) => Ok(None),
     }
 }
 
 fn identity(cx: &Ctx<'_>, at: &str, id: IdentitySpec) -> Result<Identity, PolicyError> {
     let required = |m: Option<Matcher>| m.ok_or_else(|| cx.err(at, "missing matcher"));
-    let issuer = required(matcher(cx, at, "issuer", id.issuer, id.issuer_reg_exp, true)?)?;
-    let subject = required(matcher(cx, at, "subject", id.subject, id.subject_reg_exp, true)?)?;
+    let issuer = required(matcher(
+        cx,
+        at,
+        "issuer",
+        id.issuer,
+        id.issuer_reg_exp,
+        true,
+    )?)?;
+    let subject = required(matcher(
+        cx,
+        at,
+        "subject",
+        id.subject,
+        id.subject_reg_exp,
+        true,
+    )?)?;
     let mut claims = Vec::new();
-    let mut add = |claim: CiClaim, field: &str, exact: Option<String>, re: Option<String>| -> Result<(), PolicyError> {
+    let mut add = |claim: CiClaim,
+                   field: &str,
+                   exact: Option<String>,
+                   re: Option<String>|
+     -> Result<(), PolicyError> {
         if let Some(m) = matcher(cx, at, field, exact, re, false)? {
             claims.push((claim, m));
         }
         Ok(())
     };
-    add(CiClaim::BuildSignerUri, "buildSignerUri", id.build_signer_uri, id.build_signer_uri_reg_exp)?;
-    add(CiClaim::BuildSignerDigest, "buildSignerDigest", id.build_signer_digest, None)?;
-    add(CiClaim::RunnerEnvironment, "runnerEnvironment", id.runner_environment, None)?;
-    add(CiClaim::SourceRepository, "sourceRepository", id.source_repository, id.source_repository_reg_exp)?;
-    add(CiClaim::SourceRepositoryDigest, "sourceRepositoryDigest", id.source_repository_digest, None)?;
-    add(CiClaim::SourceRepositoryRef, "sourceRepositoryRef", id.source_repository_ref, id.source_repository_ref_reg_exp)?;
-    add(CiClaim::SourceRepositoryOwnerUri, "sourceRepositoryOwnerUri", id.source_repository_owner_uri, None)?;
-    add(CiClaim::BuildConfigUri, "buildConfigUri", id.build_config_uri, id.build_config_uri_reg_exp)?;
-    add(CiClaim::BuildTrigger, "buildTrigger", id.build_trigger, None)?;
-    Ok(Identity { issuer, subject, claims })
+    add(
+        CiClaim::BuildSignerUri,
+        "buildSignerUri",
+        id.build_signer_uri,
+        id.build_signer_uri_reg_exp,
+    )?;
+    add(
+        CiClaim::BuildSignerDigest,
+        "buildSignerDigest",
+        id.build_signer_digest,
+        None,
+    )?;
+    add(
+        CiClaim::RunnerEnvironment,
+        "runnerEnvironment",
+        id.runner_environment,
+        None,
+    )?;
+    add(
+        CiClaim::SourceRepository,
+        "sourceRepository",
+        id.source_repository,
+        id.source_repository_reg_exp,
+    )?;
+    add(
+        CiClaim::SourceRepositoryDigest,
+        "sourceRepositoryDigest",
+        id.source_repository_digest,
+        None,
+    )?;
+    add(
+        CiClaim::SourceRepositoryRef,
+        "sourceRepositoryRef",
+        id.source_repository_ref,
+        id.source_repository_ref_reg_exp,
+    )?;
+    add(
+        CiClaim::SourceRepositoryOwnerUri,
+        "sourceRepositoryOwnerUri",
+        id.source_repository_owner_uri,
+        None,
+    )?;
+    add(
+        CiClaim::BuildConfigUri,
+        "buildConfigUri",
+        id.build_config_uri,
+        id.build_config_uri_reg_exp,
+    )?;
+    add(
+        CiClaim::BuildTrigger,
+        "buildTrigger",
+        id.build_trigger,
+        None,
+    )?;
+    Ok(Identity {
+        issuer,
+        subject,
+        claims,
+    })
 }
 
-fn rule(cx: &Ctx<'_>, spec: RuleSpec, defaults: &schema::Defaults, authorities: &BTreeMap<String, Arc<Authority>>) -> Result<Rule, PolicyError> {
+fn rule(
+    cx: &Ctx<'_>,
+    spec: RuleSpec,
+    defaults: &schema::Defaults,
+    authorities: &BTreeMap<String, Arc<Authority>>,
+) -> Result<Rule, PolicyError> {
     let at = format!("rules.{}", spec.name);
     let glob_err = |e: super::glob::GlobError| cx.err(&at, e.to_string());
     if spec.matches.repositories.is_empty() {
-        return Err(cx.err(&at, "`match.repositories` needs at least one glob (`**` for all)"));
+        return Err(cx.err(
+            &at,
+            "`match.repositories` needs at least one glob (`**` for all)",
+        ));
     }
-    let registry = spec.matches.registry.as_deref().map(Glob::single).transpose().map_err(glob_err)?;
-    let repositories = spec.matches.repositories.iter().map(|g| Glob::path(g)).collect::<Result<_, _>>().map_err(glob_err)?;
-    let tags = spec.matches.tags.iter().map(|g| Glob::single(g)).collect::<Result<_, _>>().map_err(glob_err)?;
+    let registry = spec
+        .matches
+        .registry
+        .as_deref()
+        .map(Glob::single)
+        .transpose()
+        .map_err(glob_err)?;
+    let repositories = spec
+        .matches
+        .repositories
+        .iter()
+        .map(|g| Glob::path(g))
+        .collect::<Result<_, _>>()
+        .map_err(glob_err)?;
+    let tags = spec
+        .matches
+        .tags
+        .iter()
+        .map(|g| Glob::single(g))
+        .collect::<Result<_, _>>()
+        .map_err(glob_err)?;
     let action = match (spec.static_verdict, spec.require) {
         (Some(v), None) => RuleAction::Static(v),
         (None, Some(req)) => RuleAction::Verify(requirements(cx, &at, req, authorities)?),
-        (Some(_), Some(_)) => return Err(cx.err(&at, "a rule has either `static` or `require`, not both")),
+        (Some(_), Some(_)) => {
+            return Err(cx.err(&at, "a rule has either `static` or `require`, not both"));
+        }
         (None, None) => return Err(cx.err(&at, "a rule needs `static: allow|deny` or `require`")),
     };
     let formats = spec
@@ -277,13 +467,24 @@ fn rule(cx: &Ctx<'_>, spec: RuleSpec, defaults: &schema::Defaults, authorities: 
         mode: spec.mode.or(defaults.mode).unwrap_or(Mode::Enforce),
         action,
         formats,
-        mutable_tags: tags_spec.as_ref().and_then(|t| t.mutable).unwrap_or(Mutability::Allow),
+        mutable_tags: tags_spec
+            .as_ref()
+            .and_then(|t| t.mutable)
+            .unwrap_or(Mutability::Allow),
         require_digest: tags_spec.is_some_and(|t| t.require_digest),
-        index_covers_children: spec.index_covers_children.or(defaults.index_covers_children).unwrap_or(true),
+        index_covers_children: spec
+            .index_covers_children
+            .or(defaults.index_covers_children)
+            .unwrap_or(true),
     })
 }
 
-fn requirements(cx: &Ctx<'_>, at: &str, req: schema::RequireSpec, authorities: &BTreeMap<String, Arc<Authority>>) -> Result<Requirements, PolicyError> {
+fn requirements(
+    cx: &Ctx<'_>,
+    at: &str,
+    req: schema::RequireSpec,
+    authorities: &BTreeMap<String, Arc<Authority>>,
+) -> Result<Requirements, PolicyError> {
     let known = |names: &[String], where_: &str| -> Result<(), PolicyError> {
         let mut seen = BTreeSet::new();
         for n in names {
@@ -299,7 +500,10 @@ fn requirements(cx: &Ctx<'_>, at: &str, req: schema::RequireSpec, authorities: &
     let threshold = |t: Option<usize>, n: usize, where_: &str| -> Result<usize, PolicyError> {
         let t = t.unwrap_or(1);
         if t == 0 || t > n {
-            return Err(cx.err(at, format!("{where_}: threshold {t} must be between 1 and {n}")));
+            return Err(cx.err(
+                at,
+                format!("{where_}: threshold {t} must be between 1 and {n}"),
+            ));
         }
         Ok(t)
     };
@@ -311,11 +515,17 @@ fn requirements(cx: &Ctx<'_>, at: &str, req: schema::RequireSpec, authorities: &
             }
             known(&s.any_of, "require.signatures.anyOf")?;
             if let Some(r) = s.required.iter().find(|r| !s.any_of.contains(r)) {
-                return Err(cx.err(at, format!("require.signatures.required: `{r}` must also be listed in anyOf")));
+                return Err(cx.err(
+                    at,
+                    format!("require.signatures.required: `{r}` must also be listed in anyOf"),
+                ));
             }
             let t = threshold(s.threshold, s.any_of.len(), "require.signatures")?;
             if s.required.len() > t {
-                return Err(cx.err(at, "require.signatures: more required authorities than the threshold"));
+                return Err(cx.err(
+                    at,
+                    "require.signatures: more required authorities than the threshold",
+                ));
             }
             Some(SignatureRequirement {
                 any_of: s.any_of,
@@ -332,7 +542,11 @@ fn requirements(cx: &Ctx<'_>, at: &str, req: schema::RequireSpec, authorities: &
         }
         known(&a.authorities, &where_)?;
         let t = threshold(a.threshold, a.authorities.len(), &where_)?;
-        let checks = a.checks.into_iter().map(|c| check(cx, at, &where_, c)).collect::<Result<_, _>>()?;
+        let checks = a
+            .checks
+            .into_iter()
+            .map(|c| check(cx, at, &where_, c))
+            .collect::<Result<_, _>>()?;
         attestations.push(AttestationRequirement {
             name: a.name,
             predicate_type: a.predicate_type,
@@ -344,12 +558,18 @@ fn requirements(cx: &Ctx<'_>, at: &str, req: schema::RequireSpec, authorities: &
     if signatures.is_none() && attestations.is_empty() {
         return Err(cx.err(at, "`require` needs `signatures` or `attestations`"));
     }
-    Ok(Requirements { signatures, attestations })
+    Ok(Requirements {
+        signatures,
+        attestations,
+    })
 }
 
 fn check(cx: &Ctx<'_>, at: &str, where_: &str, c: CheckSpec) -> Result<Check, PolicyError> {
     if !(c.path.is_empty() || c.path.starts_with('/')) {
-        return Err(cx.err(at, format!("{where_}: check path `{}` is not a JSON pointer", c.path)));
+        return Err(cx.err(
+            at,
+            format!("{where_}: check path `{}` is not a JSON pointer", c.path),
+        ));
     }
     let mut ops = Vec::new();
     if let Some(v) = c.equals {
@@ -359,7 +579,8 @@ fn check(cx: &Ctx<'_>, at: &str, where_: &str, c: CheckSpec) -> Result<Check, Po
         ops.push(CheckOp::In(v));
     }
     if let Some(r) = c.matches {
-        let re = regex::Regex::new(&format!("^(?:{r})$")).map_err(|e| cx.err(at, format!("{where_}: {e}")))?;
+        let re = regex::Regex::new(&format!("^(?:{r})$"))
+            .map_err(|e| cx.err(at, format!("{where_}: {e}")))?;
         ops.push(CheckOp::Matches(re));
     }
     if let Some(s) = c.starts_with {
@@ -369,10 +590,19 @@ fn check(cx: &Ctx<'_>, at: &str, where_: &str, c: CheckSpec) -> Result<Check, Po
         ops.push(CheckOp::Exists(b));
     }
     if ops.len() != 1 {
-        return Err(cx.err(at, format!("{where_}: check `{}` needs exactly one of equals, in, matches, startsWith, exists", c.path)));
+        return Err(cx.err(
+            at,
+            format!(
+                "{where_}: check `{}` needs exactly one of equals, in, matches, startsWith, exists",
+                c.path
+            ),
+        ));
     }
     let op = ops.remove(0);
-    Ok(Check { pointer: c.path, op })
+    Ok(Check {
+        pointer: c.path,
+        op,
+    })
 }
 
 /// A rule is shadowed when an earlier rule matches everything it matches.
@@ -385,10 +615,21 @@ fn shadow_warnings(rules: &[Rule]) -> Vec<String> {
                 (Some(e), Some(l)) => l.is_covered_by(e),
                 (Some(_), None) => false,
             };
-            let repos = later.repositories.iter().all(|l| earlier.repositories.iter().any(|e| l.is_covered_by(e)));
-            let tags = earlier.tags.is_empty() || (!later.tags.is_empty() && later.tags.iter().all(|l| earlier.tags.iter().any(|e| l.is_covered_by(e))));
+            let repos = later
+                .repositories
+                .iter()
+                .all(|l| earlier.repositories.iter().any(|e| l.is_covered_by(e)));
+            let tags = earlier.tags.is_empty()
+                || (!later.tags.is_empty()
+                    && later
+                        .tags
+                        .iter()
+                        .all(|l| earlier.tags.iter().any(|e| l.is_covered_by(e))));
             if registry && repos && tags {
-                out.push(format!("rule `{}` is shadowed by the earlier rule `{}` and never applies", later.name, earlier.name));
+                out.push(format!(
+                    "rule `{}` is shadowed by the earlier rule `{}` and never applies",
+                    later.name, earlier.name
+                ));
                 break;
             }
         }

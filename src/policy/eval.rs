@@ -4,7 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{AttestationRequirement, Mode, NoMatch, PolicySet, Rule, RuleAction, SignatureRequirement, StaticVerdict};
+use super::{
+    AttestationRequirement, Mode, NoMatch, PolicySet, Rule, RuleAction, SignatureRequirement,
+    StaticVerdict,
+};
 
 /// What verified, per authority, for one manifest digest.
 #[derive(Clone, Debug, Default)]
@@ -66,8 +69,12 @@ pub fn evaluate(policy: &PolicySet, rule: Option<&Rule>, evidence: &Evidence) ->
         };
     };
     let (verdict, satisfied, reasons) = match &rule.action {
-        RuleAction::Static(StaticVerdict::Allow) => (Verdict::Allow, Vec::new(), vec!["static allow".to_owned()]),
-        RuleAction::Static(StaticVerdict::Deny) => (Verdict::Deny, Vec::new(), vec!["static deny".to_owned()]),
+        RuleAction::Static(StaticVerdict::Allow) => {
+            (Verdict::Allow, Vec::new(), vec!["static allow".to_owned()])
+        }
+        RuleAction::Static(StaticVerdict::Deny) => {
+            (Verdict::Deny, Vec::new(), vec!["static deny".to_owned()])
+        }
         RuleAction::Verify(req) => {
             let mut satisfied = BTreeSet::new();
             let mut reasons = Vec::new();
@@ -91,7 +98,12 @@ pub fn evaluate(policy: &PolicySet, rule: Option<&Rule>, evidence: &Evidence) ->
     }
 }
 
-fn signatures(req: &SignatureRequirement, evidence: &Evidence, satisfied: &mut BTreeSet<String>, reasons: &mut Vec<String>) -> bool {
+fn signatures(
+    req: &SignatureRequirement,
+    evidence: &Evidence,
+    satisfied: &mut BTreeSet<String>,
+    reasons: &mut Vec<String>,
+) -> bool {
     let met: Vec<&String> = req
         .any_of
         .iter()
@@ -105,7 +117,11 @@ fn signatures(req: &SignatureRequirement, evidence: &Evidence, satisfied: &mut B
             "signatures: {} of {} required authorities verified ({}; needed {} of [{}])",
             met.len(),
             req.threshold,
-            if met.is_empty() { "none".to_owned() } else { join(met.iter().copied()) },
+            if met.is_empty() {
+                "none".to_owned()
+            } else {
+                join(met.iter().copied())
+            },
             req.threshold,
             join(req.any_of.iter())
         ));
@@ -113,16 +129,26 @@ fn signatures(req: &SignatureRequirement, evidence: &Evidence, satisfied: &mut B
     for r in &req.required {
         if !met.contains(&r) {
             ok = false;
-            reasons.push(format!("signatures: required authority `{r}` did not verify"));
+            reasons.push(format!(
+                "signatures: required authority `{r}` did not verify"
+            ));
         }
     }
     if ok {
-        reasons.push(format!("signatures verified by {}", join(met.iter().copied())));
+        reasons.push(format!(
+            "signatures verified by {}",
+            join(met.iter().copied())
+        ));
     }
     ok
 }
 
-fn attestation(req: &AttestationRequirement, evidence: &Evidence, satisfied: &mut BTreeSet<String>, reasons: &mut Vec<String>) -> bool {
+fn attestation(
+    req: &AttestationRequirement,
+    evidence: &Evidence,
+    satisfied: &mut BTreeSet<String>,
+    reasons: &mut Vec<String>,
+) -> bool {
     let mut met = Vec::new();
     let mut failures = Vec::new();
     for authority in &req.authorities {
@@ -134,13 +160,19 @@ fn attestation(req: &AttestationRequirement, evidence: &Evidence, satisfied: &mu
         if candidates.is_empty() {
             continue;
         }
-        let passing = candidates.iter().find(|a| req.checks.iter().all(|c| c.evaluate(&a.statement).is_ok()));
+        let passing = candidates
+            .iter()
+            .find(|a| req.checks.iter().all(|c| c.evaluate(&a.statement).is_ok()));
         match passing {
             Some(_) => met.push(authority.clone()),
             None => {
                 let first_failure = candidates
                     .iter()
-                    .flat_map(|a| req.checks.iter().filter_map(|c| c.evaluate(&a.statement).err()))
+                    .flat_map(|a| {
+                        req.checks
+                            .iter()
+                            .filter_map(|c| c.evaluate(&a.statement).err())
+                    })
                     .next()
                     .unwrap_or_default();
                 failures.push(format!("`{authority}`: {first_failure}"));
@@ -149,10 +181,19 @@ fn attestation(req: &AttestationRequirement, evidence: &Evidence, satisfied: &mu
     }
     let ok = met.len() >= req.threshold;
     if ok {
-        reasons.push(format!("attestation `{}` ({}) verified by {}", req.name, req.predicate_type, join(met.iter())));
+        reasons.push(format!(
+            "attestation `{}` ({}) verified by {}",
+            req.name,
+            req.predicate_type,
+            join(met.iter())
+        ));
         satisfied.extend(met);
     } else {
-        let detail = if failures.is_empty() { "no verified attestation of that type".to_owned() } else { failures.join("; ") };
+        let detail = if failures.is_empty() {
+            "no verified attestation of that type".to_owned()
+        } else {
+            failures.join("; ")
+        };
         reasons.push(format!(
             "attestation `{}` ({}): {} of {} authorities satisfied: {detail}",
             req.name,

@@ -16,9 +16,11 @@ use std::sync::Arc;
 pub use compile::{PolicyError, load_dir};
 pub use eval::{Decision, Evidence, Verdict, VerifiedAttestation};
 pub use glob::Glob;
-pub use schema::{Format, Mode, Mutability, NoMatch, SctMode, StaticVerdict, TlogMode};
+pub use schema::{Format, Mode, Mutability, NoMatch, StaticVerdict};
 
-use crate::verify::signature::{PublicKey, TrustRoot};
+pub use crate::verify::signature::authority::{
+    Authority, AuthorityKind, CiClaim, Identity, Matcher, Sct, Tlog,
+};
 
 /// A compiled, validated policy.
 #[derive(Debug)]
@@ -41,63 +43,9 @@ impl PolicySet {
     /// The first rule matching `registry`/`repository` (and `tag` when the
     /// request names one). First match wins.
     pub fn rule_for(&self, registry: &str, repository: &str, tag: Option<&str>) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.matches(registry, repository, tag))
-    }
-}
-
-/// Who may vouch for an image.
-#[derive(Debug)]
-pub struct Authority {
-    pub name: String,
-    pub kind: AuthorityKind,
-    pub tlog: TlogMode,
-    pub sct: SctMode,
-    pub trust_root: Option<Arc<TrustRoot>>,
-}
-
-#[derive(Debug)]
-pub enum AuthorityKind {
-    /// Any key of the list satisfies the authority (rotation).
-    Key { keys: Vec<(String, Arc<PublicKey>)> },
-    /// A Fulcio certificate whose identity matches one of these.
-    Keyless { identities: Vec<Identity> },
-}
-
-/// An acceptable keyless identity: issuer, subject and optional CI claims.
-#[derive(Debug)]
-pub struct Identity {
-    pub issuer: Matcher,
-    pub subject: Matcher,
-    pub claims: Vec<(CiClaim, Matcher)>,
-}
-
-/// Fulcio certificate extensions a policy can constrain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CiClaim {
-    BuildSignerUri,
-    BuildSignerDigest,
-    RunnerEnvironment,
-    SourceRepository,
-    SourceRepositoryDigest,
-    SourceRepositoryRef,
-    SourceRepositoryOwnerUri,
-    BuildConfigUri,
-    BuildTrigger,
-}
-
-/// An exact string or an implicitly anchored regular expression.
-#[derive(Debug)]
-pub enum Matcher {
-    Exact(String),
-    Regex(regex::Regex),
-}
-
-impl Matcher {
-    pub fn matches(&self, value: &str) -> bool {
-        match self {
-            Matcher::Exact(s) => s == value,
-            Matcher::Regex(r) => r.is_match(value),
-        }
+        self.rules
+            .iter()
+            .find(|r| r.matches(registry, repository, tag))
     }
 }
 
@@ -121,7 +69,8 @@ impl Rule {
         let registry_ok = self.registry.as_ref().is_none_or(|g| g.matches(registry));
         let repo_ok = self.repositories.iter().any(|g| g.matches(repository));
         // A rule restricted to tags applies to pulls by those tags only.
-        let tag_ok = self.tags.is_empty() || tag.is_some_and(|t| self.tags.iter().any(|g| g.matches(t)));
+        let tag_ok =
+            self.tags.is_empty() || tag.is_some_and(|t| self.tags.iter().any(|g| g.matches(t)));
         registry_ok && repo_ok && tag_ok
     }
 }
@@ -183,12 +132,19 @@ impl Check {
             (CheckOp::Equals(want), Some(v)) => v == want,
             (CheckOp::In(options), Some(v)) => options.contains(v),
             (CheckOp::Matches(re), Some(v)) => v.as_str().is_some_and(|s| re.is_match(s)),
-            (CheckOp::StartsWith(prefix), Some(v)) => v.as_str().is_some_and(|s| s.starts_with(prefix.as_str())),
+            (CheckOp::StartsWith(prefix), Some(v)) => {
+                v.as_str().is_some_and(|s| s.starts_with(prefix.as_str()))
+            }
         };
         if ok {
             Ok(())
         } else {
-            Err(format!("check {} {} failed (found {})", self.pointer, self.op_text(), found.map_or("nothing".to_owned(), |v| v.to_string())))
+            Err(format!(
+                "check {} {} failed (found {})",
+                self.pointer,
+                self.op_text(),
+                found.map_or("nothing".to_owned(), |v| v.to_string())
+            ))
         }
     }
 

@@ -10,19 +10,27 @@ use super::*;
 
 fn write_p256_key(dir: &Path, name: &str) {
     let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("keygen");
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("keygen");
     let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("kp");
     let mut der = vec![
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
-        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
     ];
     der.extend_from_slice(kp.public_key().as_ref());
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    std::fs::write(dir.join(name), format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n")).expect("write key");
+    std::fs::write(
+        dir.join(name),
+        format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n"),
+    )
+    .expect("write key");
 }
 
 fn trusted_root_path() -> String {
-    format!("{}/../shared/fixtures/sigstore/trusted_root/public-good.trusted_root.json", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/../shared/fixtures/sigstore/trusted_root/public-good.trusted_root.json",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 /// A directory with keys a, b, c and the given policy text.
@@ -79,9 +87,21 @@ fn first_match_wins_and_no_match_denies() {
 "#,
     ))
     .expect("valid");
-    assert_eq!(p.rule_for("docker.io", "apps/web", Some("v1")).map(|r| r.name.as_str()), Some("apps"));
-    assert_eq!(p.rule_for("docker.io", "platform/base", None).map(|r| r.name.as_str()), Some("platform"));
-    let d = eval::evaluate(&p, p.rule_for("x", "other/thing", None), &Evidence::default());
+    assert_eq!(
+        p.rule_for("docker.io", "apps/web", Some("v1"))
+            .map(|r| r.name.as_str()),
+        Some("apps")
+    );
+    assert_eq!(
+        p.rule_for("docker.io", "platform/base", None)
+            .map(|r| r.name.as_str()),
+        Some("platform")
+    );
+    let d = eval::evaluate(
+        &p,
+        p.rule_for("x", "other/thing", None),
+        &Evidence::default(),
+    );
     assert_eq!(d.verdict, Verdict::Deny);
     assert_eq!(d.rule, None);
     assert_eq!(p.revision.len(), 64);
@@ -99,17 +119,32 @@ fn threshold_two_of_three_with_a_required_authority() {
     .expect("valid");
     let rule = p.rule_for("ghcr.io", "acme/prod/api", Some("v1"));
     assert!(rule.is_some());
-    assert!(p.rule_for("docker.io", "acme/prod/api", None).is_none(), "registry must match");
+    assert!(
+        p.rule_for("docker.io", "acme/prod/api", None).is_none(),
+        "registry must match"
+    );
     let decide = |who: &[&str]| eval::evaluate(&p, rule, &evidence(who));
     assert_eq!(decide(&["key-a", "key-b"]).verdict, Verdict::Allow);
-    assert_eq!(decide(&["key-a", "key-b"]).satisfied, vec!["key-a".to_owned(), "key-b".to_owned()]);
+    assert_eq!(
+        decide(&["key-a", "key-b"]).satisfied,
+        vec!["key-a".to_owned(), "key-b".to_owned()]
+    );
     assert_eq!(decide(&["key-a"]).verdict, Verdict::Deny);
     let d = decide(&["key-b", "key-c"]);
     assert_eq!(d.verdict, Verdict::Deny);
-    assert!(d.reasons.iter().any(|r| r.contains("required authority `key-a`")), "{:?}", d.reasons);
+    assert!(
+        d.reasons
+            .iter()
+            .any(|r| r.contains("required authority `key-a`")),
+        "{:?}",
+        d.reasons
+    );
     // An authority counts once however many signatures it made.
     let mut e = evidence(&["key-a"]);
-    e.signatures.get_mut("key-a").expect("present").push("second".into());
+    e.signatures
+        .get_mut("key-a")
+        .expect("present")
+        .push("second".into());
     assert_eq!(eval::evaluate(&p, rule, &e).verdict, Verdict::Deny);
 }
 
@@ -149,14 +184,42 @@ fn attestation_checks() {
         ..Default::default()
     };
     let slsa = "https://slsa.dev/provenance/v1";
-    assert_eq!(eval::evaluate(&p, rule, &with("key-a", slsa, "https://github.com/acme/builder")).verdict, Verdict::Allow);
-    let d = eval::evaluate(&p, rule, &with("key-a", slsa, "https://evil.example/builder"));
-    assert_eq!(d.verdict, Verdict::Deny);
-    assert!(d.reasons[0].contains("/predicate/runDetails/builder/id"), "{:?}", d.reasons);
-    // Right predicate from the wrong authority, or wrong predicate type: no.
-    assert_eq!(eval::evaluate(&p, rule, &with("key-b", slsa, "https://github.com/acme/b")).verdict, Verdict::Deny);
     assert_eq!(
-        eval::evaluate(&p, rule, &with("key-a", "https://slsa.dev/provenance/v0.2", "https://github.com/acme/b")).verdict,
+        eval::evaluate(
+            &p,
+            rule,
+            &with("key-a", slsa, "https://github.com/acme/builder")
+        )
+        .verdict,
+        Verdict::Allow
+    );
+    let d = eval::evaluate(
+        &p,
+        rule,
+        &with("key-a", slsa, "https://evil.example/builder"),
+    );
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(
+        d.reasons[0].contains("/predicate/runDetails/builder/id"),
+        "{:?}",
+        d.reasons
+    );
+    // Right predicate from the wrong authority, or wrong predicate type: no.
+    assert_eq!(
+        eval::evaluate(&p, rule, &with("key-b", slsa, "https://github.com/acme/b")).verdict,
+        Verdict::Deny
+    );
+    assert_eq!(
+        eval::evaluate(
+            &p,
+            rule,
+            &with(
+                "key-a",
+                "https://slsa.dev/provenance/v0.2",
+                "https://github.com/acme/b"
+            )
+        )
+        .verdict,
         Verdict::Deny
     );
 }
@@ -175,9 +238,20 @@ fn audit_mode_serves_but_records_denial() {
 "#,
     ))
     .expect("valid");
-    let d = eval::evaluate(&p, p.rule_for("docker.io", "library/alpine", None), &Evidence::default());
-    assert_eq!((d.verdict, d.mode, d.serves()), (Verdict::Deny, Mode::Audit, true));
-    let d = eval::evaluate(&p, p.rule_for("any", "scratch/x/y", None), &Evidence::default());
+    let d = eval::evaluate(
+        &p,
+        p.rule_for("docker.io", "library/alpine", None),
+        &Evidence::default(),
+    );
+    assert_eq!(
+        (d.verdict, d.mode, d.serves()),
+        (Verdict::Deny, Mode::Audit, true)
+    );
+    let d = eval::evaluate(
+        &p,
+        p.rule_for("any", "scratch/x/y", None),
+        &Evidence::default(),
+    );
     assert_eq!(d.verdict, Verdict::Allow);
 }
 
@@ -204,18 +278,44 @@ rules:
 fn keyless_authority_with_pinned_trust_root_and_anchored_regex() {
     let pin = "6494e21ea73fa7ee769f85f57d5a3e6a08725eae1e38c755fc3517c9e6bc0b66";
     let p = load(&KEYLESS.replace("PIN", pin)).expect("valid keyless policy");
-    let Some(a) = p.authorities.get("acme") else { panic!("authority") };
-    assert_eq!(a.tlog, TlogMode::Required, "keyless defaults to tlog: required");
-    let AuthorityKind::Keyless { identities } = &a.kind else { panic!("keyless") };
+    let Some(a) = p.authorities.get("acme") else {
+        panic!("authority")
+    };
+    assert_eq!(a.tlog, Tlog::Required, "keyless defaults to tlog: required");
+    let AuthorityKind::Keyless { identities } = &a.kind else {
+        panic!("keyless")
+    };
     let subject = &identities[0].subject;
-    assert!(subject.matches("https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.2"));
-    assert!(!subject.matches("https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.2-evil"));
-    assert!(!subject.matches("xhttps://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1"));
+    assert!(
+        subject.matches("https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.2")
+    );
+    assert!(
+        !subject.matches(
+            "https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.2-evil"
+        )
+    );
+    assert!(
+        !subject.matches("xhttps://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1")
+    );
     assert_eq!(identities[0].claims.len(), 1);
 
     let bad_pin = load(&KEYLESS.replace("PIN", &"0".repeat(64)));
-    assert!(matches!(bad_pin, Err(PolicyError::Invalid { ref message, .. }) if message.contains("pins")), "{bad_pin:?}");
-    let ignore_tlog = load(&KEYLESS.replace("PIN", pin).replace("trustRoot: public-good\n      identities", "trustRoot: public-good\n      identities").replace("  acme:\n    keyless:", "  acme:\n    tlog: ignore\n    keyless:"));
+    assert!(
+        matches!(bad_pin, Err(PolicyError::Invalid { ref message, .. }) if message.contains("pins")),
+        "{bad_pin:?}"
+    );
+    let ignore_tlog = load(
+        &KEYLESS
+            .replace("PIN", pin)
+            .replace(
+                "trustRoot: public-good\n      identities",
+                "trustRoot: public-good\n      identities",
+            )
+            .replace(
+                "  acme:\n    keyless:",
+                "  acme:\n    tlog: ignore\n    keyless:",
+            ),
+    );
     assert!(ignore_tlog.is_err_and(|e| e.to_string().contains("verified time")));
 }
 
@@ -239,20 +339,48 @@ fn shadowed_rules_are_reported() {
 #[test]
 fn invalid_policies_name_the_problem() {
     let cases: &[(&str, &str)] = &[
-        ("  - name: r\n    match: { repositories: [x] }\n    require: { signatures: { anyOf: [nobody] } }\n", "unknown authority `nobody`"),
-        ("  - name: r\n    match: { repositories: [x] }\n    require: { signatures: { anyOf: [key-a], threshold: 2 } }\n", "threshold 2"),
-        ("  - name: r\n    match: { repositories: [x] }\n    require: { signatures: { anyOf: [key-a], required: [key-b] } }\n", "must also be listed"),
-        ("  - name: r\n    match: { repositories: [x] }\n", "needs `static"),
-        ("  - name: r\n    match: { repositories: [x] }\n    static: allow\n    require: { signatures: { anyOf: [key-a] } }\n", "not both"),
-        ("  - name: r\n    match: { repositories: [x] }\n    require: { attestations: [ { name: p, predicateType: t, authorities: [key-a], checks: [ { path: /a, equals: 1, exists: true } ] } ] }\n", "exactly one of"),
-        ("  - name: r\n    match: { repositories: [x] }\n    require: { attestations: [ { name: p, predicateType: t, authorities: [key-a], checks: [ { path: a } ] } ] }\n", "JSON pointer"),
+        (
+            "  - name: r\n    match: { repositories: [x] }\n    require: { signatures: { anyOf: [nobody] } }\n",
+            "unknown authority `nobody`",
+        ),
+        (
+            "  - name: r\n    match: { repositories: [x] }\n    require: { signatures: { anyOf: [key-a], threshold: 2 } }\n",
+            "threshold 2",
+        ),
+        (
+            "  - name: r\n    match: { repositories: [x] }\n    require: { signatures: { anyOf: [key-a], required: [key-b] } }\n",
+            "must also be listed",
+        ),
+        (
+            "  - name: r\n    match: { repositories: [x] }\n",
+            "needs `static",
+        ),
+        (
+            "  - name: r\n    match: { repositories: [x] }\n    static: allow\n    require: { signatures: { anyOf: [key-a] } }\n",
+            "not both",
+        ),
+        (
+            "  - name: r\n    match: { repositories: [x] }\n    require: { attestations: [ { name: p, predicateType: t, authorities: [key-a], checks: [ { path: /a, equals: 1, exists: true } ] } ] }\n",
+            "exactly one of",
+        ),
+        (
+            "  - name: r\n    match: { repositories: [x] }\n    require: { attestations: [ { name: p, predicateType: t, authorities: [key-a], checks: [ { path: a } ] } ] }\n",
+            "JSON pointer",
+        ),
     ];
     for (rules, expected) in cases {
         let err = load(&with_rules(rules)).expect_err(expected);
-        assert!(err.to_string().contains(expected), "expected `{expected}` in `{err}`");
+        assert!(
+            err.to_string().contains(expected),
+            "expected `{expected}` in `{err}`"
+        );
     }
     let err = load(&format!("{KEYS}colour: red\n")).expect_err("unknown key");
     assert!(err.to_string().contains("colour"), "{err}");
-    let err = load(&KEYS.replace("key-a: { key: { keys: [a] }, tlog: ignore }", "key-a: { key: { keys: [a] } }")).expect_err("tlog without root");
+    let err = load(&KEYS.replace(
+        "key-a: { key: { keys: [a] }, tlog: ignore }",
+        "key-a: { key: { keys: [a] } }",
+    ))
+    .expect_err("tlog without root");
     assert!(err.to_string().contains("trustRoot"), "{err}");
 }

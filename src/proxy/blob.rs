@@ -93,7 +93,13 @@ pub struct BlobServed {
 
 impl Proxy {
     /// `GET`/`HEAD /v2/<name>/blobs/<digest>`.
-    pub async fn blob(&self, target: &Target, digest: &Digest, range: Option<ByteRange>, head: bool) -> Result<BlobServed, Error> {
+    pub async fn blob(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        head: bool,
+    ) -> Result<BlobServed, Error> {
         let store = self.store.clone();
         let d = digest.clone();
         if let Some((file, size)) = blocking(move || store.blobs.open(&d)).await? {
@@ -131,18 +137,26 @@ impl Proxy {
 
     /// HEAD for a blob not in the store: a running download knows the size;
     /// otherwise ask the upstream (HEAD, no body transferred).
-    async fn head_missing_blob(&self, target: &Target, digest: &Digest) -> Result<BlobServed, Error> {
+    async fn head_missing_blob(
+        &self,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<BlobServed, Error> {
         if let Some(spool) = self.flights.current(digest)
             && let Ok(Some(size)) = spool::wait_started(&mut spool.subscribe()).await
         {
             return serve(&spool, size, None, true, CacheOutcome::Joined);
         }
-        let size = target.registry.head_blob(&target.repo, digest).await?.ok_or_else(|| {
-            Error::Upstream(crate::upstream::Error::Protocol {
-                host: target.registry.host().to_string(),
-                message: "blob HEAD without Content-Length".into(),
-            })
-        })?;
+        let size = target
+            .registry
+            .head_blob(&target.repo, digest)
+            .await?
+            .ok_or_else(|| {
+                Error::Upstream(crate::upstream::Error::Protocol {
+                    host: target.registry.host().to_string(),
+                    message: "blob HEAD without Content-Length".into(),
+                })
+            })?;
         Ok(BlobServed {
             size,
             range: None,
@@ -152,13 +166,24 @@ impl Proxy {
     }
 }
 
-fn serve(spool: &Spool<Error>, size: u64, range: Option<ByteRange>, head: bool, cache: CacheOutcome) -> Result<BlobServed, Error> {
+fn serve(
+    spool: &Spool<Error>,
+    size: u64,
+    range: Option<ByteRange>,
+    head: bool,
+    cache: CacheOutcome,
+) -> Result<BlobServed, Error> {
     let slice = match range {
         None => None,
         Some(r) => Some(r.resolve(size).ok_or(Error::RangeNotSatisfiable { size })?),
     };
     let (start, end) = slice.unwrap_or((0, size));
-    let body = (!head).then(|| BlobBody::new(spool::read_range(spool.subscribe(), start, end), end - start));
+    let body = (!head).then(|| {
+        BlobBody::new(
+            spool::read_range(spool.subscribe(), start, end),
+            end - start,
+        )
+    });
     Ok(BlobServed {
         size,
         range: slice,
@@ -192,7 +217,9 @@ impl Downloader {
             Err(e) => {
                 if let Error::Integrity { source, .. } = &e {
                     let (expected, actual) = match source {
-                        IntegrityError::DigestMismatch { expected, actual } => (expected.to_string(), actual.to_string()),
+                        IntegrityError::DigestMismatch { expected, actual } => {
+                            (expected.to_string(), actual.to_string())
+                        }
                         other => (self.digest.to_string(), other.to_string()),
                     };
                     tracing::warn!(upstream = %self.target.registry.host(), repo = %self.target.repo, %expected, %actual,
@@ -209,7 +236,11 @@ impl Downloader {
     /// Stream the upstream body into the hashing thread; returns the
     /// verified length once the blob is committed.
     async fn fetch(&self, spool: &Arc<Spool<Error>>) -> Result<u64, Error> {
-        let mut upstream = self.target.registry.get_blob(&self.target.repo, &self.digest).await?;
+        let mut upstream = self
+            .target
+            .registry
+            .get_blob(&self.target.repo, &self.digest)
+            .await?;
         let store = self.store.clone();
         let d = self.digest.clone();
         let writer = blocking(move || store.blobs.writer(&d)).await?;
@@ -220,7 +251,9 @@ impl Downloader {
         let verifier = BlobVerifier::new(self.digest.clone(), upstream.length);
         let thread_spool = spool.clone();
         let digest = self.digest.clone();
-        let worker = tokio::task::spawn_blocking(move || hash_and_write(rx, verifier, writer, &thread_spool, digest));
+        let worker = tokio::task::spawn_blocking(move || {
+            hash_and_write(rx, verifier, writer, &thread_spool, digest)
+        });
         let network = pump_network(&mut upstream, tx).await;
         let verdict = match worker.await {
             Ok(v) => v,
@@ -245,7 +278,8 @@ async fn pump_network(upstream: &mut BlobResponse, tx: mpsc::Sender<Bytes>) -> R
         match upstream.next_chunk().await {
             Ok(Some(chunk)) => {
                 pending.extend_from_slice(&chunk);
-                if pending.len() >= WRITE_CHUNK && tx.send(pending.split().freeze()).await.is_err() {
+                if pending.len() >= WRITE_CHUNK && tx.send(pending.split().freeze()).await.is_err()
+                {
                     return Ok(());
                 }
             }
@@ -304,7 +338,10 @@ impl Body for BlobBody {
     type Data = Bytes;
     type Error = ReadError<Error>;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }

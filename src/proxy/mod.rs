@@ -45,7 +45,9 @@ pub struct Proxy {
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy").field("data_dir", &self.config.data_dir).finish_non_exhaustive()
+        f.debug_struct("Proxy")
+            .field("data_dir", &self.config.data_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -64,7 +66,9 @@ impl Proxy {
         let registries = Registries::from_config(&config)?;
         let manifests = moka::future::Cache::builder()
             .max_capacity(config.manifest_memory_bytes)
-            .weigher(|_k: &Digest, v: &VerifiedManifest| u32::try_from(v.bytes().len()).unwrap_or(u32::MAX))
+            .weigher(|_k: &Digest, v: &VerifiedManifest| {
+                u32::try_from(v.bytes().len()).unwrap_or(u32::MAX)
+            })
             .build();
         Ok(Arc::new(Proxy {
             config,

@@ -25,12 +25,18 @@ pub struct ReferrersServed {
 
 impl Proxy {
     /// `GET /v2/<name>/referrers/<digest>[?artifactType=]`.
-    pub async fn referrers(&self, target: &Target, subject: &Digest, artifact_type: Option<&str>) -> Result<ReferrersServed, Error> {
+    pub async fn referrers(
+        &self,
+        target: &Target,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<ReferrersServed, Error> {
         let descriptors = match target.registry.referrers(&target.repo, subject).await? {
             Some(first) => self.native_referrers(target, first).await?,
             None => self.fallback_referrers(target, subject).await?,
         };
-        let mut descriptors: Vec<Value> = descriptors.into_iter().filter(valid_descriptor).collect();
+        let mut descriptors: Vec<Value> =
+            descriptors.into_iter().filter(valid_descriptor).collect();
         if let Some(wanted) = artifact_type {
             descriptors.retain(|d| d.get("artifactType").and_then(Value::as_str) == Some(wanted));
         }
@@ -47,7 +53,11 @@ impl Proxy {
         })
     }
 
-    async fn native_referrers(&self, target: &Target, first: upstream::TagsPage) -> Result<Vec<Value>, Error> {
+    async fn native_referrers(
+        &self,
+        target: &Target,
+        first: upstream::TagsPage,
+    ) -> Result<Vec<Value>, Error> {
         let mut all = Vec::new();
         let mut page = first;
         for _ in 0..MAX_PAGES {
@@ -65,12 +75,18 @@ impl Proxy {
 
     /// The tag schema: the index tagged `<alg>-<hex>`, fetched and verified
     /// through the ordinary manifest path. No such tag: no referrers.
-    async fn fallback_referrers(&self, target: &Target, subject: &Digest) -> Result<Vec<Value>, Error> {
+    async fn fallback_referrers(
+        &self,
+        target: &Target,
+        subject: &Digest,
+    ) -> Result<Vec<Value>, Error> {
         let Ok(tag) = subject.tag_form().parse() else {
             return Ok(Vec::new());
         };
         match self.manifest(target, &Reference::Tag(tag), None).await {
-            Ok(served) if served.manifest.media_type().is_index() => index_manifests(served.manifest.bytes()),
+            Ok(served) if served.manifest.media_type().is_index() => {
+                index_manifests(served.manifest.bytes())
+            }
             Ok(_) => Ok(Vec::new()),
             Err(Error::Upstream(e)) if e.is_not_found() => Ok(Vec::new()),
             Err(e) => Err(e),
@@ -94,7 +110,10 @@ fn index_manifests(body: &[u8]) -> Result<Vec<Value>, Error> {
 /// A descriptor must carry a media type, a valid digest and a size.
 fn valid_descriptor(d: &Value) -> bool {
     let media_type = d.get("mediaType").and_then(Value::as_str).is_some();
-    let digest = d.get("digest").and_then(Value::as_str).is_some_and(|s| s.parse::<Digest>().is_ok());
+    let digest = d
+        .get("digest")
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.parse::<Digest>().is_ok());
     let size = d.get("size").and_then(Value::as_u64).is_some();
     media_type && digest && size
 }
@@ -103,7 +122,9 @@ fn valid_descriptor(d: &Value) -> bool {
 fn link_target(link: &str) -> Option<String> {
     let start = link.find('<')? + 1;
     let end = link[start..].find('>')? + start;
-    link[end..].contains("rel=\"next\"").then(|| link[start..end].to_owned())
+    link[end..]
+        .contains("rel=\"next\"")
+        .then(|| link[start..end].to_owned())
 }
 
 #[cfg(test)]

@@ -25,7 +25,11 @@ pub async fn serve<B>(
 ) -> Result<Response<ResponseBody>, ApiError> {
     record.digest = Some(digest.clone());
     let head = req.method() == http::Method::HEAD;
-    let range = req.headers().get(RANGE).and_then(|v| v.to_str().ok()).and_then(ByteRange::parse);
+    let range = req
+        .headers()
+        .get(RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ByteRange::parse);
     let served = match proxy.blob(target, digest, range, head).await {
         Ok(s) => s,
         Err(proxy::Error::RangeNotSatisfiable { size }) => return Ok(unsatisfiable(size)),
@@ -38,19 +42,26 @@ pub async fn serve<B>(
     };
     let mut resp = Response::builder()
         .status(status)
-        .header(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))
+        .header(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )
         .header(CONTENT_LENGTH, len)
         .header(ACCEPT_RANGES, HeaderValue::from_static("bytes"))
         .header(DOCKER_CONTENT_DIGEST, header_value(&digest.to_string())?)
         .header(ETAG, header_value(&format!("\"{digest}\""))?);
     if let Some((start, end)) = served.range {
-        resp = resp.header(CONTENT_RANGE, format!("bytes {start}-{}/{}", end - 1, served.size));
+        resp = resp.header(
+            CONTENT_RANGE,
+            format!("bytes {start}-{}/{}", end - 1, served.size),
+        );
     }
     let body = match served.body {
         Some(b) => b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
         None => empty(),
     };
-    resp.body(body).map_err(|e| ApiError::internal(e.to_string()))
+    resp.body(body)
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 fn unsatisfiable(size: u64) -> Response<ResponseBody> {

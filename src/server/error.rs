@@ -55,7 +55,11 @@ impl ApiError {
 
     pub fn not_found_route(path: &str) -> ApiError {
         let shown: String = path.chars().take(200).collect();
-        ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", format!("no such endpoint: {shown}"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "UNSUPPORTED",
+            format!("no such endpoint: {shown}"),
+        )
     }
 
     pub fn unsupported(message: &str) -> ApiError {
@@ -71,7 +75,11 @@ impl ApiError {
     }
 
     pub fn method_not_allowed(method: &Method) -> ApiError {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", format!("method {method} is not supported here"))
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            format!("method {method} is not supported here"),
+        )
     }
 
     pub fn bad_reference(e: ReferenceError) -> ApiError {
@@ -136,11 +144,15 @@ impl From<proxy::Error> for ApiError {
                 a.warn = true;
                 a
             }
-            proxy::Error::NotAcceptable { .. } => ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message),
+            proxy::Error::NotAcceptable { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message)
+            }
             proxy::Error::RangeNotSatisfiable { .. } => {
                 ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "UNSUPPORTED", message)
             }
-            proxy::Error::BadListing { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message),
+            proxy::Error::BadListing { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message)
+            }
             proxy::Error::Store(_) | proxy::Error::Internal(_) => ApiError::internal(message),
         }
     }
@@ -169,9 +181,11 @@ fn from_upstream(e: upstream::Error, message: String) -> ApiError {
             a
         }
         U::Timeout { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", message),
-        U::Connect { .. } | U::Status { .. } | U::Protocol { .. } | U::Body { .. } | U::TooLarge { .. } => {
-            ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message)
-        }
+        U::Connect { .. }
+        | U::Status { .. }
+        | U::Protocol { .. }
+        | U::Body { .. }
+        | U::TooLarge { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message),
         U::Setup { .. } => ApiError::internal(message),
     }
 }

@@ -25,7 +25,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS: {0}")]
     Tls(String),
     #[error(transparent)]
@@ -41,7 +44,9 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("addr", &self.listener.local_addr().ok()).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("addr", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
     }
 }
 
@@ -50,12 +55,19 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, ListenError> {
         let config = Arc::new(config);
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
-        let listener = TcpListener::bind(config.listen).await.map_err(|source| ListenError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ListenError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let proxy = Proxy::new(config)?;
-        Ok(Server { listener, tls, proxy })
+        Ok(Server {
+            listener,
+            tls,
+            proxy,
+        })
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -84,7 +96,9 @@ impl Server {
             let service = service_fn(move |req| crate::server::handle(proxy.clone(), req));
             match &self.tls {
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
@@ -97,12 +111,21 @@ impl Server {
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
-                        let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        let tls = match tokio::time::timeout(
+                            Duration::from_secs(10),
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
                             Ok(Ok(s)) => s,
-                            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Ok(Err(e)) => {
+                                return tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            }
                             Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                         };
-                        let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+                        let conn = builder
+                            .serve_connection(TokioIo::new(tls), service)
+                            .into_owned();
                         if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
@@ -112,7 +135,10 @@ impl Server {
         }
         drop(self.listener);
         tracing::info!("shutting down: draining in-flight requests");
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("drain timed out; closing remaining connections");
         }
     }

@@ -30,7 +30,10 @@ pub async fn serve<B>(
     let digest = header_value(&m.digest().to_string())?;
     let mut resp = Response::builder()
         .status(StatusCode::OK)
-        .header(CONTENT_TYPE, HeaderValue::from_static(m.media_type().as_str()))
+        .header(
+            CONTENT_TYPE,
+            HeaderValue::from_static(m.media_type().as_str()),
+        )
         .header(CONTENT_LENGTH, m.bytes().len())
         .header(DOCKER_CONTENT_DIGEST, digest)
         .header(ETAG, header_value(&format!("\"{}\"", m.digest()))?);
@@ -43,12 +46,18 @@ pub async fn serve<B>(
     } else {
         full(m.bytes().clone())
     };
-    resp.body(body).map_err(|e| ApiError::internal(e.to_string()))
+    resp.body(body)
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// Clients may send several `Accept` headers; join them into one list.
 fn combined_accept<B>(req: &Request<B>) -> Option<HeaderValue> {
-    let values: Vec<&str> = req.headers().get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    let values: Vec<&str> = req
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     if values.is_empty() {
         return None;
     }

@@ -56,21 +56,42 @@ pub async fn handle<B>(proxy: Arc<Proxy>, req: Request<B>) -> Result<Response<Lo
             render_error(&e, head)
         }
     };
-    resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    resp.headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     record.status = resp.status().as_u16();
     Ok(resp.map(|b| Logged::new(b, record, started)))
 }
 
-async fn dispatch<B>(proxy: &Proxy, req: &Request<B>, record: &mut AccessRecord) -> Result<Response<ResponseBody>, ApiError> {
+async fn dispatch<B>(
+    proxy: &Proxy,
+    req: &Request<B>,
+    record: &mut AccessRecord,
+) -> Result<Response<ResponseBody>, ApiError> {
     let query = req.uri().query();
-    match route::parse(req.method(), req.uri().path(), query, proxy.config(), proxy.registries())? {
+    match route::parse(
+        req.method(),
+        req.uri().path(),
+        query,
+        proxy.config(),
+        proxy.registries(),
+    )? {
         Route::Health => {
             record.route = "health";
-            Ok(simple(StatusCode::OK, "text/plain", "ok\n", req.method() == Method::HEAD))
+            Ok(simple(
+                StatusCode::OK,
+                "text/plain",
+                "ok\n",
+                req.method() == Method::HEAD,
+            ))
         }
         Route::Base => {
             record.route = "base";
-            Ok(simple(StatusCode::OK, "application/json", "{}", req.method() == Method::HEAD))
+            Ok(simple(
+                StatusCode::OK,
+                "application/json",
+                "{}",
+                req.method() == Method::HEAD,
+            ))
         }
         Route::Repo {
             endpoint,
@@ -80,24 +101,38 @@ async fn dispatch<B>(proxy: &Proxy, req: &Request<B>, record: &mut AccessRecord)
             record.route = endpoint.as_str();
             record.upstream = Some(target.registry.host().to_string());
             let mut resp = match &endpoint {
-                Endpoint::Manifest(reference) => manifests::serve(proxy, req, &target, reference, record).await?,
+                Endpoint::Manifest(reference) => {
+                    manifests::serve(proxy, req, &target, reference, record).await?
+                }
                 Endpoint::Blob(digest) => blobs::serve(proxy, req, &target, digest, record).await?,
-                Endpoint::TagsList => tags::serve(proxy, query, &target, namespace.as_ref()).await?,
-                Endpoint::Referrers(digest) => referrers::serve(proxy, query, &target, digest, record).await?,
+                Endpoint::TagsList => {
+                    tags::serve(proxy, query, &target, namespace.as_ref()).await?
+                }
+                Endpoint::Referrers(digest) => {
+                    referrers::serve(proxy, query, &target, digest, record).await?
+                }
             };
             if let Some(ns) = namespace {
-                resp.headers_mut().insert("oci-namespace", header_value(ns.as_str())?);
+                resp.headers_mut()
+                    .insert("oci-namespace", header_value(ns.as_str())?);
             }
             Ok(resp)
         }
     }
 }
 
-fn simple(status: StatusCode, content_type: &'static str, body: &'static str, head: bool) -> Response<ResponseBody> {
+fn simple(
+    status: StatusCode,
+    content_type: &'static str,
+    body: &'static str,
+    head: bool,
+) -> Response<ResponseBody> {
     let mut resp = Response::new(if head { empty() } else { full(body) });
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     resp
 }
 
@@ -109,7 +144,8 @@ pub(crate) fn render_error(e: &ApiError, head: bool) -> Response<ResponseBody> {
     *resp.status_mut() = e.status();
     let (name, value) = ApiError::content_type();
     resp.headers_mut().insert(name, value);
-    resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
+    resp.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(len));
     if let Some((name, value)) = e.retry_after_header() {
         resp.headers_mut().insert(name, value);
     }
@@ -117,5 +153,6 @@ pub(crate) fn render_error(e: &ApiError, head: bool) -> Response<ResponseBody> {
 }
 
 pub(crate) fn header_value(s: &str) -> Result<HeaderValue, ApiError> {
-    HeaderValue::from_str(s).map_err(|_| ApiError::internal(format!("not a valid header value: {s}")))
+    HeaderValue::from_str(s)
+        .map_err(|_| ApiError::internal(format!("not a valid header value: {s}")))
 }

@@ -33,8 +33,13 @@ pub async fn serve(
         if let Some(ns) = namespace {
             q.append_pair("ns", ns.as_str());
         }
-        let link = format!("</v2/{}/tags/list?{}>; rel=\"next\"", target.client_name, q.finish());
+        let link = format!(
+            "</v2/{}/tags/list?{}>; rel=\"next\"",
+            target.client_name,
+            q.finish()
+        );
         resp = resp.header(LINK, header_value(&link)?);
     }
-    resp.body(full(served.body)).map_err(|e| ApiError::internal(e.to_string()))
+    resp.body(full(served.body))
+        .map_err(|e| ApiError::internal(e.to_string()))
 }

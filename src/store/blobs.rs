@@ -137,7 +137,12 @@ mod tests {
         w.write(b"dat").expect("write");
         drop(w);
         assert!(s.open(&d).expect("io").is_none());
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp"))
+                .expect("tmp")
+                .count(),
+            0
+        );
     }
 
     #[test]
@@ -148,7 +153,10 @@ mod tests {
         let w = s.writer(&d).expect("writer");
         let mut v = BlobVerifier::new(other, None);
         v.update(b"other").expect("ok");
-        assert!(matches!(w.commit(v.finish().expect("proof")), Err(StoreError::WrongProof { .. })));
+        assert!(matches!(
+            w.commit(v.finish().expect("proof")),
+            Err(StoreError::WrongProof { .. })
+        ));
         assert!(s.open(&d).expect("io").is_none());
     }
 }

@@ -51,7 +51,9 @@ impl<E: Clone + Send + Sync + 'static> Drop for Lead<E> {
     fn drop(&mut self) {
         self.spool.abandon();
         if let Ok(mut map) = self.map.lock()
-            && map.get(&self.digest).is_some_and(|s| Arc::ptr_eq(s, &self.spool))
+            && map
+                .get(&self.digest)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.spool))
         {
             map.remove(&self.digest);
         }

@@ -165,7 +165,11 @@ pub async fn wait_complete<E: Clone + std::fmt::Display>(
 /// Stream bytes `[start, end)` of the spool to a channel. Until the blob is
 /// verified, the last byte of the range is held back; on failure the stream
 /// ends with an error so the client's response is aborted, never completed.
-pub fn read_range<E>(mut rx: watch::Receiver<SpoolState<E>>, start: u64, end: u64) -> mpsc::Receiver<Result<Bytes, ReadError<E>>>
+pub fn read_range<E>(
+    mut rx: watch::Receiver<SpoolState<E>>,
+    start: u64,
+    end: u64,
+) -> mpsc::Receiver<Result<Bytes, ReadError<E>>>
 where
     E: Clone + std::fmt::Display + Send + Sync + 'static,
 {
@@ -212,7 +216,9 @@ async fn readable_until<E: Clone + std::fmt::Display>(
         match &*rx.borrow_and_update() {
             SpoolState::Complete { file, total } => {
                 if *total < end {
-                    return Err(ReadError::Io(format!("blob has {total} bytes, range ends at {end}")));
+                    return Err(ReadError::Io(format!(
+                        "blob has {total} bytes, range ends at {end}"
+                    )));
                 }
                 return Ok((file.clone(), end));
             }
@@ -238,4 +244,3 @@ fn read_at(file: &File, pos: u64, len: u64) -> std::io::Result<Bytes> {
     file.read_exact_at(&mut buf, pos)?;
     Ok(buf.freeze())
 }
-

@@ -39,14 +39,24 @@ impl TagStore {
 
     /// Record that the tag resolved to `digest`. Returns the previous digest
     /// when the tag moved.
-    pub fn record(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<Option<Digest>, StoreError> {
+    pub fn record(
+        &self,
+        host: &RegistryHost,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<Option<Digest>, StoreError> {
         let key = (host.clone(), repo.clone(), tag.clone());
         let previous = match self.recent.lock().ok().and_then(|m| m.get(&key).cloned()) {
             Some(d) => Some(d),
             None => self.last(host, repo, tag)?,
         };
         if previous.as_ref() != Some(digest) {
-            write_atomic(&self.tmp, &self.path(host, repo, tag), digest.to_string().as_bytes())?;
+            write_atomic(
+                &self.tmp,
+                &self.path(host, repo, tag),
+                digest.to_string().as_bytes(),
+            )?;
         }
         if let Ok(mut m) = self.recent.lock() {
             m.insert(key, digest.clone());
@@ -55,7 +65,12 @@ impl TagStore {
     }
 
     /// The digest the tag last resolved to, if ever seen.
-    pub fn last(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StoreError> {
+    pub fn last(
+        &self,
+        host: &RegistryHost,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<Digest>, StoreError> {
         let key = (host.clone(), repo.clone(), tag.clone());
         if let Some(d) = self.recent.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(Some(d));

@@ -19,7 +19,10 @@ const MAX_TOKEN_RESPONSE: usize = 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Challenge {
-    Bearer { realm: String, service: Option<String> },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
     Basic,
 }
 
@@ -32,7 +35,12 @@ struct CachedToken {
 struct TokenExpiry;
 
 impl moka::Expiry<String, CachedToken> for TokenExpiry {
-    fn expire_after_create(&self, _key: &String, value: &CachedToken, _now: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &CachedToken,
+        _now: Instant,
+    ) -> Option<Duration> {
         Some(value.lifetime)
     }
 }
@@ -63,7 +71,11 @@ impl Auth {
     }
 
     /// The `Authorization` to send before any challenge, if one is known.
-    pub(super) async fn preemptive(&self, reg: &Registry, scope: &str) -> Result<Option<HeaderValue>, Error> {
+    pub(super) async fn preemptive(
+        &self,
+        reg: &Registry,
+        scope: &str,
+    ) -> Result<Option<HeaderValue>, Error> {
         if let Some(Credentials::Bearer(token)) = &self.credentials {
             return Ok(Some(bearer(reg, token.expose_secret())?));
         }
@@ -87,10 +99,11 @@ impl Auth {
         scope: &str,
     ) -> Result<HeaderValue, Error> {
         let value = www_authenticate.to_str().unwrap_or("");
-        let (challenge, challenge_scope) = parse_challenge(value).ok_or_else(|| Error::Unauthorized {
-            host: reg.host().to_string(),
-            message: format!("unsupported WWW-Authenticate challenge `{value}`"),
-        })?;
+        let (challenge, challenge_scope) =
+            parse_challenge(value).ok_or_else(|| Error::Unauthorized {
+                host: reg.host().to_string(),
+                message: format!("unsupported WWW-Authenticate challenge `{value}`"),
+            })?;
         if let Ok(mut c) = self.challenge.lock() {
             *c = Some(challenge.clone());
         }
@@ -99,7 +112,8 @@ impl Auth {
             bearer @ Challenge::Bearer { .. } => {
                 // A rejected cached token must not be reused.
                 self.tokens.invalidate(scope).await;
-                self.token(reg, &bearer, scope, challenge_scope.as_deref()).await
+                self.token(reg, &bearer, scope, challenge_scope.as_deref())
+                    .await
             }
         }
     }
@@ -125,17 +139,26 @@ impl Auth {
     ) -> Result<HeaderValue, Error> {
         let fetched = self
             .tokens
-            .try_get_with(scope.to_owned(), fetch_token(reg, challenge, challenge_scope.unwrap_or(scope), self.credentials.as_ref()))
+            .try_get_with(
+                scope.to_owned(),
+                fetch_token(
+                    reg,
+                    challenge,
+                    challenge_scope.unwrap_or(scope),
+                    self.credentials.as_ref(),
+                ),
+            )
             .await;
         fetched.map(|t| t.header).map_err(|e| (*e).clone())
     }
 }
 
 fn bearer(reg: &Registry, token: &str) -> Result<HeaderValue, Error> {
-    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::Unauthorized {
-        host: reg.host().to_string(),
-        message: "token is not a valid header value".into(),
-    })?;
+    let mut v =
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::Unauthorized {
+            host: reg.host().to_string(),
+            message: "token is not a valid header value".into(),
+        })?;
     v.set_sensitive(true);
     Ok(v)
 }
@@ -143,10 +166,11 @@ fn bearer(reg: &Registry, token: &str) -> Result<HeaderValue, Error> {
 fn basic(username: &str, password: &Secret) -> Result<HeaderValue, Error> {
     let raw = format!("{username}:{}", password.expose_secret());
     let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
-    let mut v = HeaderValue::from_str(&format!("Basic {encoded}")).map_err(|_| Error::Unauthorized {
-        host: String::new(),
-        message: "credentials are not a valid header value".into(),
-    })?;
+    let mut v =
+        HeaderValue::from_str(&format!("Basic {encoded}")).map_err(|_| Error::Unauthorized {
+            host: String::new(),
+            message: "credentials are not a valid header value".into(),
+        })?;
     v.set_sensitive(true);
     Ok(v)
 }
@@ -205,11 +229,29 @@ async fn fetch_token(
     policy.response_header_timeout = policy.token_timeout;
     // The token endpoint is often another host (auth.docker.io); the
     // credentials go to the realm's authority only, never across a redirect.
-    let resp = client::send(&reg.http, &host, &policy, &Method::GET, url, &headers, authorization.as_ref()).await?;
+    let resp = client::send(
+        &reg.http,
+        &host,
+        &policy,
+        &Method::GET,
+        url,
+        &headers,
+        authorization.as_ref(),
+    )
+    .await?;
     if !resp.status().is_success() {
-        return Err(unauthorized(format!("token endpoint answered {}", resp.status())));
+        return Err(unauthorized(format!(
+            "token endpoint answered {}",
+            resp.status()
+        )));
     }
-    let body = super::fetch::read_body(&host, resp.into_body(), MAX_TOKEN_RESPONSE, policy.token_timeout).await?;
+    let body = super::fetch::read_body(
+        &host,
+        resp.into_body(),
+        MAX_TOKEN_RESPONSE,
+        policy.token_timeout,
+    )
+    .await?;
     let parsed: TokenResponse = serde_json::from_slice(&body)
         .map_err(|e| unauthorized(format!("token response is not JSON: {e}")))?;
     let token = parsed
@@ -230,7 +272,12 @@ async fn fetch_token(
 fn parse_challenge(value: &str) -> Option<(Challenge, Option<String>)> {
     let (scheme, params) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
     let params = parse_params(params);
-    let get = |k: &str| params.iter().find(|(key, _)| key.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone());
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
     if scheme.eq_ignore_ascii_case("basic") {
         return Some((Challenge::Basic, None));
     }
@@ -251,7 +298,9 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = s.trim();
     while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else { break };
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
         let key = key.trim().trim_start_matches(',').trim().to_owned();
         let after = after.trim_start();
         let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
@@ -310,7 +359,10 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(scope.as_deref(), Some("repository:a:pull,push"));
-        assert_eq!(parse_challenge(r#"Basic realm="x""#).map(|c| c.0), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="x""#).map(|c| c.0),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate abc"), None);
         assert_eq!(parse_challenge("Bearer service=x"), None);
     }

@@ -95,7 +95,9 @@ impl Registry {
     ) -> Result<Response<Incoming>, Error> {
         let mut attempt = 1;
         loop {
-            let result = self.request_once(&method, path_and_query, scope, &headers).await;
+            let result = self
+                .request_once(&method, path_and_query, scope, &headers)
+                .await;
             let retry = match &result {
                 Ok(resp) => is_retryable_status(resp.status()),
                 Err(e) => e.is_retryable(),
@@ -125,7 +127,16 @@ impl Registry {
         let host = self.host().to_string();
         let uri = self.uri(path_and_query)?;
         let auth = self.auth.preemptive(self, scope).await?;
-        let resp = client::send(&self.http, &host, &self.policy, method, uri.clone(), headers, auth.as_ref()).await?;
+        let resp = client::send(
+            &self.http,
+            &host,
+            &self.policy,
+            method,
+            uri.clone(),
+            headers,
+            auth.as_ref(),
+        )
+        .await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -136,7 +147,16 @@ impl Registry {
             });
         };
         let auth = self.auth.answer(self, &challenge, scope).await?;
-        let resp = client::send(&self.http, &host, &self.policy, method, uri, headers, Some(&auth)).await?;
+        let resp = client::send(
+            &self.http,
+            &host,
+            &self.policy,
+            method,
+            uri,
+            headers,
+            Some(&auth),
+        )
+        .await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(Error::Unauthorized {
                 host,
@@ -147,7 +167,11 @@ impl Registry {
     }
 
     /// Map a non-success status to its error.
-    fn expect_success(&self, resp: Response<Incoming>, what: &'static str) -> Result<Response<Incoming>, Error> {
+    fn expect_success(
+        &self,
+        resp: Response<Incoming>,
+        what: &'static str,
+    ) -> Result<Response<Incoming>, Error> {
         let host = self.host().to_string();
         match resp.status() {
             s if s.is_success() => Ok(resp),
@@ -182,9 +206,21 @@ impl Registry {
 
     /// `HEAD /v2/<repo>/manifests/<reference>`: resolves a tag without
     /// counting against Docker Hub's pull limit.
-    pub async fn head_manifest(&self, repo: &RepoName, reference: &Reference, accept: &HeaderValue) -> Result<ManifestHead, Error> {
+    pub async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &HeaderValue,
+    ) -> Result<ManifestHead, Error> {
         let path = format!("/v2/{repo}/manifests/{reference}");
-        let resp = self.request(Method::HEAD, &path, &pull_scope(repo), accept_headers(accept)).await?;
+        let resp = self
+            .request(
+                Method::HEAD,
+                &path,
+                &pull_scope(repo),
+                accept_headers(accept),
+            )
+            .await?;
         let resp = self.expect_success(resp, "manifest")?;
         Ok(ManifestHead {
             digest: self.claimed_digest(resp.headers())?,
@@ -202,11 +238,24 @@ impl Registry {
         limit: usize,
     ) -> Result<UnverifiedManifest, Error> {
         let path = format!("/v2/{repo}/manifests/{reference}");
-        let resp = self.request(Method::GET, &path, &pull_scope(repo), accept_headers(accept)).await?;
+        let resp = self
+            .request(
+                Method::GET,
+                &path,
+                &pull_scope(repo),
+                accept_headers(accept),
+            )
+            .await?;
         let resp = self.expect_success(resp, "manifest")?;
         let claimed_digest = self.claimed_digest(resp.headers())?;
         let content_type = header_string(resp.headers(), CONTENT_TYPE);
-        let bytes = read_body(self.host().as_str(), resp.into_body(), limit, self.policy.body_idle_timeout).await?;
+        let bytes = read_body(
+            self.host().as_str(),
+            resp.into_body(),
+            limit,
+            self.policy.body_idle_timeout,
+        )
+        .await?;
         Ok(UnverifiedManifest {
             bytes,
             content_type,
@@ -217,7 +266,9 @@ impl Registry {
     /// `GET /v2/<repo>/blobs/<digest>`, following redirects to CDNs.
     pub async fn get_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobResponse, Error> {
         let path = format!("/v2/{repo}/blobs/{digest}");
-        let resp = self.request(Method::GET, &path, &pull_scope(repo), HeaderMap::new()).await?;
+        let resp = self
+            .request(Method::GET, &path, &pull_scope(repo), HeaderMap::new())
+            .await?;
         let resp = self.expect_success(resp, "blob")?;
         if resp.status() != StatusCode::OK {
             return Err(Error::Protocol {
@@ -236,13 +287,20 @@ impl Registry {
     /// `HEAD /v2/<repo>/blobs/<digest>`: the blob's length, if the upstream says.
     pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, Error> {
         let path = format!("/v2/{repo}/blobs/{digest}");
-        let resp = self.request(Method::HEAD, &path, &pull_scope(repo), HeaderMap::new()).await?;
+        let resp = self
+            .request(Method::HEAD, &path, &pull_scope(repo), HeaderMap::new())
+            .await?;
         let resp = self.expect_success(resp, "blob")?;
         Ok(header_u64(resp.headers(), CONTENT_LENGTH))
     }
 
     /// `GET /v2/<repo>/tags/list[?n=&last=]`.
-    pub async fn tags(&self, repo: &RepoName, n: Option<usize>, last: Option<&str>) -> Result<TagsPage, Error> {
+    pub async fn tags(
+        &self,
+        repo: &RepoName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<TagsPage, Error> {
         let query = {
             let mut q = form_urlencoded::Serializer::new(String::new());
             if let Some(n) = n {
@@ -258,27 +316,52 @@ impl Registry {
         } else {
             format!("/v2/{repo}/tags/list?{query}")
         };
-        let resp = self.request(Method::GET, &path, &pull_scope(repo), json_headers()).await?;
+        let resp = self
+            .request(Method::GET, &path, &pull_scope(repo), json_headers())
+            .await?;
         let resp = self.expect_success(resp, "repository")?;
         let link = header_string(resp.headers(), LINK);
-        let body = read_body(self.host().as_str(), resp.into_body(), MAX_LIST_BYTES, self.policy.body_idle_timeout).await?;
+        let body = read_body(
+            self.host().as_str(),
+            resp.into_body(),
+            MAX_LIST_BYTES,
+            self.policy.body_idle_timeout,
+        )
+        .await?;
         Ok(TagsPage { body, link })
     }
 
     /// `GET /v2/<repo>/referrers/<digest>`. `Ok(None)` when the upstream
     /// does not implement the API (404), so the caller uses the tag schema.
-    pub async fn referrers(&self, repo: &RepoName, digest: &Digest) -> Result<Option<TagsPage>, Error> {
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<TagsPage>, Error> {
         let path = format!("/v2/{repo}/referrers/{digest}");
-        let resp = self.request(Method::GET, &path, &pull_scope(repo), json_headers()).await?;
+        let resp = self
+            .request(Method::GET, &path, &pull_scope(repo), json_headers())
+            .await?;
         match self.expect_success(resp, "referrers API") {
             Ok(resp) => {
                 let link = header_string(resp.headers(), LINK);
-                let body = read_body(self.host().as_str(), resp.into_body(), MAX_LIST_BYTES, self.policy.body_idle_timeout).await?;
+                let body = read_body(
+                    self.host().as_str(),
+                    resp.into_body(),
+                    MAX_LIST_BYTES,
+                    self.policy.body_idle_timeout,
+                )
+                .await?;
                 Ok(Some(TagsPage { body, link }))
             }
             Err(Error::NotFound { .. }) => Ok(None),
             // Some registries answer 400/405 for unknown API paths.
-            Err(Error::Status { status, .. }) if status == StatusCode::BAD_REQUEST || status == StatusCode::METHOD_NOT_ALLOWED => Ok(None),
+            Err(Error::Status { status, .. })
+                if status == StatusCode::BAD_REQUEST
+                    || status == StatusCode::METHOD_NOT_ALLOWED =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -291,10 +374,18 @@ impl Registry {
                 message: format!("unusable Link `{link_path}`"),
             });
         }
-        let resp = self.request(Method::GET, link_path, &pull_scope(repo), json_headers()).await?;
+        let resp = self
+            .request(Method::GET, link_path, &pull_scope(repo), json_headers())
+            .await?;
         let resp = self.expect_success(resp, "page")?;
         let link = header_string(resp.headers(), LINK);
-        let body = read_body(self.host().as_str(), resp.into_body(), MAX_LIST_BYTES, self.policy.body_idle_timeout).await?;
+        let body = read_body(
+            self.host().as_str(),
+            resp.into_body(),
+            MAX_LIST_BYTES,
+            self.policy.body_idle_timeout,
+        )
+        .await?;
         Ok(TagsPage { body, link })
     }
 }
@@ -314,23 +405,36 @@ fn json_headers() -> HeaderMap {
 }
 
 fn header_string(headers: &HeaderMap, name: http::header::HeaderName) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn header_u64(headers: &HeaderMap, name: http::header::HeaderName) -> Option<u64> {
-    headers.get(name).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse().ok())
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse().ok())
 }
 
 /// Read a whole body of at most `limit` bytes, with an idle timeout between
 /// frames. Longer bodies fail at the first byte past the limit.
-pub(crate) async fn read_body(host: &str, mut body: Incoming, limit: usize, idle: Duration) -> Result<Bytes, Error> {
+pub(crate) async fn read_body(
+    host: &str,
+    mut body: Incoming,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, Error> {
     let mut buf = BytesMut::new();
     loop {
-        let frame = tokio::time::timeout(idle, body.frame()).await.map_err(|_| Error::Timeout {
-            host: host.to_owned(),
-            phase: "response body",
-            seconds: idle.as_secs(),
-        })?;
+        let frame = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| Error::Timeout {
+                host: host.to_owned(),
+                phase: "response body",
+                seconds: idle.as_secs(),
+            })?;
         match frame {
             None => return Ok(buf.freeze()),
             Some(Err(e)) => {

@@ -7,8 +7,8 @@
 //! Imports: `oci`.
 
 pub mod blob;
-pub mod signature;
 pub mod manifest;
+pub mod signature;
 
 pub use blob::{BlobVerifier, DigestMatched, IntegrityError};
 pub use manifest::{UnverifiedManifest, VerifiedManifest};

@@ -13,11 +13,19 @@ pub struct TrustRoot {
     /// sha256 of the file, as loaded.
     pub sha256: String,
     pub root: sigstore_trust_root::TrustedRoot,
+    /// The Sigstore verifier over this root, built once (it is Send + Sync).
+    pub verifier: sigstore_verify::Verifier,
 }
 
 impl fmt::Debug for TrustRoot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TrustRoot({}, {}, sha256:{})", self.name, self.path.display(), self.sha256)
+        write!(
+            f,
+            "TrustRoot({}, {}, sha256:{})",
+            self.name,
+            self.path.display(),
+            self.sha256
+        )
     }
 }
 
@@ -25,9 +33,16 @@ impl fmt::Debug for TrustRoot {
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} has sha256 {actual}, but the policy pins {pinned}")]
-    PinMismatch { path: PathBuf, pinned: String, actual: String },
+    PinMismatch {
+        path: PathBuf,
+        pinned: String,
+        actual: String,
+    },
     #[error("{path} is not a Sigstore trusted root: {message}")]
     Parse { path: PathBuf, message: String },
 }
@@ -53,7 +68,12 @@ impl TrustRoot {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        let root = sigstore_trust_root::TrustedRoot::from_json(&text).map_err(|e| TrustError::Parse {
+        let root =
+            sigstore_trust_root::TrustedRoot::from_json(&text).map_err(|e| TrustError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        let verifier = sigstore_verify::Verifier::new(&root).map_err(|e| TrustError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
@@ -62,6 +82,7 @@ impl TrustRoot {
             path: path.to_owned(),
             sha256,
             root,
+            verifier,
         })
     }
 }
