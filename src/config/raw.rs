@@ -208,7 +208,8 @@ mod tests {
     fn bad_values_have_line_numbers() {
         let err = parse("upstreams:\n  - host: a.io\n    url: ftp://a.io\n").expect_err("bad url");
         let msg = err.to_string();
-        assert!(msg.contains("https://") && msg.contains("line 3"), "{msg}");
+        // Custom errors are located at the enclosing mapping (the entry).
+        assert!(msg.contains("https://") && msg.contains("upstreams[0]") && msg.contains("line 2"), "{msg}");
         let err = parse("upstreamDefaults:\n  connectTimeout: soon\n").expect_err("bad duration");
         assert!(err.to_string().contains("line 2"), "{err}");
     }

@@ -78,6 +78,11 @@ impl Proxy {
             }
             None => self.manifest_by_digest(target, &digest).await?,
         };
+        // Only a digest whose manifest verified may become the tag's
+        // fallback for outages.
+        if stale_warning.is_none() {
+            self.record_tag(target, tag, manifest.digest()).await?;
+        }
         let cache = if stale_warning.is_some() { CacheOutcome::Stale } else { cache };
         let accept_values = accept.and_then(|a| a.to_str().ok());
         if !accepts(accept_values, manifest.media_type().as_str()) {
@@ -111,12 +116,17 @@ impl Proxy {
             }
             Err(e) => return Err(e.into()),
         };
+        Ok((digest, fetched))
+    }
+
+    /// Remember that `tag` resolved to the verified manifest `digest`.
+    async fn record_tag(&self, target: &Target, tag: &Tag, digest: &Digest) -> Result<(), Error> {
         let (host, repo, t, d) = (target.registry.host().clone(), target.repo.clone(), tag.clone(), digest.clone());
         let store = self.store.clone();
         if let Some(previous) = blocking(move || store.tags.record(&host, &repo, &t, &d)).await? {
             tracing::info!(upstream = %target.registry.host(), repo = %target.repo, %tag, %previous, now = %digest, "tag moved upstream");
         }
-        Ok((digest, fetched))
+        Ok(())
     }
 
     /// A manifest by digest: memory, then disk (re-verified), then upstream.
