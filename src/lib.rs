@@ -8,7 +8,7 @@ pub mod config;
 pub mod oci;
 pub mod proxy;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod upstream;
-pub mod store;
 pub mod verify;

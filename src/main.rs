@@ -64,11 +64,19 @@ fn main() -> ExitCode {
                 data_dir,
                 default_upstream,
             };
-            report(Config::load(config.as_deref(), &overrides).map_err(anyhow::Error::from).and_then(serve))
+            report(
+                Config::load(config.as_deref(), &overrides)
+                    .map_err(anyhow::Error::from)
+                    .and_then(serve),
+            )
         }
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => report(Config::load(Some(&file), &Overrides::default()).map(|c| print!("{}", c.describe())).map_err(Into::into)),
+        } => report(
+            Config::load(Some(&file), &Overrides::default())
+                .map(|c| print!("{}", c.describe()))
+                .map_err(Into::into),
+        ),
     }
 }
 

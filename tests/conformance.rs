@@ -65,18 +65,10 @@ async fn seed() -> Seeded {
     registry.push_image(REPO, "v1", &oci).await;
     let docker = docker_image(&[2048, 512], 2);
     registry.push_image(REPO, "docker", &docker).await;
-    let index_children = vec![
-        oci_image_for("amd64", &[700], 3),
-        oci_image_for("arm64", &[800], 4),
-    ];
+    let index_children = vec![oci_image_for("amd64", &[700], 3), oci_image_for("arm64", &[800], 4)];
     let index = oci_index(&[(&index_children[0], "amd64"), (&index_children[1], "arm64")]);
     registry
-        .push_index(
-            REPO,
-            "multi",
-            &index,
-            &[&index_children[0], &index_children[1]],
-        )
+        .push_index(REPO, "multi", &index, &[&index_children[0], &index_children[1]])
         .await;
     let list_children = vec![
         docker_image_for("amd64", &[900], 5),
@@ -89,17 +81,10 @@ async fn seed() -> Seeded {
 
     let sig_payload = Blob::new("application/vnd.example.sig", random_bytes(64, 7));
     let (sig, empty) = referrer(&oci.manifest, SIG, &sig_payload);
-    registry
-        .push_artifact(REPO, &sig, &empty, &sig_payload)
-        .await;
-    let sbom_payload = Blob::new(
-        "application/spdx+json",
-        &b"{\"spdxVersion\":\"SPDX-2.3\"}"[..],
-    );
+    registry.push_artifact(REPO, &sig, &empty, &sig_payload).await;
+    let sbom_payload = Blob::new("application/spdx+json", &b"{\"spdxVersion\":\"SPDX-2.3\"}"[..]);
     let (sbom, empty) = referrer(&oci.manifest, SBOM, &sbom_payload);
-    registry
-        .push_artifact(REPO, &sbom, &empty, &sbom_payload)
-        .await;
+    registry.push_artifact(REPO, &sbom, &empty, &sbom_payload).await;
     registry
         .push_referrers_index(REPO, &oci.manifest, &[(&sig, SIG), (&sbom, SBOM)])
         .await;
@@ -145,21 +130,15 @@ fn assert_error(r: &Resp, status: StatusCode, code: &str, what: &str) {
     if body.is_empty() {
         return; // HEAD
     }
-    let v: Value = serde_json::from_slice(&body)
-        .unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e}): {body:?}"));
+    let v: Value =
+        serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e}): {body:?}"));
     let errors = v["errors"]
         .as_array()
         .unwrap_or_else(|| panic!("{what}: no `errors` array: {v}"));
     assert!(!errors.is_empty(), "{what}: empty `errors`");
     for e in errors {
-        assert!(
-            e["message"].is_string(),
-            "{what}: error without message: {e}"
-        );
-        assert!(
-            e.get("detail").is_some(),
-            "{what}: error without detail: {e}"
-        );
+        assert!(e["message"].is_string(), "{what}: error without message: {e}");
+        assert!(e.get("detail").is_some(), "{what}: error without detail: {e}");
     }
     assert_eq!(r.error_code(), code, "{what}: error code in {v}");
     assert_eq!(
@@ -171,12 +150,7 @@ fn assert_error(r: &Resp, status: StatusCode, code: &str, what: &str) {
 
 /// A 200 manifest response with exact bytes and headers.
 fn assert_manifest(r: &Resp, m: &Blob, is_head: bool, what: &str) {
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{what}: status (body {:?})",
-        r.body
-    );
+    assert_eq!(r.status, StatusCode::OK, "{what}: status (body {:?})", r.body);
     assert_api_version(r, what);
     assert_eq!(
         r.header("content-type"),
@@ -202,12 +176,7 @@ fn assert_manifest(r: &Resp, m: &Blob, is_head: bool, what: &str) {
 
 /// A 200 blob response with exact bytes and headers.
 fn assert_blob(r: &Resp, digest: &Digest, bytes: &[u8], is_head: bool, what: &str) {
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{what}: status (body {:?})",
-        r.body
-    );
+    assert_eq!(r.status, StatusCode::OK, "{what}: status (body {:?})", r.body);
     assert_api_version(r, what);
     assert_eq!(
         r.header("content-length"),
@@ -224,11 +193,7 @@ fn assert_blob(r: &Resp, digest: &Digest, bytes: &[u8], is_head: bool, what: &st
         Some("application/octet-stream"),
         "{what}: Content-Type"
     );
-    assert_eq!(
-        r.header("accept-ranges"),
-        Some("bytes"),
-        "{what}: Accept-Ranges"
-    );
+    assert_eq!(r.header("accept-ranges"), Some("bytes"), "{what}: Accept-Ranges");
     if is_head {
         assert!(r.bytes().is_empty(), "{what}: HEAD body must be empty");
     } else {
@@ -245,10 +210,7 @@ fn assert_blob(r: &Resp, digest: &Digest, bytes: &[u8], is_head: bool, what: &st
 async fn wait_cached(proxy: &TestProxy, digest: &Digest) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !proxy.has_blob(digest) {
-        assert!(
-            Instant::now() < deadline,
-            "blob {digest} was not stored within 15 s"
-        );
+        assert!(Instant::now() < deadline, "blob {digest} was not stored within 15 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -293,14 +255,10 @@ async fn manifests_by_tag_and_by_digest() {
     }
     for (kind, m, tag) in cases {
         let digest = m.digest.to_string();
-        let references: Vec<&str> = tag
-            .into_iter()
-            .chain(std::iter::once(digest.as_str()))
-            .collect();
+        let references: Vec<&str> = tag.into_iter().chain(std::iter::once(digest.as_str())).collect();
         for reference in references {
             for accept in [Some(m.media_type.as_str()), Some(CONTAINERD_ACCEPT), None] {
-                let headers: Vec<(&str, &str)> =
-                    accept.map(|a| ("accept", a)).into_iter().collect();
+                let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
                 let url = proxy.url(&format!("/v2/{REPO}/manifests/{reference}"));
                 // HEAD first (containerd resolves with HEAD), then GET, twice
                 // (the second pair is served from the cache).
@@ -329,19 +287,9 @@ async fn manifest_unknown() {
     ];
     for path in &cases {
         let r = get(&proxy.url(path)).await;
-        assert_error(
-            &r,
-            StatusCode::NOT_FOUND,
-            "MANIFEST_UNKNOWN",
-            &format!("GET {path}"),
-        );
+        assert_error(&r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", &format!("GET {path}"));
         let r = head(&proxy.url(path)).await;
-        assert_error(
-            &r,
-            StatusCode::NOT_FOUND,
-            "MANIFEST_UNKNOWN",
-            &format!("HEAD {path}"),
-        );
+        assert_error(&r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", &format!("HEAD {path}"));
         assert!(r.bytes().is_empty(), "HEAD {path}: empty body");
     }
 }
@@ -367,10 +315,7 @@ async fn blobs_get_and_head() {
             true,
             &format!("cold HEAD {}", blob.digest),
         );
-        assert!(
-            !proxy.has_blob(&blob.digest),
-            "HEAD must not download the blob"
-        );
+        assert!(!proxy.has_blob(&blob.digest), "HEAD must not download the blob");
         let r = get(&url).await;
         assert_blob(
             &r,
@@ -409,19 +354,9 @@ async fn blob_unknown() {
         format!("/v2/conformance/nope/blobs/{missing}"),
     ] {
         let r = get(&proxy.url(&path)).await;
-        assert_error(
-            &r,
-            StatusCode::NOT_FOUND,
-            "BLOB_UNKNOWN",
-            &format!("GET {path}"),
-        );
+        assert_error(&r, StatusCode::NOT_FOUND, "BLOB_UNKNOWN", &format!("GET {path}"));
         let r = head(&proxy.url(&path)).await;
-        assert_error(
-            &r,
-            StatusCode::NOT_FOUND,
-            "BLOB_UNKNOWN",
-            &format!("HEAD {path}"),
-        );
+        assert_error(&r, StatusCode::NOT_FOUND, "BLOB_UNKNOWN", &format!("HEAD {path}"));
         assert!(r.bytes().is_empty(), "HEAD {path}: empty body");
     }
     assert!(!proxy.has_blob(&missing));
@@ -450,20 +385,10 @@ async fn invalid_digests() {
     ];
     for path in &cases {
         let r = get(&proxy.url(path)).await;
-        assert_error(
-            &r,
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-            &format!("GET {path}"),
-        );
+        assert_error(&r, StatusCode::BAD_REQUEST, "DIGEST_INVALID", &format!("GET {path}"));
         if !path.contains("/referrers/") {
             let r = head(&proxy.url(path)).await;
-            assert_error(
-                &r,
-                StatusCode::BAD_REQUEST,
-                "DIGEST_INVALID",
-                &format!("HEAD {path}"),
-            );
+            assert_error(&r, StatusCode::BAD_REQUEST, "DIGEST_INVALID", &format!("HEAD {path}"));
         }
     }
 }
@@ -496,34 +421,16 @@ async fn invalid_names_and_tags() {
     ];
     for path in &cases {
         let r = get(&proxy.url(path)).await;
-        assert_error(
-            &r,
-            StatusCode::BAD_REQUEST,
-            "NAME_INVALID",
-            &format!("GET {path}"),
-        );
+        assert_error(&r, StatusCode::BAD_REQUEST, "NAME_INVALID", &format!("GET {path}"));
     }
     // Separators the grammar allows are accepted (and simply not found).
-    for path in [
-        "/v2/conformance/a__b.c-d--e/manifests/v1",
-        "/v2/a/b/c/d/e/manifests/v1",
-    ] {
+    for path in ["/v2/conformance/a__b.c-d--e/manifests/v1", "/v2/a/b/c/d/e/manifests/v1"] {
         let r = get(&proxy.url(path)).await;
-        assert_error(
-            &r,
-            StatusCode::NOT_FOUND,
-            "MANIFEST_UNKNOWN",
-            &format!("GET {path}"),
-        );
+        assert_error(&r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", &format!("GET {path}"));
     }
     // 128-character tags are valid.
     let r = get(&proxy.url(&format!("/v2/{REPO}/manifests/{}", "t".repeat(128)))).await;
-    assert_error(
-        &r,
-        StatusCode::NOT_FOUND,
-        "MANIFEST_UNKNOWN",
-        "128-char tag",
-    );
+    assert_error(&r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "128-char tag");
 }
 
 /// The tags a tag-listing test pushes, deliberately out of order and mixing
@@ -562,10 +469,7 @@ fn tags_of(r: &Resp) -> Vec<String> {
 /// The path of a `Link: <path>; rel="next"` header.
 fn next_link(r: &Resp) -> Option<String> {
     let link = r.header("link")?;
-    assert!(
-        link.ends_with("; rel=\"next\""),
-        "Link header shape: {link}"
-    );
+    assert!(link.ends_with("; rel=\"next\""), "Link header shape: {link}");
     let start = link.find('<').expect("<") + 1;
     let end = link.find('>').expect(">");
     Some(link[start..end].to_owned())
@@ -584,10 +488,7 @@ async fn tags_list() {
     assert_eq!(r.status, StatusCode::OK);
     assert_api_version(&r, "tags");
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(
-        r.header("content-length"),
-        Some(r.bytes().len().to_string().as_str())
-    );
+    assert_eq!(r.header("content-length"), Some(r.bytes().len().to_string().as_str()));
     assert_eq!(r.header("link"), None, "no Link without n");
     assert_eq!(r.json()["name"], json!(repo));
     assert_eq!(tags_of(&r), all, "all tags in lexical order");
@@ -607,11 +508,7 @@ async fn tags_list() {
             match next_link(&r) {
                 Some(next) => {
                     let last = page.last().expect("a page with a next link is not empty");
-                    assert_eq!(
-                        next,
-                        format!("/v2/{repo}/tags/list?n={n}&last={last}"),
-                        "Link target"
-                    );
+                    assert_eq!(next, format!("/v2/{repo}/tags/list?n={n}&last={last}"), "Link target");
                     path = next;
                 }
                 None => break,
@@ -646,27 +543,13 @@ async fn tags_list() {
 
     // Unknown repository.
     let r = get(&proxy.url("/v2/conformance/nope/tags/list")).await;
-    assert_error(
-        &r,
-        StatusCode::NOT_FOUND,
-        "NAME_UNKNOWN",
-        "tags of unknown repo",
-    );
+    assert_error(&r, StatusCode::NOT_FOUND, "NAME_UNKNOWN", "tags of unknown repo");
 }
 
 fn referrers_descriptors(r: &Resp, what: &str) -> Vec<Value> {
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{what}: status (body {:?})",
-        r.body
-    );
+    assert_eq!(r.status, StatusCode::OK, "{what}: status (body {:?})", r.body);
     assert_api_version(r, what);
-    assert_eq!(
-        r.header("content-type"),
-        Some(OCI_INDEX),
-        "{what}: Content-Type"
-    );
+    assert_eq!(r.header("content-type"), Some(OCI_INDEX), "{what}: Content-Type");
     assert_eq!(
         r.header("content-length"),
         Some(r.bytes().len().to_string().as_str()),
@@ -699,10 +582,7 @@ async fn referrers() {
     let got = referrers_descriptors(&r, "all referrers");
     assert_eq!(
         got,
-        vec![
-            with_artifact_type(&s.sig, SIG),
-            with_artifact_type(&s.sbom, SBOM)
-        ]
+        vec![with_artifact_type(&s.sig, SIG), with_artifact_type(&s.sbom, SBOM)]
     );
     assert_eq!(r.header("oci-filters-applied"), None, "no filter requested");
 
@@ -743,10 +623,7 @@ async fn referrers() {
         );
     }
     let r = get(&proxy.url(&format!("/v2/conformance/nope/referrers/{subject}"))).await;
-    assert_eq!(
-        referrers_descriptors(&r, "unknown repository"),
-        Vec::<Value>::new()
-    );
+    assert_eq!(referrers_descriptors(&r, "unknown repository"), Vec::<Value>::new());
 }
 
 /// `Range` on blobs (RFC 9110 §14): on a cold blob (the proxy fetches the
@@ -769,10 +646,7 @@ async fn blob_ranges_cold_and_cached() {
         ("bytes=-50".into(), Ok(Some((size - 50, size)))),
         ("bytes=-1".into(), Ok(Some((size - 1, size)))),
         (format!("bytes={}-", size - 1), Ok(Some((size - 1, size)))),
-        (
-            format!("bytes=299990-{}", size * 10),
-            Ok(Some((299_990, size))),
-        ),
+        (format!("bytes=299990-{}", size * 10), Ok(Some((299_990, size)))),
         (format!("bytes=-{}", size * 10), Ok(Some((0, size)))),
         (format!("bytes={size}-"), Err(())),
         (format!("bytes={}-{}", size, size + 10), Err(())),
@@ -800,22 +674,14 @@ async fn blob_ranges_cold_and_cached() {
                         r.body.as_ref().map(|b| b.len())
                     );
                     let expected_range = format!("bytes {start}-{}/{size}", end - 1);
-                    assert_eq!(
-                        r.header("content-range"),
-                        Some(expected_range.as_str()),
-                        "{what}"
-                    );
+                    assert_eq!(r.header("content-range"), Some(expected_range.as_str()), "{what}");
                     assert_eq!(
                         r.header("content-length"),
                         Some((end - start).to_string().as_str()),
                         "{what}"
                     );
                     assert_eq!(r.header("accept-ranges"), Some("bytes"), "{what}");
-                    assert_eq!(
-                        r.header("content-type"),
-                        Some("application/octet-stream"),
-                        "{what}"
-                    );
+                    assert_eq!(r.header("content-type"), Some("application/octet-stream"), "{what}");
                     assert!(
                         r.bytes() == blob.bytes[*start as usize..*end as usize],
                         "{what}: exact slice"
@@ -847,10 +713,7 @@ async fn push_and_delete_refused() {
     let b = &s.oci.layers[0].digest;
     let cases: Vec<(Method, String)> = vec![
         (Method::POST, format!("/v2/{REPO}/blobs/uploads/")),
-        (
-            Method::POST,
-            format!("/v2/{REPO}/blobs/uploads/?digest={b}"),
-        ),
+        (Method::POST, format!("/v2/{REPO}/blobs/uploads/?digest={b}")),
         (
             Method::POST,
             format!("/v2/{REPO}/blobs/uploads/?mount={b}&from=other/repo"),
@@ -873,35 +736,21 @@ async fn push_and_delete_refused() {
         ),
         (Method::PUT, format!("/v2/{REPO}/manifests/v1")),
         (Method::PUT, format!("/v2/{REPO}/manifests/{m}")),
-        (
-            Method::PUT,
-            format!("/v2/{REPO}/manifests/sha256:totallywrong"),
-        ),
+        (Method::PUT, format!("/v2/{REPO}/manifests/sha256:totallywrong")),
         (Method::DELETE, format!("/v2/{REPO}/manifests/v1")),
         (Method::DELETE, format!("/v2/{REPO}/manifests/{m}")),
         (Method::DELETE, format!("/v2/{REPO}/blobs/{b}")),
         (Method::PUT, format!("/v2/{REPO}/blobs/{b}")),
         (Method::POST, format!("/v2/{REPO}/manifests/v1")),
         (Method::PATCH, format!("/v2/{REPO}/manifests/v1")),
-        (
-            Method::PUT,
-            format!("/v2/registry.test/{REPO}/manifests/v1"),
-        ),
-        (
-            Method::PUT,
-            format!("/v2/{REPO}/manifests/v1?ns={}", s.registry.host()),
-        ),
+        (Method::PUT, format!("/v2/registry.test/{REPO}/manifests/v1")),
+        (Method::PUT, format!("/v2/{REPO}/manifests/v1?ns={}", s.registry.host())),
         (Method::DELETE, format!("/v2/{REPO}/tags/list")),
         (Method::POST, format!("/v2/{REPO}/referrers/{m}")),
     ];
     for (method, path) in &cases {
         let what = format!("{method} {path}");
-        let r = request(
-            method.clone(),
-            &proxy.url(path),
-            &[("content-type", OCI_MANIFEST)],
-        )
-        .await;
+        let r = request(method.clone(), &proxy.url(path), &[("content-type", OCI_MANIFEST)]).await;
         assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", &what);
     }
     // The upstream still has everything.
@@ -923,30 +772,10 @@ async fn unknown_routes_are_oci_json() {
     let (_s, proxy) = seeded_proxy().await;
     let d = unknown_digest();
     let cases: Vec<(Method, String, StatusCode, &str)> = vec![
-        (
-            Method::GET,
-            "/".into(),
-            StatusCode::NOT_FOUND,
-            "UNSUPPORTED",
-        ),
-        (
-            Method::GET,
-            "/v1/_ping".into(),
-            StatusCode::NOT_FOUND,
-            "UNSUPPORTED",
-        ),
-        (
-            Method::GET,
-            "/v2x/".into(),
-            StatusCode::NOT_FOUND,
-            "UNSUPPORTED",
-        ),
-        (
-            Method::GET,
-            format!("/v2/{REPO}"),
-            StatusCode::NOT_FOUND,
-            "UNSUPPORTED",
-        ),
+        (Method::GET, "/".into(), StatusCode::NOT_FOUND, "UNSUPPORTED"),
+        (Method::GET, "/v1/_ping".into(), StatusCode::NOT_FOUND, "UNSUPPORTED"),
+        (Method::GET, "/v2x/".into(), StatusCode::NOT_FOUND, "UNSUPPORTED"),
+        (Method::GET, format!("/v2/{REPO}"), StatusCode::NOT_FOUND, "UNSUPPORTED"),
         (
             Method::GET,
             format!("/v2/{REPO}/unknown"),
@@ -977,12 +806,7 @@ async fn unknown_routes_are_oci_json() {
             StatusCode::NOT_FOUND,
             "UNSUPPORTED",
         ),
-        (
-            Method::GET,
-            "/v2/_catalog".into(),
-            StatusCode::NOT_FOUND,
-            "UNSUPPORTED",
-        ),
+        (Method::GET, "/v2/_catalog".into(), StatusCode::NOT_FOUND, "UNSUPPORTED"),
         (
             Method::GET,
             "/v2/_catalog?n=10".into(),
@@ -1037,20 +861,9 @@ async fn sha512_blobs_and_manifests() {
     let r = get(&url).await;
     assert_blob(&r, &blob.digest, &blob.bytes, false, "cold GET sha512 blob");
     wait_cached(&proxy, &blob.digest).await;
-    assert!(
-        proxy
-            .blob_path(&blob.digest)
-            .to_string_lossy()
-            .contains("/sha512/")
-    );
+    assert!(proxy.blob_path(&blob.digest).to_string_lossy().contains("/sha512/"));
     let r = get(&url).await;
-    assert_blob(
-        &r,
-        &blob.digest,
-        &blob.bytes,
-        false,
-        "cached GET sha512 blob",
-    );
+    assert_blob(&r, &blob.digest, &blob.bytes, false, "cached GET sha512 blob");
     let r = request(Method::GET, &url, &[("range", "bytes=-10")]).await;
     assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
     assert!(r.bytes() == blob.bytes[blob.bytes.len() - 10..]);
@@ -1078,12 +891,7 @@ async fn sha512_blobs_and_manifests() {
     }
     let missing = Digest::of(Algorithm::Sha512, b"missing");
     let r = get(&proxy.url(&format!("/v2/{REPO}/blobs/{missing}"))).await;
-    assert_error(
-        &r,
-        StatusCode::NOT_FOUND,
-        "BLOB_UNKNOWN",
-        "unknown sha512 blob",
-    );
+    assert_error(&r, StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "unknown sha512 blob");
 }
 
 fn routing_config(registry: &Distribution) -> String {
@@ -1108,21 +916,13 @@ upstreams:
 #[tokio::test]
 async fn routing_shapes() {
     let s = seed().await;
-    s.registry
-        .push_manifest(REPO, "v2", &s.docker.manifest)
-        .await;
+    s.registry.push_manifest(REPO, "v2", &s.docker.manifest).await;
     let proxy = TestProxy::start(&routing_config(&s.registry)).await;
     let host = s.registry.host();
     let encoded_host = host.replace(':', "%3A");
     // (label, name prefix, query, expected OCI-Namespace, client-visible name)
     let shapes: Vec<(&str, String, String, Option<String>, String)> = vec![
-        (
-            "default",
-            format!("/v2/{REPO}"),
-            String::new(),
-            None,
-            REPO.to_owned(),
-        ),
+        ("default", format!("/v2/{REPO}"), String::new(), None, REPO.to_owned()),
         (
             "host in path",
             format!("/v2/registry.test/{REPO}"),
@@ -1169,10 +969,7 @@ async fn routing_shapes() {
     let layer = &s.oci.layers[0];
     for (label, prefix, query, namespace, client_name) in &shapes {
         let with = |path: &str, extra: &str| {
-            let q: Vec<&str> = [extra, query.as_str()]
-                .into_iter()
-                .filter(|x| !x.is_empty())
-                .collect();
+            let q: Vec<&str> = [extra, query.as_str()].into_iter().filter(|x| !x.is_empty()).collect();
             if q.is_empty() {
                 proxy.url(&format!("{prefix}{path}"))
             } else {
@@ -1186,35 +983,14 @@ async fn routing_shapes() {
                 "{label} {what}: OCI-Namespace"
             );
         };
-        let r = request(
-            Method::GET,
-            &with("/manifests/v1", ""),
-            &[("accept", OCI_MANIFEST)],
-        )
-        .await;
-        assert_manifest(
-            &r,
-            &s.oci.manifest,
-            false,
-            &format!("{label}: GET manifest by tag"),
-        );
+        let r = request(Method::GET, &with("/manifests/v1", ""), &[("accept", OCI_MANIFEST)]).await;
+        assert_manifest(&r, &s.oci.manifest, false, &format!("{label}: GET manifest by tag"));
         check_ns(&r, "manifest");
         let r = head(&with(&format!("/manifests/{}", s.index.digest), "")).await;
-        assert_manifest(
-            &r,
-            &s.index,
-            true,
-            &format!("{label}: HEAD index by digest"),
-        );
+        assert_manifest(&r, &s.index, true, &format!("{label}: HEAD index by digest"));
         check_ns(&r, "index");
         let r = get(&with(&format!("/blobs/{}", layer.digest), "")).await;
-        assert_blob(
-            &r,
-            &layer.digest,
-            &layer.bytes,
-            false,
-            &format!("{label}: GET blob"),
-        );
+        assert_blob(&r, &layer.digest, &layer.bytes, false, &format!("{label}: GET blob"));
         check_ns(&r, "blob");
         let r = get(&with("/tags/list", "")).await;
         assert_eq!(r.status, StatusCode::OK, "{label}: tags");
@@ -1249,11 +1025,7 @@ async fn routing_shapes() {
         all.truncate(2);
         assert_eq!(paged, all, "{label}: second page");
         let r = get(&with(&format!("/referrers/{}", s.oci.manifest.digest), "")).await;
-        assert_eq!(
-            referrers_descriptors(&r, label).len(),
-            2,
-            "{label}: referrers"
-        );
+        assert_eq!(referrers_descriptors(&r, label).len(), 2, "{label}: referrers");
         check_ns(&r, "referrers");
         let r = get(&with(
             &format!("/referrers/{}", s.oci.manifest.digest),

@@ -84,12 +84,7 @@ impl Seeded {
                 tag: "big",
                 top: &self.big.manifest,
                 manifests: BTreeSet::new(),
-                blobs: self
-                    .big
-                    .blobs()
-                    .into_iter()
-                    .map(|b| b.digest.clone())
-                    .collect(),
+                blobs: self.big.blobs().into_iter().map(|b| b.digest.clone()).collect(),
                 docker: false,
             },
         ]
@@ -105,12 +100,7 @@ async fn seed(with_big: bool) -> Seeded {
     ];
     let index = oci_index(&[(&index_children[0], "amd64"), (&index_children[1], "arm64")]);
     registry
-        .push_index(
-            REPO,
-            "v1",
-            &index,
-            &[&index_children[0], &index_children[1]],
-        )
+        .push_index(REPO, "v1", &index, &[&index_children[0], &index_children[1]])
         .await;
     let list_children = vec![
         docker_image_for("amd64", &[60_000], 13),
@@ -218,10 +208,7 @@ fn rootfs_image() -> Image {
         Blob::new(OCI_LAYER, tar(&[("hello.txt", b"hello from portcullis\n")])),
         Blob::new(
             OCI_LAYER,
-            tar(&[
-                ("data.bin", &random_bytes(200_000, 21)),
-                ("etc-release", b"ID=test\n"),
-            ]),
+            tar(&[("data.bin", &random_bytes(200_000, 21)), ("etc-release", b"ID=test\n")]),
         ),
     ];
     let diff_ids: Vec<String> = layers.iter().map(|l| l.digest.to_string()).collect();
@@ -273,9 +260,7 @@ async fn try_run(program: &str, args: &[&str], limit: Duration) -> Result<String
     let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
         Ok(r) => r.map_err(|e| format!("`{shown}`: {e}"))?,
         Err(_) => {
-            return Err(format!(
-                "`{shown}` did not finish within {limit:?} (killed)"
-            ));
+            return Err(format!("`{shown}` did not finish within {limit:?} (killed)"));
         }
     };
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -295,8 +280,7 @@ async fn try_run(program: &str, args: &[&str], limit: Duration) -> Result<String
 
 /// sha256 of a file, streamed.
 fn sha256_file(path: &Path) -> Digest {
-    let mut f =
-        std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut h = DigestHasher::new(Algorithm::Sha256);
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -319,20 +303,15 @@ fn sha256_digest(hex: &str) -> Digest {
 /// An OCI layout written by skopeo: the digest `tag` points at, and every
 /// blob (each file's sha256 checked against its name).
 fn read_oci_layout(dir: &Path, tag: &str) -> (Digest, BTreeSet<Digest>) {
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
-            .expect("index.json is JSON");
+    let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
+        .expect("index.json is JSON");
     let top = index["manifests"]
         .as_array()
         .expect("index.json manifests")
         .iter()
         .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == json!(tag))
         .unwrap_or_else(|| panic!("no `{tag}` in {index}"));
-    let top: Digest = top["digest"]
-        .as_str()
-        .expect("digest")
-        .parse()
-        .expect("valid digest");
+    let top: Digest = top["digest"].as_str().expect("digest").parse().expect("valid digest");
     let mut blobs = BTreeSet::new();
     for entry in std::fs::read_dir(dir.join("blobs/sha256")).expect("blobs/sha256") {
         let path = entry.expect("entry").path();
@@ -355,11 +334,7 @@ fn read_dir_copy(dir: &Path) -> (Digest, BTreeSet<Digest>) {
     let mut blobs = BTreeSet::from([top.clone()]);
     for entry in std::fs::read_dir(dir).expect("dir copy") {
         let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
+        let name = path.file_name().expect("name").to_string_lossy().into_owned();
         if name == "manifest.json" || name == "version" {
             continue;
         }
@@ -389,10 +364,7 @@ fn assert_complete_copy(
         "{what}: the copy's top-level manifest is not the upstream's"
     );
     let missing: Vec<&Digest> = expected.difference(got).collect();
-    assert!(
-        missing.is_empty(),
-        "{what}: missing from the copy: {missing:?}"
-    );
+    assert!(missing.is_empty(), "{what}: missing from the copy: {missing:?}");
 }
 
 // ------------------------------------------------------------- skopeo
@@ -431,14 +403,10 @@ async fn skopeo_through(shape: &str, name_prefix: &str) {
             )
             .await;
             let (got_top, got) = read_oci_layout(&oci, tag);
-            assert_ne!(
-                got_top, e.top.digest,
-                "{shape} {tag}: converted to an OCI index"
-            );
-            let index: Value = serde_json::from_slice(
-                &std::fs::read(oci.join("blobs/sha256").join(got_top.hex())).expect("index"),
-            )
-            .expect("json");
+            assert_ne!(got_top, e.top.digest, "{shape} {tag}: converted to an OCI index");
+            let index: Value =
+                serde_json::from_slice(&std::fs::read(oci.join("blobs/sha256").join(got_top.hex())).expect("index"))
+                    .expect("json");
             assert_eq!(index["mediaType"], json!(OCI_INDEX));
             let children = index["manifests"].as_array().expect("children");
             assert_eq!(
@@ -447,15 +415,8 @@ async fn skopeo_through(shape: &str, name_prefix: &str) {
                 "{shape} {tag}: every platform copied"
             );
             for c in children {
-                let d: Digest = c["digest"]
-                    .as_str()
-                    .expect("digest")
-                    .parse()
-                    .expect("digest");
-                assert!(
-                    got.contains(&d),
-                    "{shape} {tag}: child {d} missing from the layout"
-                );
+                let d: Digest = c["digest"].as_str().expect("digest").parse().expect("digest");
+                assert!(got.contains(&d), "{shape} {tag}: child {d} missing from the layout");
             }
         } else {
             let args = [
@@ -469,13 +430,7 @@ async fn skopeo_through(shape: &str, name_prefix: &str) {
             ];
             run("skopeo", &args, COPY_LIMIT).await;
             let (got_top, got) = read_oci_layout(&oci, tag);
-            assert_complete_copy(
-                &format!("{shape} {tag} oci:"),
-                &got_top,
-                &got,
-                &e.all(),
-                &e.top.digest,
-            );
+            assert_complete_copy(&format!("{shape} {tag} oci:"), &got_top, &got, &e.all(), &e.top.digest);
         }
         eprintln!("{shape}: {tag} → oci: in {:?}", t.elapsed());
 
@@ -492,13 +447,7 @@ async fn skopeo_through(shape: &str, name_prefix: &str) {
         ];
         run("skopeo", &args, COPY_LIMIT).await;
         let (got_top, got) = read_dir_copy(&dir);
-        assert_complete_copy(
-            &format!("{shape} {tag} dir:"),
-            &got_top,
-            &got,
-            &e.all(),
-            &e.top.digest,
-        );
+        assert_complete_copy(&format!("{shape} {tag} dir:"), &got_top, &got, &e.all(), &e.top.digest);
         // Free the disk before the next image (the big one is 100 MiB).
         std::fs::remove_dir_all(&oci).expect("cleanup");
         std::fs::remove_dir_all(&dir).expect("cleanup");
@@ -506,16 +455,10 @@ async fn skopeo_through(shape: &str, name_prefix: &str) {
     // Everything went through (and is now cached in) the proxy.
     for e in s.images() {
         for d in &e.blobs {
-            assert!(
-                proxy.has_blob(d),
-                "{shape}: blob {d} not in the proxy's store"
-            );
+            assert!(proxy.has_blob(d), "{shape}: blob {d} not in the proxy's store");
         }
         for d in e.manifests.iter().chain([&e.top.digest]) {
-            assert!(
-                proxy.has_manifest(d),
-                "{shape}: manifest {d} not in the proxy's store"
-            );
+            assert!(proxy.has_manifest(d), "{shape}: manifest {d} not in the proxy's store");
         }
     }
 }
@@ -577,13 +520,9 @@ impl Containerd {
             if let Ok(Some(status)) = c.child.try_wait() {
                 panic!("containerd exited with {status}:\n{}", c.log());
             }
-            if try_run(
-                "ctr",
-                &["--address", &c.socket(), "version"],
-                Duration::from_secs(10),
-            )
-            .await
-            .is_ok()
+            if try_run("ctr", &["--address", &c.socket(), "version"], Duration::from_secs(10))
+                .await
+                .is_ok()
             {
                 return c;
             }
@@ -597,11 +536,7 @@ impl Containerd {
     }
 
     fn socket(&self) -> String {
-        self.dir
-            .path()
-            .join("containerd.sock")
-            .display()
-            .to_string()
+        self.dir.path().join("containerd.sock").display().to_string()
     }
 
     fn log(&self) -> String {
@@ -613,12 +548,9 @@ impl Containerd {
         let sock = self.socket();
         let mut all = vec!["--address", sock.as_str(), "-n", "t"];
         all.extend_from_slice(args);
-        try_run("ctr", &all, COPY_LIMIT).await.map_err(|e| {
-            format!(
-                "{e}\n--- containerd log (tail) ---\n{}",
-                tail(&self.log(), 4000)
-            )
-        })
+        try_run("ctr", &all, COPY_LIMIT)
+            .await
+            .map_err(|e| format!("{e}\n--- containerd log (tail) ---\n{}", tail(&self.log(), 4000)))
     }
 
     /// A hosts directory for `registry` whose only `[host]` is the proxy and
@@ -629,7 +561,10 @@ impl Containerd {
         std::fs::create_dir_all(&dir).expect("hosts dir");
         std::fs::write(
             dir.join("hosts.toml"),
-            format!("server = \"http://127.0.0.1:9\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", proxy.addr),
+            format!(
+                "server = \"http://127.0.0.1:9\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+                proxy.addr
+            ),
         )
         .expect("hosts.toml");
         hosts
@@ -663,30 +598,17 @@ async fn ctr_content_fetch_through_ns_mirror() {
     let hosts = hosts.to_str().expect("utf-8 path");
     // Without `ns` this proxy has no route for the name.
     let r = support::client::get(&proxy.url(&format!("/v2/{REPO}/manifests/v1"))).await;
-    assert_eq!(
-        (r.status.as_u16(), r.error_code().as_str()),
-        (404, "NAME_UNKNOWN")
-    );
+    assert_eq!((r.status.as_u16(), r.error_code().as_str()), (404, "NAME_UNKNOWN"));
     for e in s.images() {
         let image = format!("{}/{REPO}:{}", s.registry.host(), e.tag);
         let t = Instant::now();
         containerd
-            .ctr(&[
-                "content",
-                "fetch",
-                "--all-platforms",
-                "--hosts-dir",
-                hosts,
-                &image,
-            ])
+            .ctr(&["content", "fetch", "--all-platforms", "--hosts-dir", hosts, &image])
             .await
             .unwrap_or_else(|err| panic!("{err}"));
         eprintln!("ctr content fetch {image}: {:?}", t.elapsed());
         for d in &e.blobs {
-            assert!(
-                proxy.has_blob(d),
-                "{image}: blob {d} did not go through the proxy"
-            );
+            assert!(proxy.has_blob(d), "{image}: blob {d} did not go through the proxy");
         }
         for d in e.manifests.iter().chain([&e.top.digest]) {
             assert!(
@@ -699,15 +621,8 @@ async fn ctr_content_fetch_through_ns_mirror() {
             .ctr(&["content", "ls", "-q"])
             .await
             .unwrap_or_else(|err| panic!("{err}"));
-        let listed: BTreeSet<Digest> = listed
-            .lines()
-            .map(|l| l.trim().parse().expect("digest"))
-            .collect();
-        let missing: Vec<Digest> = e
-            .all()
-            .into_iter()
-            .filter(|d| !listed.contains(d))
-            .collect();
+        let listed: BTreeSet<Digest> = listed.lines().map(|l| l.trim().parse().expect("digest")).collect();
+        let missing: Vec<Digest> = e.all().into_iter().filter(|d| !listed.contains(d)).collect();
         assert!(missing.is_empty(), "{image}: containerd lacks {missing:?}");
     }
     // Control: with the proxy gone, containerd has nowhere to go (the
@@ -758,10 +673,7 @@ async fn ctr_images_pull_native_snapshotter() {
         .lines()
         .find(|l| l.starts_with(&image))
         .unwrap_or_else(|| panic!("{image} not listed:\n{images}"));
-    assert!(
-        line.contains(&s.rootfs.manifest.digest.to_string()),
-        "{line}"
-    );
+    assert!(line.contains(&s.rootfs.manifest.digest.to_string()), "{line}");
     // The unpacked files are in the native snapshotter's directories.
     let snapshots = containerd
         .dir
@@ -777,10 +689,7 @@ async fn ctr_images_pull_native_snapshotter() {
         "hello.txt not unpacked under {}",
         snapshots.display()
     );
-    assert_eq!(
-        std::fs::read(&found[0]).expect("read"),
-        b"hello from portcullis\n"
-    );
+    assert_eq!(std::fs::read(&found[0]).expect("read"), b"hello from portcullis\n");
 }
 
 // ------------------------------------------------------------- podman
@@ -822,12 +731,7 @@ async fn podman_pull_by_proxy_name() {
     };
     for prefix in ["", "local/", "registry.test/"] {
         let image = format!("{}/{prefix}{REPO}:rootfs", proxy.addr);
-        podman(vec![
-            "pull".into(),
-            "--tls-verify=false".into(),
-            image.clone(),
-        ])
-        .await;
+        podman(vec!["pull".into(), "--tls-verify=false".into(), image.clone()]).await;
         let digest = podman(vec![
             "image".into(),
             "inspect".into(),
@@ -836,11 +740,7 @@ async fn podman_pull_by_proxy_name() {
             image.clone(),
         ])
         .await;
-        assert_eq!(
-            digest.trim(),
-            s.rootfs.manifest.digest.to_string(),
-            "{image}"
-        );
+        assert_eq!(digest.trim(), s.rootfs.manifest.digest.to_string(), "{image}");
     }
     for b in s.rootfs.blobs() {
         assert!(

@@ -23,15 +23,9 @@ use crate::oci::{RegistryHost, RepoName};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{origin}: {source}")]
-    Yaml {
-        origin: String,
-        source: yaml_serde::Error,
-    },
+    Yaml { origin: String, source: yaml_serde::Error },
     #[error("{origin}: {at}: {message}")]
     Invalid {
         origin: String,
@@ -168,14 +162,14 @@ impl Config {
             if !u.url.https && !u.insecure_plain_http {
                 return Err(invalid(
                     &format!("{at}.url"),
-                    format!(
-                        "`{}` is plain HTTP; set `insecurePlainHttp: true` to allow it",
-                        u.url
-                    ),
+                    format!("`{}` is plain HTTP; set `insecurePlainHttp: true` to allow it", u.url),
                 ));
             }
             if upstreams.iter().any(|o| o.host == u.host) {
-                return Err(invalid(&format!("{at}.host"), format!("duplicate upstream `{}`", u.host)));
+                return Err(invalid(
+                    &format!("{at}.host"),
+                    format!("duplicate upstream `{}`", u.host),
+                ));
             }
             let credentials = u
                 .credentials
@@ -190,9 +184,7 @@ impl Config {
             });
             for (j, alias) in u.aliases.into_iter().enumerate() {
                 let alias_at = format!("{at}.aliases[{j}]");
-                if alias.parse::<RepoName>().map(|n| n.depth()) != Ok(1)
-                    || RegistryHost::looks_like_host(&alias)
-                {
+                if alias.parse::<RepoName>().map(|n| n.depth()) != Ok(1) || RegistryHost::looks_like_host(&alias) {
                     return Err(invalid(
                         &alias_at,
                         format!("alias `{alias}` must be one lowercase path segment without dots"),
@@ -214,7 +206,10 @@ impl Config {
                     .or_else(|| aliases.get(&name))
                     .cloned()
                     .ok_or_else(|| {
-                        invalid("defaultUpstream", format!("`{name}` is not a configured upstream host or alias"))
+                        invalid(
+                            "defaultUpstream",
+                            format!("`{name}` is not a configured upstream host or alias"),
+                        )
                     })?,
             ),
         };

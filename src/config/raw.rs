@@ -209,7 +209,10 @@ mod tests {
         let err = parse("upstreams:\n  - host: a.io\n    url: ftp://a.io\n").expect_err("bad url");
         let msg = err.to_string();
         // Custom errors are located at the enclosing mapping (the entry).
-        assert!(msg.contains("https://") && msg.contains("upstreams[0]") && msg.contains("line 2"), "{msg}");
+        assert!(
+            msg.contains("https://") && msg.contains("upstreams[0]") && msg.contains("line 2"),
+            "{msg}"
+        );
         let err = parse("upstreamDefaults:\n  connectTimeout: soon\n").expect_err("bad duration");
         assert!(err.to_string().contains("line 2"), "{err}");
     }

@@ -52,8 +52,8 @@ fn one_secret(
             Some(b) if f.is_relative() => b.join(f),
             _ => f.to_owned(),
         };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {what}File {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("cannot read {what}File {}: {e}", path.display()))?;
         return Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))));
     }
     if let Some(var) = env {
@@ -72,7 +72,13 @@ pub(super) fn load_credentials(raw: RawCredentials, base: Option<&Path>) -> Resu
         raw.password_env.as_deref(),
         base,
     )?;
-    let token = one_secret("token", raw.token, raw.token_file.as_deref(), raw.token_env.as_deref(), base)?;
+    let token = one_secret(
+        "token",
+        raw.token,
+        raw.token_file.as_deref(),
+        raw.token_env.as_deref(),
+        base,
+    )?;
     match (raw.username, password, token) {
         (Some(username), Some(password), None) => Ok(Credentials::Basic { username, password }),
         (None, None, Some(token)) => Ok(Credentials::Bearer(token)),

@@ -60,7 +60,10 @@ impl ManifestMediaType {
     }
 
     pub fn is_index(self) -> bool {
-        matches!(self, ManifestMediaType::OciIndex | ManifestMediaType::DockerManifestList)
+        matches!(
+            self,
+            ManifestMediaType::OciIndex | ManifestMediaType::DockerManifestList
+        )
     }
 }
 
@@ -109,9 +112,7 @@ impl Descriptor {
     /// (trow's `layer_is_distributable`): they carry `urls` or a
     /// non-distributable media type.
     pub fn is_distributable(&self) -> bool {
-        self.urls.is_empty()
-            && !self.media_type.contains("nondistributable")
-            && !self.media_type.contains(".foreign.")
+        self.urls.is_empty() && !self.media_type.contains("nondistributable") && !self.media_type.contains(".foreign.")
     }
 }
 
@@ -145,8 +146,7 @@ impl ManifestInfo {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(ManifestError::TooLarge);
         }
-        let raw: RawManifest =
-            serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
         if raw.schema_version == Some(1) {
             return Err(ManifestError::Schema1);
         }
@@ -171,10 +171,7 @@ impl ManifestInfo {
         })
     }
 
-    fn media_type(
-        raw: &RawManifest,
-        content_type: Option<&str>,
-    ) -> Result<ManifestMediaType, ManifestError> {
+    fn media_type(raw: &RawManifest, content_type: Option<&str>) -> Result<ManifestMediaType, ManifestError> {
         let from_header = content_type.map(ManifestMediaType::parse);
         match (&raw.media_type, from_header) {
             (Some(field), Some(Ok(header))) => {
@@ -211,7 +208,8 @@ pub fn accepts<'a>(accept_values: impl IntoIterator<Item = &'a str>, media_type:
         any = true;
         let excluded = parts.any(|p| {
             let p = p.trim();
-            p.strip_prefix("q=").is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
+            p.strip_prefix("q=")
+                .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
         });
         let matches = range == "*/*"
             || range == media_type
@@ -232,7 +230,9 @@ mod tests {
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     fn image(media_type: Option<&str>) -> String {
-        let mt = media_type.map(|m| format!("\"mediaType\":\"{m}\",")).unwrap_or_default();
+        let mt = media_type
+            .map(|m| format!("\"mediaType\":\"{m}\","))
+            .unwrap_or_default();
         format!(
             r#"{{"schemaVersion":2,{mt}"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{D}","size":0}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{D}","size":0}}]}}"#
         )
@@ -240,8 +240,7 @@ mod tests {
 
     #[test]
     fn parses_image_and_lists_references() {
-        let info = ManifestInfo::parse(image(Some(OCI_MANIFEST)).as_bytes(), Some(OCI_MANIFEST))
-            .expect("valid");
+        let info = ManifestInfo::parse(image(Some(OCI_MANIFEST)).as_bytes(), Some(OCI_MANIFEST)).expect("valid");
         assert_eq!(info.media_type, ManifestMediaType::OciManifest);
         assert_eq!(info.references.len(), 2);
     }

@@ -134,9 +134,7 @@ impl FromStr for Tag {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let b = s.as_bytes();
-        let first_ok = b
-            .first()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        let first_ok = b.first().is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
         let rest_ok = b
             .iter()
             .skip(1)
@@ -247,10 +245,7 @@ mod tests {
         ] {
             assert!(bad.parse::<RepoName>().is_err(), "{bad}");
         }
-        assert_eq!(
-            "a".repeat(256).parse::<RepoName>(),
-            Err(NameError::NameTooLong)
-        );
+        assert_eq!("a".repeat(256).parse::<RepoName>(), Err(NameError::NameTooLong));
     }
 
     #[test]
@@ -276,7 +271,10 @@ mod tests {
         for ok in ["docker.io", "127.0.0.1:5000", "localhost", "[::1]:5000", "Ghcr.IO"] {
             assert!(ok.parse::<RegistryHost>().is_ok(), "{ok}");
         }
-        assert_eq!("Ghcr.IO".parse::<RegistryHost>().map(|h| h.to_string()), Ok("ghcr.io".into()));
+        assert_eq!(
+            "Ghcr.IO".parse::<RegistryHost>().map(|h| h.to_string()),
+            Ok("ghcr.io".into())
+        );
         for bad in ["", "a:", "a:port", "a b", "::1", "-a.com", "a..b"] {
             assert!(bad.parse::<RegistryHost>().is_err(), "{bad}");
         }

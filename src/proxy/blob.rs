@@ -93,7 +93,13 @@ pub struct BlobServed {
 
 impl Proxy {
     /// `GET`/`HEAD /v2/<name>/blobs/<digest>`.
-    pub async fn blob(&self, target: &Target, digest: &Digest, range: Option<ByteRange>, head: bool) -> Result<BlobServed, Error> {
+    pub async fn blob(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        head: bool,
+    ) -> Result<BlobServed, Error> {
         let store = self.store.clone();
         let d = digest.clone();
         if let Some((file, size)) = blocking(move || store.blobs.open(&d)).await? {
@@ -152,7 +158,13 @@ impl Proxy {
     }
 }
 
-fn serve(spool: &Spool<Error>, size: u64, range: Option<ByteRange>, head: bool, cache: CacheOutcome) -> Result<BlobServed, Error> {
+fn serve(
+    spool: &Spool<Error>,
+    size: u64,
+    range: Option<ByteRange>,
+    head: bool,
+    cache: CacheOutcome,
+) -> Result<BlobServed, Error> {
     let slice = match range {
         None => None,
         Some(r) => Some(r.resolve(size).ok_or(Error::RangeNotSatisfiable { size })?),
@@ -192,7 +204,9 @@ impl Downloader {
             Err(e) => {
                 if let Error::Integrity { source, .. } = &e {
                     let (expected, actual) = match source {
-                        IntegrityError::DigestMismatch { expected, actual } => (expected.to_string(), actual.to_string()),
+                        IntegrityError::DigestMismatch { expected, actual } => {
+                            (expected.to_string(), actual.to_string())
+                        }
                         other => (self.digest.to_string(), other.to_string()),
                     };
                     tracing::warn!(upstream = %self.target.registry.host(), repo = %self.target.repo, %expected, %actual,

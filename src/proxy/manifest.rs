@@ -37,7 +37,12 @@ pub struct ManifestServed {
 
 impl Proxy {
     /// `GET`/`HEAD /v2/<name>/manifests/<reference>`.
-    pub async fn manifest(&self, target: &Target, reference: &Reference, accept: Option<&HeaderValue>) -> Result<ManifestServed, Error> {
+    pub async fn manifest(
+        &self,
+        target: &Target,
+        reference: &Reference,
+        accept: Option<&HeaderValue>,
+    ) -> Result<ManifestServed, Error> {
         match reference {
             Reference::Digest(digest) => {
                 let (manifest, cache) = self.manifest_by_digest(target, digest).await?;
@@ -51,7 +56,12 @@ impl Proxy {
         }
     }
 
-    async fn manifest_by_tag(&self, target: &Target, tag: &Tag, accept: Option<&HeaderValue>) -> Result<ManifestServed, Error> {
+    async fn manifest_by_tag(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        accept: Option<&HeaderValue>,
+    ) -> Result<ManifestServed, Error> {
         let upstream_accept = upstream_accept(accept);
         let (digest, fetched_by_tag, stale_warning) = match self.resolve_tag(target, tag, &upstream_accept).await {
             Ok((digest, fetched)) => (digest, fetched, None),
@@ -63,7 +73,8 @@ impl Proxy {
                     Some(d) => {
                         tracing::warn!(upstream = %target.registry.host(), repo = %target.repo, %tag, digest = %d, error = %e,
                             "upstream unavailable; serving the last verified digest for the tag");
-                        let warning = format!("upstream unavailable ({e}); served the last verified digest for this tag");
+                        let warning =
+                            format!("upstream unavailable ({e}); served the last verified digest for this tag");
                         (d, None, Some(warning))
                     }
                     None => return Err(e),
@@ -83,7 +94,11 @@ impl Proxy {
         if stale_warning.is_none() {
             self.record_tag(target, tag, manifest.digest()).await?;
         }
-        let cache = if stale_warning.is_some() { CacheOutcome::Stale } else { cache };
+        let cache = if stale_warning.is_some() {
+            CacheOutcome::Stale
+        } else {
+            cache
+        };
         let accept_values = accept.and_then(|a| a.to_str().ok());
         if !accepts(accept_values, manifest.media_type().as_str()) {
             return Err(Error::NotAcceptable {
@@ -101,13 +116,21 @@ impl Proxy {
     /// Hub's pull limit). An upstream that omits `Docker-Content-Digest` (or
     /// refuses HEAD) is asked with GET instead, and the digest is computed
     /// from the bytes, which are then returned already verified.
-    async fn resolve_tag(&self, target: &Target, tag: &Tag, accept: &HeaderValue) -> Result<(Digest, Option<VerifiedManifest>), Error> {
+    async fn resolve_tag(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        accept: &HeaderValue,
+    ) -> Result<(Digest, Option<VerifiedManifest>), Error> {
         let reference = Reference::Tag(tag.clone());
         let head = target.registry.head_manifest(&target.repo, &reference, accept).await;
         let (digest, fetched) = match head {
             Ok(upstream::ManifestHead { digest: Some(d), .. }) => (d, None),
             Ok(_) | Err(upstream::Error::Status { .. }) => {
-                let unverified = target.registry.get_manifest(&target.repo, &reference, accept, MAX_MANIFEST_BYTES).await?;
+                let unverified = target
+                    .registry
+                    .get_manifest(&target.repo, &reference, accept, MAX_MANIFEST_BYTES)
+                    .await?;
                 let m = check_computed(unverified).map_err(|source| {
                     let digest = Digest::of(crate::oci::Algorithm::Sha256, b"");
                     integrity_failure(target, digest, source)
@@ -121,7 +144,12 @@ impl Proxy {
 
     /// Remember that `tag` resolved to the verified manifest `digest`.
     async fn record_tag(&self, target: &Target, tag: &Tag, digest: &Digest) -> Result<(), Error> {
-        let (host, repo, t, d) = (target.registry.host().clone(), target.repo.clone(), tag.clone(), digest.clone());
+        let (host, repo, t, d) = (
+            target.registry.host().clone(),
+            target.repo.clone(),
+            tag.clone(),
+            digest.clone(),
+        );
         let store = self.store.clone();
         if let Some(previous) = blocking(move || store.tags.record(&host, &repo, &t, &d)).await? {
             tracing::info!(upstream = %target.registry.host(), repo = %target.repo, %tag, %previous, now = %digest, "tag moved upstream");
@@ -131,18 +159,35 @@ impl Proxy {
 
     /// A manifest by digest: memory, then disk (re-verified), then upstream.
     /// Concurrent callers for the same digest share one load.
-    async fn manifest_by_digest(&self, target: &Target, digest: &Digest) -> Result<(VerifiedManifest, CacheOutcome), Error> {
+    async fn manifest_by_digest(
+        &self,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<(VerifiedManifest, CacheOutcome), Error> {
         if let Some(m) = self.manifests.get(digest).await {
             return Ok((m, CacheOutcome::Hit));
         }
         let fetched = Arc::new(AtomicBool::new(false));
         let load = self.load_manifest(target, digest, fetched.clone());
-        let m = self.manifests.try_get_with(digest.clone(), load).await.map_err(|e| (*e).clone())?;
-        let cache = if fetched.load(Ordering::Relaxed) { CacheOutcome::Miss } else { CacheOutcome::Hit };
+        let m = self
+            .manifests
+            .try_get_with(digest.clone(), load)
+            .await
+            .map_err(|e| (*e).clone())?;
+        let cache = if fetched.load(Ordering::Relaxed) {
+            CacheOutcome::Miss
+        } else {
+            CacheOutcome::Hit
+        };
         Ok((m, cache))
     }
 
-    async fn load_manifest(&self, target: &Target, digest: &Digest, fetched: Arc<AtomicBool>) -> Result<VerifiedManifest, Error> {
+    async fn load_manifest(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        fetched: Arc<AtomicBool>,
+    ) -> Result<VerifiedManifest, Error> {
         let store = self.store.clone();
         let d = digest.clone();
         if let Some(unverified) = blocking(move || store.manifests.get(&d)).await? {
@@ -154,8 +199,12 @@ impl Proxy {
         fetched.store(true, Ordering::Relaxed);
         let accept = HeaderValue::from_static(DEFAULT_ACCEPT);
         let reference = Reference::Digest(digest.clone());
-        let unverified = target.registry.get_manifest(&target.repo, &reference, &accept, MAX_MANIFEST_BYTES).await?;
-        let m = verify::manifest::check(unverified, digest).map_err(|source| integrity_failure(target, digest.clone(), source))?;
+        let unverified = target
+            .registry
+            .get_manifest(&target.repo, &reference, &accept, MAX_MANIFEST_BYTES)
+            .await?;
+        let m = verify::manifest::check(unverified, digest)
+            .map_err(|source| integrity_failure(target, digest.clone(), source))?;
         let store = self.store.clone();
         let to_store = m.clone();
         blocking(move || store.manifests.put(&to_store)).await?;

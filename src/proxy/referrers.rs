@@ -25,7 +25,12 @@ pub struct ReferrersServed {
 
 impl Proxy {
     /// `GET /v2/<name>/referrers/<digest>[?artifactType=]`.
-    pub async fn referrers(&self, target: &Target, subject: &Digest, artifact_type: Option<&str>) -> Result<ReferrersServed, Error> {
+    pub async fn referrers(
+        &self,
+        target: &Target,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<ReferrersServed, Error> {
         let descriptors = match target.registry.referrers(&target.repo, subject).await? {
             Some(first) => self.native_referrers(target, first).await?,
             None => self.fallback_referrers(target, subject).await?,
@@ -94,7 +99,10 @@ fn index_manifests(body: &[u8]) -> Result<Vec<Value>, Error> {
 /// A descriptor must carry a media type, a valid digest and a size.
 fn valid_descriptor(d: &Value) -> bool {
     let media_type = d.get("mediaType").and_then(Value::as_str).is_some();
-    let digest = d.get("digest").and_then(Value::as_str).is_some_and(|s| s.parse::<Digest>().is_ok());
+    let digest = d
+        .get("digest")
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.parse::<Digest>().is_ok());
     let size = d.get("size").and_then(Value::as_u64).is_some();
     media_type && digest && size
 }
@@ -103,7 +111,9 @@ fn valid_descriptor(d: &Value) -> bool {
 fn link_target(link: &str) -> Option<String> {
     let start = link.find('<')? + 1;
     let end = link[start..].find('>')? + start;
-    link[end..].contains("rel=\"next\"").then(|| link[start..end].to_owned())
+    link[end..]
+        .contains("rel=\"next\"")
+        .then(|| link[start..end].to_owned())
 }
 
 #[cfg(test)]

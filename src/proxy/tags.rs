@@ -48,7 +48,11 @@ impl Proxy {
             tags.truncate(n);
             more = true;
         }
-        let next_last = if more && n.is_some() { tags.last().cloned() } else { None };
+        let next_last = if more && n.is_some() {
+            tags.last().cloned()
+        } else {
+            None
+        };
         let body = serde_json::to_vec(&ClientTags {
             name: &target.client_name,
             tags: &tags,

@@ -25,7 +25,11 @@ pub async fn serve<B>(
 ) -> Result<Response<ResponseBody>, ApiError> {
     record.digest = Some(digest.clone());
     let head = req.method() == http::Method::HEAD;
-    let range = req.headers().get(RANGE).and_then(|v| v.to_str().ok()).and_then(ByteRange::parse);
+    let range = req
+        .headers()
+        .get(RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ByteRange::parse);
     let served = match proxy.blob(target, digest, range, head).await {
         Ok(s) => s,
         Err(proxy::Error::RangeNotSatisfiable { size }) => return Ok(unsatisfiable(size)),

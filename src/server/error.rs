@@ -55,7 +55,11 @@ impl ApiError {
 
     pub fn not_found_route(path: &str) -> ApiError {
         let shown: String = path.chars().take(200).collect();
-        ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", format!("no such endpoint: {shown}"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "UNSUPPORTED",
+            format!("no such endpoint: {shown}"),
+        )
     }
 
     pub fn unsupported(message: &str) -> ApiError {
@@ -71,7 +75,11 @@ impl ApiError {
     }
 
     pub fn method_not_allowed(method: &Method) -> ApiError {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", format!("method {method} is not supported here"))
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            format!("method {method} is not supported here"),
+        )
     }
 
     pub fn bad_reference(e: ReferenceError) -> ApiError {

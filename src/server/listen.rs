@@ -41,7 +41,9 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("addr", &self.listener.local_addr().ok()).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("addr", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
     }
 }
 
@@ -50,10 +52,12 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, ListenError> {
         let config = Arc::new(config);
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
-        let listener = TcpListener::bind(config.listen).await.map_err(|source| ListenError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ListenError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let proxy = Proxy::new(config)?;
         Ok(Server { listener, tls, proxy })
     }

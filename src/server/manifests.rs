@@ -48,7 +48,12 @@ pub async fn serve<B>(
 
 /// Clients may send several `Accept` headers; join them into one list.
 fn combined_accept<B>(req: &Request<B>) -> Option<HeaderValue> {
-    let values: Vec<&str> = req.headers().get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    let values: Vec<&str> = req
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     if values.is_empty() {
         return None;
     }

@@ -56,21 +56,42 @@ pub async fn handle<B>(proxy: Arc<Proxy>, req: Request<B>) -> Result<Response<Lo
             render_error(&e, head)
         }
     };
-    resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    resp.headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     record.status = resp.status().as_u16();
     Ok(resp.map(|b| Logged::new(b, record, started)))
 }
 
-async fn dispatch<B>(proxy: &Proxy, req: &Request<B>, record: &mut AccessRecord) -> Result<Response<ResponseBody>, ApiError> {
+async fn dispatch<B>(
+    proxy: &Proxy,
+    req: &Request<B>,
+    record: &mut AccessRecord,
+) -> Result<Response<ResponseBody>, ApiError> {
     let query = req.uri().query();
-    match route::parse(req.method(), req.uri().path(), query, proxy.config(), proxy.registries())? {
+    match route::parse(
+        req.method(),
+        req.uri().path(),
+        query,
+        proxy.config(),
+        proxy.registries(),
+    )? {
         Route::Health => {
             record.route = "health";
-            Ok(simple(StatusCode::OK, "text/plain", "ok\n", req.method() == Method::HEAD))
+            Ok(simple(
+                StatusCode::OK,
+                "text/plain",
+                "ok\n",
+                req.method() == Method::HEAD,
+            ))
         }
         Route::Base => {
             record.route = "base";
-            Ok(simple(StatusCode::OK, "application/json", "{}", req.method() == Method::HEAD))
+            Ok(simple(
+                StatusCode::OK,
+                "application/json",
+                "{}",
+                req.method() == Method::HEAD,
+            ))
         }
         Route::Repo {
             endpoint,
@@ -96,7 +117,8 @@ async fn dispatch<B>(proxy: &Proxy, req: &Request<B>, record: &mut AccessRecord)
 fn simple(status: StatusCode, content_type: &'static str, body: &'static str, head: bool) -> Response<ResponseBody> {
     let mut resp = Response::new(if head { empty() } else { full(body) });
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     resp
 }

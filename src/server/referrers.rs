@@ -33,5 +33,6 @@ pub async fn serve(
     if served.filtered {
         resp = resp.header("oci-filters-applied", HeaderValue::from_static("artifactType"));
     }
-    resp.body(full(served.body)).map_err(|e| ApiError::internal(e.to_string()))
+    resp.body(full(served.body))
+        .map_err(|e| ApiError::internal(e.to_string()))
 }

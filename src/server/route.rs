@@ -13,7 +13,7 @@ use http::Method;
 
 use super::error::ApiError;
 use crate::config::Config;
-use crate::oci::{Digest, RegistryHost, RepoName, Reference};
+use crate::oci::{Digest, Reference, RegistryHost, RepoName};
 use crate::proxy::Target;
 use crate::upstream::Registries;
 
@@ -110,7 +110,13 @@ pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
 }
 
 /// Parse method, path and query into a route, or the OCI error to send.
-pub fn parse(method: &Method, path: &str, query: Option<&str>, config: &Config, registries: &Registries) -> Result<Route, ApiError> {
+pub fn parse(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    config: &Config,
+    registries: &Registries,
+) -> Result<Route, ApiError> {
     if path == "/healthz" {
         return Ok(Route::Health);
     }
@@ -157,7 +163,12 @@ fn read_only(method: &Method) -> Result<(), ApiError> {
     }
 }
 
-fn resolve_target(name: &str, ns: Option<&str>, config: &Config, registries: &Registries) -> Result<(Target, Option<RegistryHost>), ApiError> {
+fn resolve_target(
+    name: &str,
+    ns: Option<&str>,
+    config: &Config,
+    registries: &Registries,
+) -> Result<(Target, Option<RegistryHost>), ApiError> {
     let target = |upstream: &std::sync::Arc<crate::config::Upstream>, repo: &str| -> Result<Target, ApiError> {
         let repo: RepoName = repo.parse().map_err(ApiError::bad_name)?;
         let registry = registries
@@ -171,7 +182,9 @@ fn resolve_target(name: &str, ns: Option<&str>, config: &Config, registries: &Re
     };
     if let Some(ns) = ns {
         let host: RegistryHost = ns.parse().map_err(ApiError::bad_name)?;
-        let upstream = config.upstream_by_host(host.as_str()).ok_or_else(|| ApiError::not_allow_listed(&host))?;
+        let upstream = config
+            .upstream_by_host(host.as_str())
+            .ok_or_else(|| ApiError::not_allow_listed(&host))?;
         return Ok((target(upstream, name)?, Some(host)));
     }
     if let Some((first, rest)) = name.split_once('/') {
@@ -180,12 +193,16 @@ fn resolve_target(name: &str, ns: Option<&str>, config: &Config, registries: &Re
         }
         if RegistryHost::looks_like_host(first) {
             let host: RegistryHost = first.parse().map_err(ApiError::bad_name)?;
-            let upstream = config.upstream_by_host(host.as_str()).ok_or_else(|| ApiError::not_allow_listed(&host))?;
+            let upstream = config
+                .upstream_by_host(host.as_str())
+                .ok_or_else(|| ApiError::not_allow_listed(&host))?;
             return Ok((target(upstream, rest)?, None));
         }
     }
     let upstream = config.default_upstream.as_ref().ok_or_else(|| {
-        ApiError::name_unknown(format!("`{name}` names no registry and no default upstream is configured"))
+        ApiError::name_unknown(format!(
+            "`{name}` names no registry and no default upstream is configured"
+        ))
     })?;
     Ok((target(upstream, name)?, None))
 }
@@ -239,7 +256,10 @@ mod tests {
             })
         );
         assert_eq!(split_path("a/b/c/tags/list").map(|p| p.name), Some("a/b/c"));
-        assert_eq!(split_path("a/blobs/uploads/").map(|p| p.endpoint), Some(RawEndpoint::Upload));
+        assert_eq!(
+            split_path("a/blobs/uploads/").map(|p| p.endpoint),
+            Some(RawEndpoint::Upload)
+        );
         assert_eq!(split_path("a/blobs/x/y"), None);
         assert_eq!(split_path("a/blobs/"), None);
     }
@@ -258,7 +278,9 @@ mod tests {
         );
         // 3. host in path, any depth
         assert_eq!(
-            target_of(route("/v2/quay.io/a/b/c/d/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")),
+            target_of(route(
+                "/v2/quay.io/a/b/c/d/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            )),
             ("quay.io".into(), "a/b/c/d".into(), None)
         );
         assert_eq!(
@@ -283,17 +305,29 @@ mod tests {
         assert_eq!(code(route("/v2/evil.example/x/manifests/v1")), Some("DENIED"));
         assert_eq!(code(route("/v2/x/manifests/v1?ns=evil.example")), Some("DENIED"));
         assert_eq!(code(route("/v2/UPPER/manifests/v1")), Some("NAME_INVALID"));
-        assert_eq!(code(route("/v2/a/manifests/sha256:baddigeststring")), Some("DIGEST_INVALID"));
+        assert_eq!(
+            code(route("/v2/a/manifests/sha256:baddigeststring")),
+            Some("DIGEST_INVALID")
+        );
         assert_eq!(code(route("/v2/a/blobs/sha256:abc")), Some("DIGEST_INVALID"));
         assert_eq!(code(route("/v2/a/manifests/-bad")), Some("NAME_INVALID"));
         assert_eq!(code(route("/nope")), Some("UNSUPPORTED"));
         assert_eq!(route("/nope").err().map(|e| e.status().as_u16()), Some(404));
         assert_eq!(code(route("/v2/_catalog")), Some("UNSUPPORTED"));
         assert_eq!(code(route_m(&Method::PUT, "/v2/a/manifests/v1")), Some("UNSUPPORTED"));
-        assert_eq!(code(route_m(&Method::POST, "/v2/a/blobs/uploads/")), Some("UNSUPPORTED"));
-        assert_eq!(code(route_m(&Method::PATCH, "/v2/a/blobs/uploads/1234")), Some("UNSUPPORTED"));
         assert_eq!(
-            code(route_m(&Method::DELETE, "/v2/a/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")),
+            code(route_m(&Method::POST, "/v2/a/blobs/uploads/")),
+            Some("UNSUPPORTED")
+        );
+        assert_eq!(
+            code(route_m(&Method::PATCH, "/v2/a/blobs/uploads/1234")),
+            Some("UNSUPPORTED")
+        );
+        assert_eq!(
+            code(route_m(
+                &Method::DELETE,
+                "/v2/a/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            )),
             Some("UNSUPPORTED")
         );
     }

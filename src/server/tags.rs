@@ -36,5 +36,6 @@ pub async fn serve(
         let link = format!("</v2/{}/tags/list?{}>; rel=\"next\"", target.client_name, q.finish());
         resp = resp.header(LINK, header_value(&link)?);
     }
-    resp.body(full(served.body)).map_err(|e| ApiError::internal(e.to_string()))
+    resp.body(full(served.body))
+        .map_err(|e| ApiError::internal(e.to_string()))
 }

@@ -36,9 +36,7 @@ impl BlobStore {
 
     /// Start writing `digest` into a temp file.
     pub fn writer(&self, digest: &Digest) -> Result<BlobWriter, StoreError> {
-        let tmp_path = self
-            .tmp
-            .join(format!("{}.{}.part", digest.hex(), fastrand::u64(..)));
+        let tmp_path = self.tmp.join(format!("{}.{}.part", digest.hex(), fastrand::u64(..)));
         let file = File::options()
             .read(true)
             .write(true)
@@ -148,7 +146,10 @@ mod tests {
         let w = s.writer(&d).expect("writer");
         let mut v = BlobVerifier::new(other, None);
         v.update(b"other").expect("ok");
-        assert!(matches!(w.commit(v.finish().expect("proof")), Err(StoreError::WrongProof { .. })));
+        assert!(matches!(
+            w.commit(v.finish().expect("proof")),
+            Err(StoreError::WrongProof { .. })
+        ));
         assert!(s.open(&d).expect("io").is_none());
     }
 }

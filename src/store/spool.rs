@@ -58,6 +58,11 @@ impl<E: Clone + Send + Sync + 'static> Spool<E> {
         }
     }
 
+    /// Whether the download ended without a verified blob.
+    pub fn has_failed(&self) -> bool {
+        matches!(*self.tx.borrow(), SpoolState::Failed(_) | SpoolState::Abandoned)
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<SpoolState<E>> {
         self.tx.subscribe()
     }
@@ -165,7 +170,11 @@ pub async fn wait_complete<E: Clone + std::fmt::Display>(
 /// Stream bytes `[start, end)` of the spool to a channel. Until the blob is
 /// verified, the last byte of the range is held back; on failure the stream
 /// ends with an error so the client's response is aborted, never completed.
-pub fn read_range<E>(mut rx: watch::Receiver<SpoolState<E>>, start: u64, end: u64) -> mpsc::Receiver<Result<Bytes, ReadError<E>>>
+pub fn read_range<E>(
+    mut rx: watch::Receiver<SpoolState<E>>,
+    start: u64,
+    end: u64,
+) -> mpsc::Receiver<Result<Bytes, ReadError<E>>>
 where
     E: Clone + std::fmt::Display + Send + Sync + 'static,
 {
@@ -238,4 +247,3 @@ fn read_at(file: &File, pos: u64, len: u64) -> std::io::Result<Bytes> {
     file.read_exact_at(&mut buf, pos)?;
     Ok(buf.freeze())
 }
-

@@ -39,7 +39,13 @@ impl TagStore {
 
     /// Record that the tag resolved to `digest`. Returns the previous digest
     /// when the tag moved.
-    pub fn record(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<Option<Digest>, StoreError> {
+    pub fn record(
+        &self,
+        host: &RegistryHost,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<Option<Digest>, StoreError> {
         let key = (host.clone(), repo.clone(), tag.clone());
         let previous = match self.recent.lock().ok().and_then(|m| m.get(&key).cloned()) {
             Some(d) => Some(d),

@@ -125,7 +125,15 @@ impl Auth {
     ) -> Result<HeaderValue, Error> {
         let fetched = self
             .tokens
-            .try_get_with(scope.to_owned(), fetch_token(reg, challenge, challenge_scope.unwrap_or(scope), self.credentials.as_ref()))
+            .try_get_with(
+                scope.to_owned(),
+                fetch_token(
+                    reg,
+                    challenge,
+                    challenge_scope.unwrap_or(scope),
+                    self.credentials.as_ref(),
+                ),
+            )
             .await;
         fetched.map(|t| t.header).map_err(|e| (*e).clone())
     }
@@ -205,13 +213,22 @@ async fn fetch_token(
     policy.response_header_timeout = policy.token_timeout;
     // The token endpoint is often another host (auth.docker.io); the
     // credentials go to the realm's authority only, never across a redirect.
-    let resp = client::send(&reg.http, &host, &policy, &Method::GET, url, &headers, authorization.as_ref()).await?;
+    let resp = client::send(
+        &reg.http,
+        &host,
+        &policy,
+        &Method::GET,
+        url,
+        &headers,
+        authorization.as_ref(),
+    )
+    .await?;
     if !resp.status().is_success() {
         return Err(unauthorized(format!("token endpoint answered {}", resp.status())));
     }
     let body = super::fetch::read_body(&host, resp.into_body(), MAX_TOKEN_RESPONSE, policy.token_timeout).await?;
-    let parsed: TokenResponse = serde_json::from_slice(&body)
-        .map_err(|e| unauthorized(format!("token response is not JSON: {e}")))?;
+    let parsed: TokenResponse =
+        serde_json::from_slice(&body).map_err(|e| unauthorized(format!("token response is not JSON: {e}")))?;
     let token = parsed
         .token
         .or(parsed.access_token)
@@ -230,7 +247,12 @@ async fn fetch_token(
 fn parse_challenge(value: &str) -> Option<(Challenge, Option<String>)> {
     let (scheme, params) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
     let params = parse_params(params);
-    let get = |k: &str| params.iter().find(|(key, _)| key.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone());
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
     if scheme.eq_ignore_ascii_case("basic") {
         return Some((Challenge::Basic, None));
     }
@@ -251,7 +273,9 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = s.trim();
     while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else { break };
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
         let key = key.trim().trim_start_matches(',').trim().to_owned();
         let after = after.trim_start();
         let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
@@ -310,7 +334,10 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(scope.as_deref(), Some("repository:a:pull,push"));
-        assert_eq!(parse_challenge(r#"Basic realm="x""#).map(|c| c.0), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="x""#).map(|c| c.0),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate abc"), None);
         assert_eq!(parse_challenge("Bearer service=x"), None);
     }

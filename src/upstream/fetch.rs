@@ -125,7 +125,16 @@ impl Registry {
         let host = self.host().to_string();
         let uri = self.uri(path_and_query)?;
         let auth = self.auth.preemptive(self, scope).await?;
-        let resp = client::send(&self.http, &host, &self.policy, method, uri.clone(), headers, auth.as_ref()).await?;
+        let resp = client::send(
+            &self.http,
+            &host,
+            &self.policy,
+            method,
+            uri.clone(),
+            headers,
+            auth.as_ref(),
+        )
+        .await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -182,9 +191,16 @@ impl Registry {
 
     /// `HEAD /v2/<repo>/manifests/<reference>`: resolves a tag without
     /// counting against Docker Hub's pull limit.
-    pub async fn head_manifest(&self, repo: &RepoName, reference: &Reference, accept: &HeaderValue) -> Result<ManifestHead, Error> {
+    pub async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &HeaderValue,
+    ) -> Result<ManifestHead, Error> {
         let path = format!("/v2/{repo}/manifests/{reference}");
-        let resp = self.request(Method::HEAD, &path, &pull_scope(repo), accept_headers(accept)).await?;
+        let resp = self
+            .request(Method::HEAD, &path, &pull_scope(repo), accept_headers(accept))
+            .await?;
         let resp = self.expect_success(resp, "manifest")?;
         Ok(ManifestHead {
             digest: self.claimed_digest(resp.headers())?,
@@ -202,11 +218,19 @@ impl Registry {
         limit: usize,
     ) -> Result<UnverifiedManifest, Error> {
         let path = format!("/v2/{repo}/manifests/{reference}");
-        let resp = self.request(Method::GET, &path, &pull_scope(repo), accept_headers(accept)).await?;
+        let resp = self
+            .request(Method::GET, &path, &pull_scope(repo), accept_headers(accept))
+            .await?;
         let resp = self.expect_success(resp, "manifest")?;
         let claimed_digest = self.claimed_digest(resp.headers())?;
         let content_type = header_string(resp.headers(), CONTENT_TYPE);
-        let bytes = read_body(self.host().as_str(), resp.into_body(), limit, self.policy.body_idle_timeout).await?;
+        let bytes = read_body(
+            self.host().as_str(),
+            resp.into_body(),
+            limit,
+            self.policy.body_idle_timeout,
+        )
+        .await?;
         Ok(UnverifiedManifest {
             bytes,
             content_type,
@@ -217,7 +241,9 @@ impl Registry {
     /// `GET /v2/<repo>/blobs/<digest>`, following redirects to CDNs.
     pub async fn get_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobResponse, Error> {
         let path = format!("/v2/{repo}/blobs/{digest}");
-        let resp = self.request(Method::GET, &path, &pull_scope(repo), HeaderMap::new()).await?;
+        let resp = self
+            .request(Method::GET, &path, &pull_scope(repo), HeaderMap::new())
+            .await?;
         let resp = self.expect_success(resp, "blob")?;
         if resp.status() != StatusCode::OK {
             return Err(Error::Protocol {
@@ -236,7 +262,9 @@ impl Registry {
     /// `HEAD /v2/<repo>/blobs/<digest>`: the blob's length, if the upstream says.
     pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, Error> {
         let path = format!("/v2/{repo}/blobs/{digest}");
-        let resp = self.request(Method::HEAD, &path, &pull_scope(repo), HeaderMap::new()).await?;
+        let resp = self
+            .request(Method::HEAD, &path, &pull_scope(repo), HeaderMap::new())
+            .await?;
         let resp = self.expect_success(resp, "blob")?;
         Ok(header_u64(resp.headers(), CONTENT_LENGTH))
     }
@@ -258,10 +286,18 @@ impl Registry {
         } else {
             format!("/v2/{repo}/tags/list?{query}")
         };
-        let resp = self.request(Method::GET, &path, &pull_scope(repo), json_headers()).await?;
+        let resp = self
+            .request(Method::GET, &path, &pull_scope(repo), json_headers())
+            .await?;
         let resp = self.expect_success(resp, "repository")?;
         let link = header_string(resp.headers(), LINK);
-        let body = read_body(self.host().as_str(), resp.into_body(), MAX_LIST_BYTES, self.policy.body_idle_timeout).await?;
+        let body = read_body(
+            self.host().as_str(),
+            resp.into_body(),
+            MAX_LIST_BYTES,
+            self.policy.body_idle_timeout,
+        )
+        .await?;
         Ok(TagsPage { body, link })
     }
 
@@ -269,16 +305,28 @@ impl Registry {
     /// does not implement the API (404), so the caller uses the tag schema.
     pub async fn referrers(&self, repo: &RepoName, digest: &Digest) -> Result<Option<TagsPage>, Error> {
         let path = format!("/v2/{repo}/referrers/{digest}");
-        let resp = self.request(Method::GET, &path, &pull_scope(repo), json_headers()).await?;
+        let resp = self
+            .request(Method::GET, &path, &pull_scope(repo), json_headers())
+            .await?;
         match self.expect_success(resp, "referrers API") {
             Ok(resp) => {
                 let link = header_string(resp.headers(), LINK);
-                let body = read_body(self.host().as_str(), resp.into_body(), MAX_LIST_BYTES, self.policy.body_idle_timeout).await?;
+                let body = read_body(
+                    self.host().as_str(),
+                    resp.into_body(),
+                    MAX_LIST_BYTES,
+                    self.policy.body_idle_timeout,
+                )
+                .await?;
                 Ok(Some(TagsPage { body, link }))
             }
             Err(Error::NotFound { .. }) => Ok(None),
             // Some registries answer 400/405 for unknown API paths.
-            Err(Error::Status { status, .. }) if status == StatusCode::BAD_REQUEST || status == StatusCode::METHOD_NOT_ALLOWED => Ok(None),
+            Err(Error::Status { status, .. })
+                if status == StatusCode::BAD_REQUEST || status == StatusCode::METHOD_NOT_ALLOWED =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -291,10 +339,18 @@ impl Registry {
                 message: format!("unusable Link `{link_path}`"),
             });
         }
-        let resp = self.request(Method::GET, link_path, &pull_scope(repo), json_headers()).await?;
+        let resp = self
+            .request(Method::GET, link_path, &pull_scope(repo), json_headers())
+            .await?;
         let resp = self.expect_success(resp, "page")?;
         let link = header_string(resp.headers(), LINK);
-        let body = read_body(self.host().as_str(), resp.into_body(), MAX_LIST_BYTES, self.policy.body_idle_timeout).await?;
+        let body = read_body(
+            self.host().as_str(),
+            resp.into_body(),
+            MAX_LIST_BYTES,
+            self.policy.body_idle_timeout,
+        )
+        .await?;
         Ok(TagsPage { body, link })
     }
 }
@@ -318,7 +374,10 @@ fn header_string(headers: &HeaderMap, name: http::header::HeaderName) -> Option<
 }
 
 fn header_u64(headers: &HeaderMap, name: http::header::HeaderName) -> Option<u64> {
-    headers.get(name).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse().ok())
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse().ok())
 }
 
 /// Read a whole body of at most `limit` bytes, with an idle timeout between
@@ -326,11 +385,13 @@ fn header_u64(headers: &HeaderMap, name: http::header::HeaderName) -> Option<u64
 pub(crate) async fn read_body(host: &str, mut body: Incoming, limit: usize, idle: Duration) -> Result<Bytes, Error> {
     let mut buf = BytesMut::new();
     loop {
-        let frame = tokio::time::timeout(idle, body.frame()).await.map_err(|_| Error::Timeout {
-            host: host.to_owned(),
-            phase: "response body",
-            seconds: idle.as_secs(),
-        })?;
+        let frame = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| Error::Timeout {
+                host: host.to_owned(),
+                phase: "response body",
+                seconds: idle.as_secs(),
+            })?;
         match frame {
             None => return Ok(buf.freeze()),
             Some(Err(e)) => {

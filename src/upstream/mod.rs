@@ -27,7 +27,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("host", &self.upstream.host).finish_non_exhaustive()
+        f.debug_struct("Registry")
+            .field("host", &self.upstream.host)
+            .finish_non_exhaustive()
     }
 }
 
@@ -61,7 +63,10 @@ impl Registries {
     pub fn from_config(config: &Config) -> Result<Registries, Error> {
         let mut by_host = HashMap::new();
         for u in &config.upstreams {
-            by_host.insert(u.host.clone(), Arc::new(Registry::new(u.clone(), config.upstream_policy)?));
+            by_host.insert(
+                u.host.clone(),
+                Arc::new(Registry::new(u.clone(), config.upstream_policy)?),
+            );
         }
         Ok(Registries {
             by_host: Arc::new(by_host),

@@ -123,7 +123,13 @@ mod tests {
 
         let mut v = BlobVerifier::new(d.clone(), Some(3));
         v.update(b"ab").expect("fits");
-        assert!(matches!(v.finish(), Err(IntegrityError::Truncated { received: 2, expected: 3 })));
+        assert!(matches!(
+            v.finish(),
+            Err(IntegrityError::Truncated {
+                received: 2,
+                expected: 3
+            })
+        ));
 
         let mut v = BlobVerifier::new(d.clone(), Some(3));
         v.update(b"abd").expect("fits");

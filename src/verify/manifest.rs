@@ -145,7 +145,10 @@ mod tests {
         let d = Digest::of(Algorithm::Sha256, &b);
         let mut m = unverified(b);
         m.claimed_digest = Some(Digest::of(Algorithm::Sha256, b"other"));
-        assert!(matches!(check(m, &d), Err(IntegrityError::ClaimedDigestMismatch { .. })));
+        assert!(matches!(
+            check(m, &d),
+            Err(IntegrityError::ClaimedDigestMismatch { .. })
+        ));
     }
 
     #[test]

@@ -49,7 +49,12 @@ pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Res
     let resp = client.request(req).await.expect("response headers");
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map(|c| c.to_bytes()).map_err(|e| format!("{e:?}"));
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| format!("{e:?}"));
     Resp { status, headers, body }
 }
 

@@ -47,8 +47,7 @@ impl Distribution {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).expect("storage dir");
-        let http: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let http: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let log_path = dir.path().join("registry.log");
         // The port is free when probed but could be taken before the registry
         // binds it; a registry that exits at once is retried on a new port.
@@ -75,12 +74,7 @@ impl Distribution {
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
             match wait_ready(&mut child, &http, port).await {
                 Ok(()) => {
-                    return Distribution {
-                        port,
-                        child,
-                        dir,
-                        http,
-                    };
+                    return Distribution { port, child, dir, http };
                 }
                 Err(why) => {
                     let _ = child.kill();
@@ -179,10 +173,7 @@ impl Distribution {
             location
         };
         let sep = if location.contains('?') { '&' } else { '?' };
-        let put = format!(
-            "{location}{sep}digest={}",
-            blob.digest.to_string().replace(':', "%3A")
-        );
+        let put = format!("{location}{sep}digest={}", blob.digest.to_string().replace(':', "%3A"));
         let (status, _, body) = self
             .send(
                 Method::PUT,
@@ -219,9 +210,7 @@ impl Distribution {
             "PUT {url}: {}",
             String::from_utf8_lossy(&body)
         );
-        let digest = headers
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok());
+        let digest = headers.get("docker-content-digest").and_then(|v| v.to_str().ok());
         assert_eq!(
             digest,
             Some(manifest.digest.to_string().as_str()),
@@ -247,8 +236,7 @@ impl Distribution {
         for child in children {
             self.push_image(repo, "", child).await;
         }
-        self.push_manifest(repo, &index.digest.to_string(), index)
-            .await;
+        self.push_manifest(repo, &index.digest.to_string(), index).await;
         self.push_manifest(repo, tag, index).await;
     }
 
@@ -259,31 +247,18 @@ impl Distribution {
 
     /// Push an artifact manifest (from `images::referrer`) with its empty
     /// config and payload, by digest only.
-    pub async fn push_artifact(
-        &self,
-        repo: &str,
-        manifest: &Blob,
-        empty_config: &Blob,
-        payload: &Blob,
-    ) {
+    pub async fn push_artifact(&self, repo: &str, manifest: &Blob, empty_config: &Blob, payload: &Blob) {
         self.push_blob(repo, empty_config).await;
         self.push_blob(repo, payload).await;
-        self.push_manifest(repo, &manifest.digest.to_string(), manifest)
-            .await;
+        self.push_manifest(repo, &manifest.digest.to_string(), manifest).await;
     }
 
     /// The referrers tag schema (distribution 2.8 has no referrers API): an
     /// OCI index tagged `<alg>-<hex of subject>` listing each artifact
     /// manifest's descriptor with its `artifactType`. Returns the index.
-    pub async fn push_referrers_index(
-        &self,
-        repo: &str,
-        subject: &Blob,
-        artifacts: &[(&Blob, &str)],
-    ) -> Blob {
+    pub async fn push_referrers_index(&self, repo: &str, subject: &Blob, artifacts: &[(&Blob, &str)]) -> Blob {
         let index = referrers_index(artifacts);
-        self.push_manifest(repo, &subject.digest.tag_form(), &index)
-            .await;
+        self.push_manifest(repo, &subject.digest.tag_form(), &index).await;
         index
     }
 }
@@ -294,12 +269,7 @@ impl Distribution {
     /// refuses manifest pushes by non-canonical digests but resolves
     /// cross-algorithm links on reads, exactly as it does for blobs pushed
     /// with `?digest=sha512:...`; so the link is written into its storage.
-    pub fn link_manifest_digest(
-        &self,
-        repo: &str,
-        manifest: &Blob,
-        alias: &portcullis::oci::Digest,
-    ) {
+    pub fn link_manifest_digest(&self, repo: &str, manifest: &Blob, alias: &portcullis::oci::Digest) {
         let dir = self
             .storage()
             .join("docker/registry/v2/repositories")
@@ -327,11 +297,7 @@ pub fn referrers_index(artifacts: &[(&Blob, &str)]) -> Blob {
 }
 
 /// Poll `GET /v2/` until it answers 200, the process exits, or time runs out.
-async fn wait_ready(
-    child: &mut Child,
-    http: &Client<HttpConnector, Full<Bytes>>,
-    port: u16,
-) -> Result<(), String> {
+async fn wait_ready(child: &mut Child, http: &Client<HttpConnector, Full<Bytes>>, port: u16) -> Result<(), String> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {

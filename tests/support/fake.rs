@@ -19,9 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{
-    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
-};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::combinators::BoxBody;
@@ -115,9 +113,7 @@ pub struct FakeRegistry {
 
 impl FakeRegistry {
     pub async fn start() -> FakeRegistry {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("fake registry binds");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("fake registry binds");
         let addr = listener.local_addr().expect("fake registry addr");
         let state = Arc::new(State::new(addr));
         let task = tokio::spawn(accept_loop(listener, state.clone()));
@@ -149,10 +145,7 @@ impl FakeRegistry {
     // --- seeding ---------------------------------------------------------
 
     pub fn put_blob(&self, repo: &str, blob: &Blob) {
-        self.state
-            .content()
-            .blobs
-            .insert(key(repo, &blob.digest), blob.clone());
+        self.state.content().blobs.insert(key(repo, &blob.digest), blob.clone());
     }
 
     pub fn put_manifest(&self, repo: &str, manifest: &Blob) {
@@ -165,10 +158,10 @@ impl FakeRegistry {
     /// Point `tag` at `manifest` (which is also stored by digest).
     pub fn tag(&self, repo: &str, tag: &str, manifest: &Blob) {
         self.put_manifest(repo, manifest);
-        self.state.content().tags.insert(
-            (repo.to_owned(), tag.to_owned()),
-            manifest.digest.to_string(),
-        );
+        self.state
+            .content()
+            .tags
+            .insert((repo.to_owned(), tag.to_owned()), manifest.digest.to_string());
     }
 
     /// Seed an image: its blobs, its manifest and `tag`.
@@ -220,12 +213,7 @@ impl FakeRegistry {
         self.count("GET", &format!("/v2/{repo}/blobs/{digest}"))
     }
 
-    pub fn manifest_requests(
-        &self,
-        method: &str,
-        repo: &str,
-        reference: impl std::fmt::Display,
-    ) -> usize {
+    pub fn manifest_requests(&self, method: &str, repo: &str, reference: impl std::fmt::Display) -> usize {
         self.count(method, &format!("/v2/{repo}/manifests/{reference}"))
     }
 
@@ -249,11 +237,7 @@ impl FakeRegistry {
 
     /// The `Authorization` every request carried, in order.
     pub fn authorizations(&self) -> Vec<Option<String>> {
-        self.state
-            .log()
-            .iter()
-            .map(|r| r.authorization.clone())
-            .collect()
+        self.state.log().iter().map(|r| r.authorization.clone()).collect()
     }
 }
 
@@ -380,19 +364,13 @@ impl Route {
             return Route::Token;
         }
         let Some(rest) = path.strip_prefix("/v2/") else {
-            return if path == "/v2" {
-                Route::Base
-            } else {
-                Route::Unknown
-            };
+            return if path == "/v2" { Route::Base } else { Route::Unknown };
         };
         if rest.is_empty() {
             return Route::Base;
         }
         if let Some(repo) = rest.strip_suffix("/tags/list") {
-            return Route::Tags {
-                repo: repo.to_owned(),
-            };
+            return Route::Tags { repo: repo.to_owned() };
         }
         for sep in ["/manifests/", "/blobs/", "/referrers/"] {
             if let Some(i) = rest.rfind(sep) {
@@ -460,10 +438,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     }
 }
 
-async fn handle(
-    state: Arc<State>,
-    req: Request<Incoming>,
-) -> Result<Response<FakeBody>, Infallible> {
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<FakeBody>, Infallible> {
     state.record(&req);
     let path = req.uri().path().to_owned();
     let route = Route::parse(&path);
@@ -496,9 +471,7 @@ async fn handle(
         Route::Blob { repo, digest } => blob(&state, &keys, &repo, &digest, head),
         Route::Tags { repo } => tags(&state, &repo),
         Route::Referrers { repo, digest } => referrers(&state, &repo, &digest),
-        Route::Token | Route::Unknown => {
-            oci_error(StatusCode::NOT_FOUND, "UNSUPPORTED", "no such endpoint")
-        }
+        Route::Token | Route::Unknown => oci_error(StatusCode::NOT_FOUND, "UNSUPPORTED", "no such endpoint"),
     })
 }
 
@@ -520,26 +493,16 @@ fn auth_challenge<B>(state: &State, req: &Request<B>, route: &Route) -> Option<R
     }
     let scope = scope_of(route);
     let expected = scope.as_deref().map(|s| format!("Bearer {}", token_for(s)));
-    let sent = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let sent = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     if expected.is_some() && sent == expected.as_deref() {
         return None;
     }
     state.challenges.fetch_add(1, Ordering::SeqCst);
-    let mut challenge = format!(
-        "Bearer realm=\"http://{}/token\",service=\"{SERVICE}\"",
-        state.addr
-    );
+    let mut challenge = format!("Bearer realm=\"http://{}/token\",service=\"{SERVICE}\"", state.addr);
     if let Some(scope) = scope {
         challenge.push_str(&format!(",scope=\"{scope}\""));
     }
-    let mut resp = oci_error(
-        StatusCode::UNAUTHORIZED,
-        "UNAUTHORIZED",
-        "authentication required",
-    );
+    let mut resp = oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required");
     resp.headers_mut()
         .insert(WWW_AUTHENTICATE, challenge.parse().expect("header"));
     Some(resp)
@@ -554,10 +517,7 @@ fn token_response(query: Option<&str>) -> Response<FakeBody> {
         return oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", "unknown service");
     }
     let scope = params.get("scope").cloned().unwrap_or_default();
-    json_response(
-        StatusCode::OK,
-        json!({ "token": token_for(&scope), "expires_in": 300 }),
-    )
+    json_response(StatusCode::OK, json!({ "token": token_for(&scope), "expires_in": 300 }))
 }
 
 // --- header faults -------------------------------------------------------------
@@ -593,26 +553,15 @@ fn redirect(base: &str, uri: &http::Uri) -> Response<FakeBody> {
     let location = format!("{base}{}?{query}sig=signed-url-secret", uri.path());
     let mut resp = Response::new(empty());
     *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-    resp.headers_mut()
-        .insert(LOCATION, location.parse().expect("location"));
+    resp.headers_mut().insert(LOCATION, location.parse().expect("location"));
     resp
 }
 
 // --- endpoints -----------------------------------------------------------------
 
-fn manifest(
-    state: &State,
-    keys: &[String],
-    repo: &str,
-    reference: &str,
-    head: bool,
-) -> Response<FakeBody> {
+fn manifest(state: &State, keys: &[String], repo: &str, reference: &str, head: bool) -> Response<FakeBody> {
     let Some(m) = lookup_manifest(state, keys, repo, reference, head) else {
-        return oci_error(
-            StatusCode::NOT_FOUND,
-            "MANIFEST_UNKNOWN",
-            "manifest unknown",
-        );
+        return oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown");
     };
     let bytes = if state.has(keys, |f| matches!(f, Fault::WrongManifestBytes)) {
         tampered(&m.bytes)
@@ -636,22 +585,13 @@ fn manifest(
     h.insert(CONTENT_TYPE, m.media_type.parse().expect("media type"));
     h.insert(CONTENT_LENGTH, bytes.len().into());
     if let Some(d) = digest {
-        h.insert(
-            "docker-content-digest",
-            d.to_string().parse().expect("digest"),
-        );
+        h.insert("docker-content-digest", d.to_string().parse().expect("digest"));
     }
     resp
 }
 
 /// The manifest a reference names, honouring `TagMovesAfterHead`.
-fn lookup_manifest(
-    state: &State,
-    keys: &[String],
-    repo: &str,
-    reference: &str,
-    head: bool,
-) -> Option<Blob> {
+fn lookup_manifest(state: &State, keys: &[String], repo: &str, reference: &str, head: bool) -> Option<Blob> {
     let is_digest = reference.parse::<Digest>().is_ok();
     if !is_digest {
         let moved = state.find(keys, |slot| match &slot.fault {
@@ -673,21 +613,12 @@ fn lookup_manifest(
     let digest = if is_digest {
         reference.to_owned()
     } else {
-        content
-            .tags
-            .get(&(repo.to_owned(), reference.to_owned()))?
-            .clone()
+        content.tags.get(&(repo.to_owned(), reference.to_owned()))?.clone()
     };
     content.manifests.get(&(repo.to_owned(), digest)).cloned()
 }
 
-fn blob(
-    state: &State,
-    keys: &[String],
-    repo: &str,
-    digest: &str,
-    head: bool,
-) -> Response<FakeBody> {
+fn blob(state: &State, keys: &[String], repo: &str, digest: &str, head: bool) -> Response<FakeBody> {
     let Some(b) = state
         .content()
         .blobs
@@ -703,15 +634,9 @@ fn blob(
     };
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        "application/octet-stream".parse().expect("type"),
-    );
+    h.insert(CONTENT_TYPE, "application/octet-stream".parse().expect("type"));
     h.insert(CONTENT_LENGTH, b.bytes.len().into());
-    h.insert(
-        "docker-content-digest",
-        b.digest.to_string().parse().expect("digest"),
-    );
+    h.insert("docker-content-digest", b.digest.to_string().parse().expect("digest"));
     resp
 }
 
@@ -732,11 +657,7 @@ fn tags(state: &State, repo: &str) -> Response<FakeBody> {
 /// An index of the repository's manifests whose `subject` is `digest`.
 fn referrers(state: &State, repo: &str, digest: &str) -> Response<FakeBody> {
     if !state.referrers_api.load(Ordering::SeqCst) {
-        return oci_error(
-            StatusCode::NOT_FOUND,
-            "UNSUPPORTED",
-            "referrers API not implemented",
-        );
+        return oci_error(StatusCode::NOT_FOUND, "UNSUPPORTED", "referrers API not implemented");
     }
     let content = state.content();
     let descriptors: Vec<serde_json::Value> = content
@@ -842,9 +763,7 @@ async fn produce(bytes: Bytes, plan: BodyPlan, tx: mpsc::Sender<std::io::Result<
         tokio::time::sleep(FLUSH_PAUSE).await;
         if abort {
             let _ = tx
-                .send(Err(std::io::Error::other(
-                    "fault: connection dropped mid-body",
-                )))
+                .send(Err(std::io::Error::other("fault: connection dropped mid-body")))
                 .await;
         }
     }
@@ -858,13 +777,8 @@ impl Body for ChannelBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|item| item.map(|r| r.map(Frame::data)))
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.rx.poll_recv(cx).map(|item| item.map(|r| r.map(Frame::data)))
     }
 }
 

@@ -60,7 +60,14 @@ impl Image {
     }
 }
 
-fn image(manifest_type: &str, config_type: &str, layer_type: &str, layer_sizes: &[usize], seed: u64, arch: &str) -> Image {
+fn image(
+    manifest_type: &str,
+    config_type: &str,
+    layer_type: &str,
+    layer_sizes: &[usize],
+    seed: u64,
+    arch: &str,
+) -> Image {
     let layers: Vec<Blob> = layer_sizes
         .iter()
         .enumerate()
@@ -80,7 +87,11 @@ fn image(manifest_type: &str, config_type: &str, layer_type: &str, layer_sizes: 
         "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
     });
     let manifest = Blob::new(manifest_type, serde_json::to_vec(&manifest).expect("json"));
-    Image { manifest, config, layers }
+    Image {
+        manifest,
+        config,
+        layers,
+    }
 }
 
 pub fn oci_image(layer_sizes: &[usize], seed: u64) -> Image {

@@ -23,5 +23,7 @@ pub fn require_tool(name: &str) -> std::path::PathBuf {
             return candidate;
         }
     }
-    panic!("required tool `{name}` is not installed; run scripts/test (it installs docker-registry, skopeo, containerd, podman)");
+    panic!(
+        "required tool `{name}` is not installed; run scripts/test (it installs docker-registry, skopeo, containerd, podman)"
+    );
 }

@@ -62,7 +62,12 @@ impl TestProxy {
     /// Where a committed blob would be.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
-        self.data_dir.path().join("blobs").join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
+        self.data_dir
+            .path()
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {
@@ -72,12 +77,20 @@ impl TestProxy {
     /// Where a stored manifest would be.
     pub fn has_manifest(&self, digest: &Digest) -> bool {
         let hex = digest.hex();
-        self.data_dir.path().join("manifests").join(digest.algorithm().as_str()).join(&hex[..2]).join(hex).exists()
+        self.data_dir
+            .path()
+            .join("manifests")
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+            .exists()
     }
 
     /// Partial downloads left in `tmp/` (must be none after a failure).
     pub fn temp_files(&self) -> usize {
-        std::fs::read_dir(self.data_dir.path().join("tmp")).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(self.data_dir.path().join("tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 }
 
