@@ -11,11 +11,7 @@ use portcullis::server::Server;
 use portcullis::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(
-    name = "portcullis",
-    version,
-    about = "A verifying pull-through OCI registry proxy"
-)]
+#[command(name = "portcullis", version, about = "A verifying pull-through OCI registry proxy")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -85,9 +81,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = Server::bind(config).await?;
         if let Some(addr) = server.local_addr() {
@@ -102,11 +96,10 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -23,15 +23,9 @@ use crate::oci::{RegistryHost, RepoName};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{origin}: {source}")]
-    Yaml {
-        origin: String,
-        source: yaml_serde::Error,
-    },
+    Yaml { origin: String, source: yaml_serde::Error },
     #[error("{origin}: {at}: {message}")]
     Invalid {
         origin: String,
@@ -141,20 +135,13 @@ impl Config {
                     source,
                 })?,
             ),
-            None => (
-                "built-in default".to_owned(),
-                DEFAULT_CONFIG_YAML.to_owned(),
-            ),
+            None => ("built-in default".to_owned(), DEFAULT_CONFIG_YAML.to_owned()),
         };
         Self::from_yaml(&text, &origin, overrides)
     }
 
     /// Parse and validate YAML `text`; `origin` names it in errors.
-    pub fn from_yaml(
-        text: &str,
-        origin: &str,
-        overrides: &Overrides,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_yaml(text: &str, origin: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
         let raw = raw::parse(text).map_err(|source| ConfigError::Yaml {
             origin: origin.to_owned(),
             source,
@@ -175,10 +162,7 @@ impl Config {
             if !u.url.https && !u.insecure_plain_http {
                 return Err(invalid(
                     &format!("{at}.url"),
-                    format!(
-                        "`{}` is plain HTTP; set `insecurePlainHttp: true` to allow it",
-                        u.url
-                    ),
+                    format!("`{}` is plain HTTP; set `insecurePlainHttp: true` to allow it", u.url),
                 ));
             }
             if upstreams.iter().any(|o| o.host == u.host) {
@@ -200,9 +184,7 @@ impl Config {
             });
             for (j, alias) in u.aliases.into_iter().enumerate() {
                 let alias_at = format!("{at}.aliases[{j}]");
-                if alias.parse::<RepoName>().map(|n| n.depth()) != Ok(1)
-                    || RegistryHost::looks_like_host(&alias)
-                {
+                if alias.parse::<RepoName>().map(|n| n.depth()) != Ok(1) || RegistryHost::looks_like_host(&alias) {
                     return Err(invalid(
                         &alias_at,
                         format!("alias `{alias}` must be one lowercase path segment without dots"),
@@ -265,9 +247,7 @@ impl Config {
         let p = raw.upstream_defaults;
         let upstream_policy = UpstreamPolicy {
             connect_timeout: p.connect_timeout.map_or(d.connect_timeout, |x| x.0),
-            response_header_timeout: p
-                .response_header_timeout
-                .map_or(d.response_header_timeout, |x| x.0),
+            response_header_timeout: p.response_header_timeout.map_or(d.response_header_timeout, |x| x.0),
             body_idle_timeout: p.body_idle_timeout.map_or(d.body_idle_timeout, |x| x.0),
             token_timeout: p.token_timeout.map_or(d.token_timeout, |x| x.0),
             retry_attempts: p.retry_attempts.unwrap_or(d.retry_attempts).clamp(1, 10),
@@ -314,10 +294,7 @@ impl Config {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let _ = writeln!(out, "listen: {scheme}://{}", self.listen);
         let _ = writeln!(out, "data directory: {}", self.data_dir.display());
-        let _ = writeln!(
-            out,
-            "upstreams (allow-list; any other registry host is refused):"
-        );
+        let _ = writeln!(out, "upstreams (allow-list; any other registry host is refused):");
         for u in &self.upstreams {
             let mut aliases: Vec<&str> = self
                 .aliases
@@ -345,11 +322,7 @@ impl Config {
                 }
             }
             let _ = writeln!(out);
-            let example = if u.is_docker_hub() {
-                "library/alpine"
-            } else {
-                "org/app"
-            };
+            let example = if u.is_docker_hub() { "library/alpine" } else { "org/app" };
             let _ = writeln!(
                 out,
                 "      routes: /v2/{}/{example}/...  and  /v2/{example}/...?ns={}",
@@ -358,11 +331,7 @@ impl Config {
         }
         match &self.default_upstream {
             Some(u) => {
-                let _ = writeln!(
-                    out,
-                    "default upstream (paths naming no registry): {}",
-                    u.host
-                );
+                let _ = writeln!(out, "default upstream (paths naming no registry): {}", u.host);
             }
             None => {
                 let _ = writeln!(out, "default upstream: none (paths must name a registry)");
@@ -372,25 +341,15 @@ impl Config {
         let _ = writeln!(
             out,
             "upstream timeouts: connect {:?}, response headers {:?}, body idle {:?}; {} attempts, backoff from {:?}",
-            p.connect_timeout,
-            p.response_header_timeout,
-            p.body_idle_timeout,
-            p.retry_attempts,
-            p.retry_backoff
+            p.connect_timeout, p.response_header_timeout, p.body_idle_timeout, p.retry_attempts, p.retry_backoff
         );
-        let _ = writeln!(
-            out,
-            "manifest memory cache: {} bytes",
-            self.manifest_memory_bytes
-        );
+        let _ = writeln!(out, "manifest memory cache: {} bytes", self.manifest_memory_bytes);
         out
     }
 }
 
 fn origin_dir(origin: &str) -> Option<&Path> {
-    Path::new(origin)
-        .parent()
-        .filter(|_| origin != "built-in default")
+    Path::new(origin).parent().filter(|_| origin != "built-in default")
 }
 
 /// Relative paths in a config file are relative to the file.
@@ -409,10 +368,7 @@ mod tests {
     fn built_in_default() {
         let c = Config::load(None, &Overrides::default()).expect("default config");
         assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
-        assert_eq!(
-            c.default_upstream.as_ref().map(|u| u.host.as_str()),
-            Some("docker.io")
-        );
+        assert_eq!(c.default_upstream.as_ref().map(|u| u.host.as_str()), Some("docker.io"));
         assert_eq!(
             c.upstream_by_alias("hub").map(|u| u.url.to_string()),
             Some("https://registry-1.docker.io".to_owned())

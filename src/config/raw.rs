@@ -124,9 +124,7 @@ impl FromStr for UpstreamUrl {
         } else if let Some(rest) = s.strip_prefix("http://") {
             (false, rest)
         } else {
-            return Err(format!(
-                "upstream URL `{s}` must start with https:// or http://"
-            ));
+            return Err(format!("upstream URL `{s}` must start with https:// or http://"));
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.contains(['/', '?', '#', '@']) {
@@ -134,9 +132,7 @@ impl FromStr for UpstreamUrl {
                 "upstream URL `{s}` must be scheme://host[:port] with no path, query or credentials"
             ));
         }
-        let authority = authority
-            .parse()
-            .map_err(|e| format!("upstream URL `{s}`: {e}"))?;
+        let authority = authority.parse().map_err(|e| format!("upstream URL `{s}`: {e}"))?;
         Ok(UpstreamUrl { https, authority })
     }
 }
@@ -212,17 +208,18 @@ mod tests {
     fn bad_values_have_line_numbers() {
         let err = parse("upstreams:\n  - host: a.io\n    url: ftp://a.io\n").expect_err("bad url");
         let msg = err.to_string();
-        assert!(msg.contains("https://") && msg.contains("line 3"), "{msg}");
+        // Custom errors are located at the enclosing mapping (the entry).
+        assert!(
+            msg.contains("https://") && msg.contains("upstreams[0]") && msg.contains("line 2"),
+            "{msg}"
+        );
         let err = parse("upstreamDefaults:\n  connectTimeout: soon\n").expect_err("bad duration");
         assert!(err.to_string().contains("line 2"), "{err}");
     }
 
     #[test]
     fn durations() {
-        assert_eq!(
-            "500ms".parse(),
-            Ok(HumanDuration(Duration::from_millis(500)))
-        );
+        assert_eq!("500ms".parse(), Ok(HumanDuration(Duration::from_millis(500))));
         assert_eq!("2m".parse(), Ok(HumanDuration(Duration::from_secs(120))));
         assert!("10".parse::<HumanDuration>().is_err());
         assert!("s".parse::<HumanDuration>().is_err());

@@ -42,9 +42,7 @@ fn one_secret(
         .filter(|x| **x)
         .count();
     if given > 1 {
-        return Err(format!(
-            "give only one of `{what}`, `{what}File`, `{what}Env`"
-        ));
+        return Err(format!("give only one of `{what}`, `{what}File`, `{what}Env`"));
     }
     if let Some(v) = inline {
         return Ok(Some(Secret::new(v)));
@@ -54,23 +52,19 @@ fn one_secret(
             Some(b) if f.is_relative() => b.join(f),
             _ => f.to_owned(),
         };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {what}File {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("cannot read {what}File {}: {e}", path.display()))?;
         return Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))));
     }
     if let Some(var) = env {
-        let v =
-            std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))?;
+        let v = std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))?;
         return Ok(Some(Secret::new(v)));
     }
     Ok(None)
 }
 
 /// Turn the raw credentials mapping into [`Credentials`], reading secrets.
-pub(super) fn load_credentials(
-    raw: RawCredentials,
-    base: Option<&Path>,
-) -> Result<Credentials, String> {
+pub(super) fn load_credentials(raw: RawCredentials, base: Option<&Path>) -> Result<Credentials, String> {
     let password = one_secret(
         "password",
         raw.password,

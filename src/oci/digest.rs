@@ -42,10 +42,7 @@ pub enum DigestError {
     #[error("unsupported digest algorithm `{0}`")]
     UnsupportedAlgorithm(String),
     #[error("{algorithm} digest must be {expected} lowercase hex characters")]
-    BadEncoded {
-        algorithm: &'static str,
-        expected: usize,
-    },
+    BadEncoded { algorithm: &'static str, expected: usize },
 }
 
 /// A validated content digest: algorithm plus raw hash bytes.
@@ -198,8 +195,7 @@ impl fmt::Debug for DigestHasher {
 mod tests {
     use super::*;
 
-    const EMPTY_SHA256: &str =
-        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const EMPTY_SHA256: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     #[test]
     fn parses_and_displays_canonical_form() {
@@ -228,11 +224,7 @@ mod tests {
             Err(DigestError::BadEncoded { .. })
         ));
         // one hex digit short
-        assert!(
-            EMPTY_SHA256[..EMPTY_SHA256.len() - 1]
-                .parse::<Digest>()
-                .is_err()
-        );
+        assert!(EMPTY_SHA256[..EMPTY_SHA256.len() - 1].parse::<Digest>().is_err());
         // uppercase hex is not canonical
         assert!(
             EMPTY_SHA256

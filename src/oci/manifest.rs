@@ -112,9 +112,7 @@ impl Descriptor {
     /// (trow's `layer_is_distributable`): they carry `urls` or a
     /// non-distributable media type.
     pub fn is_distributable(&self) -> bool {
-        self.urls.is_empty()
-            && !self.media_type.contains("nondistributable")
-            && !self.media_type.contains(".foreign.")
+        self.urls.is_empty() && !self.media_type.contains("nondistributable") && !self.media_type.contains(".foreign.")
     }
 }
 
@@ -148,8 +146,7 @@ impl ManifestInfo {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(ManifestError::TooLarge);
         }
-        let raw: RawManifest =
-            serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
         if raw.schema_version == Some(1) {
             return Err(ManifestError::Schema1);
         }
@@ -174,10 +171,7 @@ impl ManifestInfo {
         })
     }
 
-    fn media_type(
-        raw: &RawManifest,
-        content_type: Option<&str>,
-    ) -> Result<ManifestMediaType, ManifestError> {
+    fn media_type(raw: &RawManifest, content_type: Option<&str>) -> Result<ManifestMediaType, ManifestError> {
         let from_header = content_type.map(ManifestMediaType::parse);
         match (&raw.media_type, from_header) {
             (Some(field), Some(Ok(header))) => {
@@ -246,8 +240,7 @@ mod tests {
 
     #[test]
     fn parses_image_and_lists_references() {
-        let info = ManifestInfo::parse(image(Some(OCI_MANIFEST)).as_bytes(), Some(OCI_MANIFEST))
-            .expect("valid");
+        let info = ManifestInfo::parse(image(Some(OCI_MANIFEST)).as_bytes(), Some(OCI_MANIFEST)).expect("valid");
         assert_eq!(info.media_type, ManifestMediaType::OciManifest);
         assert_eq!(info.references.len(), 2);
     }
@@ -276,10 +269,7 @@ mod tests {
             ManifestInfo::parse(image(Some(OCI_INDEX)).as_bytes(), None),
             Err(ManifestError::Shape(ManifestMediaType::OciIndex))
         );
-        assert!(matches!(
-            ManifestInfo::parse(b"{", None),
-            Err(ManifestError::Json(_))
-        ));
+        assert!(matches!(ManifestInfo::parse(b"{", None), Err(ManifestError::Json(_))));
     }
 
     #[test]

@@ -134,9 +134,7 @@ impl FromStr for Tag {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let b = s.as_bytes();
-        let first_ok = b
-            .first()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        let first_ok = b.first().is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
         let rest_ok = b
             .iter()
             .skip(1)
@@ -194,8 +192,7 @@ impl FromStr for RegistryHost {
         {
             return Err(bad());
         }
-        let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))
-        {
+        let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             inner.parse::<std::net::Ipv6Addr>().is_ok()
         } else {
             !host.is_empty()
@@ -205,9 +202,7 @@ impl FromStr for RegistryHost {
                         && label.len() <= 63
                         && !label.starts_with('-')
                         && !label.ends_with('-')
-                        && label
-                            .bytes()
-                            .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                        && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
                 })
         };
         if host_ok {
@@ -250,10 +245,7 @@ mod tests {
         ] {
             assert!(bad.parse::<RepoName>().is_err(), "{bad}");
         }
-        assert_eq!(
-            "a".repeat(256).parse::<RepoName>(),
-            Err(NameError::NameTooLong)
-        );
+        assert_eq!("a".repeat(256).parse::<RepoName>(), Err(NameError::NameTooLong));
     }
 
     #[test]
@@ -276,13 +268,7 @@ mod tests {
 
     #[test]
     fn hosts() {
-        for ok in [
-            "docker.io",
-            "127.0.0.1:5000",
-            "localhost",
-            "[::1]:5000",
-            "Ghcr.IO",
-        ] {
+        for ok in ["docker.io", "127.0.0.1:5000", "localhost", "[::1]:5000", "Ghcr.IO"] {
             assert!(ok.parse::<RegistryHost>().is_ok(), "{ok}");
         }
         assert_eq!(

@@ -58,9 +58,6 @@ mod tests {
             "sha256:baddigeststring".parse::<Reference>(),
             Err(ReferenceError::Digest(_))
         ));
-        assert!(matches!(
-            ".bad".parse::<Reference>(),
-            Err(ReferenceError::Tag(_))
-        ));
+        assert!(matches!(".bad".parse::<Reference>(), Err(ReferenceError::Tag(_))));
     }
 }

@@ -9,9 +9,8 @@ use std::sync::Arc;
 
 use super::schema::{self, AuthoritySpec, CheckSpec, IdentitySpec, PolicyDoc, RuleSpec};
 use super::{
-    AttestationRequirement, Authority, AuthorityKind, Check, CheckOp, CiClaim, Glob, Identity,
-    Matcher, Mode, Mutability, NoMatch, PolicySet, Requirements, Rule, RuleAction, Sct,
-    SignatureRequirement, Tlog,
+    AttestationRequirement, Authority, AuthorityKind, Check, CheckOp, CiClaim, Glob, Identity, Matcher, Mode,
+    Mutability, NoMatch, PolicySet, Requirements, Rule, RuleAction, Sct, SignatureRequirement, Tlog,
 };
 use crate::oci::{Algorithm, DigestHasher};
 use crate::verify::signature::{PublicKey, SignatureHash, TrustRoot};
@@ -20,21 +19,11 @@ use crate::verify::signature::{PublicKey, SignatureHash, TrustRoot};
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
-    Yaml {
-        path: PathBuf,
-        source: yaml_serde::Error,
-    },
+    Yaml { path: PathBuf, source: yaml_serde::Error },
     #[error("{path}: {at}: {message}")]
-    Invalid {
-        path: PathBuf,
-        at: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, at: String, message: String },
     #[error("no policy files (*.yaml) in {0}")]
     Empty(PathBuf),
 }
@@ -96,11 +85,7 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
         if doc.api_version != schema::API_VERSION || doc.kind != schema::KIND {
             return Err(cx.err(
                 "apiVersion/kind",
-                format!(
-                    "expected apiVersion {} and kind {}",
-                    schema::API_VERSION,
-                    schema::KIND
-                ),
+                format!("expected apiVersion {} and kind {}", schema::API_VERSION, schema::KIND),
             ));
         }
         hash_part(
@@ -113,10 +98,7 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
         hash_part(&mut revision, text.as_bytes());
         if let Some(d) = doc.defaults {
             if let Some((other, _)) = &defaults {
-                return Err(cx.err(
-                    "defaults",
-                    format!("defaults are already set in {}", other.display()),
-                ));
+                return Err(cx.err("defaults", format!("defaults are already set in {}", other.display())));
             }
             defaults = Some((path.clone(), d));
         }
@@ -135,33 +117,20 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
         }
         for (name, spec) in doc.keys {
             let file = base.join(&spec.path);
-            let pem = std::fs::read(&file).map_err(|e| {
-                cx.err(
-                    format!("keys.{name}"),
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?;
+            let pem = std::fs::read(&file)
+                .map_err(|e| cx.err(format!("keys.{name}"), format!("cannot read {}: {e}", file.display())))?;
             hash_part(&mut revision, &pem);
             let hash = match spec.hash_algorithm.unwrap_or(schema::HashAlgorithm::Sha256) {
                 schema::HashAlgorithm::Sha256 => SignatureHash::Sha256,
                 schema::HashAlgorithm::Sha384 => SignatureHash::Sha384,
                 schema::HashAlgorithm::Sha512 => SignatureHash::Sha512,
             };
-            let key = PublicKey::from_pem(&pem, hash)
-                .map_err(|e| cx.err(format!("keys.{name}"), e.to_string()))?;
-            unique(
-                &cx,
-                "key",
-                &name,
-                keys.insert(name.clone(), Arc::new(key)).is_some(),
-            )?;
+            let key = PublicKey::from_pem(&pem, hash).map_err(|e| cx.err(format!("keys.{name}"), e.to_string()))?;
+            unique(&cx, "key", &name, keys.insert(name.clone(), Arc::new(key)).is_some())?;
         }
         for (name, spec) in doc.authorities {
             if authority_specs.iter().any(|(_, n, _)| *n == name) {
-                return Err(cx.err(
-                    format!("authorities.{name}"),
-                    "authority name is used twice",
-                ));
+                return Err(cx.err(format!("authorities.{name}"), "authority name is used twice"));
             }
             authority_specs.push((path.clone(), name, spec));
         }
@@ -259,11 +228,7 @@ fn authority(
                 .enumerate()
                 .map(|(i, id)| identity(cx, &format!("{at}.keyless.identities[{i}]"), id))
                 .collect::<Result<Vec<_>, _>>()?;
-            (
-                AuthorityKind::Keyless { identities },
-                Some(tr),
-                Tlog::Required,
-            )
+            (AuthorityKind::Keyless { identities }, Some(tr), Tlog::Required)
         }
         _ => return Err(cx.err(&at, "give exactly one of `key` or `keyless`")),
     };
@@ -280,7 +245,10 @@ fn authority(
         ));
     }
     if tlog != Tlog::Ignore && trust_root.is_none() {
-        return Err(cx.err(&at, "`tlog: required|optional` needs a `trustRoot` with the Rekor keys (or set `tlog: ignore`)"));
+        return Err(cx.err(
+            &at,
+            "`tlog: required|optional` needs a `trustRoot` with the Rekor keys (or set `tlog: ignore`)",
+        ));
     }
     let sct = match spec.sct {
         Some(schema::SctMode::Ignore) => Sct::Ignore,
@@ -304,44 +272,22 @@ fn matcher(
     required: bool,
 ) -> Result<Option<Matcher>, PolicyError> {
     match (exact, regex) {
-        (Some(_), Some(_)) => {
-            Err(cx.err(at, format!("give `{field}` or `{field}RegExp`, not both")))
-        }
+        (Some(_), Some(_)) => Err(cx.err(at, format!("give `{field}` or `{field}RegExp`, not both"))),
         (Some(e), None) => Ok(Some(Matcher::Exact(e))),
         (None, Some(r)) => Matcher::anchored(&r)
             .map(Some)
             .map_err(|e| cx.err(at, format!("`{field}RegExp`: {e}"))),
-        (None, None) if required => {
-            Err(cx.err(at, format!("`{field}` or `{field}RegExp` is required")))
-        }
+        (None, None) if required => Err(cx.err(at, format!("`{field}` or `{field}RegExp` is required"))),
         (None, None) => Ok(None),
     }
 }
 
 fn identity(cx: &Ctx<'_>, at: &str, id: IdentitySpec) -> Result<Identity, PolicyError> {
     let required = |m: Option<Matcher>| m.ok_or_else(|| cx.err(at, "missing matcher"));
-    let issuer = required(matcher(
-        cx,
-        at,
-        "issuer",
-        id.issuer,
-        id.issuer_reg_exp,
-        true,
-    )?)?;
-    let subject = required(matcher(
-        cx,
-        at,
-        "subject",
-        id.subject,
-        id.subject_reg_exp,
-        true,
-    )?)?;
+    let issuer = required(matcher(cx, at, "issuer", id.issuer, id.issuer_reg_exp, true)?)?;
+    let subject = required(matcher(cx, at, "subject", id.subject, id.subject_reg_exp, true)?)?;
     let mut claims = Vec::new();
-    let mut add = |claim: CiClaim,
-                   field: &str,
-                   exact: Option<String>,
-                   re: Option<String>|
-     -> Result<(), PolicyError> {
+    let mut add = |claim: CiClaim, field: &str, exact: Option<String>, re: Option<String>| -> Result<(), PolicyError> {
         if let Some(m) = matcher(cx, at, field, exact, re, false)? {
             claims.push((claim, m));
         }
@@ -395,12 +341,7 @@ fn identity(cx: &Ctx<'_>, at: &str, id: IdentitySpec) -> Result<Identity, Policy
         id.build_config_uri,
         id.build_config_uri_reg_exp,
     )?;
-    add(
-        CiClaim::BuildTrigger,
-        "buildTrigger",
-        id.build_trigger,
-        None,
-    )?;
+    add(CiClaim::BuildTrigger, "buildTrigger", id.build_trigger, None)?;
     Ok(Identity {
         issuer,
         subject,
@@ -417,10 +358,7 @@ fn rule(
     let at = format!("rules.{}", spec.name);
     let glob_err = |e: super::glob::GlobError| cx.err(&at, e.to_string());
     if spec.matches.repositories.is_empty() {
-        return Err(cx.err(
-            &at,
-            "`match.repositories` needs at least one glob (`**` for all)",
-        ));
+        return Err(cx.err(&at, "`match.repositories` needs at least one glob (`**` for all)"));
     }
     let registry = spec
         .matches
@@ -467,10 +405,7 @@ fn rule(
         mode: spec.mode.or(defaults.mode).unwrap_or(Mode::Enforce),
         action,
         formats,
-        mutable_tags: tags_spec
-            .as_ref()
-            .and_then(|t| t.mutable)
-            .unwrap_or(Mutability::Allow),
+        mutable_tags: tags_spec.as_ref().and_then(|t| t.mutable).unwrap_or(Mutability::Allow),
         require_digest: tags_spec.is_some_and(|t| t.require_digest),
         index_covers_children: spec
             .index_covers_children
@@ -500,10 +435,7 @@ fn requirements(
     let threshold = |t: Option<usize>, n: usize, where_: &str| -> Result<usize, PolicyError> {
         let t = t.unwrap_or(1);
         if t == 0 || t > n {
-            return Err(cx.err(
-                at,
-                format!("{where_}: threshold {t} must be between 1 and {n}"),
-            ));
+            return Err(cx.err(at, format!("{where_}: threshold {t} must be between 1 and {n}")));
         }
         Ok(t)
     };
@@ -522,10 +454,7 @@ fn requirements(
             }
             let t = threshold(s.threshold, s.any_of.len(), "require.signatures")?;
             if s.required.len() > t {
-                return Err(cx.err(
-                    at,
-                    "require.signatures: more required authorities than the threshold",
-                ));
+                return Err(cx.err(at, "require.signatures: more required authorities than the threshold"));
             }
             Some(SignatureRequirement {
                 any_of: s.any_of,
@@ -566,10 +495,7 @@ fn requirements(
 
 fn check(cx: &Ctx<'_>, at: &str, where_: &str, c: CheckSpec) -> Result<Check, PolicyError> {
     if !(c.path.is_empty() || c.path.starts_with('/')) {
-        return Err(cx.err(
-            at,
-            format!("{where_}: check path `{}` is not a JSON pointer", c.path),
-        ));
+        return Err(cx.err(at, format!("{where_}: check path `{}` is not a JSON pointer", c.path)));
     }
     let mut ops = Vec::new();
     if let Some(v) = c.equals {
@@ -579,8 +505,7 @@ fn check(cx: &Ctx<'_>, at: &str, where_: &str, c: CheckSpec) -> Result<Check, Po
         ops.push(CheckOp::In(v));
     }
     if let Some(r) = c.matches {
-        let re = regex::Regex::new(&format!("^(?:{r})$"))
-            .map_err(|e| cx.err(at, format!("{where_}: {e}")))?;
+        let re = regex::Regex::new(&format!("^(?:{r})$")).map_err(|e| cx.err(at, format!("{where_}: {e}")))?;
         ops.push(CheckOp::Matches(re));
     }
     if let Some(s) = c.starts_with {
@@ -599,10 +524,7 @@ fn check(cx: &Ctx<'_>, at: &str, where_: &str, c: CheckSpec) -> Result<Check, Po
         ));
     }
     let op = ops.remove(0);
-    Ok(Check {
-        pointer: c.path,
-        op,
-    })
+    Ok(Check { pointer: c.path, op })
 }
 
 /// A rule is shadowed when an earlier rule matches everything it matches.

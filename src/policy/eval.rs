@@ -4,10 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{
-    AttestationRequirement, Mode, NoMatch, PolicySet, Rule, RuleAction, SignatureRequirement,
-    StaticVerdict,
-};
+use super::{AttestationRequirement, Mode, NoMatch, PolicySet, Rule, RuleAction, SignatureRequirement, StaticVerdict};
 
 /// What verified, per authority, for one manifest digest.
 #[derive(Clone, Debug, Default)]
@@ -69,12 +66,8 @@ pub fn evaluate(policy: &PolicySet, rule: Option<&Rule>, evidence: &Evidence) ->
         };
     };
     let (verdict, satisfied, reasons) = match &rule.action {
-        RuleAction::Static(StaticVerdict::Allow) => {
-            (Verdict::Allow, Vec::new(), vec!["static allow".to_owned()])
-        }
-        RuleAction::Static(StaticVerdict::Deny) => {
-            (Verdict::Deny, Vec::new(), vec!["static deny".to_owned()])
-        }
+        RuleAction::Static(StaticVerdict::Allow) => (Verdict::Allow, Vec::new(), vec!["static allow".to_owned()]),
+        RuleAction::Static(StaticVerdict::Deny) => (Verdict::Deny, Vec::new(), vec!["static deny".to_owned()]),
         RuleAction::Verify(req) => {
             let mut satisfied = BTreeSet::new();
             let mut reasons = Vec::new();
@@ -129,16 +122,11 @@ fn signatures(
     for r in &req.required {
         if !met.contains(&r) {
             ok = false;
-            reasons.push(format!(
-                "signatures: required authority `{r}` did not verify"
-            ));
+            reasons.push(format!("signatures: required authority `{r}` did not verify"));
         }
     }
     if ok {
-        reasons.push(format!(
-            "signatures verified by {}",
-            join(met.iter().copied())
-        ));
+        reasons.push(format!("signatures verified by {}", join(met.iter().copied())));
     }
     ok
 }
@@ -168,11 +156,7 @@ fn attestation(
             None => {
                 let first_failure = candidates
                     .iter()
-                    .flat_map(|a| {
-                        req.checks
-                            .iter()
-                            .filter_map(|c| c.evaluate(&a.statement).err())
-                    })
+                    .flat_map(|a| req.checks.iter().filter_map(|c| c.evaluate(&a.statement).err()))
                     .next()
                     .unwrap_or_default();
                 failures.push(format!("`{authority}`: {first_failure}"));

@@ -129,9 +129,7 @@ fn pieces(seg: &str) -> Vec<Piece> {
 fn segment_matches(pieces: &[Piece], text: &str) -> bool {
     match pieces.split_first() {
         None => text.is_empty(),
-        Some((Piece::Literal(l), rest)) => text
-            .strip_prefix(l.as_str())
-            .is_some_and(|t| segment_matches(rest, t)),
+        Some((Piece::Literal(l), rest)) => text.strip_prefix(l.as_str()).is_some_and(|t| segment_matches(rest, t)),
         Some((Piece::Star, rest)) => (0..=text.len())
             .filter(|i| text.is_char_boundary(*i))
             .any(|i| segment_matches(rest, &text[i..])),
@@ -176,24 +174,14 @@ mod tests {
         let g = Glob::single("v*").expect("glob");
         assert!(g.matches("v1.2.3"));
         assert!(!g.matches("latest"));
-        assert!(
-            Glob::single("*.k8s.io")
-                .expect("glob")
-                .matches("registry.k8s.io")
-        );
+        assert!(Glob::single("*.k8s.io").expect("glob").matches("registry.k8s.io"));
     }
 
     #[test]
     fn malformed() {
         assert_eq!(Glob::path(""), Err(GlobError::Empty));
-        assert!(matches!(
-            Glob::path("a/**b"),
-            Err(GlobError::DoubleStarInSegment(_))
-        ));
-        assert!(matches!(
-            Glob::path("a//b"),
-            Err(GlobError::EmptySegment(_))
-        ));
+        assert!(matches!(Glob::path("a/**b"), Err(GlobError::DoubleStarInSegment(_))));
+        assert!(matches!(Glob::path("a//b"), Err(GlobError::EmptySegment(_))));
     }
 
     #[test]

@@ -18,9 +18,7 @@ pub use eval::{Decision, Evidence, Verdict, VerifiedAttestation};
 pub use glob::Glob;
 pub use schema::{Format, Mode, Mutability, NoMatch, StaticVerdict};
 
-pub use crate::verify::signature::authority::{
-    Authority, AuthorityKind, CiClaim, Identity, Matcher, Sct, Tlog,
-};
+pub use crate::verify::signature::authority::{Authority, AuthorityKind, CiClaim, Identity, Matcher, Sct, Tlog};
 
 /// A compiled, validated policy.
 #[derive(Debug)]
@@ -43,9 +41,7 @@ impl PolicySet {
     /// The first rule matching `registry`/`repository` (and `tag` when the
     /// request names one). First match wins.
     pub fn rule_for(&self, registry: &str, repository: &str, tag: Option<&str>) -> Option<&Rule> {
-        self.rules
-            .iter()
-            .find(|r| r.matches(registry, repository, tag))
+        self.rules.iter().find(|r| r.matches(registry, repository, tag))
     }
 }
 
@@ -69,8 +65,7 @@ impl Rule {
         let registry_ok = self.registry.as_ref().is_none_or(|g| g.matches(registry));
         let repo_ok = self.repositories.iter().any(|g| g.matches(repository));
         // A rule restricted to tags applies to pulls by those tags only.
-        let tag_ok =
-            self.tags.is_empty() || tag.is_some_and(|t| self.tags.iter().any(|g| g.matches(t)));
+        let tag_ok = self.tags.is_empty() || tag.is_some_and(|t| self.tags.iter().any(|g| g.matches(t)));
         registry_ok && repo_ok && tag_ok
     }
 }
@@ -132,9 +127,7 @@ impl Check {
             (CheckOp::Equals(want), Some(v)) => v == want,
             (CheckOp::In(options), Some(v)) => options.contains(v),
             (CheckOp::Matches(re), Some(v)) => v.as_str().is_some_and(|s| re.is_match(s)),
-            (CheckOp::StartsWith(prefix), Some(v)) => {
-                v.as_str().is_some_and(|s| s.starts_with(prefix.as_str()))
-            }
+            (CheckOp::StartsWith(prefix), Some(v)) => v.as_str().is_some_and(|s| s.starts_with(prefix.as_str())),
         };
         if ok {
             Ok(())

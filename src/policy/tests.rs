@@ -10,12 +10,11 @@ use super::*;
 
 fn write_p256_key(dir: &Path, name: &str) {
     let rng = SystemRandom::new();
-    let pkcs8 =
-        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("keygen");
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("keygen");
     let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("kp");
     let mut der = vec![
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
     ];
     der.extend_from_slice(kp.public_key().as_ref());
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
@@ -88,20 +87,14 @@ fn first_match_wins_and_no_match_denies() {
     ))
     .expect("valid");
     assert_eq!(
-        p.rule_for("docker.io", "apps/web", Some("v1"))
-            .map(|r| r.name.as_str()),
+        p.rule_for("docker.io", "apps/web", Some("v1")).map(|r| r.name.as_str()),
         Some("apps")
     );
     assert_eq!(
-        p.rule_for("docker.io", "platform/base", None)
-            .map(|r| r.name.as_str()),
+        p.rule_for("docker.io", "platform/base", None).map(|r| r.name.as_str()),
         Some("platform")
     );
-    let d = eval::evaluate(
-        &p,
-        p.rule_for("x", "other/thing", None),
-        &Evidence::default(),
-    );
+    let d = eval::evaluate(&p, p.rule_for("x", "other/thing", None), &Evidence::default());
     assert_eq!(d.verdict, Verdict::Deny);
     assert_eq!(d.rule, None);
     assert_eq!(p.revision.len(), 64);
@@ -133,18 +126,13 @@ fn threshold_two_of_three_with_a_required_authority() {
     let d = decide(&["key-b", "key-c"]);
     assert_eq!(d.verdict, Verdict::Deny);
     assert!(
-        d.reasons
-            .iter()
-            .any(|r| r.contains("required authority `key-a`")),
+        d.reasons.iter().any(|r| r.contains("required authority `key-a`")),
         "{:?}",
         d.reasons
     );
     // An authority counts once however many signatures it made.
     let mut e = evidence(&["key-a"]);
-    e.signatures
-        .get_mut("key-a")
-        .expect("present")
-        .push("second".into());
+    e.signatures.get_mut("key-a").expect("present").push("second".into());
     assert_eq!(eval::evaluate(&p, rule, &e).verdict, Verdict::Deny);
 }
 
@@ -185,19 +173,10 @@ fn attestation_checks() {
     };
     let slsa = "https://slsa.dev/provenance/v1";
     assert_eq!(
-        eval::evaluate(
-            &p,
-            rule,
-            &with("key-a", slsa, "https://github.com/acme/builder")
-        )
-        .verdict,
+        eval::evaluate(&p, rule, &with("key-a", slsa, "https://github.com/acme/builder")).verdict,
         Verdict::Allow
     );
-    let d = eval::evaluate(
-        &p,
-        rule,
-        &with("key-a", slsa, "https://evil.example/builder"),
-    );
+    let d = eval::evaluate(&p, rule, &with("key-a", slsa, "https://evil.example/builder"));
     assert_eq!(d.verdict, Verdict::Deny);
     assert!(
         d.reasons[0].contains("/predicate/runDetails/builder/id"),
@@ -213,11 +192,7 @@ fn attestation_checks() {
         eval::evaluate(
             &p,
             rule,
-            &with(
-                "key-a",
-                "https://slsa.dev/provenance/v0.2",
-                "https://github.com/acme/b"
-            )
+            &with("key-a", "https://slsa.dev/provenance/v0.2", "https://github.com/acme/b")
         )
         .verdict,
         Verdict::Deny
@@ -243,15 +218,8 @@ fn audit_mode_serves_but_records_denial() {
         p.rule_for("docker.io", "library/alpine", None),
         &Evidence::default(),
     );
-    assert_eq!(
-        (d.verdict, d.mode, d.serves()),
-        (Verdict::Deny, Mode::Audit, true)
-    );
-    let d = eval::evaluate(
-        &p,
-        p.rule_for("any", "scratch/x/y", None),
-        &Evidence::default(),
-    );
+    assert_eq!((d.verdict, d.mode, d.serves()), (Verdict::Deny, Mode::Audit, true));
+    let d = eval::evaluate(&p, p.rule_for("any", "scratch/x/y", None), &Evidence::default());
     assert_eq!(d.verdict, Verdict::Allow);
 }
 
@@ -286,17 +254,9 @@ fn keyless_authority_with_pinned_trust_root_and_anchored_regex() {
         panic!("keyless")
     };
     let subject = &identities[0].subject;
-    assert!(
-        subject.matches("https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.2")
-    );
-    assert!(
-        !subject.matches(
-            "https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.2-evil"
-        )
-    );
-    assert!(
-        !subject.matches("xhttps://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1")
-    );
+    assert!(subject.matches("https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.2"));
+    assert!(!subject.matches("https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.2-evil"));
+    assert!(!subject.matches("xhttps://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1"));
     assert_eq!(identities[0].claims.len(), 1);
 
     let bad_pin = load(&KEYLESS.replace("PIN", &"0".repeat(64)));
@@ -311,10 +271,7 @@ fn keyless_authority_with_pinned_trust_root_and_anchored_regex() {
                 "trustRoot: public-good\n      identities",
                 "trustRoot: public-good\n      identities",
             )
-            .replace(
-                "  acme:\n    keyless:",
-                "  acme:\n    tlog: ignore\n    keyless:",
-            ),
+            .replace("  acme:\n    keyless:", "  acme:\n    tlog: ignore\n    keyless:"),
     );
     assert!(ignore_tlog.is_err_and(|e| e.to_string().contains("verified time")));
 }
@@ -351,10 +308,7 @@ fn invalid_policies_name_the_problem() {
             "  - name: r\n    match: { repositories: [x] }\n    require: { signatures: { anyOf: [key-a], required: [key-b] } }\n",
             "must also be listed",
         ),
-        (
-            "  - name: r\n    match: { repositories: [x] }\n",
-            "needs `static",
-        ),
+        ("  - name: r\n    match: { repositories: [x] }\n", "needs `static"),
         (
             "  - name: r\n    match: { repositories: [x] }\n    static: allow\n    require: { signatures: { anyOf: [key-a] } }\n",
             "not both",
@@ -370,10 +324,7 @@ fn invalid_policies_name_the_problem() {
     ];
     for (rules, expected) in cases {
         let err = load(&with_rules(rules)).expect_err(expected);
-        assert!(
-            err.to_string().contains(expected),
-            "expected `{expected}` in `{err}`"
-        );
+        assert!(err.to_string().contains(expected), "expected `{expected}` in `{err}`");
     }
     let err = load(&format!("{KEYS}colour: red\n")).expect_err("unknown key");
     assert!(err.to_string().contains("colour"), "{err}");

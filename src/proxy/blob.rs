@@ -137,26 +137,18 @@ impl Proxy {
 
     /// HEAD for a blob not in the store: a running download knows the size;
     /// otherwise ask the upstream (HEAD, no body transferred).
-    async fn head_missing_blob(
-        &self,
-        target: &Target,
-        digest: &Digest,
-    ) -> Result<BlobServed, Error> {
+    async fn head_missing_blob(&self, target: &Target, digest: &Digest) -> Result<BlobServed, Error> {
         if let Some(spool) = self.flights.current(digest)
             && let Ok(Some(size)) = spool::wait_started(&mut spool.subscribe()).await
         {
             return serve(&spool, size, None, true, CacheOutcome::Joined);
         }
-        let size = target
-            .registry
-            .head_blob(&target.repo, digest)
-            .await?
-            .ok_or_else(|| {
-                Error::Upstream(crate::upstream::Error::Protocol {
-                    host: target.registry.host().to_string(),
-                    message: "blob HEAD without Content-Length".into(),
-                })
-            })?;
+        let size = target.registry.head_blob(&target.repo, digest).await?.ok_or_else(|| {
+            Error::Upstream(crate::upstream::Error::Protocol {
+                host: target.registry.host().to_string(),
+                message: "blob HEAD without Content-Length".into(),
+            })
+        })?;
         Ok(BlobServed {
             size,
             range: None,
@@ -178,12 +170,7 @@ fn serve(
         Some(r) => Some(r.resolve(size).ok_or(Error::RangeNotSatisfiable { size })?),
     };
     let (start, end) = slice.unwrap_or((0, size));
-    let body = (!head).then(|| {
-        BlobBody::new(
-            spool::read_range(spool.subscribe(), start, end),
-            end - start,
-        )
-    });
+    let body = (!head).then(|| BlobBody::new(spool::read_range(spool.subscribe(), start, end), end - start));
     Ok(BlobServed {
         size,
         range: slice,
@@ -236,11 +223,7 @@ impl Downloader {
     /// Stream the upstream body into the hashing thread; returns the
     /// verified length once the blob is committed.
     async fn fetch(&self, spool: &Arc<Spool<Error>>) -> Result<u64, Error> {
-        let mut upstream = self
-            .target
-            .registry
-            .get_blob(&self.target.repo, &self.digest)
-            .await?;
+        let mut upstream = self.target.registry.get_blob(&self.target.repo, &self.digest).await?;
         let store = self.store.clone();
         let d = self.digest.clone();
         let writer = blocking(move || store.blobs.writer(&d)).await?;
@@ -251,9 +234,7 @@ impl Downloader {
         let verifier = BlobVerifier::new(self.digest.clone(), upstream.length);
         let thread_spool = spool.clone();
         let digest = self.digest.clone();
-        let worker = tokio::task::spawn_blocking(move || {
-            hash_and_write(rx, verifier, writer, &thread_spool, digest)
-        });
+        let worker = tokio::task::spawn_blocking(move || hash_and_write(rx, verifier, writer, &thread_spool, digest));
         let network = pump_network(&mut upstream, tx).await;
         let verdict = match worker.await {
             Ok(v) => v,
@@ -278,8 +259,7 @@ async fn pump_network(upstream: &mut BlobResponse, tx: mpsc::Sender<Bytes>) -> R
         match upstream.next_chunk().await {
             Ok(Some(chunk)) => {
                 pending.extend_from_slice(&chunk);
-                if pending.len() >= WRITE_CHUNK && tx.send(pending.split().freeze()).await.is_err()
-                {
+                if pending.len() >= WRITE_CHUNK && tx.send(pending.split().freeze()).await.is_err() {
                     return Ok(());
                 }
             }
@@ -338,10 +318,7 @@ impl Body for BlobBody {
     type Data = Bytes;
     type Error = ReadError<Error>;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }

@@ -13,10 +13,7 @@ pub enum Error {
     #[error(transparent)]
     Upstream(#[from] upstream::Error),
     #[error("upstream content for {digest} failed verification: {source}")]
-    Integrity {
-        digest: Digest,
-        source: IntegrityError,
-    },
+    Integrity { digest: Digest, source: IntegrityError },
     #[error("manifest has media type {media_type}, which the client does not accept")]
     NotAcceptable { media_type: ManifestMediaType },
     #[error("requested range not satisfiable (blob has {size} bytes)")]

@@ -63,10 +63,7 @@ impl Proxy {
         accept: Option<&HeaderValue>,
     ) -> Result<ManifestServed, Error> {
         let upstream_accept = upstream_accept(accept);
-        let (digest, fetched_by_tag, stale_warning) = match self
-            .resolve_tag(target, tag, &upstream_accept)
-            .await
-        {
+        let (digest, fetched_by_tag, stale_warning) = match self.resolve_tag(target, tag, &upstream_accept).await {
             Ok((digest, fetched)) => (digest, fetched, None),
             Err(e) if e.is_upstream_unavailable() => {
                 let host = target.registry.host().clone();
@@ -76,9 +73,8 @@ impl Proxy {
                     Some(d) => {
                         tracing::warn!(upstream = %target.registry.host(), repo = %target.repo, %tag, digest = %d, error = %e,
                             "upstream unavailable; serving the last verified digest for the tag");
-                        let warning = format!(
-                            "upstream unavailable ({e}); served the last verified digest for this tag"
-                        );
+                        let warning =
+                            format!("upstream unavailable ({e}); served the last verified digest for this tag");
                         (d, None, Some(warning))
                     }
                     None => return Err(e),
@@ -93,6 +89,11 @@ impl Proxy {
             }
             None => self.manifest_by_digest(target, &digest).await?,
         };
+        // Only a digest whose manifest verified may become the tag's
+        // fallback for outages.
+        if stale_warning.is_none() {
+            self.record_tag(target, tag, manifest.digest()).await?;
+        }
         let cache = if stale_warning.is_some() {
             CacheOutcome::Stale
         } else {
@@ -122,14 +123,9 @@ impl Proxy {
         accept: &HeaderValue,
     ) -> Result<(Digest, Option<VerifiedManifest>), Error> {
         let reference = Reference::Tag(tag.clone());
-        let head = target
-            .registry
-            .head_manifest(&target.repo, &reference, accept)
-            .await;
+        let head = target.registry.head_manifest(&target.repo, &reference, accept).await;
         let (digest, fetched) = match head {
-            Ok(upstream::ManifestHead {
-                digest: Some(d), ..
-            }) => (d, None),
+            Ok(upstream::ManifestHead { digest: Some(d), .. }) => (d, None),
             Ok(_) | Err(upstream::Error::Status { .. }) => {
                 let unverified = target
                     .registry
@@ -143,6 +139,11 @@ impl Proxy {
             }
             Err(e) => return Err(e.into()),
         };
+        Ok((digest, fetched))
+    }
+
+    /// Remember that `tag` resolved to the verified manifest `digest`.
+    async fn record_tag(&self, target: &Target, tag: &Tag, digest: &Digest) -> Result<(), Error> {
         let (host, repo, t, d) = (
             target.registry.host().clone(),
             target.repo.clone(),
@@ -153,7 +154,7 @@ impl Proxy {
         if let Some(previous) = blocking(move || store.tags.record(&host, &repo, &t, &d)).await? {
             tracing::info!(upstream = %target.registry.host(), repo = %target.repo, %tag, %previous, now = %digest, "tag moved upstream");
         }
-        Ok((digest, fetched))
+        Ok(())
     }
 
     /// A manifest by digest: memory, then disk (re-verified), then upstream.
@@ -192,9 +193,7 @@ impl Proxy {
         if let Some(unverified) = blocking(move || store.manifests.get(&d)).await? {
             match verify::manifest::check(unverified, digest) {
                 Ok(m) => return Ok(m),
-                Err(e) => {
-                    tracing::warn!(%digest, error = %e, "stored manifest failed re-verification; fetching again")
-                }
+                Err(e) => tracing::warn!(%digest, error = %e, "stored manifest failed re-verification; fetching again"),
             }
         }
         fetched.store(true, Ordering::Relaxed);

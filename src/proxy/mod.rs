@@ -66,9 +66,7 @@ impl Proxy {
         let registries = Registries::from_config(&config)?;
         let manifests = moka::future::Cache::builder()
             .max_capacity(config.manifest_memory_bytes)
-            .weigher(|_k: &Digest, v: &VerifiedManifest| {
-                u32::try_from(v.bytes().len()).unwrap_or(u32::MAX)
-            })
+            .weigher(|_k: &Digest, v: &VerifiedManifest| u32::try_from(v.bytes().len()).unwrap_or(u32::MAX))
             .build();
         Ok(Arc::new(Proxy {
             config,

@@ -35,8 +35,7 @@ impl Proxy {
             Some(first) => self.native_referrers(target, first).await?,
             None => self.fallback_referrers(target, subject).await?,
         };
-        let mut descriptors: Vec<Value> =
-            descriptors.into_iter().filter(valid_descriptor).collect();
+        let mut descriptors: Vec<Value> = descriptors.into_iter().filter(valid_descriptor).collect();
         if let Some(wanted) = artifact_type {
             descriptors.retain(|d| d.get("artifactType").and_then(Value::as_str) == Some(wanted));
         }
@@ -53,11 +52,7 @@ impl Proxy {
         })
     }
 
-    async fn native_referrers(
-        &self,
-        target: &Target,
-        first: upstream::TagsPage,
-    ) -> Result<Vec<Value>, Error> {
+    async fn native_referrers(&self, target: &Target, first: upstream::TagsPage) -> Result<Vec<Value>, Error> {
         let mut all = Vec::new();
         let mut page = first;
         for _ in 0..MAX_PAGES {
@@ -75,18 +70,12 @@ impl Proxy {
 
     /// The tag schema: the index tagged `<alg>-<hex>`, fetched and verified
     /// through the ordinary manifest path. No such tag: no referrers.
-    async fn fallback_referrers(
-        &self,
-        target: &Target,
-        subject: &Digest,
-    ) -> Result<Vec<Value>, Error> {
+    async fn fallback_referrers(&self, target: &Target, subject: &Digest) -> Result<Vec<Value>, Error> {
         let Ok(tag) = subject.tag_form().parse() else {
             return Ok(Vec::new());
         };
         match self.manifest(target, &Reference::Tag(tag), None).await {
-            Ok(served) if served.manifest.media_type().is_index() => {
-                index_manifests(served.manifest.bytes())
-            }
+            Ok(served) if served.manifest.media_type().is_index() => index_manifests(served.manifest.bytes()),
             Ok(_) => Ok(Vec::new()),
             Err(Error::Upstream(e)) if e.is_not_found() => Ok(Vec::new()),
             Err(e) => Err(e),

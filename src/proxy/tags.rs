@@ -28,18 +28,12 @@ struct ClientTags<'a> {
 
 impl Proxy {
     /// `GET /v2/<name>/tags/list[?n=&last=]`.
-    pub async fn tags(
-        &self,
-        target: &Target,
-        n: Option<usize>,
-        last: Option<&str>,
-    ) -> Result<TagsServed, Error> {
+    pub async fn tags(&self, target: &Target, n: Option<usize>, last: Option<&str>) -> Result<TagsServed, Error> {
         let page = target.registry.tags(&target.repo, n, last).await?;
-        let parsed: UpstreamTags =
-            serde_json::from_slice(&page.body).map_err(|e| Error::BadListing {
-                what: "tag list",
-                message: e.to_string(),
-            })?;
+        let parsed: UpstreamTags = serde_json::from_slice(&page.body).map_err(|e| Error::BadListing {
+            what: "tag list",
+            message: e.to_string(),
+        })?;
         let mut tags = parsed.tags.unwrap_or_default();
         // The spec orders tags lexically; an upstream that does not is fixed
         // here so that `last` pagination stays consistent.

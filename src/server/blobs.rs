@@ -42,26 +42,19 @@ pub async fn serve<B>(
     };
     let mut resp = Response::builder()
         .status(status)
-        .header(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        )
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))
         .header(CONTENT_LENGTH, len)
         .header(ACCEPT_RANGES, HeaderValue::from_static("bytes"))
         .header(DOCKER_CONTENT_DIGEST, header_value(&digest.to_string())?)
         .header(ETAG, header_value(&format!("\"{digest}\""))?);
     if let Some((start, end)) = served.range {
-        resp = resp.header(
-            CONTENT_RANGE,
-            format!("bytes {start}-{}/{}", end - 1, served.size),
-        );
+        resp = resp.header(CONTENT_RANGE, format!("bytes {start}-{}/{}", end - 1, served.size));
     }
     let body = match served.body {
         Some(b) => b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
         None => empty(),
     };
-    resp.body(body)
-        .map_err(|e| ApiError::internal(e.to_string()))
+    resp.body(body).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 fn unsatisfiable(size: u64) -> Response<ResponseBody> {

@@ -144,15 +144,11 @@ impl From<proxy::Error> for ApiError {
                 a.warn = true;
                 a
             }
-            proxy::Error::NotAcceptable { .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message)
-            }
+            proxy::Error::NotAcceptable { .. } => ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message),
             proxy::Error::RangeNotSatisfiable { .. } => {
                 ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "UNSUPPORTED", message)
             }
-            proxy::Error::BadListing { .. } => {
-                ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message)
-            }
+            proxy::Error::BadListing { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message),
             proxy::Error::Store(_) | proxy::Error::Internal(_) => ApiError::internal(message),
         }
     }
@@ -181,11 +177,9 @@ fn from_upstream(e: upstream::Error, message: String) -> ApiError {
             a
         }
         U::Timeout { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", message),
-        U::Connect { .. }
-        | U::Status { .. }
-        | U::Protocol { .. }
-        | U::Body { .. }
-        | U::TooLarge { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message),
+        U::Connect { .. } | U::Status { .. } | U::Protocol { .. } | U::Body { .. } | U::TooLarge { .. } => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message)
+        }
         U::Setup { .. } => ApiError::internal(message),
     }
 }

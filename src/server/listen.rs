@@ -25,10 +25,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(String),
     #[error(transparent)]
@@ -55,19 +52,14 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, ListenError> {
         let config = Arc::new(config);
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ListenError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ListenError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let proxy = Proxy::new(config)?;
-        Ok(Server {
-            listener,
-            tls,
-            proxy,
-        })
+        Ok(Server { listener, tls, proxy })
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -96,9 +88,7 @@ impl Server {
             let service = service_fn(move |req| crate::server::handle(proxy.clone(), req));
             match &self.tls {
                 None => {
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
+                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
@@ -111,21 +101,12 @@ impl Server {
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
-                        let tls = match tokio::time::timeout(
-                            Duration::from_secs(10),
-                            acceptor.accept(stream),
-                        )
-                        .await
-                        {
+                        let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                return tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            }
+                            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                         };
-                        let conn = builder
-                            .serve_connection(TokioIo::new(tls), service)
-                            .into_owned();
+                        let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
                         if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
@@ -135,10 +116,7 @@ impl Server {
         }
         drop(self.listener);
         tracing::info!("shutting down: draining in-flight requests");
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
             tracing::warn!("drain timed out; closing remaining connections");
         }
     }

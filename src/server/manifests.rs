@@ -30,10 +30,7 @@ pub async fn serve<B>(
     let digest = header_value(&m.digest().to_string())?;
     let mut resp = Response::builder()
         .status(StatusCode::OK)
-        .header(
-            CONTENT_TYPE,
-            HeaderValue::from_static(m.media_type().as_str()),
-        )
+        .header(CONTENT_TYPE, HeaderValue::from_static(m.media_type().as_str()))
         .header(CONTENT_LENGTH, m.bytes().len())
         .header(DOCKER_CONTENT_DIGEST, digest)
         .header(ETAG, header_value(&format!("\"{}\"", m.digest()))?);
@@ -46,8 +43,7 @@ pub async fn serve<B>(
     } else {
         full(m.bytes().clone())
     };
-    resp.body(body)
-        .map_err(|e| ApiError::internal(e.to_string()))
+    resp.body(body).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// Clients may send several `Accept` headers; join them into one list.

@@ -101,38 +101,25 @@ async fn dispatch<B>(
             record.route = endpoint.as_str();
             record.upstream = Some(target.registry.host().to_string());
             let mut resp = match &endpoint {
-                Endpoint::Manifest(reference) => {
-                    manifests::serve(proxy, req, &target, reference, record).await?
-                }
+                Endpoint::Manifest(reference) => manifests::serve(proxy, req, &target, reference, record).await?,
                 Endpoint::Blob(digest) => blobs::serve(proxy, req, &target, digest, record).await?,
-                Endpoint::TagsList => {
-                    tags::serve(proxy, query, &target, namespace.as_ref()).await?
-                }
-                Endpoint::Referrers(digest) => {
-                    referrers::serve(proxy, query, &target, digest, record).await?
-                }
+                Endpoint::TagsList => tags::serve(proxy, query, &target, namespace.as_ref()).await?,
+                Endpoint::Referrers(digest) => referrers::serve(proxy, query, &target, digest, record).await?,
             };
             if let Some(ns) = namespace {
-                resp.headers_mut()
-                    .insert("oci-namespace", header_value(ns.as_str())?);
+                resp.headers_mut().insert("oci-namespace", header_value(ns.as_str())?);
             }
             Ok(resp)
         }
     }
 }
 
-fn simple(
-    status: StatusCode,
-    content_type: &'static str,
-    body: &'static str,
-    head: bool,
-) -> Response<ResponseBody> {
+fn simple(status: StatusCode, content_type: &'static str, body: &'static str, head: bool) -> Response<ResponseBody> {
     let mut resp = Response::new(if head { empty() } else { full(body) });
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    resp.headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     resp
 }
 
@@ -144,8 +131,7 @@ pub(crate) fn render_error(e: &ApiError, head: bool) -> Response<ResponseBody> {
     *resp.status_mut() = e.status();
     let (name, value) = ApiError::content_type();
     resp.headers_mut().insert(name, value);
-    resp.headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
     if let Some((name, value)) = e.retry_after_header() {
         resp.headers_mut().insert(name, value);
     }
@@ -153,6 +139,5 @@ pub(crate) fn render_error(e: &ApiError, head: bool) -> Response<ResponseBody> {
 }
 
 pub(crate) fn header_value(s: &str) -> Result<HeaderValue, ApiError> {
-    HeaderValue::from_str(s)
-        .map_err(|_| ApiError::internal(format!("not a valid header value: {s}")))
+    HeaderValue::from_str(s).map_err(|_| ApiError::internal(format!("not a valid header value: {s}")))
 }

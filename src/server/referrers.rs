@@ -25,18 +25,13 @@ pub async fn serve(
 ) -> Result<Response<ResponseBody>, ApiError> {
     record.digest = Some(subject.clone());
     let artifact_type = query_param(query, "artifactType");
-    let served = proxy
-        .referrers(target, subject, artifact_type.as_deref())
-        .await?;
+    let served = proxy.referrers(target, subject, artifact_type.as_deref()).await?;
     let mut resp = Response::builder()
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX))
         .header(CONTENT_LENGTH, served.body.len());
     if served.filtered {
-        resp = resp.header(
-            "oci-filters-applied",
-            HeaderValue::from_static("artifactType"),
-        );
+        resp = resp.header("oci-filters-applied", HeaderValue::from_static("artifactType"));
     }
     resp.body(full(served.body))
         .map_err(|e| ApiError::internal(e.to_string()))

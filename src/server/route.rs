@@ -126,13 +126,9 @@ pub fn parse(
     if rest.is_empty() || rest == "/" {
         return read_only(method).map(|()| Route::Base);
     }
-    let rest = rest
-        .strip_prefix('/')
-        .ok_or_else(|| ApiError::not_found_route(path))?;
+    let rest = rest.strip_prefix('/').ok_or_else(|| ApiError::not_found_route(path))?;
     if rest == "_catalog" {
-        return Err(ApiError::unsupported(
-            "the catalog API is not offered by this proxy",
-        ));
+        return Err(ApiError::unsupported("the catalog API is not offered by this proxy"));
     }
     let parts = split_path(rest).ok_or_else(|| ApiError::not_found_route(path))?;
     if parts.endpoint == RawEndpoint::Upload {
@@ -162,9 +158,7 @@ pub fn parse(
 fn read_only(method: &Method) -> Result<(), ApiError> {
     match *method {
         Method::GET | Method::HEAD => Ok(()),
-        Method::PUT | Method::POST | Method::PATCH | Method::DELETE => {
-            Err(ApiError::push_refused())
-        }
+        Method::PUT | Method::POST | Method::PATCH | Method::DELETE => Err(ApiError::push_refused()),
         _ => Err(ApiError::method_not_allowed(method)),
     }
 }
@@ -175,13 +169,11 @@ fn resolve_target(
     config: &Config,
     registries: &Registries,
 ) -> Result<(Target, Option<RegistryHost>), ApiError> {
-    let target = |upstream: &std::sync::Arc<crate::config::Upstream>,
-                  repo: &str|
-     -> Result<Target, ApiError> {
+    let target = |upstream: &std::sync::Arc<crate::config::Upstream>, repo: &str| -> Result<Target, ApiError> {
         let repo: RepoName = repo.parse().map_err(ApiError::bad_name)?;
-        let registry = registries.get(&upstream.host).ok_or_else(|| {
-            ApiError::internal(format!("no client for upstream {}", upstream.host))
-        })?;
+        let registry = registries
+            .get(&upstream.host)
+            .ok_or_else(|| ApiError::internal(format!("no client for upstream {}", upstream.host)))?;
         Ok(Target {
             registry: registry.clone(),
             repo: upstream.upstream_repo(&repo),
@@ -245,9 +237,7 @@ mod tests {
 
     fn target_of(r: Result<Route, ApiError>) -> (String, String, Option<String>) {
         match r {
-            Ok(Route::Repo {
-                target, namespace, ..
-            }) => (
+            Ok(Route::Repo { target, namespace, .. }) => (
                 target.registry.host().to_string(),
                 target.repo.to_string(),
                 namespace.map(|n| n.to_string()),
@@ -279,11 +269,7 @@ mod tests {
         // 1. ?ns= (containerd); docker.io gets library/
         assert_eq!(
             target_of(route("/v2/alpine/manifests/latest?ns=docker.io")),
-            (
-                "docker.io".into(),
-                "library/alpine".into(),
-                Some("docker.io".into())
-            )
+            ("docker.io".into(), "library/alpine".into(), Some("docker.io".into()))
         );
         // 2. alias
         assert_eq!(
@@ -316,31 +302,19 @@ mod tests {
     #[test]
     fn refusals() {
         let code = |r: Result<Route, ApiError>| r.err().map(|e| e.code());
-        assert_eq!(
-            code(route("/v2/evil.example/x/manifests/v1")),
-            Some("DENIED")
-        );
-        assert_eq!(
-            code(route("/v2/x/manifests/v1?ns=evil.example")),
-            Some("DENIED")
-        );
+        assert_eq!(code(route("/v2/evil.example/x/manifests/v1")), Some("DENIED"));
+        assert_eq!(code(route("/v2/x/manifests/v1?ns=evil.example")), Some("DENIED"));
         assert_eq!(code(route("/v2/UPPER/manifests/v1")), Some("NAME_INVALID"));
         assert_eq!(
             code(route("/v2/a/manifests/sha256:baddigeststring")),
             Some("DIGEST_INVALID")
         );
-        assert_eq!(
-            code(route("/v2/a/blobs/sha256:abc")),
-            Some("DIGEST_INVALID")
-        );
+        assert_eq!(code(route("/v2/a/blobs/sha256:abc")), Some("DIGEST_INVALID"));
         assert_eq!(code(route("/v2/a/manifests/-bad")), Some("NAME_INVALID"));
         assert_eq!(code(route("/nope")), Some("UNSUPPORTED"));
         assert_eq!(route("/nope").err().map(|e| e.status().as_u16()), Some(404));
         assert_eq!(code(route("/v2/_catalog")), Some("UNSUPPORTED"));
-        assert_eq!(
-            code(route_m(&Method::PUT, "/v2/a/manifests/v1")),
-            Some("UNSUPPORTED")
-        );
+        assert_eq!(code(route_m(&Method::PUT, "/v2/a/manifests/v1")), Some("UNSUPPORTED"));
         assert_eq!(
             code(route_m(&Method::POST, "/v2/a/blobs/uploads/")),
             Some("UNSUPPORTED")

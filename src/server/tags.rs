@@ -33,11 +33,7 @@ pub async fn serve(
         if let Some(ns) = namespace {
             q.append_pair("ns", ns.as_str());
         }
-        let link = format!(
-            "</v2/{}/tags/list?{}>; rel=\"next\"",
-            target.client_name,
-            q.finish()
-        );
+        let link = format!("</v2/{}/tags/list?{}>; rel=\"next\"", target.client_name, q.finish());
         resp = resp.header(LINK, header_value(&link)?);
     }
     resp.body(full(served.body))

@@ -36,9 +36,7 @@ impl BlobStore {
 
     /// Start writing `digest` into a temp file.
     pub fn writer(&self, digest: &Digest) -> Result<BlobWriter, StoreError> {
-        let tmp_path = self
-            .tmp
-            .join(format!("{}.{}.part", digest.hex(), fastrand::u64(..)));
+        let tmp_path = self.tmp.join(format!("{}.{}.part", digest.hex(), fastrand::u64(..)));
         let file = File::options()
             .read(true)
             .write(true)
@@ -137,12 +135,7 @@ mod tests {
         w.write(b"dat").expect("write");
         drop(w);
         assert!(s.open(&d).expect("io").is_none());
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp"))
-                .expect("tmp")
-                .count(),
-            0
-        );
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
     }
 
     #[test]

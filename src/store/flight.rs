@@ -51,9 +51,7 @@ impl<E: Clone + Send + Sync + 'static> Drop for Lead<E> {
     fn drop(&mut self) {
         self.spool.abandon();
         if let Ok(mut map) = self.map.lock()
-            && map
-                .get(&self.digest)
-                .is_some_and(|s| Arc::ptr_eq(s, &self.spool))
+            && map.get(&self.digest).is_some_and(|s| Arc::ptr_eq(s, &self.spool))
         {
             map.remove(&self.digest);
         }
@@ -67,7 +65,11 @@ impl<E: Clone + Send + Sync + 'static> Flights<E> {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(spool) = map.get(digest) {
+        // A download that already failed is not joined: its leader may not
+        // have left the map yet, and a retry deserves a fresh attempt.
+        if let Some(spool) = map.get(digest)
+            && !spool.has_failed()
+        {
             return Join::Follower(spool.clone());
         }
         let spool = Arc::new(Spool::new());
@@ -106,5 +108,22 @@ mod tests {
         drop(lead);
         assert!(matches!(*rx.borrow(), SpoolState::Abandoned));
         assert!(matches!(flights.join(&d), Join::Leader(_)));
+    }
+
+    #[test]
+    fn a_failed_download_still_in_the_map_is_not_joined() {
+        let flights: Flights<String> = Flights::default();
+        let d = Digest::of(Algorithm::Sha256, b"x");
+        let Join::Leader(lead) = flights.join(&d) else {
+            panic!("first caller leads")
+        };
+        lead.spool().fail("upstream broke".into());
+        // The failed leader has not dropped its handle yet.
+        let Join::Leader(second) = flights.join(&d) else {
+            panic!("a retry after a failure leads a new download")
+        };
+        assert!(!Arc::ptr_eq(second.spool(), lead.spool()));
+        drop(lead); // must not remove the new flight
+        assert!(matches!(flights.join(&d), Join::Follower(_)));
     }
 }

@@ -40,10 +40,7 @@ pub enum StoreError {
     WrongProof { proof: Digest, writer: Digest },
 }
 
-pub(crate) fn io_err<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+pub(crate) fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
         action,
         path: path.to_owned(),
@@ -54,9 +51,7 @@ pub(crate) fn io_err<'a>(
 /// `<root>/<alg>/<hh>/<hex>`: two-character fan-out keeps directories small.
 pub(crate) fn content_path(root: &Path, digest: &Digest) -> PathBuf {
     let hex = digest.hex();
-    root.join(digest.algorithm().as_str())
-        .join(&hex[..2])
-        .join(hex)
+    root.join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
 }
 
 /// Write `bytes` to `path` atomically: temp file in `tmp`, fsync, rename,

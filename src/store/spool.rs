@@ -58,6 +58,11 @@ impl<E: Clone + Send + Sync + 'static> Spool<E> {
         }
     }
 
+    /// Whether the download ended without a verified blob.
+    pub fn has_failed(&self) -> bool {
+        matches!(*self.tx.borrow(), SpoolState::Failed(_) | SpoolState::Abandoned)
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<SpoolState<E>> {
         self.tx.subscribe()
     }
@@ -216,9 +221,7 @@ async fn readable_until<E: Clone + std::fmt::Display>(
         match &*rx.borrow_and_update() {
             SpoolState::Complete { file, total } => {
                 if *total < end {
-                    return Err(ReadError::Io(format!(
-                        "blob has {total} bytes, range ends at {end}"
-                    )));
+                    return Err(ReadError::Io(format!("blob has {total} bytes, range ends at {end}")));
                 }
                 return Ok((file.clone(), end));
             }

@@ -52,11 +52,7 @@ impl TagStore {
             None => self.last(host, repo, tag)?,
         };
         if previous.as_ref() != Some(digest) {
-            write_atomic(
-                &self.tmp,
-                &self.path(host, repo, tag),
-                digest.to_string().as_bytes(),
-            )?;
+            write_atomic(&self.tmp, &self.path(host, repo, tag), digest.to_string().as_bytes())?;
         }
         if let Ok(mut m) = self.recent.lock() {
             m.insert(key, digest.clone());
@@ -65,12 +61,7 @@ impl TagStore {
     }
 
     /// The digest the tag last resolved to, if ever seen.
-    pub fn last(
-        &self,
-        host: &RegistryHost,
-        repo: &RepoName,
-        tag: &Tag,
-    ) -> Result<Option<Digest>, StoreError> {
+    pub fn last(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StoreError> {
         let key = (host.clone(), repo.clone(), tag.clone());
         if let Some(d) = self.recent.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(Some(d));

@@ -19,10 +19,7 @@ const MAX_TOKEN_RESPONSE: usize = 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Challenge {
-    Bearer {
-        realm: String,
-        service: Option<String>,
-    },
+    Bearer { realm: String, service: Option<String> },
     Basic,
 }
 
@@ -35,12 +32,7 @@ struct CachedToken {
 struct TokenExpiry;
 
 impl moka::Expiry<String, CachedToken> for TokenExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &CachedToken,
-        _now: Instant,
-    ) -> Option<Duration> {
+    fn expire_after_create(&self, _key: &String, value: &CachedToken, _now: Instant) -> Option<Duration> {
         Some(value.lifetime)
     }
 }
@@ -71,11 +63,7 @@ impl Auth {
     }
 
     /// The `Authorization` to send before any challenge, if one is known.
-    pub(super) async fn preemptive(
-        &self,
-        reg: &Registry,
-        scope: &str,
-    ) -> Result<Option<HeaderValue>, Error> {
+    pub(super) async fn preemptive(&self, reg: &Registry, scope: &str) -> Result<Option<HeaderValue>, Error> {
         if let Some(Credentials::Bearer(token)) = &self.credentials {
             return Ok(Some(bearer(reg, token.expose_secret())?));
         }
@@ -99,11 +87,10 @@ impl Auth {
         scope: &str,
     ) -> Result<HeaderValue, Error> {
         let value = www_authenticate.to_str().unwrap_or("");
-        let (challenge, challenge_scope) =
-            parse_challenge(value).ok_or_else(|| Error::Unauthorized {
-                host: reg.host().to_string(),
-                message: format!("unsupported WWW-Authenticate challenge `{value}`"),
-            })?;
+        let (challenge, challenge_scope) = parse_challenge(value).ok_or_else(|| Error::Unauthorized {
+            host: reg.host().to_string(),
+            message: format!("unsupported WWW-Authenticate challenge `{value}`"),
+        })?;
         if let Ok(mut c) = self.challenge.lock() {
             *c = Some(challenge.clone());
         }
@@ -112,8 +99,7 @@ impl Auth {
             bearer @ Challenge::Bearer { .. } => {
                 // A rejected cached token must not be reused.
                 self.tokens.invalidate(scope).await;
-                self.token(reg, &bearer, scope, challenge_scope.as_deref())
-                    .await
+                self.token(reg, &bearer, scope, challenge_scope.as_deref()).await
             }
         }
     }
@@ -154,11 +140,10 @@ impl Auth {
 }
 
 fn bearer(reg: &Registry, token: &str) -> Result<HeaderValue, Error> {
-    let mut v =
-        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::Unauthorized {
-            host: reg.host().to_string(),
-            message: "token is not a valid header value".into(),
-        })?;
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::Unauthorized {
+        host: reg.host().to_string(),
+        message: "token is not a valid header value".into(),
+    })?;
     v.set_sensitive(true);
     Ok(v)
 }
@@ -166,11 +151,10 @@ fn bearer(reg: &Registry, token: &str) -> Result<HeaderValue, Error> {
 fn basic(username: &str, password: &Secret) -> Result<HeaderValue, Error> {
     let raw = format!("{username}:{}", password.expose_secret());
     let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
-    let mut v =
-        HeaderValue::from_str(&format!("Basic {encoded}")).map_err(|_| Error::Unauthorized {
-            host: String::new(),
-            message: "credentials are not a valid header value".into(),
-        })?;
+    let mut v = HeaderValue::from_str(&format!("Basic {encoded}")).map_err(|_| Error::Unauthorized {
+        host: String::new(),
+        message: "credentials are not a valid header value".into(),
+    })?;
     v.set_sensitive(true);
     Ok(v)
 }
@@ -240,20 +224,11 @@ async fn fetch_token(
     )
     .await?;
     if !resp.status().is_success() {
-        return Err(unauthorized(format!(
-            "token endpoint answered {}",
-            resp.status()
-        )));
+        return Err(unauthorized(format!("token endpoint answered {}", resp.status())));
     }
-    let body = super::fetch::read_body(
-        &host,
-        resp.into_body(),
-        MAX_TOKEN_RESPONSE,
-        policy.token_timeout,
-    )
-    .await?;
-    let parsed: TokenResponse = serde_json::from_slice(&body)
-        .map_err(|e| unauthorized(format!("token response is not JSON: {e}")))?;
+    let body = super::fetch::read_body(&host, resp.into_body(), MAX_TOKEN_RESPONSE, policy.token_timeout).await?;
+    let parsed: TokenResponse =
+        serde_json::from_slice(&body).map_err(|e| unauthorized(format!("token response is not JSON: {e}")))?;
     let token = parsed
         .token
         .or(parsed.access_token)

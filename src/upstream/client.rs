@@ -124,18 +124,12 @@ pub(super) async fn send(
         let next = resolve_location(&url, location)
             .ok_or_else(|| protocol(host, format!("unusable redirect Location `{location}`")))?;
         if url.scheme_str() == Some("https") && next.scheme_str() != Some("https") {
-            return Err(protocol(
-                host,
-                "refusing a redirect from HTTPS to plain HTTP".into(),
-            ));
+            return Err(protocol(host, "refusing a redirect from HTTPS to plain HTTP".into()));
         }
         tracing::debug!(upstream = host, to = %redact_query(&next), "following upstream redirect");
         url = next;
     }
-    Err(protocol(
-        host,
-        format!("more than {MAX_REDIRECTS} redirects"),
-    ))
+    Err(protocol(host, format!("more than {MAX_REDIRECTS} redirects")))
 }
 
 fn protocol(host: &str, message: String) -> Error {

@@ -95,9 +95,7 @@ impl Registry {
     ) -> Result<Response<Incoming>, Error> {
         let mut attempt = 1;
         loop {
-            let result = self
-                .request_once(&method, path_and_query, scope, &headers)
-                .await;
+            let result = self.request_once(&method, path_and_query, scope, &headers).await;
             let retry = match &result {
                 Ok(resp) => is_retryable_status(resp.status()),
                 Err(e) => e.is_retryable(),
@@ -147,16 +145,7 @@ impl Registry {
             });
         };
         let auth = self.auth.answer(self, &challenge, scope).await?;
-        let resp = client::send(
-            &self.http,
-            &host,
-            &self.policy,
-            method,
-            uri,
-            headers,
-            Some(&auth),
-        )
-        .await?;
+        let resp = client::send(&self.http, &host, &self.policy, method, uri, headers, Some(&auth)).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(Error::Unauthorized {
                 host,
@@ -167,11 +156,7 @@ impl Registry {
     }
 
     /// Map a non-success status to its error.
-    fn expect_success(
-        &self,
-        resp: Response<Incoming>,
-        what: &'static str,
-    ) -> Result<Response<Incoming>, Error> {
+    fn expect_success(&self, resp: Response<Incoming>, what: &'static str) -> Result<Response<Incoming>, Error> {
         let host = self.host().to_string();
         match resp.status() {
             s if s.is_success() => Ok(resp),
@@ -214,12 +199,7 @@ impl Registry {
     ) -> Result<ManifestHead, Error> {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
-            .request(
-                Method::HEAD,
-                &path,
-                &pull_scope(repo),
-                accept_headers(accept),
-            )
+            .request(Method::HEAD, &path, &pull_scope(repo), accept_headers(accept))
             .await?;
         let resp = self.expect_success(resp, "manifest")?;
         Ok(ManifestHead {
@@ -239,12 +219,7 @@ impl Registry {
     ) -> Result<UnverifiedManifest, Error> {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
-            .request(
-                Method::GET,
-                &path,
-                &pull_scope(repo),
-                accept_headers(accept),
-            )
+            .request(Method::GET, &path, &pull_scope(repo), accept_headers(accept))
             .await?;
         let resp = self.expect_success(resp, "manifest")?;
         let claimed_digest = self.claimed_digest(resp.headers())?;
@@ -295,12 +270,7 @@ impl Registry {
     }
 
     /// `GET /v2/<repo>/tags/list[?n=&last=]`.
-    pub async fn tags(
-        &self,
-        repo: &RepoName,
-        n: Option<usize>,
-        last: Option<&str>,
-    ) -> Result<TagsPage, Error> {
+    pub async fn tags(&self, repo: &RepoName, n: Option<usize>, last: Option<&str>) -> Result<TagsPage, Error> {
         let query = {
             let mut q = form_urlencoded::Serializer::new(String::new());
             if let Some(n) = n {
@@ -333,11 +303,7 @@ impl Registry {
 
     /// `GET /v2/<repo>/referrers/<digest>`. `Ok(None)` when the upstream
     /// does not implement the API (404), so the caller uses the tag schema.
-    pub async fn referrers(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Option<TagsPage>, Error> {
+    pub async fn referrers(&self, repo: &RepoName, digest: &Digest) -> Result<Option<TagsPage>, Error> {
         let path = format!("/v2/{repo}/referrers/{digest}");
         let resp = self
             .request(Method::GET, &path, &pull_scope(repo), json_headers())
@@ -357,8 +323,7 @@ impl Registry {
             Err(Error::NotFound { .. }) => Ok(None),
             // Some registries answer 400/405 for unknown API paths.
             Err(Error::Status { status, .. })
-                if status == StatusCode::BAD_REQUEST
-                    || status == StatusCode::METHOD_NOT_ALLOWED =>
+                if status == StatusCode::BAD_REQUEST || status == StatusCode::METHOD_NOT_ALLOWED =>
             {
                 Ok(None)
             }
@@ -405,10 +370,7 @@ fn json_headers() -> HeaderMap {
 }
 
 fn header_string(headers: &HeaderMap, name: http::header::HeaderName) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 fn header_u64(headers: &HeaderMap, name: http::header::HeaderName) -> Option<u64> {
@@ -420,12 +382,7 @@ fn header_u64(headers: &HeaderMap, name: http::header::HeaderName) -> Option<u64
 
 /// Read a whole body of at most `limit` bytes, with an idle timeout between
 /// frames. Longer bodies fail at the first byte past the limit.
-pub(crate) async fn read_body(
-    host: &str,
-    mut body: Incoming,
-    limit: usize,
-    idle: Duration,
-) -> Result<Bytes, Error> {
+pub(crate) async fn read_body(host: &str, mut body: Incoming, limit: usize, idle: Duration) -> Result<Bytes, Error> {
     let mut buf = BytesMut::new();
     loop {
         let frame = tokio::time::timeout(idle, body.frame())

@@ -119,10 +119,7 @@ mod tests {
     fn each_failure() {
         let d = Digest::of(Algorithm::Sha256, b"abc");
         let mut v = BlobVerifier::new(d.clone(), Some(3));
-        assert_eq!(
-            v.update(b"abcd"),
-            Err(IntegrityError::TooLong { expected: 3 })
-        );
+        assert_eq!(v.update(b"abcd"), Err(IntegrityError::TooLong { expected: 3 }));
 
         let mut v = BlobVerifier::new(d.clone(), Some(3));
         v.update(b"ab").expect("fits");
@@ -136,10 +133,7 @@ mod tests {
 
         let mut v = BlobVerifier::new(d.clone(), Some(3));
         v.update(b"abd").expect("fits");
-        assert!(matches!(
-            v.finish(),
-            Err(IntegrityError::DigestMismatch { .. })
-        ));
+        assert!(matches!(v.finish(), Err(IntegrityError::DigestMismatch { .. })));
 
         let mut v = BlobVerifier::new(d, None);
         v.update(b"abc").expect("fits");

@@ -38,10 +38,7 @@ pub struct RekorSetPayload {
 /// What was signed, in bundle terms.
 pub enum Content<'a> {
     /// A signature over `payload` (the simple-signing blob).
-    Message {
-        payload: &'a [u8],
-        signature: &'a [u8],
-    },
+    Message { payload: &'a [u8], signature: &'a [u8] },
     /// A DSSE envelope, passed through as JSON.
     Dsse(&'a serde_json::Value),
 }
@@ -65,16 +62,11 @@ fn hex_to_bytes(hex: &str) -> Option<Vec<u8>> {
 }
 
 /// Build the v0.1 bundle JSON for a legacy signature with a Rekor SET.
-pub fn v01_bundle(
-    content: Content<'_>,
-    material: Material<'_>,
-    set: &RekorSet,
-) -> Result<String, String> {
+pub fn v01_bundle(content: Content<'_>, material: Material<'_>, set: &RekorSet) -> Result<String, String> {
     let body = STANDARD
         .decode(&set.payload.body)
         .map_err(|e| format!("Rekor body is not base64: {e}"))?;
-    let entry: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| format!("Rekor body is not JSON: {e}"))?;
+    let entry: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("Rekor body is not JSON: {e}"))?;
     let kind = entry
         .get("kind")
         .and_then(|k| k.as_str())

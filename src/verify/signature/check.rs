@@ -85,17 +85,12 @@ pub struct LegacyLayer<'a> {
 }
 
 /// Verify a legacy `.sig` or `.att` layer for `image` under `authority`.
-pub fn verify_legacy(
-    layer: &LegacyLayer<'_>,
-    image: &Digest,
-    authority: &Authority,
-) -> Result<Proof, SigError> {
+pub fn verify_legacy(layer: &LegacyLayer<'_>, image: &Digest, authority: &Authority) -> Result<Proof, SigError> {
     let rekor = layer
         .annotations
         .get(BUNDLE_ANNOTATION)
         .map(|s| {
-            serde_json::from_str::<RekorSet>(s)
-                .map_err(|e| SigError::Malformed(format!("{BUNDLE_ANNOTATION}: {e}")))
+            serde_json::from_str::<RekorSet>(s).map_err(|e| SigError::Malformed(format!("{BUNDLE_ANNOTATION}: {e}")))
         })
         .transpose()?;
     let certificate = layer
@@ -113,9 +108,10 @@ pub fn verify_legacy(
                     image: image.to_string(),
                 });
             }
-            let sig_text = layer.annotations.get(SIGNATURE_ANNOTATION).ok_or_else(|| {
-                SigError::Malformed(format!("no {SIGNATURE_ANNOTATION} annotation"))
-            })?;
+            let sig_text = layer
+                .annotations
+                .get(SIGNATURE_ANNOTATION)
+                .ok_or_else(|| SigError::Malformed(format!("no {SIGNATURE_ANNOTATION} annotation")))?;
             let signature = decode_b64(sig_text)?;
             let content = Content::Message {
                 payload: layer.blob,
@@ -153,21 +149,14 @@ pub fn verify_legacy(
                 Some(statement),
             )
         }
-        other => Err(SigError::Unsupported(format!(
-            "legacy layer media type `{other}`"
-        ))),
+        other => Err(SigError::Unsupported(format!("legacy layer media type `{other}`"))),
     }
 }
 
 /// Verify a Sigstore bundle (v0.1–v0.3 JSON) for `image` under `authority`.
-pub fn verify_bundle(
-    json: &[u8],
-    image: &Digest,
-    authority: &Authority,
-) -> Result<Proof, SigError> {
+pub fn verify_bundle(json: &[u8], image: &Digest, authority: &Authority) -> Result<Proof, SigError> {
     let text = std::str::from_utf8(json).map_err(|e| SigError::Malformed(e.to_string()))?;
-    let bundle =
-        Bundle::from_json(text).map_err(|e| SigError::Malformed(format!("bundle: {e}")))?;
+    let bundle = Bundle::from_json(text).map_err(|e| SigError::Malformed(format!("bundle: {e}")))?;
     let statement = match &bundle.content {
         SignatureContent::DsseEnvelope(env) => {
             if env.payload_type != IN_TOTO_PAYLOAD_TYPE {
@@ -176,8 +165,7 @@ pub fn verify_bundle(
                     env.payload_type
                 )));
             }
-            let (st, value) = payload::statement_for(env.payload.as_bytes(), image)
-                .map_err(SigError::Malformed)?;
+            let (st, value) = payload::statement_for(env.payload.as_bytes(), image).map_err(SigError::Malformed)?;
             Some((st.predicate_type, value))
         }
         SignatureContent::MessageSignature(_) => None,
@@ -203,9 +191,7 @@ pub fn verify_bundle(
             for (name, key) in keys {
                 let verified = if has_tlog && authority.tlog != Tlog::Ignore {
                     let trust = trust_root(authority)?;
-                    let policy = PublicKeyVerificationPolicy::new(DerPublicKey::new(
-                        key.spki_der().to_vec(),
-                    ));
+                    let policy = PublicKeyVerificationPolicy::new(DerPublicKey::new(key.spki_der().to_vec()));
                     trust
                         .verifier
                         .verify(artifact.clone(), &bundle, &policy)
@@ -224,10 +210,7 @@ pub fn verify_bundle(
                     return Ok(proof(authority, name.clone(), tlog_verified, statement));
                 }
             }
-            Err(SigError::BadSignature(format!(
-                "the keys of `{}`",
-                authority.name
-            )))
+            Err(SigError::BadSignature(format!("the keys of `{}`", authority.name)))
         }
     }
 }
@@ -258,21 +241,19 @@ fn verify_with_authority(
 ) -> Result<Proof, SigError> {
     match &authority.kind {
         AuthorityKind::Key { keys } => {
-            let (name, key) = keys.iter().find(|(_, k)| check_key(k)).ok_or_else(|| {
-                SigError::BadSignature(format!("the keys of `{}`", authority.name))
-            })?;
+            let (name, key) = keys
+                .iter()
+                .find(|(_, k)| check_key(k))
+                .ok_or_else(|| SigError::BadSignature(format!("the keys of `{}`", authority.name)))?;
             let tlog_verified = match (authority.tlog, rekor) {
                 (Tlog::Ignore, _) | (Tlog::Optional, None) => false,
                 (Tlog::Required, None) => return Err(SigError::MissingTlog),
                 (Tlog::Required | Tlog::Optional, Some(set)) => {
                     let trust = trust_root(authority)?;
-                    let json = bridge::v01_bundle(content, Material::PublicKey, set)
-                        .map_err(SigError::Malformed)?;
-                    let bundle = Bundle::from_json(&json)
-                        .map_err(|e| SigError::Malformed(format!("Rekor bundle: {e}")))?;
-                    let policy = PublicKeyVerificationPolicy::new(DerPublicKey::new(
-                        key.spki_der().to_vec(),
-                    ));
+                    let json = bridge::v01_bundle(content, Material::PublicKey, set).map_err(SigError::Malformed)?;
+                    let bundle =
+                        Bundle::from_json(&json).map_err(|e| SigError::Malformed(format!("Rekor bundle: {e}")))?;
+                    let policy = PublicKeyVerificationPolicy::new(DerPublicKey::new(key.spki_der().to_vec()));
                     trust
                         .verifier
                         .verify(artifact, &bundle, &policy)
@@ -286,10 +267,8 @@ fn verify_with_authority(
             let cert = certificate.ok_or(SigError::MissingCertificate)?;
             let set = rekor.ok_or(SigError::MissingTlog)?;
             let trust = trust_root(authority)?;
-            let json = bridge::v01_bundle(content, Material::Certificate(cert), set)
-                .map_err(SigError::Malformed)?;
-            let bundle = Bundle::from_json(&json)
-                .map_err(|e| SigError::Malformed(format!("Rekor bundle: {e}")))?;
+            let json = bridge::v01_bundle(content, Material::Certificate(cert), set).map_err(SigError::Malformed)?;
+            let bundle = Bundle::from_json(&json).map_err(|e| SigError::Malformed(format!("Rekor bundle: {e}")))?;
             let result = trust
                 .verifier
                 .verify(artifact, &bundle, &keyless_policy(authority))
@@ -314,24 +293,13 @@ fn accept_identity(authority: &Authority, result: &VerificationResult) -> Result
         return Err(SigError::Unsupported("not a keyless authority".into()));
     };
     if !result.certificate_verified() {
-        return Err(SigError::Sigstore(
-            "certificate chain was not verified".into(),
-        ));
+        return Err(SigError::Sigstore("certificate chain was not verified".into()));
     }
-    let subject = result
-        .identity()
-        .map(|s| s.as_str().to_owned())
-        .unwrap_or_default();
+    let subject = result.identity().map(|s| s.as_str().to_owned()).unwrap_or_default();
     let issuer = result.issuer().unwrap_or_default().to_owned();
     let default_claims = Default::default();
-    let claims = result
-        .certificate()
-        .map(|c| &c.ci_claims)
-        .unwrap_or(&default_claims);
-    if identities
-        .iter()
-        .any(|id| id.accepts(&subject, &issuer, claims))
-    {
+    let claims = result.certificate().map(|c| &c.ci_claims).unwrap_or(&default_claims);
+    if identities.iter().any(|id| id.accepts(&subject, &issuer, claims)) {
         Ok(format!("{subject} ({issuer})"))
     } else {
         Err(SigError::Identity { subject, issuer })
@@ -339,23 +307,22 @@ fn accept_identity(authority: &Authority, result: &VerificationResult) -> Result
 }
 
 fn trust_root(authority: &Authority) -> Result<&TrustRoot, SigError> {
-    authority.trust_root.as_deref().ok_or_else(|| {
-        SigError::Unsupported(format!("authority `{}` has no trust root", authority.name))
-    })
+    authority
+        .trust_root
+        .as_deref()
+        .ok_or_else(|| SigError::Unsupported(format!("authority `{}` has no trust root", authority.name)))
 }
 
 fn image_artifact(image: &Digest) -> Result<sigstore_types::Artifact<'static>, SigError> {
     let digest = match image.algorithm() {
         Algorithm::Sha256 => {
-            let hash = Sha256Hash::from_hex(&image.hex())
-                .map_err(|e| SigError::Malformed(e.to_string()))?;
+            let hash = Sha256Hash::from_hex(&image.hex()).map_err(|e| SigError::Malformed(e.to_string()))?;
             sigstore_types::ArtifactDigest::from(hash)
         }
-        Algorithm::Sha512 => sigstore_types::ArtifactDigest::new(
-            sigstore_types::HashAlgorithm::Sha2512,
-            image.as_bytes().to_vec(),
-        )
-        .map_err(|e| SigError::Malformed(e.to_string()))?,
+        Algorithm::Sha512 => {
+            sigstore_types::ArtifactDigest::new(sigstore_types::HashAlgorithm::Sha2512, image.as_bytes().to_vec())
+                .map_err(|e| SigError::Malformed(e.to_string()))?
+        }
     };
     Ok(sigstore_types::Artifact::from_digest(digest))
 }
@@ -373,16 +340,9 @@ fn dsse_key_check(bundle: &Bundle, key: &PublicKey) -> bool {
 fn dsse_for(
     blob: &[u8],
     image: &Digest,
-) -> Result<
-    (
-        serde_json::Value,
-        payload::Envelope,
-        (String, serde_json::Value),
-    ),
-    SigError,
-> {
-    let envelope: payload::Envelope = serde_json::from_slice(blob)
-        .map_err(|e| SigError::Malformed(format!("DSSE envelope: {e}")))?;
+) -> Result<(serde_json::Value, payload::Envelope, (String, serde_json::Value)), SigError> {
+    let envelope: payload::Envelope =
+        serde_json::from_slice(blob).map_err(|e| SigError::Malformed(format!("DSSE envelope: {e}")))?;
     if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE {
         return Err(SigError::Unsupported(format!(
             "DSSE payload type `{}`",
@@ -390,10 +350,8 @@ fn dsse_for(
         )));
     }
     let statement_bytes = decode_b64(&envelope.payload)?;
-    let (st, value) =
-        payload::statement_for(&statement_bytes, image).map_err(SigError::Malformed)?;
-    let json: serde_json::Value =
-        serde_json::from_slice(blob).map_err(|e| SigError::Malformed(e.to_string()))?;
+    let (st, value) = payload::statement_for(&statement_bytes, image).map_err(SigError::Malformed)?;
+    let json: serde_json::Value = serde_json::from_slice(blob).map_err(|e| SigError::Malformed(e.to_string()))?;
     Ok((json, envelope, (st.predicate_type, value)))
 }
 

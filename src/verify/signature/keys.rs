@@ -69,15 +69,13 @@ impl fmt::Debug for PublicKey {
 impl PublicKey {
     /// Parse a PEM `PUBLIC KEY`.
     pub fn from_pem(pem: &[u8], hash: SignatureHash) -> Result<PublicKey, KeyError> {
-        let der = SubjectPublicKeyInfoDer::from_pem_slice(pem)
-            .map_err(|e| KeyError::Pem(e.to_string()))?;
+        let der = SubjectPublicKeyInfoDer::from_pem_slice(pem).map_err(|e| KeyError::Pem(e.to_string()))?;
         Self::from_spki_der(der.as_ref(), hash)
     }
 
     /// Parse DER SubjectPublicKeyInfo.
     pub fn from_spki_der(der: &[u8], hash: SignatureHash) -> Result<PublicKey, KeyError> {
-        let spki = spki::SubjectPublicKeyInfoRef::from_der(der)
-            .map_err(|e| KeyError::Spki(e.to_string()))?;
+        let spki = spki::SubjectPublicKeyInfoRef::from_der(der).map_err(|e| KeyError::Spki(e.to_string()))?;
         let raw = spki
             .subject_public_key
             .as_bytes()
@@ -148,8 +146,8 @@ mod tests {
     fn spki_for_p256(point: &[u8]) -> Vec<u8> {
         // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING point }
         let mut alg = vec![
-            0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
-            0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+            0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d,
+            0x03, 0x01, 0x07,
         ];
         let mut bits = vec![0x03, (point.len() + 1) as u8, 0x00];
         bits.extend_from_slice(point);
@@ -162,23 +160,14 @@ mod tests {
     #[test]
     fn p256_sha256_round_trip_and_tamper() {
         let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-            .expect("keygen");
-        let kp =
-            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
-                .expect("kp");
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("keygen");
+        let kp = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("kp");
         let sig = kp.sign(&rng, b"payload").expect("sign");
-        let key = PublicKey::from_spki_der(
-            &spki_for_p256(kp.public_key().as_ref()),
-            SignatureHash::Sha256,
-        )
-        .expect("key");
+        let key =
+            PublicKey::from_spki_der(&spki_for_p256(kp.public_key().as_ref()), SignatureHash::Sha256).expect("key");
         assert_eq!(key.kind(), KeyKind::EcdsaP256);
         assert_eq!(key.verify(b"payload", sig.as_ref()), Ok(()));
-        assert_eq!(
-            key.verify(b"payloaD", sig.as_ref()),
-            Err(KeyError::BadSignature)
-        );
+        assert_eq!(key.verify(b"payloaD", sig.as_ref()), Err(KeyError::BadSignature));
     }
 
     #[test]
@@ -186,9 +175,7 @@ mod tests {
         let rng = SystemRandom::new();
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).expect("keygen");
         let kp = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("kp");
-        let mut der = vec![
-            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-        ];
+        let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
         der.extend_from_slice(kp.public_key().as_ref());
         let key = PublicKey::from_spki_der(&der, SignatureHash::Sha256).expect("key");
         let sig = kp.sign(b"m");
@@ -196,24 +183,16 @@ mod tests {
     }
 
     fn fixture(rel: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/../shared/fixtures/sigstore/{rel}",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let path = format!("{}/../shared/fixtures/sigstore/{rel}", env!("CARGO_MANIFEST_DIR"));
         std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
     }
 
     #[test]
     fn golden_cosign_key_only_signature() {
         use base64::Engine as _;
-        let key = PublicKey::from_pem(
-            &fixture("legacy-tag/keys/cosign.pub"),
-            SignatureHash::Sha256,
-        )
-        .expect("key");
+        let key = PublicKey::from_pem(&fixture("legacy-tag/keys/cosign.pub"), SignatureHash::Sha256).expect("key");
         let payload = fixture("legacy-tag/key-only/layer-payload.json");
-        let sig_b64 =
-            String::from_utf8(fixture("legacy-tag/key-only/signature.b64")).expect("utf8");
+        let sig_b64 = String::from_utf8(fixture("legacy-tag/key-only/signature.b64")).expect("utf8");
         let sig = base64::engine::general_purpose::STANDARD
             .decode(sig_b64.trim())
             .expect("base64");
@@ -222,11 +201,7 @@ mod tests {
         tampered[10] ^= 1;
         assert_eq!(key.verify(&tampered, &sig), Err(KeyError::BadSignature));
         // The other fixture key must not verify it.
-        let other = PublicKey::from_pem(
-            &fixture("legacy-tag/keys/cosign2.pub"),
-            SignatureHash::Sha256,
-        )
-        .expect("key");
+        let other = PublicKey::from_pem(&fixture("legacy-tag/keys/cosign2.pub"), SignatureHash::Sha256).expect("key");
         assert_eq!(other.verify(&payload, &sig), Err(KeyError::BadSignature));
         assert!(matches!(
             PublicKey::from_pem(b"nope", SignatureHash::Sha256),

@@ -43,13 +43,9 @@ pub struct CriticalImage {
 
 /// Decode a simple-signing payload strictly.
 pub fn simple_signing(bytes: &[u8]) -> Result<SimpleSigning, String> {
-    let payload: SimpleSigning =
-        serde_json::from_slice(bytes).map_err(|e| format!("simple-signing payload: {e}"))?;
+    let payload: SimpleSigning = serde_json::from_slice(bytes).map_err(|e| format!("simple-signing payload: {e}"))?;
     if payload.critical.kind != COSIGN_SIGNATURE_TYPE {
-        return Err(format!(
-            "simple-signing payload type is `{}`",
-            payload.critical.kind
-        ));
+        return Err(format!("simple-signing payload type is `{}`", payload.critical.kind));
     }
     Ok(payload)
 }
@@ -81,20 +77,13 @@ pub struct Subject {
 pub const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 
 /// Decode a statement and require that one of its subjects is `image`.
-pub fn statement_for(
-    bytes: &[u8],
-    image: &Digest,
-) -> Result<(Statement, serde_json::Value), String> {
-    let statement: Statement =
-        serde_json::from_slice(bytes).map_err(|e| format!("in-toto statement: {e}"))?;
+pub fn statement_for(bytes: &[u8], image: &Digest) -> Result<(Statement, serde_json::Value), String> {
+    let statement: Statement = serde_json::from_slice(bytes).map_err(|e| format!("in-toto statement: {e}"))?;
     if !matches!(
         statement.statement_type.as_str(),
         "https://in-toto.io/Statement/v0.1" | "https://in-toto.io/Statement/v1"
     ) {
-        return Err(format!(
-            "unknown statement type `{}`",
-            statement.statement_type
-        ));
+        return Err(format!("unknown statement type `{}`", statement.statement_type));
     }
     let wanted = image.hex();
     let named = statement.subject.iter().any(|s| {
@@ -129,13 +118,7 @@ pub struct EnvelopeSignature {
 
 /// DSSE pre-authentication encoding: the bytes a DSSE signature covers.
 pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "DSSEv1 {} {} {} ",
-        payload_type.len(),
-        payload_type,
-        payload.len()
-    )
-    .into_bytes();
+    let mut out = format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, payload.len()).into_bytes();
     out.extend_from_slice(payload);
     out
 }

@@ -33,10 +33,7 @@ impl fmt::Debug for TrustRoot {
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path} has sha256 {actual}, but the policy pins {pinned}")]
     PinMismatch {
         path: PathBuf,
@@ -68,11 +65,10 @@ impl TrustRoot {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        let root =
-            sigstore_trust_root::TrustedRoot::from_json(&text).map_err(|e| TrustError::Parse {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
+        let root = sigstore_trust_root::TrustedRoot::from_json(&text).map_err(|e| TrustError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         let verifier = sigstore_verify::Verifier::new(&root).map_err(|e| TrustError::Parse {
             path: path.to_owned(),
             message: e.to_string(),

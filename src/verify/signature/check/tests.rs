@@ -11,10 +11,7 @@ use crate::verify::signature::authority::{Authority, AuthorityKind, Identity, Ma
 use crate::verify::signature::{PublicKey, SignatureHash, TrustRoot};
 
 fn fixture_path(rel: &str) -> String {
-    format!(
-        "{}/../shared/fixtures/sigstore/{rel}",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    format!("{}/../shared/fixtures/sigstore/{rel}", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn fixture(rel: &str) -> Vec<u8> {
@@ -64,10 +61,9 @@ struct Legacy {
 
 impl Legacy {
     fn load(case: &str) -> Legacy {
-        let annotations: BTreeMap<String, String> = serde_json::from_slice(&fixture(&format!(
-            "legacy-tag/{case}/layer-annotations.json"
-        )))
-        .expect("annotations");
+        let annotations: BTreeMap<String, String> =
+            serde_json::from_slice(&fixture(&format!("legacy-tag/{case}/layer-annotations.json")))
+                .expect("annotations");
         let manifest = fixture(&format!("legacy-tag/{case}/signed-image-manifest.json"));
         Legacy {
             blob: fixture(&format!("legacy-tag/{case}/layer-payload.json")),
@@ -129,43 +125,29 @@ fn legacy_key_only() {
 fn legacy_key_with_rekor_set() {
     let l = Legacy::load("key-rekor");
     let proof = l
-        .verify(&key_authority(
-            "legacy-tag/keys/cosign2.pub",
-            Tlog::Required,
-        ))
+        .verify(&key_authority("legacy-tag/keys/cosign2.pub", Tlog::Required))
         .expect("verifies with SET");
     assert!(proof.tlog_verified);
     // A corrupted SET fails even though the signature itself is fine.
     let mut bad = Legacy::load("key-rekor");
-    let set = bad
-        .annotations
-        .get_mut(BUNDLE_ANNOTATION)
-        .expect("bundle annotation");
+    let set = bad.annotations.get_mut(BUNDLE_ANNOTATION).expect("bundle annotation");
     *set = set.replacen(
         "\"SignedEntryTimestamp\":\"MEYCIQCt",
         "\"SignedEntryTimestamp\":\"MEYCIQCu",
         1,
     );
     assert!(matches!(
-        bad.verify(&key_authority(
-            "legacy-tag/keys/cosign2.pub",
-            Tlog::Required
-        )),
+        bad.verify(&key_authority("legacy-tag/keys/cosign2.pub", Tlog::Required)),
         Err(SigError::Sigstore(_))
     ));
     // A SET from the log cannot be replayed for another signature: swap in
     // the key-only signature with this entry.
     let mut replay = Legacy::load("key-rekor");
     let other_sig = Legacy::load("key-only").annotations[SIGNATURE_ANNOTATION].clone();
-    replay
-        .annotations
-        .insert(SIGNATURE_ANNOTATION.into(), other_sig);
+    replay.annotations.insert(SIGNATURE_ANNOTATION.into(), other_sig);
     assert!(
         replay
-            .verify(&key_authority(
-                "legacy-tag/keys/cosign2.pub",
-                Tlog::Required
-            ))
+            .verify(&key_authority("legacy-tag/keys/cosign2.pub", Tlog::Required))
             .is_err()
     );
 }
@@ -180,10 +162,7 @@ fn legacy_keyless_fulcio_rekor() {
     let proof = l
         .verify(&ok)
         .expect("keyless legacy signature verifies at its integrated time");
-    assert_eq!(
-        proof.signer,
-        "mitr@redhat.com (https://github.com/login/oauth)"
-    );
+    assert_eq!(proof.signer, "mitr@redhat.com (https://github.com/login/oauth)");
     assert!(proof.tlog_verified);
     let wrong = keyless_authority(
         Matcher::Exact("someone@example.com".into()),
@@ -201,13 +180,11 @@ fn legacy_keyless_fulcio_rekor() {
     // Without the certificate there is nothing to chain.
     let mut no_cert = Legacy::load("keyless-fulcio-rekor");
     no_cert.annotations.remove(CERTIFICATE_ANNOTATION);
-    assert_eq!(
-        no_cert.verify(&ok).err(),
-        Some(SigError::MissingCertificate)
-    );
+    assert_eq!(no_cert.verify(&ok).err(), Some(SigError::MissingCertificate));
 }
 
-const KUBEWARDEN_URI: &str = "https://github.com/kubewarden/kubewarden-controller/.github/workflows/release.yml@refs/tags/v1.34.0";
+const KUBEWARDEN_URI: &str =
+    "https://github.com/kubewarden/kubewarden-controller/.github/workflows/release.yml@refs/tags/v1.34.0";
 const GHA: &str = "https://token.actions.githubusercontent.com";
 
 fn kubewarden_image() -> Digest {
@@ -224,20 +201,16 @@ fn bundle_v03_cosign_sign() {
     assert!(proof.is_signature() && proof.tlog_verified);
     // Regex identity, anchored.
     let re = keyless_authority(
-        Matcher::anchored(r"https://github\.com/kubewarden/[a-z-]+/\.github/workflows/release\.yml@refs/tags/v[0-9.]+").expect("re"),
+        Matcher::anchored(r"https://github\.com/kubewarden/[a-z-]+/\.github/workflows/release\.yml@refs/tags/v[0-9.]+")
+            .expect("re"),
         GHA,
     );
     assert!(verify_bundle(&bundle, &kubewarden_image(), &re).is_ok());
     // Another image digest: the statement subject does not name it.
     let other = Digest::of(Algorithm::Sha256, b"x");
-    assert!(
-        matches!(verify_bundle(&bundle, &other, &ok), Err(SigError::Malformed(m)) if m.contains("subject"))
-    );
+    assert!(matches!(verify_bundle(&bundle, &other, &ok), Err(SigError::Malformed(m)) if m.contains("subject")));
     // Wrong issuer.
-    let wrong = keyless_authority(
-        Matcher::Exact(KUBEWARDEN_URI.into()),
-        "https://accounts.google.com",
-    );
+    let wrong = keyless_authority(Matcher::Exact(KUBEWARDEN_URI.into()), "https://accounts.google.com");
     assert!(matches!(
         verify_bundle(&bundle, &kubewarden_image(), &wrong),
         Err(SigError::Identity { .. })
@@ -248,10 +221,7 @@ fn bundle_v03_cosign_sign() {
 fn bundle_v03_negatives_fail() {
     let ok = keyless_authority(Matcher::Exact(KUBEWARDEN_URI.into()), GHA);
     for (file, why) in [
-        (
-            "kubewarden-tampered-integrated-time",
-            "SET verification failed",
-        ),
+        ("kubewarden-tampered-integrated-time", "SET verification failed"),
         ("kubewarden-corrupted-set", "SET verification failed"),
         // The swapped payload names another subject: refused at the binding
         // before any cryptography, and sigstore-verify refuses it too.
@@ -265,11 +235,8 @@ fn bundle_v03_negatives_fail() {
     // With the subject check satisfied by the swapped subject itself, the
     // DSSE signature check must still refuse it.
     let swapped = fixture("bundle-v03/negative/kubewarden-payload-swapped.sigstore.json");
-    let zeros: Digest = format!("sha256:{}", "0".repeat(64))
-        .parse()
-        .expect("digest");
-    let err =
-        verify_bundle(&swapped, &zeros, &ok).expect_err("signature over the original payload");
+    let zeros: Digest = format!("sha256:{}", "0".repeat(64)).parse().expect("digest");
+    let err = verify_bundle(&swapped, &zeros, &ok).expect_err("signature over the original payload");
     assert!(matches!(err, SigError::Sigstore(_)), "{err}");
 }
 
@@ -299,8 +266,7 @@ fn bundle_v03_slsa_provenance_sha512_subject() {
         .pointer("/dsseEnvelope/payload")
         .and_then(|p| p.as_str())
         .expect("payload");
-    let statement: serde_json::Value =
-        serde_json::from_slice(&decode_b64(payload).expect("b64")).expect("statement");
+    let statement: serde_json::Value = serde_json::from_slice(&decode_b64(payload).expect("b64")).expect("statement");
     let hex = statement
         .pointer("/subject/0/digest/sha512")
         .and_then(|s| s.as_str())

@@ -1,0 +1,752 @@
+//! Real clients through Portcullis, with the real CNCF Distribution registry
+//! as the upstream: skopeo (every routing shape it can express), containerd's
+//! `ctr` (the `?ns=` mirror shape, with no fallback to the upstream) and
+//! podman. Every copied blob is re-hashed and compared with what was seeded.
+//!
+//! External commands run with bounded time and their output is shown when
+//! they fail.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use portcullis::oci::{Algorithm, Digest, DigestHasher};
+use serde_json::{Value, json};
+use support::distribution::Distribution;
+use support::images::*;
+use support::proxy::TestProxy;
+
+const REPO: &str = "test/app";
+/// Size of the large layer (the brief: at least 100 MiB).
+const BIG: usize = 100 * 1024 * 1024 + 4099;
+/// Time limit for one client command.
+const COPY_LIMIT: Duration = Duration::from_secs(120);
+
+/// The upstream's content.
+struct Seeded {
+    registry: Distribution,
+    /// `test/app:v1`: an OCI index over two platforms.
+    index: Blob,
+    index_children: Vec<Image>,
+    /// `test/app:list`: a Docker manifest list over two platforms.
+    list: Blob,
+    list_children: Vec<Image>,
+    /// `test/app:big`: an OCI image with a >= 100 MiB layer.
+    big: Image,
+    /// `test/app:rootfs`: an OCI image with real tar layers for this
+    /// machine's architecture (unpackable by containerd and podman).
+    rootfs: Image,
+}
+
+/// One seeded image as a copy must reproduce it.
+struct Expected<'a> {
+    tag: &'static str,
+    top: &'a Blob,
+    /// Child manifests of an index or list.
+    manifests: BTreeSet<Digest>,
+    /// Configs and layers.
+    blobs: BTreeSet<Digest>,
+    /// Docker media types: an OCI layout can only hold them converted.
+    docker: bool,
+}
+
+impl Expected<'_> {
+    fn all(&self) -> BTreeSet<Digest> {
+        let mut all = self.blobs.clone();
+        all.extend(self.manifests.iter().cloned());
+        all.insert(self.top.digest.clone());
+        all
+    }
+}
+
+impl Seeded {
+    fn images(&self) -> Vec<Expected<'_>> {
+        let expected = |tag, top, children: &[Image], docker| Expected {
+            tag,
+            top,
+            manifests: children.iter().map(|c| c.manifest.digest.clone()).collect(),
+            blobs: children
+                .iter()
+                .flat_map(|c| c.blobs())
+                .map(|b| b.digest.clone())
+                .collect(),
+            docker,
+        };
+        vec![
+            expected("v1", &self.index, &self.index_children, false),
+            expected("list", &self.list, &self.list_children, true),
+            Expected {
+                tag: "big",
+                top: &self.big.manifest,
+                manifests: BTreeSet::new(),
+                blobs: self.big.blobs().into_iter().map(|b| b.digest.clone()).collect(),
+                docker: false,
+            },
+        ]
+    }
+}
+
+async fn seed(with_big: bool) -> Seeded {
+    let t = Instant::now();
+    let registry = Distribution::start().await;
+    let index_children = vec![
+        oci_image_for("amd64", &[40_000, 3000], 11),
+        oci_image_for("arm64", &[50_000], 12),
+    ];
+    let index = oci_index(&[(&index_children[0], "amd64"), (&index_children[1], "arm64")]);
+    registry
+        .push_index(REPO, "v1", &index, &[&index_children[0], &index_children[1]])
+        .await;
+    let list_children = vec![
+        docker_image_for("amd64", &[60_000], 13),
+        docker_image_for("arm64", &[70_000, 10], 14),
+    ];
+    let list = docker_list(&[(&list_children[0], "amd64"), (&list_children[1], "arm64")]);
+    registry
+        .push_list(REPO, "list", &list, &[&list_children[0], &list_children[1]])
+        .await;
+    let big = if with_big {
+        oci_image(&[BIG, 1000], 15)
+    } else {
+        oci_image(&[1000], 15)
+    };
+    registry.push_image(REPO, "big", &big).await;
+    let rootfs = rootfs_image();
+    registry.push_image(REPO, "rootfs", &rootfs).await;
+    eprintln!("seeded upstream in {:?}", t.elapsed());
+    Seeded {
+        registry,
+        index,
+        index_children,
+        list,
+        list_children,
+        big,
+        rootfs,
+    }
+}
+
+/// The proxy configuration: the upstream under a portless name (with an
+/// alias, and as the default) and under its own `127.0.0.1:port` (which is
+/// what containerd sends as `ns`).
+fn proxy_config(registry: &Distribution) -> String {
+    let port = registry.port;
+    format!(
+        "defaultUpstream: registry.test
+upstreams:
+  - host: registry.test
+    url: http://127.0.0.1:{port}
+    insecurePlainHttp: true
+    aliases: [local]
+  - host: 127.0.0.1:{port}
+    url: http://127.0.0.1:{port}
+    insecurePlainHttp: true
+"
+    )
+}
+
+/// Only `127.0.0.1:<upstream port>` and no default upstream: a request
+/// without `?ns=` names no registry, so containerd's pulls can only succeed
+/// through the `ns` shape.
+fn ns_only_config(registry: &Distribution) -> String {
+    let port = registry.port;
+    format!(
+        "upstreams:
+  - host: 127.0.0.1:{port}
+    url: http://127.0.0.1:{port}
+    insecurePlainHttp: true
+"
+    )
+}
+
+// ---------------------------------------------------------------- tar layers
+
+/// An uncompressed ustar archive of regular files.
+fn tar(files: &[(&str, &[u8])]) -> Bytes {
+    fn octal(field: &mut [u8], v: u64) {
+        let s = format!("{v:0width$o}\0", width = field.len() - 1);
+        field.copy_from_slice(s.as_bytes());
+    }
+    let mut out = Vec::new();
+    for (name, data) in files {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        octal(&mut h[100..108], 0o644);
+        octal(&mut h[108..116], 0);
+        octal(&mut h[116..124], 0);
+        octal(&mut h[124..136], data.len() as u64);
+        octal(&mut h[136..148], 1_700_000_000);
+        h[148..156].fill(b' ');
+        h[156] = b'0';
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out.into()
+}
+
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// An OCI image whose layers are real tar archives, for this machine.
+fn rootfs_image() -> Image {
+    let layers = vec![
+        Blob::new(OCI_LAYER, tar(&[("hello.txt", b"hello from portcullis\n")])),
+        Blob::new(
+            OCI_LAYER,
+            tar(&[("data.bin", &random_bytes(200_000, 21)), ("etc-release", b"ID=test\n")]),
+        ),
+    ];
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.digest.to_string()).collect();
+    let config = json!({
+        "architecture": host_arch(), "os": "linux",
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        "config": { "Cmd": ["/hello.txt"] }
+    });
+    let config = Blob::new(OCI_CONFIG, serde_json::to_vec(&config).expect("json"));
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config.descriptor(),
+        "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
+    });
+    let manifest = Blob::new(OCI_MANIFEST, serde_json::to_vec(&manifest).expect("json"));
+    Image {
+        manifest,
+        config,
+        layers,
+    }
+}
+
+// ------------------------------------------------------------- commands
+
+/// Run a command with a time limit; panic with its output unless it succeeds.
+async fn run(program: &str, args: &[&str], limit: Duration) -> String {
+    let output = try_run(program, args, limit).await;
+    match output {
+        Ok(stdout) => stdout,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Run a command with a time limit: stdout on success, a report (command,
+/// status, stdout, stderr) otherwise.
+async fn try_run(program: &str, args: &[&str], limit: Duration) -> Result<String, String> {
+    let path = support::require_tool(program);
+    let shown = format!("{program} {}", args.join(" "));
+    let child = tokio::process::Command::new(&path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
+    let started = Instant::now();
+    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(r) => r.map_err(|e| format!("`{shown}`: {e}"))?,
+        Err(_) => {
+            return Err(format!("`{shown}` did not finish within {limit:?} (killed)"));
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if output.status.success() {
+        eprintln!("`{shown}` took {:?}", started.elapsed());
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "`{shown}` failed with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+            output.status
+        ))
+    }
+}
+
+// ------------------------------------------------------------- verification
+
+/// sha256 of a file, streamed.
+fn sha256_file(path: &Path) -> Digest {
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut h = DigestHasher::new(Algorithm::Sha256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        if n == 0 {
+            return h.finish();
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+fn sha256_digest(hex: &str) -> Digest {
+    format!("sha256:{hex}")
+        .parse()
+        .unwrap_or_else(|e| panic!("`{hex}` is not a sha256 hex name: {e}"))
+}
+
+/// An OCI layout written by skopeo: the digest `tag` points at, and every
+/// blob (each file's sha256 checked against its name).
+fn read_oci_layout(dir: &Path, tag: &str) -> (Digest, BTreeSet<Digest>) {
+    let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
+        .expect("index.json is JSON");
+    let top = index["manifests"]
+        .as_array()
+        .expect("index.json manifests")
+        .iter()
+        .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == json!(tag))
+        .unwrap_or_else(|| panic!("no `{tag}` in {index}"));
+    let top: Digest = top["digest"].as_str().expect("digest").parse().expect("valid digest");
+    let mut blobs = BTreeSet::new();
+    for entry in std::fs::read_dir(dir.join("blobs/sha256")).expect("blobs/sha256") {
+        let path = entry.expect("entry").path();
+        let named = sha256_digest(&path.file_name().expect("name").to_string_lossy());
+        assert_eq!(
+            sha256_file(&path),
+            named,
+            "{} does not hash to its name",
+            path.display()
+        );
+        blobs.insert(named);
+    }
+    (top, blobs)
+}
+
+/// A `dir:` copy: `manifest.json` is the top-level manifest; other files are
+/// blobs named by hex, or `<hex>.manifest.json` for a list's instances.
+fn read_dir_copy(dir: &Path) -> (Digest, BTreeSet<Digest>) {
+    let top = sha256_file(&dir.join("manifest.json"));
+    let mut blobs = BTreeSet::from([top.clone()]);
+    for entry in std::fs::read_dir(dir).expect("dir copy") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        if name == "manifest.json" || name == "version" {
+            continue;
+        }
+        let hex = name.strip_suffix(".manifest.json").unwrap_or(&name);
+        let named = sha256_digest(hex);
+        assert_eq!(
+            sha256_file(&path),
+            named,
+            "{} does not hash to its name",
+            path.display()
+        );
+        blobs.insert(named);
+    }
+    (top, blobs)
+}
+
+/// The copy has the upstream's top-level manifest and every blob.
+fn assert_complete_copy(
+    what: &str,
+    top: &Digest,
+    got: &BTreeSet<Digest>,
+    expected: &BTreeSet<Digest>,
+    expected_top: &Digest,
+) {
+    assert_eq!(
+        top, expected_top,
+        "{what}: the copy's top-level manifest is not the upstream's"
+    );
+    let missing: Vec<&Digest> = expected.difference(got).collect();
+    assert!(missing.is_empty(), "{what}: missing from the copy: {missing:?}");
+}
+
+// ------------------------------------------------------------- skopeo
+
+/// `skopeo copy --all` of every seeded image through one routing shape,
+/// into `oci:` and `dir:`; every digest must be the upstream's.
+async fn skopeo_through(shape: &str, name_prefix: &str) {
+    let s = seed(true).await;
+    let proxy = TestProxy::start(&proxy_config(&s.registry)).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    for e in s.images() {
+        let tag = e.tag;
+        let src = format!("docker://{}/{name_prefix}{REPO}:{tag}", proxy.addr);
+        // Cold (through to the upstream) into oci:, then cached into dir:.
+        let oci = work.path().join(format!("oci-{tag}"));
+        let dest = format!("oci:{}:{tag}", oci.display());
+        let t = Instant::now();
+        if e.docker {
+            // An OCI layout cannot hold Docker manifests, so skopeo converts
+            // them; it also gzips the synthetic layers (random bytes that are
+            // labelled gzip but are not), so no digest survives. What can be
+            // checked: the copy succeeded and the layout is self-consistent
+            // (every blob hashes to its name, every child is present). The
+            // `dir:` copy below checks the exact upstream digests.
+            run(
+                "skopeo",
+                &[
+                    "--insecure-policy",
+                    "copy",
+                    "--all",
+                    "--src-tls-verify=false",
+                    &src,
+                    &dest,
+                ],
+                COPY_LIMIT,
+            )
+            .await;
+            let (got_top, got) = read_oci_layout(&oci, tag);
+            assert_ne!(got_top, e.top.digest, "{shape} {tag}: converted to an OCI index");
+            let index: Value =
+                serde_json::from_slice(&std::fs::read(oci.join("blobs/sha256").join(got_top.hex())).expect("index"))
+                    .expect("json");
+            assert_eq!(index["mediaType"], json!(OCI_INDEX));
+            let children = index["manifests"].as_array().expect("children");
+            assert_eq!(
+                children.len(),
+                e.manifests.len(),
+                "{shape} {tag}: every platform copied"
+            );
+            for c in children {
+                let d: Digest = c["digest"].as_str().expect("digest").parse().expect("digest");
+                assert!(got.contains(&d), "{shape} {tag}: child {d} missing from the layout");
+            }
+        } else {
+            let args = [
+                "--insecure-policy",
+                "copy",
+                "--all",
+                "--preserve-digests",
+                "--src-tls-verify=false",
+                &src,
+                &dest,
+            ];
+            run("skopeo", &args, COPY_LIMIT).await;
+            let (got_top, got) = read_oci_layout(&oci, tag);
+            assert_complete_copy(&format!("{shape} {tag} oci:"), &got_top, &got, &e.all(), &e.top.digest);
+        }
+        eprintln!("{shape}: {tag} → oci: in {:?}", t.elapsed());
+
+        let dir = work.path().join(format!("dir-{tag}"));
+        let dest = format!("dir:{}", dir.display());
+        let args = [
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            &src,
+            &dest,
+        ];
+        run("skopeo", &args, COPY_LIMIT).await;
+        let (got_top, got) = read_dir_copy(&dir);
+        assert_complete_copy(&format!("{shape} {tag} dir:"), &got_top, &got, &e.all(), &e.top.digest);
+        // Free the disk before the next image (the big one is 100 MiB).
+        std::fs::remove_dir_all(&oci).expect("cleanup");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+    // Everything went through (and is now cached in) the proxy.
+    for e in s.images() {
+        for d in &e.blobs {
+            assert!(proxy.has_blob(d), "{shape}: blob {d} not in the proxy's store");
+        }
+        for d in e.manifests.iter().chain([&e.top.digest]) {
+            assert!(proxy.has_manifest(d), "{shape}: manifest {d} not in the proxy's store");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_default_upstream() {
+    skopeo_through("default upstream", "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_host_in_path() {
+    skopeo_through("host in path", "registry.test/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_alias() {
+    skopeo_through("alias", "local/").await;
+}
+
+// ------------------------------------------------------------- containerd
+
+/// containerd 1.6 on its own socket, root and state in a temp dir (CRI
+/// disabled), in its own session; killed and reaped on drop.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Containerd {
+    async fn start() -> Containerd {
+        let binary = support::require_tool("containerd");
+        support::require_tool("ctr");
+        let setsid = support::require_tool("setsid");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{ttrpc}\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = d.join("containerd.sock").display(),
+            ttrpc = d.join("containerd-ttrpc.sock").display(),
+        );
+        std::fs::write(d.join("config.toml"), config).expect("config");
+        let log = std::fs::File::create(d.join("containerd.log")).expect("log");
+        // `setsid` execs containerd in place (the child is not a process
+        // group leader), so the PID kept here is containerd's.
+        let child = std::process::Command::new(setsid)
+            .arg(binary)
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let mut c = Containerd { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                panic!("containerd exited with {status}:\n{}", c.log());
+            }
+            if try_run("ctr", &["--address", &c.socket(), "version"], Duration::from_secs(10))
+                .await
+                .is_ok()
+            {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd not ready within 30 s:\n{}",
+                c.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn socket(&self) -> String {
+        self.dir.path().join("containerd.sock").display().to_string()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr --address <sock> -n t <args>`.
+    async fn ctr(&self, args: &[&str]) -> Result<String, String> {
+        let sock = self.socket();
+        let mut all = vec!["--address", sock.as_str(), "-n", "t"];
+        all.extend_from_slice(args);
+        try_run("ctr", &all, COPY_LIMIT)
+            .await
+            .map_err(|e| format!("{e}\n--- containerd log (tail) ---\n{}", tail(&self.log(), 4000)))
+    }
+
+    /// A hosts directory for `registry` whose only `[host]` is the proxy and
+    /// whose `server` is a closed port: no fallback can hide a failing proxy.
+    fn mirror_hosts_dir(&self, registry: &Distribution, proxy: &TestProxy) -> PathBuf {
+        let hosts = self.dir.path().join("hosts");
+        let dir = hosts.join(registry.host());
+        std::fs::create_dir_all(&dir).expect("hosts dir");
+        std::fs::write(
+            dir.join("hosts.toml"),
+            format!(
+                "server = \"http://127.0.0.1:9\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+                proxy.addr
+            ),
+        )
+        .expect("hosts.toml");
+        hosts
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// containerd's mirror shape: requests carry `?ns=127.0.0.1:<upstream port>`.
+/// `content fetch --all-platforms` of the multi-arch index, the Docker list
+/// and the 100 MiB image; every blob must have gone through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_content_fetch_through_ns_mirror() {
+    let s = seed(true).await;
+    let proxy = TestProxy::start(&ns_only_config(&s.registry)).await;
+    let containerd = Containerd::start().await;
+    let hosts = containerd.mirror_hosts_dir(&s.registry, &proxy);
+    let hosts = hosts.to_str().expect("utf-8 path");
+    // Without `ns` this proxy has no route for the name.
+    let r = support::client::get(&proxy.url(&format!("/v2/{REPO}/manifests/v1"))).await;
+    assert_eq!((r.status.as_u16(), r.error_code().as_str()), (404, "NAME_UNKNOWN"));
+    for e in s.images() {
+        let image = format!("{}/{REPO}:{}", s.registry.host(), e.tag);
+        let t = Instant::now();
+        containerd
+            .ctr(&["content", "fetch", "--all-platforms", "--hosts-dir", hosts, &image])
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        eprintln!("ctr content fetch {image}: {:?}", t.elapsed());
+        for d in &e.blobs {
+            assert!(proxy.has_blob(d), "{image}: blob {d} did not go through the proxy");
+        }
+        for d in e.manifests.iter().chain([&e.top.digest]) {
+            assert!(
+                proxy.has_manifest(d),
+                "{image}: manifest {d} did not go through the proxy"
+            );
+        }
+        // containerd holds exactly the upstream's digests (it verifies them).
+        let listed = containerd
+            .ctr(&["content", "ls", "-q"])
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        let listed: BTreeSet<Digest> = listed.lines().map(|l| l.trim().parse().expect("digest")).collect();
+        let missing: Vec<Digest> = e.all().into_iter().filter(|d| !listed.contains(d)).collect();
+        assert!(missing.is_empty(), "{image}: containerd lacks {missing:?}");
+    }
+    // Control: with the proxy gone, containerd has nowhere to go (the
+    // `server` is a closed port), so the fetch above cannot have bypassed it.
+    drop(proxy);
+    let image = format!("{}/{REPO}:rootfs", s.registry.host());
+    let err = containerd
+        .ctr(&["content", "fetch", "--hosts-dir", hosts, &image])
+        .await;
+    assert!(err.is_err(), "fetch without the proxy must fail: {err:?}");
+}
+
+/// A full `ctr images pull` with the native snapshotter (unpacks the real
+/// tar layers) through the `?ns=` mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_images_pull_native_snapshotter() {
+    let s = seed(false).await;
+    let proxy = TestProxy::start(&ns_only_config(&s.registry)).await;
+    let containerd = Containerd::start().await;
+    let hosts = containerd.mirror_hosts_dir(&s.registry, &proxy);
+    let hosts = hosts.to_str().expect("utf-8 path");
+    let image = format!("{}/{REPO}:rootfs", s.registry.host());
+    containerd
+        .ctr(&[
+            "images",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+            hosts,
+            &image,
+        ])
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    for b in s.rootfs.blobs() {
+        assert!(
+            proxy.has_blob(&b.digest),
+            "layer {} did not go through the proxy",
+            b.digest
+        );
+    }
+    assert!(proxy.has_manifest(&s.rootfs.manifest.digest));
+    let images = containerd
+        .ctr(&["images", "ls"])
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let line = images
+        .lines()
+        .find(|l| l.starts_with(&image))
+        .unwrap_or_else(|| panic!("{image} not listed:\n{images}"));
+    assert!(line.contains(&s.rootfs.manifest.digest.to_string()), "{line}");
+    // The unpacked files are in the native snapshotter's directories.
+    let snapshots = containerd
+        .dir
+        .path()
+        .join("root/io.containerd.snapshotter.v1.native/snapshots");
+    let found: Vec<PathBuf> = std::fs::read_dir(&snapshots)
+        .expect("native snapshots")
+        .map(|e| e.expect("entry").path().join("hello.txt"))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(
+        !found.is_empty(),
+        "hello.txt not unpacked under {}",
+        snapshots.display()
+    );
+    assert_eq!(std::fs::read(&found[0]).expect("read"), b"hello from portcullis\n");
+}
+
+// ------------------------------------------------------------- podman
+
+/// podman pulls by the proxy's own name (a registries.conf mirror would
+/// silently fall back to the upstream), through the default and alias
+/// shapes, into vfs storage in a temp dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_pull_by_proxy_name() {
+    let s = seed(false).await;
+    let proxy = TestProxy::start(&proxy_config(&s.registry)).await;
+    let p = tempfile::tempdir().expect("tempdir");
+    let root = p.path().join("root").display().to_string();
+    let runroot = p.path().join("run").display().to_string();
+    let tmpdir = p.path().join("tmp").display().to_string();
+    let podman = |args: Vec<String>| {
+        let mut all: Vec<String> = [
+            "--root",
+            &root,
+            "--runroot",
+            &runroot,
+            "--tmpdir",
+            &tmpdir,
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "none",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        all.extend(args);
+        async move {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            run("podman", &refs, COPY_LIMIT).await
+        }
+    };
+    for prefix in ["", "local/", "registry.test/"] {
+        let image = format!("{}/{prefix}{REPO}:rootfs", proxy.addr);
+        podman(vec!["pull".into(), "--tls-verify=false".into(), image.clone()]).await;
+        let digest = podman(vec![
+            "image".into(),
+            "inspect".into(),
+            "--format".into(),
+            "{{.Digest}}".into(),
+            image.clone(),
+        ])
+        .await;
+        assert_eq!(digest.trim(), s.rootfs.manifest.digest.to_string(), "{image}");
+    }
+    for b in s.rootfs.blobs() {
+        assert!(
+            proxy.has_blob(&b.digest),
+            "layer {} did not go through the proxy",
+            b.digest
+        );
+    }
+}

@@ -1,0 +1,67 @@
+//! A small HTTP client for tests: exact status, headers and body (or the
+//! transport error, for aborted bodies).
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// A response; `body` is `Err` when the transfer broke (e.g. the proxy
+/// aborted a body that failed verification).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Result<Bytes, String>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body, panicking with context if the transfer failed.
+    pub fn bytes(&self) -> Bytes {
+        match &self.body {
+            Ok(b) => b.clone(),
+            Err(e) => panic!("body transfer failed: {e}"),
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.bytes()).expect("JSON body")
+    }
+
+    /// The OCI error code of an error body.
+    pub fn error_code(&self) -> String {
+        self.json()["errors"][0]["code"].as_str().unwrap_or("").to_owned()
+    }
+}
+
+pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Resp {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::new()).expect("request");
+    let resp = client.request(req).await.expect("response headers");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| format!("{e:?}"));
+    Resp { status, headers, body }
+}
+
+pub async fn get(url: &str) -> Resp {
+    request(Method::GET, url, &[]).await
+}
+
+pub async fn head(url: &str) -> Resp {
+    request(Method::HEAD, url, &[]).await
+}

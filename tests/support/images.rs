@@ -1,0 +1,148 @@
+//! In-memory images: random layers, configs, OCI and Docker manifests,
+//! indexes and manifest lists, with their exact bytes and digests.
+
+use bytes::Bytes;
+use portcullis::oci::{Algorithm, Digest};
+use serde_json::json;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// Content with its digest and media type.
+#[derive(Clone, Debug)]
+pub struct Blob {
+    pub media_type: String,
+    pub bytes: Bytes,
+    pub digest: Digest,
+}
+
+impl Blob {
+    pub fn new(media_type: &str, bytes: impl Into<Bytes>) -> Blob {
+        let bytes = bytes.into();
+        Blob {
+            media_type: media_type.to_owned(),
+            digest: Digest::of(Algorithm::Sha256, &bytes),
+            bytes,
+        }
+    }
+
+    pub fn descriptor(&self) -> serde_json::Value {
+        json!({ "mediaType": self.media_type, "digest": self.digest.to_string(), "size": self.bytes.len() })
+    }
+}
+
+/// `len` pseudo-random bytes from `seed` (deterministic, incompressible).
+pub fn random_bytes(len: usize, seed: u64) -> Bytes {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v);
+    v.into()
+}
+
+/// An image: manifest + config + layers.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub manifest: Blob,
+    pub config: Blob,
+    pub layers: Vec<Blob>,
+}
+
+impl Image {
+    /// Config and layers: everything a pull fetches as blobs.
+    pub fn blobs(&self) -> Vec<&Blob> {
+        std::iter::once(&self.config).chain(self.layers.iter()).collect()
+    }
+}
+
+fn image(
+    manifest_type: &str,
+    config_type: &str,
+    layer_type: &str,
+    layer_sizes: &[usize],
+    seed: u64,
+    arch: &str,
+) -> Image {
+    let layers: Vec<Blob> = layer_sizes
+        .iter()
+        .enumerate()
+        .map(|(i, len)| Blob::new(layer_type, random_bytes(*len, seed * 1000 + i as u64)))
+        .collect();
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.digest.to_string()).collect();
+    let config = json!({
+        "architecture": arch, "os": "linux",
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        "config": { "Labels": { "seed": seed.to_string() } }
+    });
+    let config = Blob::new(config_type, serde_json::to_vec(&config).expect("json"));
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": manifest_type,
+        "config": config.descriptor(),
+        "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
+    });
+    let manifest = Blob::new(manifest_type, serde_json::to_vec(&manifest).expect("json"));
+    Image {
+        manifest,
+        config,
+        layers,
+    }
+}
+
+pub fn oci_image(layer_sizes: &[usize], seed: u64) -> Image {
+    image(OCI_MANIFEST, OCI_CONFIG, OCI_LAYER, layer_sizes, seed, "amd64")
+}
+
+pub fn oci_image_for(arch: &str, layer_sizes: &[usize], seed: u64) -> Image {
+    image(OCI_MANIFEST, OCI_CONFIG, OCI_LAYER, layer_sizes, seed, arch)
+}
+
+pub fn docker_image(layer_sizes: &[usize], seed: u64) -> Image {
+    image(DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER, layer_sizes, seed, "amd64")
+}
+
+pub fn docker_image_for(arch: &str, layer_sizes: &[usize], seed: u64) -> Image {
+    image(DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER, layer_sizes, seed, arch)
+}
+
+fn list(media_type: &str, children: &[(&Image, &str)]) -> Blob {
+    let manifests: Vec<serde_json::Value> = children
+        .iter()
+        .map(|(img, arch)| {
+            let mut d = img.manifest.descriptor();
+            d["platform"] = json!({ "architecture": arch, "os": "linux" });
+            d
+        })
+        .collect();
+    let index = json!({ "schemaVersion": 2, "mediaType": media_type, "manifests": manifests });
+    Blob::new(media_type, serde_json::to_vec(&index).expect("json"))
+}
+
+/// An OCI image index over `(image, architecture)` pairs.
+pub fn oci_index(children: &[(&Image, &str)]) -> Blob {
+    list(OCI_INDEX, children)
+}
+
+/// A Docker manifest list over `(image, architecture)` pairs.
+pub fn docker_list(children: &[(&Image, &str)]) -> Blob {
+    list(DOCKER_LIST, children)
+}
+
+/// An OCI artifact manifest whose `subject` is `subject` (a referrer).
+pub fn referrer(subject: &Blob, artifact_type: &str, payload: &Blob) -> (Blob, Blob) {
+    let empty = Blob::new("application/vnd.oci.empty.v1+json", &b"{}"[..]);
+    let m = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": empty.descriptor(),
+        "layers": [payload.descriptor()],
+        "subject": subject.descriptor(),
+    });
+    (Blob::new(OCI_MANIFEST, serde_json::to_vec(&m).expect("json")), empty)
+}

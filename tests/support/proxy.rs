@@ -1,0 +1,103 @@
+//! Portcullis in-process on a free loopback port, stopped on drop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use portcullis::config::{Config, Overrides};
+use portcullis::oci::Digest;
+use portcullis::server::Server;
+use tokio::sync::oneshot;
+
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub data_dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl TestProxy {
+    /// Start with a YAML configuration (its `listen`/`dataDir` are replaced
+    /// by a free port and a temp dir).
+    pub async fn start(yaml: &str) -> TestProxy {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".parse().expect("addr")),
+            data_dir: Some(data_dir.path().to_owned()),
+            default_upstream: None,
+        };
+        let config = Config::from_yaml(yaml, "test config", &overrides).expect("valid test config");
+        Self::start_config(config, data_dir).await
+    }
+
+    /// Start with the built-in defaults plus `--default-upstream url`.
+    pub async fn with_default_upstream(url: &str) -> TestProxy {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".parse().expect("addr")),
+            data_dir: Some(data_dir.path().to_owned()),
+            default_upstream: Some(url.parse().expect("upstream url")),
+        };
+        let config = Config::load(None, &overrides).expect("config");
+        Self::start_config(config, data_dir).await
+    }
+
+    async fn start_config(config: Config, data_dir: tempfile::TempDir) -> TestProxy {
+        let server = Server::bind(config).await.expect("proxy binds");
+        let addr = server.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        TestProxy {
+            addr,
+            data_dir,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// `http://127.0.0.1:port` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Where a committed blob would be.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.data_dir
+            .path()
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).exists()
+    }
+
+    /// Where a stored manifest would be.
+    pub fn has_manifest(&self, digest: &Digest) -> bool {
+        let hex = digest.hex();
+        self.data_dir
+            .path()
+            .join("manifests")
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+            .exists()
+    }
+
+    /// Partial downloads left in `tmp/` (must be none after a failure).
+    pub fn temp_files(&self) -> usize {
+        std::fs::read_dir(self.data_dir.path().join("tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
