@@ -267,10 +267,6 @@ fn keyless_authority_with_pinned_trust_root_and_anchored_regex() {
     let ignore_tlog = load(
         &KEYLESS
             .replace("PIN", pin)
-            .replace(
-                "trustRoot: public-good\n      identities",
-                "trustRoot: public-good\n      identities",
-            )
             .replace("  acme:\n    keyless:", "  acme:\n    tlog: ignore\n    keyless:"),
     );
     assert!(ignore_tlog.is_err_and(|e| e.to_string().contains("verified time")));
