@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
@@ -28,13 +28,10 @@ use crate::store::spool::{self, ReadError};
 use crate::store::{BlobWriter, Join, Spool};
 use crate::telemetry::CacheOutcome;
 use crate::upstream::BlobResponse;
-use crate::verify::{BlobVerifier, IntegrityError};
+use crate::verify::{BlobVerifier, DigestMatched, IntegrityError};
 
-/// Chunks handed from the network task to the hashing thread are coalesced
-/// to about this size (fewer syscalls and wake-ups).
-const WRITE_CHUNK: usize = 256 * 1024;
-/// Chunks in flight between the network task and the hashing thread.
-const WRITE_QUEUE: usize = 8;
+/// Upstream chunks queued for each of the hashing and writing threads.
+const QUEUE: usize = 64;
 
 /// A single `Range` (RFC 9110 §14.1.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +100,7 @@ impl Proxy {
         let store = self.store.clone();
         let d = digest.clone();
         if let Some((file, size)) = blocking(move || store.blobs.open(&d)).await? {
-            let spool = Spool::completed(file, size);
+            let spool = Arc::new(Spool::completed(file, size));
             return serve(&spool, size, range, head, CacheOutcome::Hit);
         }
         if head {
@@ -159,7 +156,7 @@ impl Proxy {
 }
 
 fn serve(
-    spool: &Spool<Error>,
+    spool: &Arc<Spool<Error>>,
     size: u64,
     range: Option<ByteRange>,
     head: bool,
@@ -170,7 +167,7 @@ fn serve(
         Some(r) => Some(r.resolve(size).ok_or(Error::RangeNotSatisfiable { size })?),
     };
     let (start, end) = slice.unwrap_or((0, size));
-    let body = (!head).then(|| BlobBody::new(spool::read_range(spool.subscribe(), start, end), end - start));
+    let body = (!head).then(|| BlobBody::new(spool::read_range(spool.clone(), start, end), end - start));
     Ok(BlobServed {
         size,
         range: slice,
@@ -220,8 +217,9 @@ impl Downloader {
         }
     }
 
-    /// Stream the upstream body into the hashing thread; returns the
-    /// verified length once the blob is committed.
+    /// Stream the upstream body to two threads, one hashing and one writing
+    /// the temp file (each fed the same `Bytes`, no copies); commit when the
+    /// hash proves the bytes. Returns the verified length.
     async fn fetch(&self, spool: &Arc<Spool<Error>>) -> Result<u64, Error> {
         let mut upstream = self.target.registry.get_blob(&self.target.repo, &self.digest).await?;
         let store = self.store.clone();
@@ -230,73 +228,86 @@ impl Downloader {
         let reader = writer.reader().map_err(|e| Error::Store(Arc::new(e)))?;
         spool.start(reader, upstream.length);
 
-        let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(QUEUE);
+        let (write_tx, write_rx) = mpsc::channel::<Bytes>(QUEUE);
         let verifier = BlobVerifier::new(self.digest.clone(), upstream.length);
-        let thread_spool = spool.clone();
         let digest = self.digest.clone();
-        let worker = tokio::task::spawn_blocking(move || hash_and_write(rx, verifier, writer, &thread_spool, digest));
-        let network = pump_network(&mut upstream, tx).await;
-        let verdict = match worker.await {
-            Ok(v) => v,
-            Err(e) => Err(Error::Internal(format!("hashing thread failed: {e}"))),
-        };
-        match (network, verdict) {
+        let hashing = tokio::task::spawn_blocking(move || hash_all(hash_rx, verifier, &digest));
+        let thread_spool = spool.clone();
+        let writing = tokio::task::spawn_blocking(move || write_all(write_rx, writer, &thread_spool));
+        let network = pump_network(&mut upstream, hash_tx, write_tx).await;
+        let proof = joined(hashing.await);
+        let written = joined(writing.await);
+        match (network, proof, written) {
             // The bytes are what the digest says: a connection error after the
             // last byte changes nothing.
-            (_, Ok(len)) => Ok(len),
-            // A broken or slow upstream explains a failed verification best.
-            (Err(e), Err(_)) => Err(e),
-            (Ok(()), Err(e)) => Err(e),
+            (_, Ok(proof), Ok(writer)) => {
+                let len = proof.length();
+                blocking(move || writer.commit(proof)).await?;
+                Ok(len)
+            }
+            // Integrity is the most precise diagnosis, then the upstream's.
+            (_, Err(e @ Error::Integrity { .. }), _) => Err(e),
+            (Err(e), _, _) => Err(e),
+            (Ok(()), Err(e), _) | (Ok(()), Ok(_), Err(e)) => Err(e),
         }
     }
 }
 
-/// Move upstream chunks to the hashing thread, coalesced. Returns when the
-/// body ends, fails, or the thread stops taking chunks (verification failed).
-async fn pump_network(upstream: &mut BlobResponse, tx: mpsc::Sender<Bytes>) -> Result<(), Error> {
-    let mut pending = BytesMut::new();
+fn joined<T>(r: Result<Result<T, Error>, tokio::task::JoinError>) -> Result<T, Error> {
+    r.unwrap_or_else(|e| Err(Error::Internal(format!("blob worker thread failed: {e}"))))
+}
+
+/// Hand each upstream chunk to both threads. Returns when the body ends,
+/// fails, or a thread stops taking chunks (verification or write failed).
+async fn pump_network(
+    upstream: &mut BlobResponse,
+    hash_tx: mpsc::Sender<Bytes>,
+    write_tx: mpsc::Sender<Bytes>,
+) -> Result<(), Error> {
     loop {
         match upstream.next_chunk().await {
             Ok(Some(chunk)) => {
-                pending.extend_from_slice(&chunk);
-                if pending.len() >= WRITE_CHUNK && tx.send(pending.split().freeze()).await.is_err() {
+                // `Bytes` clones share the buffer.
+                if hash_tx.send(chunk.clone()).await.is_err() || write_tx.send(chunk).await.is_err() {
                     return Ok(());
                 }
             }
-            Ok(None) => {
-                if !pending.is_empty() {
-                    let _ = tx.send(pending.freeze()).await;
-                }
-                return Ok(());
-            }
+            Ok(None) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
     }
 }
 
-/// The hashing thread: hash, write, publish progress; commit only with the
-/// verifier's proof. Any early return drops the writer, deleting the file.
-fn hash_and_write(
+/// The hashing thread: the only source of the proof that lets the file be
+/// committed. Fails at the first byte past the expected length.
+fn hash_all(
     mut rx: mpsc::Receiver<Bytes>,
     mut verifier: BlobVerifier,
-    mut writer: BlobWriter,
-    spool: &Spool<Error>,
-    digest: Digest,
-) -> Result<u64, Error> {
+    digest: &Digest,
+) -> Result<DigestMatched, Error> {
     let integrity = |source| Error::Integrity {
         digest: digest.clone(),
         source,
     };
-    let store_err = |e| Error::Store(Arc::new(e));
     while let Some(chunk) = rx.blocking_recv() {
         verifier.update(&chunk).map_err(integrity)?;
-        writer.write(&chunk).map_err(store_err)?;
-        spool.advance(verifier.seen());
     }
-    let proof = verifier.finish().map_err(integrity)?;
-    let len = proof.length();
-    writer.commit(proof).map_err(store_err)?;
-    Ok(len)
+    verifier.finish().map_err(integrity)
+}
+
+/// The writing thread: append to the temp file and publish each chunk to
+/// the spool's readers. Returns the writer for the commit; an early return
+/// drops it, deleting the temp file.
+fn write_all(mut rx: mpsc::Receiver<Bytes>, mut writer: BlobWriter, spool: &Spool<Error>) -> Result<BlobWriter, Error> {
+    let mut offset = 0u64;
+    while let Some(chunk) = rx.blocking_recv() {
+        writer.write(&chunk).map_err(|e| Error::Store(Arc::new(e)))?;
+        let len = chunk.len() as u64;
+        spool.append(offset, chunk);
+        offset += len;
+    }
+    Ok(writer)
 }
 
 /// The response body of a blob: chunks from a spool reader, with an exact

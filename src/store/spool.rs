@@ -4,9 +4,10 @@
 //! range until the whole blob has been verified, so no response can complete
 //! with unverified content.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, watch};
@@ -15,6 +16,9 @@ use tokio::sync::{mpsc, watch};
 const READ_CHUNK: u64 = 256 * 1024;
 /// Chunks buffered per client between the file reader and the socket.
 const CLIENT_BUFFER_CHUNKS: usize = 4;
+/// Bytes of the most recently written chunks kept in memory, so that
+/// readers keeping up with the download get them without a file read.
+const RECENT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Where a download stands. `E` is the failure the orchestrator reports.
 #[derive(Clone, Debug)]
@@ -39,12 +43,52 @@ pub enum SpoolState<E> {
 #[derive(Debug)]
 pub struct Spool<E> {
     tx: watch::Sender<SpoolState<E>>,
+    /// The latest written chunks, `(offset, bytes)`, oldest first. The same
+    /// `Bytes` the writer wrote: handing them out copies nothing.
+    recent: Mutex<Recent>,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    chunks: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, offset: u64, chunk: Bytes) {
+        self.bytes += chunk.len();
+        self.chunks.push_back((offset, chunk));
+        while self.bytes > RECENT_BYTES {
+            match self.chunks.pop_front() {
+                Some((_, c)) => self.bytes -= c.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Up to `len` bytes at `pos`, if still held.
+    fn get(&self, pos: u64, len: u64) -> Option<Bytes> {
+        let i = self.chunks.partition_point(|(off, c)| off + c.len() as u64 <= pos);
+        let (off, chunk) = self.chunks.get(i)?;
+        if *off > pos {
+            return None;
+        }
+        let start = (pos - off) as usize;
+        let end = (start as u64 + len).min(chunk.len() as u64) as usize;
+        Some(chunk.slice(start..end))
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.bytes = 0;
+    }
 }
 
 impl<E: Clone + Send + Sync + 'static> Spool<E> {
     pub fn new() -> Spool<E> {
         Spool {
             tx: watch::Sender::new(SpoolState::Connecting),
+            recent: Mutex::new(Recent::default()),
         }
     }
 
@@ -55,6 +99,7 @@ impl<E: Clone + Send + Sync + 'static> Spool<E> {
                 file: Arc::new(file),
                 total,
             }),
+            recent: Mutex::new(Recent::default()),
         }
     }
 
@@ -75,6 +120,15 @@ impl<E: Clone + Send + Sync + 'static> Spool<E> {
         });
     }
 
+    /// `chunk` was written to the file at `offset`; publish it.
+    pub fn append(&self, offset: u64, chunk: Bytes) {
+        let end = offset + chunk.len() as u64;
+        if let Ok(mut r) = self.recent.lock() {
+            r.push(offset, chunk);
+        }
+        self.advance(end);
+    }
+
     /// `written` bytes are now in the file.
     pub fn advance(&self, now_written: u64) {
         self.tx.send_modify(|s| {
@@ -82,6 +136,17 @@ impl<E: Clone + Send + Sync + 'static> Spool<E> {
                 *written = now_written;
             }
         });
+    }
+
+    /// Bytes at `pos` from the in-memory window, if still held there.
+    fn recent(&self, pos: u64, len: u64) -> Option<Bytes> {
+        self.recent.lock().ok()?.get(pos, len)
+    }
+
+    fn clear_recent(&self) {
+        if let Ok(mut r) = self.recent.lock() {
+            r.clear();
+        }
     }
 
     /// The content is verified (and committed).
@@ -94,10 +159,12 @@ impl<E: Clone + Send + Sync + 'static> Spool<E> {
                 };
             }
         });
+        self.clear_recent();
     }
 
     pub fn fail(&self, error: E) {
         self.tx.send_replace(SpoolState::Failed(error));
+        self.clear_recent();
     }
 
     /// Mark the spool abandoned unless it already reached a verdict.
@@ -170,19 +237,16 @@ pub async fn wait_complete<E: Clone + std::fmt::Display>(
 /// Stream bytes `[start, end)` of the spool to a channel. Until the blob is
 /// verified, the last byte of the range is held back; on failure the stream
 /// ends with an error so the client's response is aborted, never completed.
-pub fn read_range<E>(
-    mut rx: watch::Receiver<SpoolState<E>>,
-    start: u64,
-    end: u64,
-) -> mpsc::Receiver<Result<Bytes, ReadError<E>>>
+pub fn read_range<E>(spool: Arc<Spool<E>>, start: u64, end: u64) -> mpsc::Receiver<Result<Bytes, ReadError<E>>>
 where
     E: Clone + std::fmt::Display + Send + Sync + 'static,
 {
     let (tx, out) = mpsc::channel(CLIENT_BUFFER_CHUNKS);
+    let mut rx = spool.subscribe();
     tokio::spawn(async move {
         let mut pos = start;
         while pos < end {
-            let next = next_chunk(&mut rx, pos, end).await;
+            let next = next_chunk(&spool, &mut rx, pos, end).await;
             let failed = next.is_err();
             if let Ok(chunk) = &next {
                 pos += chunk.len() as u64;
@@ -197,11 +261,15 @@ where
 }
 
 async fn next_chunk<E: Clone + std::fmt::Display + Send + Sync + 'static>(
+    spool: &Spool<E>,
     rx: &mut watch::Receiver<SpoolState<E>>,
     pos: u64,
     end: u64,
 ) -> Result<Bytes, ReadError<E>> {
     let (file, limit) = readable_until(rx, pos, end).await?;
+    if let Some(chunk) = spool.recent(pos, limit - pos) {
+        return Ok(chunk);
+    }
     let len = (limit - pos).min(READ_CHUNK);
     match tokio::task::spawn_blocking(move || read_at(&file, pos, len)).await {
         Ok(Ok(chunk)) => Ok(chunk),
@@ -246,4 +314,42 @@ fn read_at(file: &File, pos: u64, len: u64) -> std::io::Result<Bytes> {
     let mut buf = BytesMut::zeroed(len as usize);
     file.read_exact_at(&mut buf, pos)?;
     Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_window_slices_without_copying_and_forgets_old_chunks() {
+        let mut r = Recent::default();
+        r.push(0, Bytes::from_static(b"hello "));
+        r.push(6, Bytes::from_static(b"world"));
+        assert_eq!(r.get(0, 3).as_deref(), Some(&b"hel"[..]));
+        assert_eq!(r.get(4, 100).as_deref(), Some(&b"o "[..]));
+        assert_eq!(r.get(6, 5).as_deref(), Some(&b"world"[..]));
+        assert_eq!(r.get(11, 1), None);
+        let big = Bytes::from(vec![0u8; RECENT_BYTES]);
+        r.push(11, big);
+        assert_eq!(r.get(0, 1), None, "old chunks leave the window");
+        assert_eq!(r.get(11, 2).map(|b| b.len()), Some(2));
+    }
+
+    #[tokio::test]
+    async fn readers_get_recent_chunks_and_the_last_byte_only_after_completion() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abcdef").expect("write");
+        let spool: Arc<Spool<String>> = Arc::new(Spool::new());
+        spool.start(File::open(&path).expect("open"), Some(6));
+        spool.append(0, Bytes::from_static(b"abcdef"));
+        let mut rx = read_range(spool.clone(), 0, 6);
+        let first = rx.recv().await.expect("chunk").expect("ok");
+        assert_eq!(&first[..], b"abcde", "final byte held back until verified");
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), rx.recv()).await;
+        assert!(pending.is_err(), "nothing more before the verdict");
+        spool.complete();
+        let last = rx.recv().await.expect("chunk").expect("ok");
+        assert_eq!(&last[..], b"f");
+    }
 }
