@@ -10,7 +10,7 @@
 # API with a large image (config + one layer of random, incompressible data)
 # and a small image, then compares three paths:
 #   direct     - the upstream itself
-#   portcullis - target/release/portcullis serve --default-upstream <upstream>
+#   portcullis - target/release/portcullis serve --integrity-only --default-upstream <upstream>
 #   dist-proxy - a second docker-registry in pull-through proxy mode
 # and prints a markdown table (paste-able into a README) at the end.
 #
@@ -207,7 +207,7 @@ start_portcullis() { # fresh data dir every time
     PC_DATA=$W/portcullis-data-$PC_N
     PC_LOG=$W/portcullis-$PC_N.log
     mkdir -p "$PC_DATA"
-    "$BIN" serve --listen "127.0.0.1:$port" --data-dir "$PC_DATA" \
+    "$BIN" serve --integrity-only --listen "127.0.0.1:$port" --data-dir "$PC_DATA" \
         --default-upstream "$UP_URL" --log-format json >"$PC_LOG" 2>&1 &
     PC_PID=$!
     PIDS+=("$PC_PID")

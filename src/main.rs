@@ -33,14 +33,43 @@ enum Command {
         /// (http:// means plain HTTP; its host is allow-listed).
         #[arg(long)]
         default_upstream: Option<UpstreamUrl>,
+        /// Signature policy directory (overrides the file; default ./policies).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        /// Serve whatever matches its digests, with no signature policy.
+        #[arg(long)]
+        integrity_only: bool,
         #[arg(long, value_enum, default_value = "compact")]
         log_format: LogFormat,
+    },
+    /// Verify one image reference the way the proxy would (exit 0 allow, 1 deny).
+    Verify {
+        /// `[registry/]repository[:tag][@digest]`
+        image: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        /// Upstream for references that name no registry (as for `serve`).
+        #[arg(long)]
+        default_upstream: Option<UpstreamUrl>,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate the policies in a directory and warn about shadowed rules.
+    Check { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -56,6 +85,8 @@ fn main() -> ExitCode {
             listen,
             data_dir,
             default_upstream,
+            policies,
+            integrity_only,
             log_format,
         } => {
             telemetry::init(log_format);
@@ -63,6 +94,8 @@ fn main() -> ExitCode {
                 listen,
                 data_dir,
                 default_upstream,
+                policies,
+                integrity_only,
             };
             report(
                 Config::load(config.as_deref(), &overrides)
@@ -70,6 +103,33 @@ fn main() -> ExitCode {
                     .and_then(serve),
             )
         }
+        Command::Verify {
+            image,
+            config,
+            policies,
+            default_upstream,
+        } => {
+            telemetry::init(LogFormat::Compact);
+            let overrides = Overrides {
+                policies,
+                default_upstream,
+                ..Default::default()
+            };
+            let outcome = Config::load(config.as_deref(), &overrides)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| verify(c, &image));
+            match outcome {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("portcullis: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { dir },
+        } => report(policy_check(&dir)),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => report(
@@ -90,6 +150,48 @@ fn serve(config: Config) -> anyhow::Result<()> {
         server.run(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Print the verdict with its reasons; `Ok(true)` when allowed.
+fn verify(config: Config, image: &str) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(portcullis::cli::verify::run(config, image))?;
+    for event in &report.events {
+        println!("{}", serde_json::to_string_pretty(event)?);
+    }
+    match (&report.error, report.allowed) {
+        (None, true) => println!("ALLOW {image}"),
+        (Some(e), _) => println!("DENY {image}: {e}"),
+        (None, false) => println!("DENY {image}"),
+    }
+    Ok(report.allowed)
+}
+
+fn policy_check(dir: &std::path::Path) -> anyhow::Result<()> {
+    let p = portcullis::policy::load_dir(dir)?;
+    println!("policy in {}: valid, revision {}", dir.display(), p.revision);
+    println!(
+        "  authorities: {}",
+        p.authorities.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    for r in &p.rules {
+        let registry = r
+            .registry
+            .as_ref()
+            .map_or("any registry".to_owned(), |g| g.as_str().to_owned());
+        let repos: Vec<&str> = r.repositories.iter().map(|g| g.as_str()).collect();
+        println!(
+            "  rule {} ({:?}): {registry}, repositories {}",
+            r.name,
+            r.mode,
+            repos.join(", ")
+        );
+    }
+    println!("  no match: {:?}", p.no_match);
+    for w in &p.warnings {
+        println!("warning: {w}");
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

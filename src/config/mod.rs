@@ -41,6 +41,10 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// An upstream URL that becomes the default (and is allow-listed).
     pub default_upstream: Option<UpstreamUrl>,
+    /// The policy directory (overrides `policies:`).
+    pub policies: Option<PathBuf>,
+    /// Serve whatever matches its digests, with no signature policy.
+    pub integrity_only: bool,
 }
 
 /// Credentials presented to one upstream.
@@ -102,6 +106,19 @@ impl Default for UpstreamPolicy {
     }
 }
 
+/// How pulls are admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Every manifest digest must satisfy the policies in this directory.
+    Policies(PathBuf),
+    /// No signature policy: content is served when it matches its digests.
+    /// Refused unless asked for explicitly (`--integrity-only`).
+    IntegrityOnly,
+}
+
+/// The policy directory used when neither the file nor the flags name one.
+pub const DEFAULT_POLICY_DIR: &str = "./policies";
+
 /// TLS for the listener.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
@@ -114,6 +131,10 @@ pub struct TlsFiles {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// How pulls are admitted: by a signature policy, or integrity only.
+    pub admission: Admission,
+    /// Audit events go here (JSON lines); `None` means standard output.
+    pub audit_log: Option<PathBuf>,
     pub tls: Option<TlsFiles>,
     pub upstreams: Vec<Arc<Upstream>>,
     pub default_upstream: Option<Arc<Upstream>>,
@@ -264,6 +285,17 @@ impl Config {
                 .clone()
                 .or(raw.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./portcullis-data")),
+            admission: if ov.integrity_only {
+                Admission::IntegrityOnly
+            } else {
+                Admission::Policies(
+                    ov.policies
+                        .clone()
+                        .or_else(|| raw.policies.map(|p| resolve_path(origin, p)))
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY_DIR)),
+                )
+            },
+            audit_log: raw.audit_log.map(|p| resolve_path(origin, p)),
             tls: raw.tls.map(|t| TlsFiles {
                 cert: resolve_path(origin, t.cert),
                 key: resolve_path(origin, t.key),
@@ -294,6 +326,24 @@ impl Config {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let _ = writeln!(out, "listen: {scheme}://{}", self.listen);
         let _ = writeln!(out, "data directory: {}", self.data_dir.display());
+        match &self.admission {
+            Admission::Policies(dir) => {
+                let _ = writeln!(out, "admission: signature policies in {}", dir.display());
+            }
+            Admission::IntegrityOnly => {
+                let _ = writeln!(
+                    out,
+                    "admission: INTEGRITY ONLY (no signature policy; digests are still verified)"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "audit events: {}",
+            self.audit_log
+                .as_ref()
+                .map_or("standard output".to_owned(), |p| p.display().to_string())
+        );
         let _ = writeln!(out, "upstreams (allow-list; any other registry host is refused):");
         for u in &self.upstreams {
             let mut aliases: Vec<&str> = self

@@ -40,6 +40,10 @@ upstreams:
 pub struct RawConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    /// Directory of signature policies (`*.yaml`).
+    pub policies: Option<PathBuf>,
+    /// Where audit events (JSON lines) go; standard output when absent.
+    pub audit_log: Option<PathBuf>,
     pub tls: Option<RawTls>,
     /// Host (or alias) of the upstream used when a path names no registry.
     pub default_upstream: Option<String>,

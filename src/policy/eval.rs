@@ -23,7 +23,7 @@ pub struct VerifiedAttestation {
     pub statement: serde_json::Value,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Allow,
@@ -31,7 +31,7 @@ pub enum Verdict {
 }
 
 /// The outcome of evaluating a policy for one digest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
     pub verdict: Verdict,
     pub mode: Mode,

@@ -97,6 +97,13 @@ impl Proxy {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobServed, Error> {
+        if !self.gate.blob_allowed(target.registry.host(), &target.repo, digest) {
+            return Err(Error::Denied {
+                message: format!(
+                    "blob {digest} is not referenced by an admitted manifest of this repository (pull the manifest first)"
+                ),
+            });
+        }
         let store = self.store.clone();
         let d = digest.clone();
         if let Some((file, size)) = blocking(move || store.blobs.open(&d)).await? {

@@ -20,6 +20,8 @@ pub enum Error {
     RangeNotSatisfiable { size: u64 },
     #[error("upstream sent an invalid {what}: {message}")]
     BadListing { what: &'static str, message: String },
+    #[error("{message}")]
+    Denied { message: String },
     #[error("local store: {0}")]
     Store(Arc<StoreError>),
     #[error("internal error: {0}")]

@@ -21,6 +21,7 @@ use http::HeaderValue;
 use super::{Error, Proxy, Target, blocking};
 use crate::oci::manifest::{DEFAULT_ACCEPT, MAX_MANIFEST_BYTES, accepts};
 use crate::oci::{Digest, ManifestMediaType, Reference, Tag};
+use crate::policy::Mutability;
 use crate::telemetry::CacheOutcome;
 use crate::upstream;
 use crate::verify::{self, VerifiedManifest, manifest::check_computed};
@@ -36,8 +37,81 @@ pub struct ManifestServed {
 }
 
 impl Proxy {
-    /// `GET`/`HEAD /v2/<name>/manifests/<reference>`.
+    /// `GET`/`HEAD /v2/<name>/manifests/<reference>`: fetch and verify by
+    /// digest, then admit by policy; only then may the bytes be served.
     pub async fn manifest(
+        &self,
+        target: &Target,
+        reference: &Reference,
+        accept: Option<&HeaderValue>,
+        client: &str,
+    ) -> Result<ManifestServed, Error> {
+        let mut served = self.fetch_manifest(target, reference, accept).await?;
+        let tag = match reference {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        if let Some(tag) = tag
+            && served.stale_warning.is_none()
+        {
+            served = self.apply_tag_mutability(target, tag, served).await?;
+        }
+        self.admit(target, tag, &served.manifest, client).await?;
+        // Only an admitted digest may become the tag's last-known digest
+        // (the outage fallback and the pin for immutable tags).
+        if let Some(tag) = tag
+            && served.stale_warning.is_none()
+        {
+            self.record_tag(target, tag, served.manifest.digest()).await?;
+        }
+        Ok(served)
+    }
+
+    /// A tag that now resolves to another digest than the last admitted one:
+    /// `mutable: deny` keeps serving the first admitted digest, `alert`
+    /// serves the new one with a warning.
+    async fn apply_tag_mutability(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        served: ManifestServed,
+    ) -> Result<ManifestServed, Error> {
+        let host = target.registry.host().clone();
+        let (repo, t) = (target.repo.clone(), tag.clone());
+        let store = self.store.clone();
+        let Some(previous) = blocking(move || store.tags.last(&host, &repo, &t)).await? else {
+            return Ok(served);
+        };
+        if &previous == served.manifest.digest() {
+            return Ok(served);
+        }
+        let now = served.manifest.digest().clone();
+        match self.tag_mutability(target, tag) {
+            Mutability::Allow => {
+                tracing::info!(upstream = %target.registry.host(), repo = %target.repo, %tag, %previous, %now, "tag moved upstream");
+                Ok(served)
+            }
+            Mutability::Alert => {
+                tracing::warn!(upstream = %target.registry.host(), repo = %target.repo, %tag, %previous, %now,
+                    "tag moved upstream (policy: mutable: alert); serving the new digest");
+                Ok(served)
+            }
+            Mutability::Deny => {
+                tracing::warn!(upstream = %target.registry.host(), repo = %target.repo, %tag, %previous, refused = %now,
+                    "tag moved upstream (policy: mutable: deny); keeping the first admitted digest");
+                let (manifest, cache) = self.manifest_by_digest(target, &previous).await?;
+                Ok(ManifestServed {
+                    manifest,
+                    cache,
+                    stale_warning: None,
+                })
+            }
+        }
+    }
+
+    /// A verified manifest, not yet admitted: for the proxy's own use
+    /// (signature discovery, the referrers fallback) and for [`Self::manifest`].
+    pub(super) async fn fetch_manifest(
         &self,
         target: &Target,
         reference: &Reference,
@@ -89,11 +163,6 @@ impl Proxy {
             }
             None => self.manifest_by_digest(target, &digest).await?,
         };
-        // Only a digest whose manifest verified may become the tag's
-        // fallback for outages.
-        if stale_warning.is_none() {
-            self.record_tag(target, tag, manifest.digest()).await?;
-        }
         let cache = if stale_warning.is_some() {
             CacheOutcome::Stale
         } else {

@@ -3,6 +3,7 @@
 //!
 //! Imports: `oci`, `config`, `telemetry`, `upstream`, `verify`, `store`.
 
+mod admission;
 mod blob;
 mod error;
 mod manifest;
@@ -11,6 +12,7 @@ mod tags;
 
 use std::sync::Arc;
 
+pub use admission::Gate;
 pub use blob::{BlobBody, BlobServed, ByteRange};
 pub use error::Error;
 pub use manifest::ManifestServed;
@@ -41,6 +43,7 @@ pub struct Proxy {
     store: Arc<Store>,
     manifests: moka::future::Cache<Digest, VerifiedManifest>,
     flights: Flights<Error>,
+    gate: Gate,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -58,22 +61,57 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Upstream(#[from] crate::upstream::Error),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(
+        "no signature policy in {0}: give --policies DIR, or --integrity-only to serve anything that matches its digest"
+    )]
+    NoPolicy(std::path::PathBuf),
+    #[error("cannot open the audit log {path}: {source}")]
+    AuditLog {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Proxy {
     pub fn new(config: Arc<Config>) -> Result<Arc<Proxy>, StartError> {
+        let audit = audit_sink(&config)?;
+        Self::with_audit(config, audit)
+    }
+
+    /// Like [`Proxy::new`], with audit events going to `audit`.
+    pub fn with_audit(
+        config: Arc<Config>,
+        audit: crate::telemetry::audit::AuditSink,
+    ) -> Result<Arc<Proxy>, StartError> {
         let store = Arc::new(Store::open(&config.data_dir)?);
         let registries = Registries::from_config(&config)?;
         let manifests = moka::future::Cache::builder()
             .max_capacity(config.manifest_memory_bytes)
             .weigher(|_k: &Digest, v: &VerifiedManifest| u32::try_from(v.bytes().len()).unwrap_or(u32::MAX))
             .build();
+        let gate = Gate::new(load_policy(&config)?, config.data_dir.join("verdicts"), audit);
+        if let Some(p) = gate.policy() {
+            tracing::info!(
+                revision = p.short_revision(),
+                rules = p.rules.len(),
+                authorities = p.authorities.len(),
+                "policy loaded"
+            );
+            for w in &p.warnings {
+                tracing::warn!("policy: {w}");
+            }
+        } else {
+            tracing::warn!("INTEGRITY-ONLY mode: no signature policy; content is served when it matches its digests");
+        }
         Ok(Arc::new(Proxy {
             config,
             registries,
             store,
             manifests,
             flights: Flights::default(),
+            gate,
         }))
     }
 
@@ -83,6 +121,58 @@ impl Proxy {
 
     pub fn registries(&self) -> &Registries {
         &self.registries
+    }
+}
+
+/// The policy named by the configuration, or `None` in integrity-only mode.
+fn load_policy(config: &Config) -> Result<Option<(crate::policy::PolicySet, std::path::PathBuf)>, StartError> {
+    match &config.admission {
+        crate::config::Admission::IntegrityOnly => Ok(None),
+        crate::config::Admission::Policies(dir) => match crate::policy::load_dir(dir) {
+            Ok(p) => Ok(Some((p, dir.clone()))),
+            Err(crate::policy::PolicyError::Empty(_)) => Err(StartError::NoPolicy(dir.clone())),
+            Err(crate::policy::PolicyError::Read { ref path, ref source })
+                if path == dir && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Err(StartError::NoPolicy(dir.clone()))
+            }
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+fn audit_sink(config: &Config) -> Result<crate::telemetry::audit::AuditSink, StartError> {
+    match &config.audit_log {
+        None => Ok(crate::telemetry::audit::AuditSink::stdout()),
+        Some(path) => crate::telemetry::audit::AuditSink::file(path).map_err(|source| StartError::AuditLog {
+            path: path.clone(),
+            source,
+        }),
+    }
+}
+
+impl Proxy {
+    /// The admission gate (policy, verdicts, grants).
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Re-read the policy directory; on success swap it in, otherwise keep
+    /// the current policy. Returns the new revision when it changed.
+    pub fn reload_policy(&self) -> Result<Option<String>, crate::policy::PolicyError> {
+        let (Some(dir), Some(current)) = (self.gate.policy_dir(), self.gate.policy()) else {
+            return Ok(None);
+        };
+        let new = crate::policy::load_dir(dir)?;
+        if new.revision == current.revision {
+            return Ok(None);
+        }
+        for w in &new.warnings {
+            tracing::warn!("policy: {w}");
+        }
+        let revision = new.revision.clone();
+        self.gate.replace_policy(new);
+        Ok(Some(revision))
     }
 }
 

@@ -14,6 +14,9 @@ use crate::upstream;
 const MAX_PAGES: usize = 16;
 /// At most this many descriptors are returned.
 const MAX_DESCRIPTORS: usize = 4096;
+/// Fallback entries whose `artifactType` is read from their manifest.
+const MAX_ENRICHED: usize = 128;
+const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
 
 /// The referrers index for the client.
 #[derive(Debug, Clone)]
@@ -74,12 +77,50 @@ impl Proxy {
         let Ok(tag) = subject.tag_form().parse() else {
             return Ok(Vec::new());
         };
-        match self.manifest(target, &Reference::Tag(tag), None).await {
-            Ok(served) if served.manifest.media_type().is_index() => index_manifests(served.manifest.bytes()),
-            Ok(_) => Ok(Vec::new()),
-            Err(Error::Upstream(e)) if e.is_not_found() => Ok(Vec::new()),
-            Err(e) => Err(e),
+        let listed = match self.fetch_manifest(target, &Reference::Tag(tag), None).await {
+            Ok(served) if served.manifest.media_type().is_index() => index_manifests(served.manifest.bytes())?,
+            Ok(_) => return Ok(Vec::new()),
+            Err(Error::Upstream(e)) if e.is_not_found() => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::with_capacity(listed.len());
+        for (i, d) in listed.into_iter().enumerate() {
+            out.push(if i < MAX_ENRICHED {
+                self.with_artifact_type(target, d).await?
+            } else {
+                d
+            });
         }
+        Ok(out)
+    }
+
+    /// Fallback indexes written by go-containerregistry carry the config
+    /// media type (`application/vnd.oci.empty.v1+json`) as every entry's
+    /// `artifactType` (cosign#4641). The referrers API reports the
+    /// referrer's own `artifactType`, else its config media type: read it
+    /// from the (verified) manifest itself.
+    async fn with_artifact_type(&self, target: &Target, mut d: Value) -> Result<Value, Error> {
+        let generic = match d.get("artifactType").and_then(Value::as_str) {
+            None => true,
+            Some(t) => t == EMPTY_CONFIG,
+        };
+        let Some(Ok(digest)) = d.get("digest").and_then(Value::as_str).map(str::parse::<Digest>) else {
+            return Ok(d);
+        };
+        if !generic {
+            return Ok(d);
+        }
+        let m = self.fetch_manifest(target, &Reference::Digest(digest), None).await?;
+        let info = m.manifest.info();
+        let artifact_type = info.artifact_type.clone().or_else(|| {
+            (!info.media_type.is_index())
+                .then(|| info.references.first().map(|c| c.media_type.clone()))
+                .flatten()
+        });
+        if let (Some(t), Some(obj)) = (artifact_type, d.as_object_mut()) {
+            obj.insert("artifactType".into(), Value::String(t));
+        }
+        Ok(d)
     }
 }
 

@@ -144,6 +144,7 @@ impl From<proxy::Error> for ApiError {
                 a.warn = true;
                 a
             }
+            proxy::Error::Denied { .. } => ApiError::new(StatusCode::FORBIDDEN, "DENIED", message),
             proxy::Error::NotAcceptable { .. } => ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message),
             proxy::Error::RangeNotSatisfiable { .. } => {
                 ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "UNSUPPORTED", message)

@@ -70,6 +70,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let graceful = GracefulShutdown::new();
         let builder = auto::Builder::new(TokioExecutor::new());
+        let reloader = tokio::spawn(super::reload::watch(self.proxy.clone()));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -85,7 +86,8 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let proxy = self.proxy.clone();
-            let service = service_fn(move |req| crate::server::handle(proxy.clone(), req));
+            let client = peer.to_string();
+            let service = service_fn(move |req| crate::server::handle(proxy.clone(), req, client.clone()));
             match &self.tls {
                 None => {
                     let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
@@ -115,6 +117,7 @@ impl Server {
             }
         }
         drop(self.listener);
+        reloader.abort();
         tracing::info!("shutting down: draining in-flight requests");
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
             tracing::warn!("drain timed out; closing remaining connections");

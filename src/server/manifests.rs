@@ -20,10 +20,11 @@ pub async fn serve<B>(
     req: &Request<B>,
     target: &Target,
     reference: &Reference,
+    client: &str,
     record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let accept = combined_accept(req);
-    let served = proxy.manifest(target, reference, accept.as_ref()).await?;
+    let served = proxy.manifest(target, reference, accept.as_ref(), client).await?;
     let m = &served.manifest;
     record.digest = Some(m.digest().clone());
     record.cache = served.cache;

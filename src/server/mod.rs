@@ -10,6 +10,7 @@ mod error;
 mod listen;
 mod manifests;
 mod referrers;
+mod reload;
 pub mod route;
 mod tags;
 
@@ -33,7 +34,8 @@ pub(crate) const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 const API_VERSION: &str = "docker-distribution-api-version";
 
 /// Handle one request. Never fails: every error becomes an OCI error body.
-pub async fn handle<B>(proxy: Arc<Proxy>, req: Request<B>) -> Result<Response<Logged>, Infallible> {
+/// `client` is the peer address, for audit events.
+pub async fn handle<B>(proxy: Arc<Proxy>, req: Request<B>, client: String) -> Result<Response<Logged>, Infallible> {
     let started = Instant::now();
     let mut record = AccessRecord {
         method: req.method().to_string(),
@@ -46,7 +48,7 @@ pub async fn handle<B>(proxy: Arc<Proxy>, req: Request<B>) -> Result<Response<Lo
         error: None,
     };
     let head = req.method() == Method::HEAD;
-    let mut resp = match dispatch(&proxy, &req, &mut record).await {
+    let mut resp = match dispatch(&proxy, &req, &client, &mut record).await {
         Ok(r) => r,
         Err(e) => {
             if e.is_warning() {
@@ -65,6 +67,7 @@ pub async fn handle<B>(proxy: Arc<Proxy>, req: Request<B>) -> Result<Response<Lo
 async fn dispatch<B>(
     proxy: &Proxy,
     req: &Request<B>,
+    client: &str,
     record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let query = req.uri().query();
@@ -101,7 +104,9 @@ async fn dispatch<B>(
             record.route = endpoint.as_str();
             record.upstream = Some(target.registry.host().to_string());
             let mut resp = match &endpoint {
-                Endpoint::Manifest(reference) => manifests::serve(proxy, req, &target, reference, record).await?,
+                Endpoint::Manifest(reference) => {
+                    manifests::serve(proxy, req, &target, reference, client, record).await?
+                }
                 Endpoint::Blob(digest) => blobs::serve(proxy, req, &target, digest, record).await?,
                 Endpoint::TagsList => tags::serve(proxy, query, &target, namespace.as_ref()).await?,
                 Endpoint::Referrers(digest) => referrers::serve(proxy, query, &target, digest, record).await?,

@@ -9,13 +9,14 @@
 //! All functions here do blocking file I/O; async callers run them with
 //! `spawn_blocking`.
 //!
-//! Imports: `oci`, `verify`.
+//! Imports: `oci`, `verify`, `policy` (the `Decision` type, for persisted verdicts).
 
 pub mod blobs;
 pub mod flight;
 pub mod manifests;
 pub mod spool;
 pub mod tags;
+pub mod verdicts;
 
 use std::path::{Path, PathBuf};
 

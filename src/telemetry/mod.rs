@@ -2,6 +2,8 @@
 //!
 //! Imports: `oci`.
 
+pub mod audit;
+
 use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;

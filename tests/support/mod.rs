@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod cosign;
 pub mod distribution;
 pub mod fake;
 pub mod images;

@@ -23,6 +23,8 @@ impl TestProxy {
             listen: Some("127.0.0.1:0".parse().expect("addr")),
             data_dir: Some(data_dir.path().to_owned()),
             default_upstream: None,
+            policies: None,
+            integrity_only: true,
         };
         let config = Config::from_yaml(yaml, "test config", &overrides).expect("valid test config");
         Self::start_config(config, data_dir).await
@@ -35,9 +37,36 @@ impl TestProxy {
             listen: Some("127.0.0.1:0".parse().expect("addr")),
             data_dir: Some(data_dir.path().to_owned()),
             default_upstream: Some(url.parse().expect("upstream url")),
+            policies: None,
+            integrity_only: true,
         };
         let config = Config::load(None, &overrides).expect("config");
         Self::start_config(config, data_dir).await
+    }
+
+    /// Start with `--default-upstream url` and the policies in `dir`;
+    /// audit events go to `audit.jsonl` in the data directory.
+    pub async fn with_policies(url: &str, dir: &std::path::Path) -> TestProxy {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let yaml = format!("auditLog: {}\n", data_dir.path().join("audit.jsonl").display());
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".parse().expect("addr")),
+            data_dir: Some(data_dir.path().to_owned()),
+            default_upstream: Some(url.parse().expect("upstream url")),
+            policies: Some(dir.to_owned()),
+            integrity_only: false,
+        };
+        let config = Config::from_yaml(&yaml, "test config", &overrides).expect("config");
+        Self::start_config(config, data_dir).await
+    }
+
+    /// The audit events written so far.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.data_dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     async fn start_config(config: Config, data_dir: tempfile::TempDir) -> TestProxy {

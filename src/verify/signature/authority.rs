@@ -15,7 +15,8 @@ use super::{PublicKey, TrustRoot};
 pub enum Tlog {
     /// A verified Rekor entry (SET or inclusion proof) must be present.
     Required,
-    /// Verified when present; a signature without one still counts.
+    /// A present entry must verify (fail closed); a signature without one
+    /// still counts.
     Optional,
     /// Not consulted (air-gapped key signing).
     Ignore,

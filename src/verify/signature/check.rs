@@ -188,15 +188,19 @@ pub fn verify_bundle(json: &[u8], image: &Digest, authority: &Authority) -> Resu
             Ok(proof(authority, signer, result.tlog_verified(), statement))
         }
         AuthorityKind::Key { keys } => {
+            let mut sigstore_error = None;
             for (name, key) in keys {
                 let verified = if has_tlog && authority.tlog != Tlog::Ignore {
                     let trust = trust_root(authority)?;
                     let policy = PublicKeyVerificationPolicy::new(DerPublicKey::new(key.spki_der().to_vec()));
-                    trust
-                        .verifier
-                        .verify(artifact.clone(), &bundle, &policy)
-                        .map(|r| r.tlog_verified())
-                        .ok()
+                    match trust.verifier.verify(artifact.clone(), &bundle, &policy) {
+                        Ok(r) => Some(r.tlog_verified()),
+                        Err(e) => {
+                            // Kept for the denial reason if no key verifies.
+                            sigstore_error = Some(e.to_string());
+                            None
+                        }
+                    }
                 } else if authority.tlog == Tlog::Required {
                     return Err(SigError::MissingTlog);
                 } else {
@@ -210,7 +214,10 @@ pub fn verify_bundle(json: &[u8], image: &Digest, authority: &Authority) -> Resu
                     return Ok(proof(authority, name.clone(), tlog_verified, statement));
                 }
             }
-            Err(SigError::BadSignature(format!("the keys of `{}`", authority.name)))
+            Err(sigstore_error.map_or_else(
+                || SigError::BadSignature(format!("the keys of `{}`", authority.name)),
+                SigError::Sigstore,
+            ))
         }
     }
 }

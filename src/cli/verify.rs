@@ -1,0 +1,104 @@
+//! `portcullis verify IMAGE`: resolve, fetch, verify and admit one image
+//! reference exactly as the proxy would, and report the verdict.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::oci::{Reference, RegistryHost};
+use crate::proxy::{self, Proxy, Target};
+use crate::telemetry::audit::{AuditEvent, AuditSink};
+
+/// The outcome of `portcullis verify`.
+#[derive(Debug)]
+pub struct Report {
+    pub allowed: bool,
+    pub events: Vec<AuditEvent>,
+    pub error: Option<String>,
+}
+
+/// Why a reference could not be checked at all.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("`{0}` is not an image reference ([registry/]repository[:tag][@digest])")]
+    BadReference(String),
+    #[error("registry `{0}` is not an allow-listed upstream")]
+    NotAllowListed(String),
+    #[error("no registry in `{0}` and no default upstream configured")]
+    NoDefault(String),
+    #[error(transparent)]
+    Start(#[from] proxy::StartError),
+}
+
+/// Split `[host/]repo[:tag][@digest]` into host (if any), repository and reference.
+fn split_reference(image: &str) -> Option<(Option<&str>, &str, Reference)> {
+    let (rest, digest) = match image.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (image, None),
+    };
+    let (host, path) = match rest.split_once('/') {
+        Some((first, p)) if RegistryHost::looks_like_host(first) => (Some(first), p),
+        _ => (None, rest),
+    };
+    let (repo, tag) = match path.rsplit_once(':') {
+        Some((r, t)) => (r, Some(t)),
+        None => (path, None),
+    };
+    let reference = match (digest, tag) {
+        (Some(d), _) => Reference::Digest(d.parse().ok()?),
+        (None, Some(t)) => Reference::Tag(t.parse().ok()?),
+        (None, None) => Reference::Tag("latest".parse().ok()?),
+    };
+    Some((host, repo, reference))
+}
+
+/// Verify `image` under `config`'s policy (integrity-only if so configured).
+pub async fn run(config: Config, image: &str) -> Result<Report, VerifyError> {
+    let (host, repo, reference) = split_reference(image).ok_or_else(|| VerifyError::BadReference(image.into()))?;
+    let upstream = match host {
+        Some(h) => config
+            .upstream_by_host(h)
+            .cloned()
+            .ok_or_else(|| VerifyError::NotAllowListed(h.into()))?,
+        None => config
+            .default_upstream
+            .clone()
+            .ok_or_else(|| VerifyError::NoDefault(image.into()))?,
+    };
+    let repo = repo.parse().map_err(|_| VerifyError::BadReference(image.into()))?;
+    let proxy = Proxy::with_audit(Arc::new(config), AuditSink::memory())?;
+    let registry = proxy
+        .registries()
+        .get(&upstream.host)
+        .cloned()
+        .ok_or_else(|| VerifyError::NotAllowListed(upstream.host.to_string()))?;
+    let target = Target {
+        registry,
+        repo: upstream.upstream_repo(&repo),
+        client_name: repo.to_string(),
+    };
+    let result = proxy.manifest(&target, &reference, None, "portcullis verify").await;
+    Ok(Report {
+        allowed: result.is_ok(),
+        events: proxy.gate().audit_sink().kept(),
+        error: result.err().map(|e| e.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        let (h, r, t) = split_reference("ghcr.io/org/app:v1").expect("ref");
+        assert_eq!((h, r, t.to_string()), (Some("ghcr.io"), "org/app", "v1".to_owned()));
+        let (h, r, t) = split_reference("alpine").expect("ref");
+        assert_eq!((h, r, t.to_string()), (None, "alpine", "latest".to_owned()));
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let image = format!("localhost:5000/a/b@{d}");
+        let (h, _, t) = split_reference(&image).expect("ref");
+        assert_eq!((h, t.to_string()), (Some("localhost:5000"), d.to_owned()));
+        assert!(split_reference("repo@sha256:zz").is_none());
+        assert!(split_reference("repo:-bad").is_none());
+    }
+}

@@ -1,0 +1,608 @@
+//! Admission: before any byte of a manifest is served, its digest must
+//! satisfy the signature policy.
+//!
+//! ```text
+//! manifest (verified by digest)
+//!   ├─ integrity-only mode ───────────────────────────────► allow (said in the audit event)
+//!   ├─ already vouched for (child of an admitted index, or
+//!   │  verification material of an admitted image) ───────► parent's decision
+//!   ├─ `sha256-<hex>[.sig|.att|.sbom]` tag or a referrer ──► the subject's decision
+//!   └─ rule = first match (registry, repository, tag)
+//!        requireDigest and a tag ──────────────────────────► deny
+//!        static / no rule ─────────────────────────────────► policy.evaluate
+//!        verify: verdict cache (digest, revision, rule), one verification at a time
+//!                 └─ discover (referrers + fallback, .sig, .att; bounded)
+//!                    → verify each candidate per authority (blocking pool)
+//!                    → Evidence → policy.evaluate → Decision (allows persisted)
+//! serve ⇔ decision.serves(); then blobs it references are granted for this
+//! repository and, for an index with indexCoversChildren, its children.
+//! ```
+//! Transient failures (upstream errors, timeouts) are never cached and
+//! never allow.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{Error, Proxy, Target};
+use crate::oci::{Digest, Reference, RegistryHost, RepoName, Tag};
+use crate::policy::{self, Decision, Evidence, Mode, Mutability, PolicySet, Rule, RuleAction, Verdict};
+use crate::store::verdicts::VerdictStore;
+use crate::telemetry::audit::{self, AuditEvent, AuditSink};
+use crate::verify::signature::check::{self, LegacyLayer, SigError};
+use crate::verify::{BlobVerifier, VerifiedManifest};
+
+/// Largest signature/attestation/bundle blob fetched.
+const MAX_MATERIAL_BYTES: u64 = 2 * 1024 * 1024;
+/// Most candidate layers examined per image.
+const MAX_CANDIDATES: usize = 64;
+/// Most referrer manifests examined per image.
+const MAX_REFERRERS: usize = 32;
+/// Time budget for discovering verification material.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a denial is remembered (so a newly signed image is admitted soon).
+const DENIAL_TTL: Duration = Duration::from_secs(30);
+
+type VerdictKey = (Digest, String, String);
+type RepoKey = (RegistryHost, RepoName, Digest);
+
+/// The admission state: the current policy, verdict cache, vouched-for
+/// manifests and the blobs each repository may serve.
+pub struct Gate {
+    policy: Option<RwLock<Arc<PolicySet>>>,
+    policy_dir: Option<PathBuf>,
+    verdicts: moka::future::Cache<VerdictKey, Arc<Decision>>,
+    persisted: Option<VerdictStore>,
+    vouched: moka::sync::Cache<RepoKey, Arc<(Decision, String)>>,
+    grants: moka::sync::Cache<RepoKey, ()>,
+    audit: AuditSink,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("policy_dir", &self.policy_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct VerdictExpiry;
+
+impl moka::Expiry<VerdictKey, Arc<Decision>> for VerdictExpiry {
+    fn expire_after_create(&self, _k: &VerdictKey, v: &Arc<Decision>, _now: std::time::Instant) -> Option<Duration> {
+        (v.verdict == Verdict::Deny).then_some(DENIAL_TTL)
+    }
+}
+
+impl Gate {
+    /// `policy: None` is integrity-only mode.
+    pub fn new(policy: Option<(PolicySet, PathBuf)>, verdict_dir: PathBuf, audit: AuditSink) -> Gate {
+        let (policy, policy_dir) = match policy {
+            Some((p, dir)) => (Some(RwLock::new(Arc::new(p))), Some(dir)),
+            None => (None, None),
+        };
+        Gate {
+            persisted: policy.as_ref().map(|_| VerdictStore::new(verdict_dir)),
+            policy,
+            policy_dir,
+            verdicts: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(VerdictExpiry)
+                .build(),
+            vouched: moka::sync::Cache::new(200_000),
+            grants: moka::sync::Cache::new(2_000_000),
+            audit,
+        }
+    }
+
+    /// The policy in force (`None` in integrity-only mode).
+    pub fn policy(&self) -> Option<Arc<PolicySet>> {
+        self.policy.as_ref().and_then(|p| p.read().ok().map(|g| g.clone()))
+    }
+
+    /// The audit sink (the `verify` command reads its events back).
+    pub fn audit_sink(&self) -> &AuditSink {
+        &self.audit
+    }
+
+    pub fn policy_dir(&self) -> Option<&PathBuf> {
+        self.policy_dir.as_ref()
+    }
+
+    /// Swap in a new, fully compiled policy. Cached verdicts of the old
+    /// revision no longer match (the revision is part of every key).
+    pub fn replace_policy(&self, new: PolicySet) {
+        if let Some(lock) = &self.policy
+            && let Ok(mut p) = lock.write()
+        {
+            *p = Arc::new(new);
+        }
+    }
+
+    fn grant(&self, host: &RegistryHost, repo: &RepoName, m: &VerifiedManifest) {
+        if m.media_type().is_index() {
+            return;
+        }
+        for d in &m.info().references {
+            self.grants.insert((host.clone(), repo.clone(), d.digest.clone()), ());
+        }
+    }
+
+    /// Whether a blob may be served from this repository.
+    pub fn blob_allowed(&self, host: &RegistryHost, repo: &RepoName, digest: &Digest) -> bool {
+        self.policy.is_none() || self.grants.contains_key(&(host.clone(), repo.clone(), digest.clone()))
+    }
+}
+
+/// Who asked and for what, for the audit event.
+struct Ask<'a> {
+    target: &'a Target,
+    tag: Option<&'a Tag>,
+    client: &'a str,
+}
+
+impl Proxy {
+    /// How a tag's moves are treated for this repository.
+    pub(super) fn tag_mutability(&self, target: &Target, tag: &Tag) -> Mutability {
+        self.gate
+            .policy()
+            .and_then(|p| {
+                p.rule_for(
+                    target.registry.host().as_str(),
+                    target.repo.as_str(),
+                    Some(tag.as_str()),
+                )
+                .map(|r| r.mutable_tags)
+            })
+            .unwrap_or(Mutability::Allow)
+    }
+
+    /// Admit `manifest` for serving, or refuse with `Error::Denied`.
+    pub(super) async fn admit(
+        &self,
+        target: &Target,
+        tag: Option<&Tag>,
+        manifest: &VerifiedManifest,
+        client: &str,
+    ) -> Result<(), Error> {
+        let ask = Ask { target, tag, client };
+        let Some(policy) = self.gate.policy() else {
+            let d = Decision {
+                verdict: Verdict::Allow,
+                mode: Mode::Enforce,
+                rule: None,
+                satisfied: Vec::new(),
+                reasons: vec!["integrity-only mode: no signature policy; bytes verified by digest".into()],
+            };
+            self.audit(&ask, manifest.digest(), &d, None, false);
+            return Ok(());
+        };
+        let host = target.registry.host().clone();
+        let key = (host.clone(), target.repo.clone(), manifest.digest().clone());
+        if let Some(v) = self.gate.vouched.get(&key) {
+            let (decision, why) = &*v;
+            let mut d = decision.clone();
+            d.reasons.insert(0, why.clone());
+            return self.conclude(&ask, manifest, &d, &policy, true);
+        }
+        if let Some((subject, why)) = material_subject(tag, manifest) {
+            let rule = policy.rule_for(host.as_str(), target.repo.as_str(), None);
+            let (mut d, cached) = self.decide(target, &subject, rule, &policy).await;
+            d.reasons.insert(0, format!("{why} {subject}"));
+            return self.conclude(&ask, manifest, &d, &policy, cached);
+        }
+        let rule = policy.rule_for(host.as_str(), target.repo.as_str(), tag.map(Tag::as_str));
+        if let (Some(r), Some(t)) = (rule, tag)
+            && r.require_digest
+        {
+            let d = Decision {
+                verdict: Verdict::Deny,
+                mode: r.mode,
+                rule: Some(r.name.clone()),
+                satisfied: Vec::new(),
+                reasons: vec![format!("rule requires pulls by digest; `{t}` is a tag")],
+            };
+            return self.conclude(&ask, manifest, &d, &policy, false);
+        }
+        let (d, cached) = self.decide(target, manifest.digest(), rule, &policy).await;
+        self.conclude(&ask, manifest, &d, &policy, cached)
+    }
+
+    /// Audit, then serve or refuse. A served index vouches for its children
+    /// when the rule says so; a served manifest grants its blobs.
+    fn conclude(
+        &self,
+        ask: &Ask<'_>,
+        manifest: &VerifiedManifest,
+        d: &Decision,
+        policy: &PolicySet,
+        cached: bool,
+    ) -> Result<(), Error> {
+        self.audit(ask, manifest.digest(), d, Some(&policy.revision), cached);
+        if !d.serves() {
+            return Err(Error::Denied {
+                message: denial_message(d, policy),
+            });
+        }
+        let host = ask.target.registry.host();
+        self.gate.grant(host, &ask.target.repo, manifest);
+        let covers = d
+            .rule
+            .as_ref()
+            .and_then(|name| policy.rules.iter().find(|r| &r.name == name))
+            .is_none_or(|r| r.index_covers_children);
+        if manifest.media_type().is_index() && covers {
+            let why = format!("listed by admitted index {}", manifest.digest());
+            for child in &manifest.info().references {
+                let key = (host.clone(), ask.target.repo.clone(), child.digest.clone());
+                self.gate.vouched.insert(key, Arc::new((d.clone(), why.clone())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The decision for `digest` under `rule`: from the cache, or verified
+    /// now (one verification per key at a time). Returns whether it was cached.
+    async fn decide(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        rule: Option<&Rule>,
+        policy: &PolicySet,
+    ) -> (Decision, bool) {
+        let Some(rule) = rule.filter(|r| matches!(r.action, RuleAction::Verify(_))) else {
+            return (policy::eval::evaluate(policy, rule, &Evidence::default()), false);
+        };
+        let key: VerdictKey = (digest.clone(), policy.revision.clone(), rule.name.clone());
+        if let Some(d) = self.gate.verdicts.get(&key).await {
+            return ((*d).clone(), true);
+        }
+        if let Some(d) = self.gate.persisted.as_ref().and_then(|s| s.get(&key)) {
+            let d = Arc::new(d);
+            self.gate.verdicts.insert(key, d.clone()).await;
+            return ((*d).clone(), true);
+        }
+        let started = Instant::now();
+        let verified = self
+            .gate
+            .verdicts
+            .try_get_with(key.clone(), async {
+                let (evidence, notes) = self.collect_evidence(target, digest, rule, policy).await?;
+                let mut d = policy::eval::evaluate(policy, Some(rule), &evidence);
+                if d.verdict == Verdict::Deny {
+                    d.reasons.extend(notes);
+                }
+                if d.verdict == Verdict::Allow
+                    && let Some(store) = &self.gate.persisted
+                {
+                    store.put(&key, &d);
+                }
+                Ok::<_, Error>(Arc::new(d))
+            })
+            .await;
+        match verified {
+            Ok(d) => {
+                tracing::debug!(%digest, rule = %rule.name, ms = started.elapsed().as_millis() as u64, verdict = ?d.verdict, "verified");
+                ((*d).clone(), false)
+            }
+            // No definitive verdict: deny, and cache nothing.
+            Err(e) => (
+                Decision {
+                    verdict: Verdict::Deny,
+                    mode: rule.mode,
+                    rule: Some(rule.name.clone()),
+                    satisfied: Vec::new(),
+                    reasons: vec![format!(
+                        "verification material could not be fetched ({e}); not cached, retry later"
+                    )],
+                },
+                false,
+            ),
+        }
+    }
+
+    fn audit(&self, ask: &Ask<'_>, digest: &Digest, d: &Decision, revision: Option<&str>, cached: bool) {
+        let verdict = match (d.verdict, d.mode) {
+            (Verdict::Allow, _) => "allow",
+            (Verdict::Deny, Mode::Audit) => "would-deny",
+            (Verdict::Deny, Mode::Enforce) => "deny",
+        };
+        let event = AuditEvent {
+            time: audit::now(),
+            client: ask.client.to_owned(),
+            registry: ask.target.registry.host().to_string(),
+            repository: ask.target.repo.to_string(),
+            tag: ask.tag.map(|t| t.to_string()),
+            digest: digest.to_string(),
+            verdict,
+            served: d.serves(),
+            rule: d.rule.clone(),
+            mode: match d.mode {
+                Mode::Enforce => "enforce",
+                Mode::Audit => "audit",
+            },
+            authorities_satisfied: d.satisfied.clone(),
+            reason: d.reasons.join("; "),
+            policy_revision: revision.map(str::to_owned),
+            integrity_only: revision.is_none(),
+            cached,
+        };
+        if verdict != "allow" {
+            tracing::warn!(repo = %event.repository, digest = %event.digest, verdict, rule = ?event.rule,
+                revision = ?event.policy_revision, reason = %event.reason, "admission");
+        }
+        self.gate.audit.emit(&event);
+    }
+
+    /// Find and verify the signatures and attestations of `digest` for the
+    /// authorities `rule` names. Returns the evidence and, for denials, notes
+    /// on what was found but did not verify.
+    async fn collect_evidence(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        rule: &Rule,
+        policy: &PolicySet,
+    ) -> Result<(Evidence, Vec<String>), Error> {
+        let RuleAction::Verify(req) = &rule.action else {
+            return Ok((Evidence::default(), Vec::new()));
+        };
+        let want_attestations = !req.attestations.is_empty();
+        let candidates = tokio::time::timeout(
+            DISCOVERY_TIMEOUT,
+            self.discover(target, digest, &rule.formats, want_attestations),
+        )
+        .await
+        .map_err(|_| Error::Internal(format!("discovering signatures took longer than {DISCOVERY_TIMEOUT:?}")))??;
+        let mut names: BTreeSet<&String> = BTreeSet::new();
+        if let Some(s) = &req.signatures {
+            names.extend(s.any_of.iter());
+        }
+        for a in &req.attestations {
+            names.extend(a.authorities.iter());
+        }
+        let authorities: Vec<_> = names
+            .iter()
+            .filter_map(|n| policy.authorities.get(*n).cloned())
+            .collect();
+        let image = digest.clone();
+        let found = candidates.len();
+        let (evidence, mut notes) = tokio::task::spawn_blocking(move || verify_all(&candidates, &image, &authorities))
+            .await
+            .map_err(|e| Error::Internal(format!("verification task failed: {e}")))?;
+        if found == 0 {
+            notes.insert(0, "no signatures or attestations found".into());
+        }
+        Ok((evidence, notes))
+    }
+
+    /// Collect candidate signatures/attestations through the proxy's own
+    /// upstream client: referrers (API or `sha256-<hex>` index) for bundles,
+    /// `sha256-<hex>.sig`/`.att` for the legacy scheme. A 404 means "none";
+    /// any other failure aborts (and so denies, uncached).
+    async fn discover(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        formats: &[policy::Format],
+        attestations: bool,
+    ) -> Result<Vec<Candidate>, Error> {
+        let mut out = Vec::new();
+        if formats.contains(&policy::Format::Bundle) {
+            let index = self.referrers(target, digest, None).await?;
+            let listed: serde_json::Value =
+                serde_json::from_slice(&index.body).map_err(|e| Error::Internal(e.to_string()))?;
+            let manifests = listed["manifests"].as_array().cloned().unwrap_or_default();
+            for d in manifests.iter().take(MAX_REFERRERS) {
+                let Some(Ok(ref_digest)) = d["digest"].as_str().map(str::parse::<Digest>) else {
+                    continue;
+                };
+                let m = self
+                    .fetch_manifest(target, &Reference::Digest(ref_digest), None)
+                    .await?;
+                for layer in layers(&m.manifest) {
+                    if layer.media_type.starts_with("application/vnd.dev.sigstore.bundle") && out.len() < MAX_CANDIDATES
+                    {
+                        let blob = self.material_blob(target, &layer).await?;
+                        out.push(Candidate::Bundle {
+                            source: format!("bundle in referrer {}", m.manifest.digest()),
+                            json: blob,
+                        });
+                    }
+                }
+            }
+        }
+        if formats.contains(&policy::Format::Legacy) {
+            let suffixes: &[&str] = if attestations { &["sig", "att"] } else { &["sig"] };
+            for suffix in suffixes {
+                let Ok(tag) = format!("{}.{suffix}", digest.tag_form()).parse::<Tag>() else {
+                    continue;
+                };
+                let m = match self.fetch_manifest(target, &Reference::Tag(tag.clone()), None).await {
+                    Ok(m) => m,
+                    Err(Error::Upstream(e)) if e.is_not_found() => continue,
+                    Err(e) => return Err(e),
+                };
+                for (i, layer) in layers(&m.manifest).into_iter().enumerate() {
+                    if out.len() >= MAX_CANDIDATES {
+                        break;
+                    }
+                    if layer.media_type == check::SIMPLE_SIGNING_MEDIA_TYPE
+                        || layer.media_type == check::DSSE_MEDIA_TYPE
+                    {
+                        let blob = self.material_blob(target, &layer).await?;
+                        out.push(Candidate::Legacy {
+                            source: format!("{tag} layer {i}"),
+                            media_type: layer.media_type,
+                            blob,
+                            annotations: layer.annotations,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A small blob, read whole and checked against its descriptor.
+    async fn material_blob(&self, target: &Target, layer: &Layer) -> Result<Bytes, Error> {
+        if layer.size > MAX_MATERIAL_BYTES {
+            return Err(Error::Internal(format!(
+                "verification material {} is {} bytes (limit {MAX_MATERIAL_BYTES})",
+                layer.digest, layer.size
+            )));
+        }
+        let mut resp = target.registry.get_blob(&target.repo, &layer.digest).await?;
+        let mut verifier = BlobVerifier::new(layer.digest.clone(), Some(layer.size));
+        let mut buf = Vec::with_capacity(layer.size as usize);
+        while let Some(chunk) = resp.next_chunk().await? {
+            verifier.update(&chunk).map_err(|source| Error::Integrity {
+                digest: layer.digest.clone(),
+                source,
+            })?;
+            buf.extend_from_slice(&chunk);
+        }
+        verifier.finish().map_err(|source| Error::Integrity {
+            digest: layer.digest.clone(),
+            source,
+        })?;
+        Ok(buf.into())
+    }
+}
+
+/// A signature or attestation found for an image.
+enum Candidate {
+    Legacy {
+        source: String,
+        media_type: String,
+        blob: Bytes,
+        annotations: BTreeMap<String, String>,
+    },
+    Bundle {
+        source: String,
+        json: Bytes,
+    },
+}
+
+/// A layer descriptor with its annotations (which `ManifestInfo` omits).
+struct Layer {
+    media_type: String,
+    digest: Digest,
+    size: u64,
+    annotations: BTreeMap<String, String>,
+}
+
+fn layers(m: &VerifiedManifest) -> Vec<Layer> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        #[serde(default)]
+        layers: Vec<RawLayer>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct RawLayer {
+        media_type: String,
+        digest: Digest,
+        size: u64,
+        #[serde(default)]
+        annotations: BTreeMap<String, String>,
+    }
+    serde_json::from_slice::<Raw>(m.bytes())
+        .map(|r| {
+            r.layers
+                .into_iter()
+                .map(|l| Layer {
+                    media_type: l.media_type,
+                    digest: l.digest,
+                    size: l.size,
+                    annotations: l.annotations,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Verify every candidate against every authority (CPU work, blocking pool).
+fn verify_all(
+    candidates: &[Candidate],
+    image: &Digest,
+    authorities: &[Arc<policy::Authority>],
+) -> (Evidence, Vec<String>) {
+    let mut evidence = Evidence::default();
+    let mut notes = Vec::new();
+    for c in candidates {
+        for a in authorities {
+            let (source, result) = match c {
+                Candidate::Legacy {
+                    source,
+                    media_type,
+                    blob,
+                    annotations,
+                } => {
+                    let layer = LegacyLayer {
+                        media_type,
+                        blob,
+                        annotations,
+                    };
+                    (source, check::verify_legacy(&layer, image, a))
+                }
+                Candidate::Bundle { source, json } => (source, check::verify_bundle(json, image, a)),
+            };
+            match result {
+                Ok(proof) if proof.is_signature() => {
+                    evidence
+                        .signatures
+                        .entry(a.name.clone())
+                        .or_default()
+                        .push(format!("{source} signed by {}", proof.signer));
+                }
+                Ok(proof) => {
+                    if let Some((predicate_type, statement)) = proof.statement {
+                        evidence.attestations.push(policy::VerifiedAttestation {
+                            authority: a.name.clone(),
+                            predicate_type,
+                            statement,
+                        });
+                    }
+                }
+                Err(e) => {
+                    if notes.len() < 8 && !matches!(e, SigError::BadSignature(_)) {
+                        notes.push(format!("{source} for `{}`: {e}", a.name));
+                    }
+                }
+            }
+        }
+    }
+    (evidence, notes)
+}
+
+/// Whether `manifest` is verification material of another image: a
+/// `sha256-<hex>[.sig|.att|.sbom]` tag, or a manifest with a `subject`.
+fn material_subject(tag: Option<&Tag>, manifest: &VerifiedManifest) -> Option<(Digest, &'static str)> {
+    if let Some(subject) = &manifest.info().subject {
+        return Some((subject.digest.clone(), "referrer of"));
+    }
+    let t = tag?.as_str();
+    let base = [".sig", ".att", ".sbom"]
+        .iter()
+        .find_map(|s| t.strip_suffix(s))
+        .unwrap_or(t);
+    let (alg, hex) = base.split_once('-')?;
+    let digest = format!("{alg}:{hex}").parse().ok()?;
+    Some((digest, "verification material of"))
+}
+
+fn denial_message(d: &Decision, policy: &PolicySet) -> String {
+    let rule = d
+        .rule
+        .as_deref()
+        .map_or("no rule matched".to_owned(), |r| format!("rule `{r}`"));
+    format!(
+        "denied by policy ({rule}, revision {}): {}",
+        policy.short_revision(),
+        d.reasons.join("; ")
+    )
+}
