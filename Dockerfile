@@ -18,4 +18,4 @@ USER 65532:65532
 EXPOSE 5000
 VOLUME ["/var/lib/portcullis"]
 ENTRYPOINT ["/usr/local/bin/portcullis"]
-CMD ["serve", "--listen", "0.0.0.0:5000", "--data-dir", "/var/lib/portcullis", "--log-format", "json"]
+CMD ["serve", "--listen", "0.0.0.0:5000", "--data-dir", "/var/lib/portcullis", "--policies", "/etc/portcullis/policies", "--log-format", "json"]
