@@ -48,6 +48,9 @@ const DENIAL_TTL: Duration = Duration::from_secs(30);
 
 type VerdictKey = (Digest, String, String);
 type RepoKey = (RegistryHost, RepoName, Digest);
+/// A vouched-for manifest: repository, digest and the policy revision
+/// under which its parent was admitted (a reload invalidates it).
+type VouchKey = (RegistryHost, RepoName, Digest, String);
 
 /// The admission state: the current policy, verdict cache, vouched-for
 /// manifests and the blobs each repository may serve.
@@ -56,7 +59,7 @@ pub struct Gate {
     policy_dir: Option<PathBuf>,
     verdicts: moka::future::Cache<VerdictKey, Arc<Decision>>,
     persisted: Option<VerdictStore>,
-    vouched: moka::sync::Cache<RepoKey, Arc<(Decision, String)>>,
+    vouched: moka::sync::Cache<VouchKey, Arc<(Decision, String)>>,
     grants: moka::sync::Cache<RepoKey, ()>,
     audit: AuditSink,
 }
@@ -181,7 +184,7 @@ impl Proxy {
             return Ok(());
         };
         let host = target.registry.host().clone();
-        let key = (host.clone(), target.repo.clone(), manifest.digest().clone());
+        let key = (host.clone(), target.repo.clone(), manifest.digest().clone(), policy.revision.clone());
         if let Some(v) = self.gate.vouched.get(&key) {
             let (decision, why) = &*v;
             let mut d = decision.clone();
@@ -237,7 +240,7 @@ impl Proxy {
         if manifest.media_type().is_index() && covers {
             let why = format!("listed by admitted index {}", manifest.digest());
             for child in &manifest.info().references {
-                let key = (host.clone(), ask.target.repo.clone(), child.digest.clone());
+                let key = (host.clone(), ask.target.repo.clone(), child.digest.clone(), policy.revision.clone());
                 self.gate.vouched.insert(key, Arc::new((d.clone(), why.clone())));
             }
         }

@@ -49,10 +49,13 @@ pub async fn watch(proxy: Arc<Proxy>) {
             continue;
         }
         seen = now;
-        match proxy.reload_policy() {
-            Ok(Some(revision)) => tracing::info!(%revision, "policy reloaded"),
-            Ok(None) => tracing::debug!("policy unchanged"),
-            Err(e) => tracing::error!(error = %e, "new policy refused; the previous policy stays in force"),
+        // Reading and compiling (trust roots included) is blocking work.
+        let p = proxy.clone();
+        match tokio::task::spawn_blocking(move || p.reload_policy()).await {
+            Ok(Ok(Some(revision))) => tracing::info!(%revision, "policy reloaded"),
+            Ok(Ok(None)) => tracing::debug!("policy unchanged"),
+            Ok(Err(e)) => tracing::error!(error = %e, "new policy refused; the previous policy stays in force"),
+            Err(e) => tracing::error!(error = %e, "policy reload task failed"),
         }
     }
 }
