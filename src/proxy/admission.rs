@@ -32,6 +32,7 @@ use crate::oci::{Digest, Reference, RegistryHost, RepoName, Tag};
 use crate::policy::{self, Decision, Evidence, Mode, Mutability, PolicySet, Rule, RuleAction, Verdict};
 use crate::store::verdicts::VerdictStore;
 use crate::telemetry::audit::{self, AuditEvent, AuditSink};
+use crate::telemetry::metrics::{self, AdmissionOutcome};
 use crate::verify::signature::check::{self, LegacyLayer, SigError};
 use crate::verify::{BlobVerifier, VerifiedManifest};
 
@@ -184,7 +185,12 @@ impl Proxy {
             return Ok(());
         };
         let host = target.registry.host().clone();
-        let key = (host.clone(), target.repo.clone(), manifest.digest().clone(), policy.revision.clone());
+        let key = (
+            host.clone(),
+            target.repo.clone(),
+            manifest.digest().clone(),
+            policy.revision.clone(),
+        );
         if let Some(v) = self.gate.vouched.get(&key) {
             let (decision, why) = &*v;
             let mut d = decision.clone();
@@ -240,7 +246,12 @@ impl Proxy {
         if manifest.media_type().is_index() && covers {
             let why = format!("listed by admitted index {}", manifest.digest());
             for child in &manifest.info().references {
-                let key = (host.clone(), ask.target.repo.clone(), child.digest.clone(), policy.revision.clone());
+                let key = (
+                    host.clone(),
+                    ask.target.repo.clone(),
+                    child.digest.clone(),
+                    policy.revision.clone(),
+                );
                 self.gate.vouched.insert(key, Arc::new((d.clone(), why.clone())));
             }
         }
@@ -333,6 +344,11 @@ impl Proxy {
             integrity_only: revision.is_none(),
             cached,
         };
+        metrics::global().admission(match verdict {
+            "allow" => AdmissionOutcome::Allow,
+            "would-deny" => AdmissionOutcome::WouldDeny,
+            _ => AdmissionOutcome::Deny,
+        });
         if verdict != "allow" {
             tracing::warn!(repo = %event.repository, digest = %event.digest, verdict, rule = ?event.rule,
                 revision = ?event.policy_revision, reason = %event.reason, "admission");

@@ -207,6 +207,7 @@ impl Downloader {
             }
             Err(e) => {
                 if let Error::Integrity { source, .. } = &e {
+                    crate::telemetry::metrics::global().integrity_failure();
                     let (expected, actual) = match source {
                         IntegrityError::DigestMismatch { expected, actual } => {
                             (expected.to_string(), actual.to_string())

@@ -305,6 +305,7 @@ fn upstream_accept(client: Option<&HeaderValue>) -> HeaderValue {
 }
 
 fn integrity_failure(target: &Target, digest: Digest, source: verify::IntegrityError) -> Error {
+    crate::telemetry::metrics::global().integrity_failure();
     match &source {
         verify::IntegrityError::DigestMismatch { expected, actual } => {
             tracing::warn!(upstream = %target.registry.host(), repo = %target.repo, %expected, %actual, "manifest integrity failure: bytes do not match the digest");

@@ -87,6 +87,13 @@ async fn dispatch<B>(
                 req.method() == Method::HEAD,
             ))
         }
+        Route::Metrics => {
+            record.route = "metrics";
+            let mut resp = Response::new(full(crate::telemetry::metrics::global().render()));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            Ok(resp)
+        }
         Route::Base => {
             record.route = "base";
             Ok(simple(

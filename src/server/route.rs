@@ -44,6 +44,8 @@ pub enum Route {
     Base,
     /// `/healthz`: liveness for orchestrators.
     Health,
+    /// `/metrics`: Prometheus counters.
+    Metrics,
     /// A repository endpoint with its resolved upstream.
     Repo {
         endpoint: Endpoint,
@@ -119,6 +121,9 @@ pub fn parse(
 ) -> Result<Route, ApiError> {
     if path == "/healthz" {
         return Ok(Route::Health);
+    }
+    if path == "/metrics" {
+        return Ok(Route::Metrics);
     }
     let Some(rest) = path.strip_prefix("/v2") else {
         return Err(ApiError::not_found_route(path));

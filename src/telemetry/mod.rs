@@ -3,6 +3,7 @@
 //! Imports: `oci`.
 
 pub mod audit;
+pub mod metrics;
 
 use std::time::Duration;
 
@@ -76,6 +77,9 @@ impl AccessRecord {
     /// Emit the line. `bytes` is what was actually sent; `complete` is false
     /// when the body was aborted (integrity failure, client gone).
     pub fn emit(&self, bytes: u64, complete: bool, elapsed: Duration) {
+        let m = metrics::global();
+        m.bytes_served(bytes);
+        m.cache(self.cache);
         let digest = self.digest.as_ref().map(ToString::to_string);
         tracing::info!(
             target: "portcullis::access",
