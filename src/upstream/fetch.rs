@@ -290,15 +290,7 @@ impl Registry {
             .request(Method::GET, &path, &pull_scope(repo), json_headers())
             .await?;
         let resp = self.expect_success(resp, "repository")?;
-        let link = header_string(resp.headers(), LINK);
-        let body = read_body(
-            self.host().as_str(),
-            resp.into_body(),
-            MAX_LIST_BYTES,
-            self.policy.body_idle_timeout,
-        )
-        .await?;
-        Ok(TagsPage { body, link })
+        self.read_page(resp).await
     }
 
     /// `GET /v2/<repo>/referrers/<digest>`. `Ok(None)` when the upstream
@@ -309,17 +301,7 @@ impl Registry {
             .request(Method::GET, &path, &pull_scope(repo), json_headers())
             .await?;
         match self.expect_success(resp, "referrers API") {
-            Ok(resp) => {
-                let link = header_string(resp.headers(), LINK);
-                let body = read_body(
-                    self.host().as_str(),
-                    resp.into_body(),
-                    MAX_LIST_BYTES,
-                    self.policy.body_idle_timeout,
-                )
-                .await?;
-                Ok(Some(TagsPage { body, link }))
-            }
+            Ok(resp) => self.read_page(resp).await.map(Some),
             Err(Error::NotFound { .. }) => Ok(None),
             // Some registries answer 400/405 for unknown API paths.
             Err(Error::Status { status, .. })
@@ -343,6 +325,11 @@ impl Registry {
             .request(Method::GET, link_path, &pull_scope(repo), json_headers())
             .await?;
         let resp = self.expect_success(resp, "page")?;
+        self.read_page(resp).await
+    }
+
+    /// A JSON listing page (tags, referrers) with its `Link` header.
+    async fn read_page(&self, resp: Response<Incoming>) -> Result<TagsPage, Error> {
         let link = header_string(resp.headers(), LINK);
         let body = read_body(
             self.host().as_str(),

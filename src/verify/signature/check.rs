@@ -178,15 +178,7 @@ pub fn verify_bundle(json: &[u8], image: &Digest, authority: &Authority) -> Resu
     let artifact = image_artifact(image)?;
     let has_tlog = !bundle.verification_material.tlog_entries.is_empty();
     match &authority.kind {
-        AuthorityKind::Keyless { .. } => {
-            let trust = trust_root(authority)?;
-            let result = trust
-                .verifier
-                .verify(artifact, &bundle, &keyless_policy(authority))
-                .map_err(|e| SigError::Sigstore(e.to_string()))?;
-            let signer = accept_identity(authority, &result)?;
-            Ok(proof(authority, signer, result.tlog_verified(), statement))
-        }
+        AuthorityKind::Keyless { .. } => verify_keyless(authority, artifact, &bundle, statement),
         AuthorityKind::Key { keys } => {
             let mut sigstore_error = None;
             for (name, key) in keys {
@@ -273,17 +265,28 @@ fn verify_with_authority(
         AuthorityKind::Keyless { .. } => {
             let cert = certificate.ok_or(SigError::MissingCertificate)?;
             let set = rekor.ok_or(SigError::MissingTlog)?;
-            let trust = trust_root(authority)?;
             let json = bridge::v01_bundle(content, Material::Certificate(cert), set).map_err(SigError::Malformed)?;
             let bundle = Bundle::from_json(&json).map_err(|e| SigError::Malformed(format!("Rekor bundle: {e}")))?;
-            let result = trust
-                .verifier
-                .verify(artifact, &bundle, &keyless_policy(authority))
-                .map_err(|e| SigError::Sigstore(e.to_string()))?;
-            let signer = accept_identity(authority, &result)?;
-            Ok(proof(authority, signer, result.tlog_verified(), statement))
+            verify_keyless(authority, artifact, &bundle, statement)
         }
     }
+}
+
+/// sigstore-verify with any identity (chain at the verified time, SCT, tlog,
+/// signature), then our identity matching.
+fn verify_keyless(
+    authority: &Authority,
+    artifact: sigstore_types::Artifact<'_>,
+    bundle: &Bundle,
+    statement: Option<(String, serde_json::Value)>,
+) -> Result<Proof, SigError> {
+    let trust = trust_root(authority)?;
+    let result = trust
+        .verifier
+        .verify(artifact, bundle, &keyless_policy(authority))
+        .map_err(|e| SigError::Sigstore(e.to_string()))?;
+    let signer = accept_identity(authority, &result)?;
+    Ok(proof(authority, signer, result.tlog_verified(), statement))
 }
 
 fn keyless_policy(authority: &Authority) -> VerificationPolicy {
