@@ -4,13 +4,13 @@
 //! ```text
 //! manifest (verified by digest)
 //!   ├─ integrity-only mode ───────────────────────────────► allow (said in the audit event)
-//!   ├─ already vouched for (child of an admitted index, or
-//!   │  verification material of an admitted image) ───────► parent's decision
+//!   ├─ listed by an admitted index (indexCoversChildren) ──► the index's decision
 //!   ├─ `sha256-<hex>[.sig|.att|.sbom]` tag or a referrer ──► the subject's decision
+//!   │  (never for runnable images; such an index vouches for nothing)
 //!   └─ rule = first match (registry, repository, tag)
 //!        requireDigest and a tag ──────────────────────────► deny
 //!        static / no rule ─────────────────────────────────► policy.evaluate
-//!        verify: verdict cache (digest, revision, rule), one verification at a time
+//!        verify: verdict cache (digest, revision, rule + repository), one at a time
 //!                 └─ discover (referrers + fallback, .sig, .att; bounded)
 //!                    → verify each candidate per authority (blocking pool)
 //!                    → Evidence → policy.evaluate → Decision (allows persisted)
@@ -47,6 +47,7 @@ const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a denial is remembered (so a newly signed image is admitted soon).
 const DENIAL_TTL: Duration = Duration::from_secs(30);
 
+/// (digest, policy revision, "rule registry/repository").
 type VerdictKey = (Digest, String, String);
 type RepoKey = (RegistryHost, RepoName, Digest);
 /// A vouched-for manifest: repository, digest and the policy revision
@@ -195,13 +196,16 @@ impl Proxy {
             let (decision, why) = &*v;
             let mut d = decision.clone();
             d.reasons.insert(0, why.clone());
-            return self.conclude(&ask, manifest, &d, &policy, true);
+            return self.conclude(&ask, manifest, &d, &policy, true, true);
         }
         if let Some((subject, why)) = material_subject(tag, manifest) {
             let rule = policy.rule_for(host.as_str(), target.repo.as_str(), None);
             let (mut d, cached) = self.decide(target, &subject, rule, &policy).await;
             d.reasons.insert(0, format!("{why} {subject}"));
-            return self.conclude(&ask, manifest, &d, &policy, cached);
+            // Material is served under its subject's decision, but an index
+            // in a material tag (e.g. the referrers fallback) vouches for
+            // nothing: what it lists is admitted on its own.
+            return self.conclude(&ask, manifest, &d, &policy, cached, false);
         }
         let rule = policy.rule_for(host.as_str(), target.repo.as_str(), tag.map(Tag::as_str));
         if let (Some(r), Some(t)) = (rule, tag)
@@ -214,14 +218,15 @@ impl Proxy {
                 satisfied: Vec::new(),
                 reasons: vec![format!("rule requires pulls by digest; `{t}` is a tag")],
             };
-            return self.conclude(&ask, manifest, &d, &policy, false);
+            return self.conclude(&ask, manifest, &d, &policy, false, true);
         }
         let (d, cached) = self.decide(target, manifest.digest(), rule, &policy).await;
-        self.conclude(&ask, manifest, &d, &policy, cached)
+        self.conclude(&ask, manifest, &d, &policy, cached, true)
     }
 
     /// Audit, then serve or refuse. A served index vouches for its children
-    /// when the rule says so; a served manifest grants its blobs.
+    /// when the rule says so (and `vouches`: not for verification material);
+    /// a served manifest grants its blobs.
     fn conclude(
         &self,
         ask: &Ask<'_>,
@@ -229,6 +234,7 @@ impl Proxy {
         d: &Decision,
         policy: &PolicySet,
         cached: bool,
+        vouches: bool,
     ) -> Result<(), Error> {
         self.audit(ask, manifest.digest(), d, Some(&policy.revision), cached);
         if !d.serves() {
@@ -243,7 +249,7 @@ impl Proxy {
             .as_ref()
             .and_then(|name| policy.rules.iter().find(|r| &r.name == name))
             .is_none_or(|r| r.index_covers_children);
-        if manifest.media_type().is_index() && covers {
+        if vouches && manifest.media_type().is_index() && covers {
             let why = format!("listed by admitted index {}", manifest.digest());
             for child in &manifest.info().references {
                 let key = (
@@ -270,7 +276,11 @@ impl Proxy {
         let Some(rule) = rule.filter(|r| matches!(r.action, RuleAction::Verify(_))) else {
             return (policy::eval::evaluate(policy, rule, &Evidence::default()), false);
         };
-        let key: VerdictKey = (digest.clone(), policy.revision.clone(), rule.name.clone());
+        // Signatures are discovered in the repository pulled from, so the
+        // verdict is per repository: a denial where no signature is found
+        // must not refuse the same digest where it is signed.
+        let scope = format!("{} {}/{}", rule.name, target.registry.host(), target.repo);
+        let key: VerdictKey = (digest.clone(), policy.revision.clone(), scope);
         if let Some(d) = self.gate.verdicts.get(&key).await {
             return ((*d).clone(), true);
         }
@@ -600,7 +610,15 @@ fn verify_all(
 
 /// Whether `manifest` is verification material of another image: a
 /// `sha256-<hex>[.sig|.att|.sbom]` tag, or a manifest with a `subject`.
+/// A runnable image (container image layers) is never material, whatever
+/// its tag or `subject` say: it must be admitted on its own.
 fn material_subject(tag: Option<&Tag>, manifest: &VerifiedManifest) -> Option<(Digest, &'static str)> {
+    let image_layer = |t: &str| {
+        t.starts_with("application/vnd.oci.image.layer.") || t.starts_with("application/vnd.docker.image.rootfs.")
+    };
+    if manifest.info().references.iter().any(|d| image_layer(&d.media_type)) {
+        return None;
+    }
     if let Some(subject) = &manifest.info().subject {
         return Some((subject.digest.clone(), "referrer of"));
     }

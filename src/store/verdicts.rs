@@ -1,5 +1,6 @@
 //! Definitive "allow" verdicts on disk, keyed by (manifest digest, policy
-//! revision, rule), so a restart does not re-verify every image. Denials are
+//! revision, rule and repository — signatures are discovered per
+//! repository), so a restart does not re-verify every image. Denials are
 //! kept in memory only, briefly: a newly signed image should not stay
 //! refused.
 
@@ -19,14 +20,15 @@ impl VerdictStore {
         VerdictStore { root }
     }
 
-    /// `verdicts/<revision>/<alg>-<hex>-<sha256(rule)[..16]>.json`.
-    fn path(&self, (digest, revision, rule): &(Digest, String, String)) -> PathBuf {
-        let rule_hash = Digest::of(Algorithm::Sha256, rule.as_bytes()).hex();
+    /// `verdicts/<revision>/<alg>-<hex>-<sha256(scope)[..16]>.json`, where the
+    /// scope names the rule and the repository.
+    fn path(&self, (digest, revision, scope): &(Digest, String, String)) -> PathBuf {
+        let scope_hash = Digest::of(Algorithm::Sha256, scope.as_bytes()).hex();
         self.root.join(revision).join(format!(
             "{}-{}-{}.json",
             digest.algorithm().as_str(),
             digest.hex(),
-            &rule_hash[..16]
+            &scope_hash[..16]
         ))
     }
 

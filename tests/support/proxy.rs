@@ -47,7 +47,19 @@ impl TestProxy {
     /// Start with `--default-upstream url` and the policies in `dir`;
     /// audit events go to `audit.jsonl` in the data directory.
     pub async fn with_policies(url: &str, dir: &std::path::Path) -> TestProxy {
-        let data_dir = tempfile::tempdir().expect("tempdir");
+        Self::with_policies_in(url, dir, tempfile::tempdir().expect("tempdir")).await
+    }
+
+    /// Stop this proxy and start a new one with the policies in `dir` on the
+    /// same data directory (store, persisted verdicts and audit log carry
+    /// over; the port changes).
+    pub async fn restart_with_policies(mut self, url: &str, dir: &std::path::Path) -> TestProxy {
+        let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tempdir"));
+        drop(self);
+        Self::with_policies_in(url, dir, data_dir).await
+    }
+
+    async fn with_policies_in(url: &str, dir: &std::path::Path, data_dir: tempfile::TempDir) -> TestProxy {
         let yaml = format!("auditLog: {}\n", data_dir.path().join("audit.jsonl").display());
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".parse().expect("addr")),
