@@ -419,57 +419,87 @@ impl Proxy {
         formats: &[policy::Format],
         attestations: bool,
     ) -> Result<Vec<Candidate>, Error> {
+        // Both schemes are looked up at once: cold admission is bound by
+        // upstream round trips, not by cryptography.
+        let bundles = async {
+            if formats.contains(&policy::Format::Bundle) {
+                self.discover_bundles(target, digest).await
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let legacy = async {
+            if formats.contains(&policy::Format::Legacy) {
+                self.discover_legacy(target, digest, attestations).await
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let (bundles, legacy) = tokio::join!(bundles, legacy);
+        let mut out = bundles?;
+        out.extend(legacy?);
+        out.truncate(MAX_CANDIDATES);
+        Ok(out)
+    }
+
+    /// Sigstore bundles attached as referrers (API or fallback index).
+    async fn discover_bundles(&self, target: &Target, digest: &Digest) -> Result<Vec<Candidate>, Error> {
         let mut out = Vec::new();
-        if formats.contains(&policy::Format::Bundle) {
-            let index = self.referrers(target, digest, None).await?;
-            let listed: serde_json::Value =
-                serde_json::from_slice(&index.body).map_err(|e| Error::Internal(e.to_string()))?;
-            let manifests = listed["manifests"].as_array().cloned().unwrap_or_default();
-            for d in manifests.iter().take(MAX_REFERRERS) {
-                let Some(Ok(ref_digest)) = d["digest"].as_str().map(str::parse::<Digest>) else {
-                    continue;
-                };
-                let m = self
-                    .fetch_manifest(target, &Reference::Digest(ref_digest), None)
-                    .await?;
-                for layer in layers(&m.manifest) {
-                    if layer.media_type.starts_with("application/vnd.dev.sigstore.bundle") && out.len() < MAX_CANDIDATES
-                    {
-                        let blob = self.material_blob(target, &layer).await?;
-                        out.push(Candidate::Bundle {
-                            source: format!("bundle in referrer {}", m.manifest.digest()),
-                            json: blob,
-                        });
-                    }
+        let index = self.referrers(target, digest, None).await?;
+        let listed: serde_json::Value =
+            serde_json::from_slice(&index.body).map_err(|e| Error::Internal(e.to_string()))?;
+        let manifests = listed["manifests"].as_array().cloned().unwrap_or_default();
+        for d in manifests.iter().take(MAX_REFERRERS) {
+            let Some(Ok(ref_digest)) = d["digest"].as_str().map(str::parse::<Digest>) else {
+                continue;
+            };
+            let m = self
+                .fetch_manifest(target, &Reference::Digest(ref_digest), None)
+                .await?;
+            for layer in layers(&m.manifest) {
+                if layer.media_type.starts_with("application/vnd.dev.sigstore.bundle") && out.len() < MAX_CANDIDATES {
+                    let blob = self.material_blob(target, &layer).await?;
+                    out.push(Candidate::Bundle {
+                        source: format!("bundle in referrer {}", m.manifest.digest()),
+                        json: blob,
+                    });
                 }
             }
         }
-        if formats.contains(&policy::Format::Legacy) {
-            let suffixes: &[&str] = if attestations { &["sig", "att"] } else { &["sig"] };
-            for suffix in suffixes {
-                let Ok(tag) = format!("{}.{suffix}", digest.tag_form()).parse::<Tag>() else {
-                    continue;
-                };
-                let m = match self.fetch_manifest(target, &Reference::Tag(tag.clone()), None).await {
-                    Ok(m) => m,
-                    Err(Error::Upstream(e)) if e.is_not_found() => continue,
-                    Err(e) => return Err(e),
-                };
-                for (i, layer) in layers(&m.manifest).into_iter().enumerate() {
-                    if out.len() >= MAX_CANDIDATES {
-                        break;
-                    }
-                    if layer.media_type == check::SIMPLE_SIGNING_MEDIA_TYPE
-                        || layer.media_type == check::DSSE_MEDIA_TYPE
-                    {
-                        let blob = self.material_blob(target, &layer).await?;
-                        out.push(Candidate::Legacy {
-                            source: format!("{tag} layer {i}"),
-                            media_type: layer.media_type,
-                            blob,
-                            annotations: layer.annotations,
-                        });
-                    }
+        Ok(out)
+    }
+
+    /// Legacy cosign `sha256-<hex>.sig` (and `.att` when attestations are
+    /// required) layers.
+    async fn discover_legacy(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        attestations: bool,
+    ) -> Result<Vec<Candidate>, Error> {
+        let mut out = Vec::new();
+        let suffixes: &[&str] = if attestations { &["sig", "att"] } else { &["sig"] };
+        for suffix in suffixes {
+            let Ok(tag) = format!("{}.{suffix}", digest.tag_form()).parse::<Tag>() else {
+                continue;
+            };
+            let m = match self.fetch_manifest(target, &Reference::Tag(tag.clone()), None).await {
+                Ok(m) => m,
+                Err(Error::Upstream(e)) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            for (i, layer) in layers(&m.manifest).into_iter().enumerate() {
+                if out.len() >= MAX_CANDIDATES {
+                    break;
+                }
+                if layer.media_type == check::SIMPLE_SIGNING_MEDIA_TYPE || layer.media_type == check::DSSE_MEDIA_TYPE {
+                    let blob = self.material_blob(target, &layer).await?;
+                    out.push(Candidate::Legacy {
+                        source: format!("{tag} layer {i}"),
+                        media_type: layer.media_type,
+                        blob,
+                        annotations: layer.annotations,
+                    });
                 }
             }
         }
