@@ -243,7 +243,7 @@ impl Downloader {
         let hashing = tokio::task::spawn_blocking(move || hash_all(hash_rx, verifier, &digest));
         let thread_spool = spool.clone();
         let writing = tokio::task::spawn_blocking(move || write_all(write_rx, writer, &thread_spool));
-        let network = pump_network(&mut upstream, hash_tx, write_tx).await;
+        let network = pump_network(&mut upstream, spool, hash_tx, write_tx).await;
         let proof = joined(hashing.await);
         let written = joined(writing.await);
         match (network, proof, written) {
@@ -266,16 +266,24 @@ fn joined<T>(r: Result<Result<T, Error>, tokio::task::JoinError>) -> Result<T, E
     r.unwrap_or_else(|e| Err(Error::Internal(format!("blob worker thread failed: {e}"))))
 }
 
-/// Hand each upstream chunk to both threads. Returns when the body ends,
-/// fails, or a thread stops taking chunks (verification or write failed).
+/// Publish each upstream chunk to the spool's readers and hand it to both
+/// threads. Returns when the body ends, fails, or a thread stops taking
+/// chunks (verification or write failed).
 async fn pump_network(
     upstream: &mut BlobResponse,
+    spool: &Spool<Error>,
     hash_tx: mpsc::Sender<Bytes>,
     write_tx: mpsc::Sender<Bytes>,
 ) -> Result<(), Error> {
+    let mut offset = 0u64;
     loop {
         match upstream.next_chunk().await {
             Ok(Some(chunk)) => {
+                // Readers take it from memory now, without waiting for the
+                // file write; the last byte of each response still waits
+                // for the hash.
+                spool.publish(offset, chunk.clone());
+                offset += chunk.len() as u64;
                 // `Bytes` clones share the buffer.
                 if hash_tx.send(chunk.clone()).await.is_err() || write_tx.send(chunk).await.is_err() {
                     return Ok(());
@@ -304,16 +312,15 @@ fn hash_all(
     verifier.finish().map_err(integrity)
 }
 
-/// The writing thread: append to the temp file and publish each chunk to
-/// the spool's readers. Returns the writer for the commit; an early return
+/// The writing thread: append to the temp file and publish how much is
+/// written (for readers that fell out of the in-memory window). Returns the writer for the commit; an early return
 /// drops it, deleting the temp file.
 fn write_all(mut rx: mpsc::Receiver<Bytes>, mut writer: BlobWriter, spool: &Spool<Error>) -> Result<BlobWriter, Error> {
-    let mut offset = 0u64;
+    let mut written = 0u64;
     while let Some(chunk) = rx.blocking_recv() {
         writer.write(&chunk).map_err(|e| Error::Store(Arc::new(e)))?;
-        let len = chunk.len() as u64;
-        spool.append(offset, chunk);
-        offset += len;
+        written += chunk.len() as u64;
+        spool.advance(written);
     }
     Ok(writer)
 }

@@ -18,17 +18,19 @@ const READ_CHUNK: u64 = 256 * 1024;
 const CLIENT_BUFFER_CHUNKS: usize = 4;
 /// Bytes of the most recently written chunks kept in memory, so that
 /// readers keeping up with the download get them without a file read.
-const RECENT_BYTES: usize = 8 * 1024 * 1024;
+const RECENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// Where a download stands. `E` is the failure the orchestrator reports.
 #[derive(Clone, Debug)]
 pub enum SpoolState<E> {
     /// Waiting for the upstream's response headers.
     Connecting,
-    /// Bytes `[0, written)` are in `file`, hashed but not yet verified.
+    /// Bytes `[0, received)` have arrived (the latest of them are in the
+    /// in-memory window) and `[0, written)` are in `file`; none verified yet.
     Streaming {
         file: Arc<File>,
         total: Option<u64>,
+        received: u64,
         written: u64,
     },
     /// All `total` bytes are in `file` and verified.
@@ -116,17 +118,24 @@ impl<E: Clone + Send + Sync + 'static> Spool<E> {
         self.tx.send_replace(SpoolState::Streaming {
             file: Arc::new(file),
             total,
+            received: 0,
             written: 0,
         });
     }
 
-    /// `chunk` was written to the file at `offset`; publish it.
-    pub fn append(&self, offset: u64, chunk: Bytes) {
+    /// `chunk` arrived at `offset`: readers may take it from memory at once,
+    /// while the writer puts it in the file (so the page-cache write is off
+    /// the clients' path).
+    pub fn publish(&self, offset: u64, chunk: Bytes) {
         let end = offset + chunk.len() as u64;
         if let Ok(mut r) = self.recent.lock() {
             r.push(offset, chunk);
         }
-        self.advance(end);
+        self.tx.send_modify(|s| {
+            if let SpoolState::Streaming { received, .. } = s {
+                *received = end;
+            }
+        });
     }
 
     /// `written` bytes are now in the file.
@@ -266,38 +275,69 @@ async fn next_chunk<E: Clone + std::fmt::Display + Send + Sync + 'static>(
     pos: u64,
     end: u64,
 ) -> Result<Bytes, ReadError<E>> {
-    let (file, limit) = readable_until(rx, pos, end).await?;
-    if let Some(chunk) = spool.recent(pos, limit - pos) {
-        return Ok(chunk);
-    }
-    let len = (limit - pos).min(READ_CHUNK);
-    match tokio::task::spawn_blocking(move || read_at(&file, pos, len)).await {
-        Ok(Ok(chunk)) => Ok(chunk),
-        Ok(Err(e)) => Err(ReadError::Io(e.to_string())),
-        Err(e) => Err(ReadError::Io(e.to_string())),
+    loop {
+        let limits = readable_until(rx, pos, end).await?;
+        if limits.memory > pos
+            && let Some(chunk) = spool.recent(pos, limits.memory - pos)
+        {
+            return Ok(chunk);
+        }
+        if limits.file > pos {
+            let (file, len) = (limits.handle, (limits.file - pos).min(READ_CHUNK));
+            return match tokio::task::spawn_blocking(move || read_at(&file, pos, len)).await {
+                Ok(Ok(chunk)) => Ok(chunk),
+                Ok(Err(e)) => Err(ReadError::Io(e.to_string())),
+                Err(e) => Err(ReadError::Io(e.to_string())),
+            };
+        }
+        // Received but already gone from the window and not yet written:
+        // wait for the writer.
+        if rx.changed().await.is_err() {
+            return Err(ReadError::Abandoned);
+        }
     }
 }
 
-/// The file and how far into it a reader at `pos` may go now, waiting for
-/// the writer when nothing new may be read.
+/// How far a reader may go: in memory (received) and in the file (written),
+/// both short of the final byte until the blob is verified.
+struct Limits {
+    handle: Arc<File>,
+    memory: u64,
+    file: u64,
+}
+
+/// Wait until a reader at `pos` may read something.
 async fn readable_until<E: Clone + std::fmt::Display>(
     rx: &mut watch::Receiver<SpoolState<E>>,
     pos: u64,
     end: u64,
-) -> Result<(Arc<File>, u64), ReadError<E>> {
+) -> Result<Limits, ReadError<E>> {
     loop {
         match &*rx.borrow_and_update() {
             SpoolState::Complete { file, total } => {
                 if *total < end {
                     return Err(ReadError::Io(format!("blob has {total} bytes, range ends at {end}")));
                 }
-                return Ok((file.clone(), end));
+                return Ok(Limits {
+                    handle: file.clone(),
+                    memory: end,
+                    file: end,
+                });
             }
-            SpoolState::Streaming { file, written, .. } => {
+            SpoolState::Streaming {
+                file,
+                received,
+                written,
+                ..
+            } => {
                 // Hold back the final byte of the range until verified.
-                let limit = (*written).min(end - 1);
-                if limit > pos {
-                    return Ok((file.clone(), limit));
+                let memory = (*received).min(end - 1);
+                if memory > pos {
+                    return Ok(Limits {
+                        handle: file.clone(),
+                        memory,
+                        file: (*written).min(end - 1),
+                    });
                 }
             }
             SpoolState::Connecting => {}
@@ -342,7 +382,8 @@ mod tests {
         std::fs::write(&path, b"abcdef").expect("write");
         let spool: Arc<Spool<String>> = Arc::new(Spool::new());
         spool.start(File::open(&path).expect("open"), Some(6));
-        spool.append(0, Bytes::from_static(b"abcdef"));
+        spool.publish(0, Bytes::from_static(b"abcdef"));
+        spool.advance(6);
         let mut rx = read_range(spool.clone(), 0, 6);
         let first = rx.recv().await.expect("chunk").expect("ok");
         assert_eq!(&first[..], b"abcde", "final byte held back until verified");

@@ -23,6 +23,9 @@ use crate::config::{Upstream, UpstreamPolicy};
 
 pub(super) type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
+/// HTTP/1 read buffer for upstream responses.
+const READ_BUFFER: usize = 256 * 1024;
+
 /// Registries redirect blob GETs to CDNs once; a handful of hops is plenty.
 const MAX_REDIRECTS: usize = 5;
 
@@ -73,6 +76,9 @@ pub(super) fn build(upstream: &Upstream, policy: &UpstreamPolicy) -> Result<Http
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
+        // Large blob bodies arrive in frames as big as the read buffer:
+        // bigger frames mean fewer hand-offs per byte on the hashing path.
+        .http1_read_buf_exact_size(READ_BUFFER)
         .build(https))
 }
 
