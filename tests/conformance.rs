@@ -894,22 +894,6 @@ async fn sha512_blobs_and_manifests() {
     assert_error(&r, StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "unknown sha512 blob");
 }
 
-fn routing_config(registry: &Distribution) -> String {
-    let port = registry.port;
-    format!(
-        "defaultUpstream: registry.test
-upstreams:
-  - host: registry.test
-    url: http://127.0.0.1:{port}
-    insecurePlainHttp: true
-    aliases: [local]
-  - host: 127.0.0.1:{port}
-    url: http://127.0.0.1:{port}
-    insecurePlainHttp: true
-"
-    )
-}
-
 /// The four routing shapes over the plain HTTP API: default upstream,
 /// host in path (portless and host:port), alias, and `?ns=` (echoed as
 /// `OCI-Namespace`). Every shape serves the same bytes.
@@ -917,7 +901,7 @@ upstreams:
 async fn routing_shapes() {
     let s = seed().await;
     s.registry.push_manifest(REPO, "v2", &s.docker.manifest).await;
-    let proxy = TestProxy::start(&routing_config(&s.registry)).await;
+    let proxy = TestProxy::start(&Distribution::routing_config(&s.registry)).await;
     let host = s.registry.host();
     let encoded_host = host.replace(':', "%3A");
     // (label, name prefix, query, expected OCI-Namespace, client-visible name)
@@ -1053,7 +1037,7 @@ async fn routing_shapes() {
 #[tokio::test]
 async fn non_allow_listed_hosts_denied() {
     let s = seed().await;
-    let proxy = TestProxy::start(&routing_config(&s.registry)).await;
+    let proxy = TestProxy::start(&Distribution::routing_config(&s.registry)).await;
     let d = &s.oci.layers[0].digest;
     let m = &s.oci.manifest.digest;
     let cases = [

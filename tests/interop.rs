@@ -9,13 +9,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use portcullis::oci::{Algorithm, Digest, DigestHasher};
+use portcullis::oci::Digest;
 use serde_json::{Value, json};
 use support::distribution::Distribution;
 use support::images::*;
@@ -128,25 +127,6 @@ async fn seed(with_big: bool) -> Seeded {
         big,
         rootfs,
     }
-}
-
-/// The proxy configuration: the upstream under a portless name (with an
-/// alias, and as the default) and under its own `127.0.0.1:port` (which is
-/// what containerd sends as `ns`).
-fn proxy_config(registry: &Distribution) -> String {
-    let port = registry.port;
-    format!(
-        "defaultUpstream: registry.test
-upstreams:
-  - host: registry.test
-    url: http://127.0.0.1:{port}
-    insecurePlainHttp: true
-    aliases: [local]
-  - host: 127.0.0.1:{port}
-    url: http://127.0.0.1:{port}
-    insecurePlainHttp: true
-"
-    )
 }
 
 /// Only `127.0.0.1:<upstream port>` and no default upstream: a request
@@ -278,22 +258,6 @@ async fn try_run(program: &str, args: &[&str], limit: Duration) -> Result<String
 
 // ------------------------------------------------------------- verification
 
-/// sha256 of a file, streamed.
-fn sha256_file(path: &Path) -> Digest {
-    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let mut h = DigestHasher::new(Algorithm::Sha256);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        if n == 0 {
-            return h.finish();
-        }
-        h.update(&buf[..n]);
-    }
-}
-
 fn sha256_digest(hex: &str) -> Digest {
     format!("sha256:{hex}")
         .parse()
@@ -317,7 +281,7 @@ fn read_oci_layout(dir: &Path, tag: &str) -> (Digest, BTreeSet<Digest>) {
         let path = entry.expect("entry").path();
         let named = sha256_digest(&path.file_name().expect("name").to_string_lossy());
         assert_eq!(
-            sha256_file(&path),
+            support::images::sha256_file(&path),
             named,
             "{} does not hash to its name",
             path.display()
@@ -330,7 +294,7 @@ fn read_oci_layout(dir: &Path, tag: &str) -> (Digest, BTreeSet<Digest>) {
 /// A `dir:` copy: `manifest.json` is the top-level manifest; other files are
 /// blobs named by hex, or `<hex>.manifest.json` for a list's instances.
 fn read_dir_copy(dir: &Path) -> (Digest, BTreeSet<Digest>) {
-    let top = sha256_file(&dir.join("manifest.json"));
+    let top = support::images::sha256_file(&dir.join("manifest.json"));
     let mut blobs = BTreeSet::from([top.clone()]);
     for entry in std::fs::read_dir(dir).expect("dir copy") {
         let path = entry.expect("entry").path();
@@ -341,7 +305,7 @@ fn read_dir_copy(dir: &Path) -> (Digest, BTreeSet<Digest>) {
         let hex = name.strip_suffix(".manifest.json").unwrap_or(&name);
         let named = sha256_digest(hex);
         assert_eq!(
-            sha256_file(&path),
+            support::images::sha256_file(&path),
             named,
             "{} does not hash to its name",
             path.display()
@@ -373,7 +337,7 @@ fn assert_complete_copy(
 /// into `oci:` and `dir:`; every digest must be the upstream's.
 async fn skopeo_through(shape: &str, name_prefix: &str) {
     let s = seed(true).await;
-    let proxy = TestProxy::start(&proxy_config(&s.registry)).await;
+    let proxy = TestProxy::start(&Distribution::routing_config(&s.registry)).await;
     let work = tempfile::tempdir().expect("tempdir");
     for e in s.images() {
         let tag = e.tag;
@@ -700,7 +664,7 @@ async fn ctr_images_pull_native_snapshotter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_pull_by_proxy_name() {
     let s = seed(false).await;
-    let proxy = TestProxy::start(&proxy_config(&s.registry)).await;
+    let proxy = TestProxy::start(&Distribution::routing_config(&s.registry)).await;
     let p = tempfile::tempdir().expect("tempdir");
     let root = p.path().join("root").display().to_string();
     let runroot = p.path().join("run").display().to_string();

@@ -13,13 +13,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use portcullis::oci::{Algorithm, Digest, DigestHasher};
+use portcullis::oci::Digest;
 use serde_json::{Value, json};
 use support::client::{self, Resp};
 use support::cosign::*;
@@ -308,25 +307,10 @@ async fn skopeo_refused(proxy: &TestProxy, reference: &str) -> String {
     }
 }
 
-fn sha256_file(path: &Path) -> Digest {
-    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let mut h = DigestHasher::new(Algorithm::Sha256);
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        if n == 0 {
-            return h.finish();
-        }
-        h.update(&buf[..n]);
-    }
-}
-
 /// A `dir:` copy: the top-level manifest's digest and every file's digest
 /// (each file checked against its name).
 fn read_dir_copy(dir: &Path) -> (Digest, BTreeSet<Digest>) {
-    let top = sha256_file(&dir.join("manifest.json"));
+    let top = support::images::sha256_file(&dir.join("manifest.json"));
     let mut all = BTreeSet::from([top.clone()]);
     for entry in std::fs::read_dir(dir).expect("dir copy") {
         let path = entry.expect("entry").path();
@@ -337,7 +321,7 @@ fn read_dir_copy(dir: &Path) -> (Digest, BTreeSet<Digest>) {
         let hex = name.strip_suffix(".manifest.json").unwrap_or(&name);
         let named: Digest = format!("sha256:{hex}").parse().expect("file named by digest");
         assert_eq!(
-            sha256_file(&path),
+            support::images::sha256_file(&path),
             named,
             "{} does not hash to its name",
             path.display()

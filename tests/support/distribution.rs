@@ -31,6 +31,26 @@ pub struct Distribution {
 }
 
 impl Distribution {
+    /// A proxy configuration for this registry: under the portless name
+    /// `registry.test` (with the alias `local`, and as the default upstream;
+    /// docker references cannot carry `host:port` as a path segment) and
+    /// under its own `127.0.0.1:port` (what containerd sends as `ns`).
+    pub fn routing_config(registry: &Distribution) -> String {
+        let port = registry.port;
+        format!(
+            "defaultUpstream: registry.test
+upstreams:
+  - host: registry.test
+    url: http://127.0.0.1:{port}
+    insecurePlainHttp: true
+    aliases: [local]
+  - host: 127.0.0.1:{port}
+    url: http://127.0.0.1:{port}
+    insecurePlainHttp: true
+"
+        )
+    }
+
     /// A plain registry with filesystem storage and deletes enabled.
     pub async fn start() -> Distribution {
         Self::start_with("").await

@@ -146,3 +146,20 @@ pub fn referrer(subject: &Blob, artifact_type: &str, payload: &Blob) -> (Blob, B
     });
     (Blob::new(OCI_MANIFEST, serde_json::to_vec(&m).expect("json")), empty)
 }
+
+/// sha256 of a file's contents, read in 1 MiB pieces.
+pub fn sha256_file(path: &std::path::Path) -> Digest {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut h = portcullis::oci::DigestHasher::new(Algorithm::Sha256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        if n == 0 {
+            return h.finish();
+        }
+        h.update(&buf[..n]);
+    }
+}
