@@ -31,6 +31,9 @@
 # Scratch space needed: about 4 x BENCH_BLOB_MIB (upstream copy, source file,
 # and one cached copy per proxy; proxy caches are wiped between phases).
 set -euo pipefail
+BENCH_TAG=bench
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 BLOB_MIB=${BENCH_BLOB_MIB:-512}
 CLIENTS=${BENCH_CLIENTS:-8}
@@ -53,16 +56,6 @@ SMALL_REPO=bench/small
 TAG=v1
 
 MAIN_PID=$$
-say() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
-# die MESSAGE: also works inside $(...) and background subshells, by
-# signalling the main shell (whose TERM trap exits through the cleanup).
-die() {
-    printf '[bench] ERROR: %s\n' "$*" >&2
-    if [[ $BASHPID != "$MAIN_PID" ]]; then
-        kill -TERM "$MAIN_PID" 2>/dev/null || true
-    fi
-    exit 1
-}
 
 for v in BLOB_MIB CLIENTS REPEAT RPS_SECONDS RPS_CONNS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v must be a positive integer (got '${!v}')"
@@ -71,7 +64,6 @@ done
 # --------------------------------------------------------------------------
 # prerequisites
 # --------------------------------------------------------------------------
-need() { command -v "$1" >/dev/null 2>&1 || die "'$1' not found: $2"; }
 need docker-registry "install CNCF Distribution (Debian: apt-get install docker-registry)"
 need curl "install curl"
 need python3 "install python3"
@@ -106,55 +98,14 @@ esac
 W=$(mktemp -d "$TMPBASE/portcullis-bench.XXXXXX")
 PIDS=()
 
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
-forget_pid() {
-    local pid=$1 p keep=()
-    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
 
-cleanup() {
-    local rc=$? pid
-    set +e
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    if [[ $KEEP == 1 ]]; then
-        say "scratch directory kept: $W"
-    else
-        rm -rf "$W"
-    fi
-    exit "$rc"
-}
 trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT
 trap 'exit 1' TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # wait_up URL PID NAME LOG: poll URL until it answers (bounded), fail if PID dies.
-wait_up() {
-    local url=$1 pid=$2 name=$3 log=$4 i code
-    for ((i = 0; i < 300; i++)); do
-        kill -0 "$pid" 2>/dev/null || { tail -20 "$log" >&2; die "$name exited during start-up (log: $log)"; }
-        code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url" 2>/dev/null || true)
-        [[ $code == 200 || $code == 401 ]] && return 0
-        sleep 0.1
-    done
-    tail -20 "$log" >&2
-    die "$name did not answer $url within 30 s"
-}
 
 # write_registry_config FILE PORT STORAGE [REMOTEURL]
 write_registry_config() {
@@ -264,10 +215,8 @@ dp_wait_stored() {
 # --------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------
-sha() { sha256sum "$1" | cut -d' ' -f1; }
 now() { date +%s.%N; }
 # calc EXPR: floating-point arithmetic (awk), e.g. calc "3 / 2" -> 1.5
-calc() { awk "BEGIN { printf \"%.6g\", $* }"; }
 fmt0() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
 fmt1() { awk -v x="$1" 'BEGIN { printf "%.1f", x }'; }
 fmt2() { awk -v x="$1" 'BEGIN { printf "%.2f", x }'; }

@@ -43,6 +43,9 @@
 # Process handling, ports and waits follow bench/run.sh (helpers copied, as
 # that script is not a library).
 set -euo pipefail
+BENCH_TAG=verify-bench
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 COLD_IMAGES=${BENCH_COLD_IMAGES:-5}
 FORMATS=${BENCH_FORMATS:-legacy, bundle}
@@ -64,14 +67,6 @@ UNSIGNED_REPO=bench/unsigned
 TAG=v1
 
 MAIN_PID=$$
-say() { printf '[verify-bench %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() {
-    printf '[verify-bench] ERROR: %s\n' "$*" >&2
-    if [[ $BASHPID != "$MAIN_PID" ]]; then
-        kill -TERM "$MAIN_PID" 2>/dev/null || true
-    fi
-    exit 1
-}
 
 for v in COLD_IMAGES RPS_SECONDS RPS_CONNS RPS_REPEAT; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v must be a positive integer (got '${!v}')"
@@ -81,7 +76,6 @@ done
 # --------------------------------------------------------------------------
 # prerequisites
 # --------------------------------------------------------------------------
-need() { command -v "$1" >/dev/null 2>&1 || die "'$1' not found: $2"; }
 need docker-registry "install CNCF Distribution (Debian: apt-get install docker-registry)"
 need curl "install curl"
 need python3 "install python3"
@@ -114,49 +108,13 @@ esac
 W=$(mktemp -d "$TMPBASE/portcullis-verify-bench.XXXXXX")
 PIDS=()
 
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
-cleanup() {
-    local rc=$? pid
-    set +e
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    if [[ $KEEP == 1 ]]; then
-        say "scratch directory kept: $W"
-    else
-        rm -rf "$W"
-    fi
-    exit "$rc"
-}
 trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT
 trap 'exit 1' TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # wait_up URL PID NAME LOG: poll URL until it answers (bounded), fail if PID dies.
-wait_up() {
-    local url=$1 pid=$2 name=$3 log=$4 i code
-    for ((i = 0; i < 300; i++)); do
-        kill -0 "$pid" 2>/dev/null || { tail -20 "$log" >&2; die "$name exited during start-up (log: $log)"; }
-        code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url" 2>/dev/null || true)
-        [[ $code == 200 || $code == 401 ]] && return 0
-        sleep 0.1
-    done
-    tail -20 "$log" >&2
-    die "$name did not answer $url within 30 s"
-}
 
 UP_PORT= UP_PID= UP_URL= UP_LOG=
 start_upstream() {
@@ -211,8 +169,6 @@ start_portcullis() {
 # --------------------------------------------------------------------------
 # small helpers (as bench/run.sh)
 # --------------------------------------------------------------------------
-sha() { sha256sum "$1" | cut -d' ' -f1; }
-calc() { awk "BEGIN { printf \"%.6g\", $* }"; }
 fmt0() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
 fmt1() { awk -v x="$1" 'BEGIN { printf "%.1f", x }'; }
 fmt2() { awk -v x="$1" 'BEGIN { printf "%.2f", x }'; }
