@@ -87,10 +87,8 @@ impl Proxy {
         }
         let now = served.manifest.digest().clone();
         match self.tag_mutability(target, tag) {
-            Mutability::Allow => {
-                tracing::info!(upstream = %target.registry.host(), repo = %target.repo, %tag, %previous, %now, "tag moved upstream");
-                Ok(served)
-            }
+            // `record_tag` logs the move once the new digest is admitted.
+            Mutability::Allow => Ok(served),
             Mutability::Alert => {
                 tracing::warn!(upstream = %target.registry.host(), repo = %target.repo, %tag, %previous, %now,
                     "tag moved upstream (policy: mutable: alert); serving the new digest");
