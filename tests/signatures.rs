@@ -1742,3 +1742,93 @@ async fn cli_verify_allows_signed_and_denies_unsigned() {
     assert!(stdout.contains("no signatures or attestations found"), "{stdout}");
     assert!(stdout.contains(&unsigned.manifest.digest.to_string()), "{stdout}");
 }
+
+/// SIGHUP reloads the policy even when the directory looks unchanged to the
+/// file watcher: the new policy has the same size and modification time, so
+/// only the signal can make the running binary pick it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_policy() {
+    let registry = Distribution::start().await;
+    let image = oci_image(&[1024], 901);
+    registry.push_image("test/app", "v1", &image).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = |verdict: &str| {
+        format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: Policy\nrules:\n  - name: all\n    match: {{ repositories: [\"**\"] }}\n    static: {verdict}\n"
+        )
+    };
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, policy("allow")).expect("write policy");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let data = tempfile::tempdir().expect("data dir");
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--listen", &listen, "--default-upstream", &registry.url()])
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--policies")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run portcullis serve");
+    let url = format!("http://{listen}/v2/test/app/manifests/v1");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), reachable(&listen)).await
+            && s
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "portcullis did not start listening");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(client::get(&url).await.status, StatusCode::OK, "static allow");
+
+    // Same length ("deny " vs "allow"), same mtime: invisible to the watcher.
+    let mtime = std::fs::metadata(&file).and_then(|m| m.modified()).expect("mtime");
+    std::fs::write(&file, policy("deny ")).expect("rewrite policy");
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("restore mtime");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        client::get(&url).await.status,
+        StatusCode::OK,
+        "no reload without the signal"
+    );
+
+    let pid = child.id().expect("pid").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client::get(&url).await;
+        if r.status == StatusCode::FORBIDDEN {
+            assert_eq!(r.error_code(), "DENIED");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the policy: {}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().await.expect("stop portcullis");
+}
+
+async fn reachable(addr: &str) -> std::io::Result<bool> {
+    Ok(tokio::net::TcpStream::connect(addr).await.is_ok())
+}
