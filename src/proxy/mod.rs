@@ -6,6 +6,7 @@
 mod admission;
 mod blob;
 mod error;
+mod evidence;
 mod manifest;
 mod referrers;
 mod tags;
