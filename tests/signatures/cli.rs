@@ -1,0 +1,222 @@
+//! The built binary: `policy check`, `verify`, and SIGHUP reload of `serve`.
+
+use super::common::*;
+
+// ============================================================= CLI
+
+/// Run the built `portcullis` with a time limit in `cwd`: (exit code, stdout, stderr).
+async fn portcullis(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run portcullis");
+    let output = tokio::time::timeout(LIMIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("portcullis {args:?} did not finish within {LIMIT:?}"))
+        .expect("portcullis output");
+    (
+        output.status.code().expect("exit code"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn cli_policy_check_reports_revision_and_shadowed_rules() {
+    let (a, _, _) = keys();
+    let dir = policy_dir(
+        &[("a", &a)],
+        r#"
+rules:
+  - name: everything
+    match: { repositories: ["**"] }
+    require: { signatures: { anyOf: [key-a] } }
+  - name: apps
+    match: { repositories: ["test/**"] }
+    static: allow
+"#,
+    );
+    let policy = portcullis::policy::load_dir(dir.path()).expect("valid");
+    let path = dir.path().to_str().expect("utf8");
+    let (code, stdout, stderr) = portcullis(&["policy", "check", path], dir.path()).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains(&format!("policy in {path}: valid, revision {}", policy.revision)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("warning: rule `apps` is shadowed by the earlier rule `everything` and never applies"),
+        "{stdout}"
+    );
+
+    // An invalid document: non-zero, naming the file and the problem.
+    let bad = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        bad.path().join("10-bad.yaml"),
+        "apiVersion: portcullis.dev/v1alpha1\nkind: Policy\nrules:\n  - name: x\n    match: { repositories: [\"**\"] }\n    static: maybe\n",
+    )
+    .expect("write");
+    let bad_path = bad.path().to_str().expect("utf8");
+    let (code, stdout, stderr) = portcullis(&["policy", "check", bad_path], bad.path()).await;
+    assert_ne!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("10-bad.yaml"), "{stderr}");
+    assert!(!stdout.contains("valid"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_verify_allows_signed_and_denies_unsigned() {
+    let (a, _, _) = keys();
+    let registry = Distribution::start().await;
+    let image = small_image(130);
+    push_signed(&registry, REPO, "v1", &image, &[&a]).await;
+    let unsigned = small_image(131);
+    registry.push_image(REPO, "unsigned", &unsigned).await;
+    let policies = policy_dir(&[("a", &a)], APPS);
+    let rev = revision(policies.path());
+    let work = tempfile::tempdir().expect("tempdir");
+    let upstream = registry.url();
+    let run = |tag: &'static str| {
+        let image = format!("{}/{REPO}:{tag}", registry.host());
+        let policies = policies.path().to_str().expect("utf8").to_owned();
+        let upstream = upstream.clone();
+        let cwd = work.path().to_owned();
+        async move {
+            portcullis(
+                &[
+                    "verify",
+                    &image,
+                    "--policies",
+                    &policies,
+                    "--default-upstream",
+                    &upstream,
+                ],
+                &cwd,
+            )
+            .await
+        }
+    };
+
+    let (code, stdout, stderr) = run("v1").await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains(&format!("ALLOW {}/{REPO}:v1", registry.host())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"verdict\": \"allow\""), "{stdout}");
+    assert!(
+        stdout.contains("\"reason\": \"signatures verified by key-a\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("\"policy_revision\": \"{rev}\"")), "{stdout}");
+    assert!(stdout.contains(&image.manifest.digest.to_string()), "{stdout}");
+
+    let (code, stdout, stderr) = run("unsigned").await;
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("\"verdict\": \"deny\""), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "DENY {}/{REPO}:unsigned: denied by policy (rule `apps`",
+            registry.host()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains(NONE_VERIFIED), "{stdout}");
+    assert!(stdout.contains("no signatures or attestations found"), "{stdout}");
+    assert!(stdout.contains(&unsigned.manifest.digest.to_string()), "{stdout}");
+}
+
+/// SIGHUP reloads the policy even when the directory looks unchanged to the
+/// file watcher: the new policy has the same size and modification time, so
+/// only the signal can make the running binary pick it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_policy() {
+    let registry = Distribution::start().await;
+    let image = oci_image(&[1024], 901);
+    registry.push_image("test/app", "v1", &image).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = |verdict: &str| {
+        format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: Policy\nrules:\n  - name: all\n    match: {{ repositories: [\"**\"] }}\n    static: {verdict}\n"
+        )
+    };
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, policy("allow")).expect("write policy");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let data = tempfile::tempdir().expect("data dir");
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--listen", &listen, "--default-upstream", &registry.url()])
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--policies")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run portcullis serve");
+    let url = format!("http://{listen}/v2/test/app/manifests/v1");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), reachable(&listen)).await
+            && s
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "portcullis did not start listening");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(client::get(&url).await.status, StatusCode::OK, "static allow");
+
+    // Same length ("deny " vs "allow"), same mtime: invisible to the watcher.
+    let mtime = std::fs::metadata(&file).and_then(|m| m.modified()).expect("mtime");
+    std::fs::write(&file, policy("deny ")).expect("rewrite policy");
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("restore mtime");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        client::get(&url).await.status,
+        StatusCode::OK,
+        "no reload without the signal"
+    );
+
+    let pid = child.id().expect("pid").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client::get(&url).await;
+        if r.status == StatusCode::FORBIDDEN {
+            assert_eq!(r.error_code(), "DENIED");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the policy: {}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().await.expect("stop portcullis");
+}
+
+async fn reachable(addr: &str) -> std::io::Result<bool> {
+    Ok(tokio::net::TcpStream::connect(addr).await.is_ok())
+}

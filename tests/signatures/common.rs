@@ -1,0 +1,502 @@
+//! Helpers shared by the signature suites: policies, seeding, HTTP and
+//! audit assertions, skopeo, and the upstream + policy + proxy scenario.
+
+pub(crate) use crate::support;
+pub(crate) use crate::support::client::{self, Resp};
+pub(crate) use crate::support::cosign::*;
+pub(crate) use crate::support::distribution::Distribution;
+pub(crate) use crate::support::fake::{FakeRegistry, Fault};
+pub(crate) use crate::support::images::*;
+pub(crate) use crate::support::proxy::TestProxy;
+pub(crate) use http::{Method, StatusCode};
+pub(crate) use portcullis::oci::Digest;
+pub(crate) use serde_json::{Value, json};
+pub(crate) use std::collections::BTreeSet;
+pub(crate) use std::path::Path;
+pub(crate) use std::process::Stdio;
+pub(crate) use std::time::{Duration, Instant};
+
+pub const REPO: &str = "test/app";
+/// Time limit for one client command.
+pub const LIMIT: Duration = Duration::from_secs(60);
+pub const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
+                      application/vnd.docker.distribution.manifest.v2+json, \
+                      application/vnd.docker.distribution.manifest.list.v2+json";
+pub const SLSA_V02: &str = "https://slsa.dev/provenance/v0.2";
+
+/// One rule requiring a signature by `key-a` for everything under `test/`.
+pub const APPS: &str = r#"
+rules:
+  - name: apps
+    match: { repositories: ["test/**"] }
+    require: { signatures: { anyOf: [key-a] } }
+"#;
+
+// ------------------------------------------------------------- policies
+
+/// Three keys of the types cosign signs with.
+pub fn keys() -> (SigningKey, SigningKey, SigningKey) {
+    (
+        SigningKey::generate_p256(),
+        SigningKey::generate_ed25519(),
+        SigningKey::generate_p521(),
+    )
+}
+
+/// A policy document: key `<name>` from `<name>.pub` and authority
+/// `key-<name>` (transparency log ignored) for each key, then `rules`.
+pub fn policy_yaml(names: &[&str], rules: &str) -> String {
+    let mut y = String::from("apiVersion: portcullis.dev/v1alpha1\nkind: Policy\nkeys:\n");
+    for n in names {
+        y.push_str(&format!("  {n}: {{ path: {n}.pub }}\n"));
+    }
+    y.push_str("authorities:\n");
+    for n in names {
+        y.push_str(&format!("  key-{n}: {{ key: {{ keys: [{n}] }}, tlog: ignore }}\n"));
+    }
+    y.push_str(rules.trim_start_matches('\n'));
+    y
+}
+
+/// Write the keys' public PEMs and `policy.yaml` into `dir`.
+pub fn write_policy(dir: &Path, keys: &[(&str, &SigningKey)], rules: &str) {
+    for (n, k) in keys {
+        k.write_public_pem(&dir.join(format!("{n}.pub")));
+    }
+    let names: Vec<&str> = keys.iter().map(|(n, _)| *n).collect();
+    std::fs::write(dir.join("policy.yaml"), policy_yaml(&names, rules)).expect("write policy");
+}
+
+pub fn policy_dir(keys: &[(&str, &SigningKey)], rules: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_policy(dir.path(), keys, rules);
+    dir
+}
+
+/// The revision the proxy must report for the policies in `dir`.
+pub fn revision(dir: &Path) -> String {
+    let p = portcullis::policy::load_dir(dir).expect("valid policy");
+    assert!(p.warnings.is_empty(), "unexpected policy warnings: {:?}", p.warnings);
+    p.revision
+}
+
+// ------------------------------------------------------------- seeding
+
+pub fn small_image(seed: u64) -> Image {
+    oci_image(&[2000, 300], seed)
+}
+
+/// Push `image` as `repo:tag` with a legacy `.sig` holding one layer per key.
+pub async fn push_signed(registry: &Distribution, repo: &str, tag: &str, image: &Image, keys: &[&SigningKey]) {
+    registry.push_image(repo, tag, image).await;
+    push_legacy_signature(registry, repo, &image.manifest, keys).await;
+}
+
+/// Push `layers` as the `.sig` object of `subject` in `repo`.
+pub async fn push_sig_layers(
+    registry: &Distribution,
+    repo: &str,
+    subject: &Digest,
+    layers: Vec<SignedLayer>,
+) -> LegacyObject {
+    let object = legacy_manifest(layers);
+    push_legacy_object(registry, repo, &sig_tag(subject), &object).await;
+    object
+}
+
+// ------------------------------------------------------------- HTTP
+
+pub async fn get_manifest(proxy: &TestProxy, repo: &str, reference: &str) -> Resp {
+    let url = proxy.url(&format!("/v2/{repo}/manifests/{reference}"));
+    client::request(Method::GET, &url, &[("accept", ACCEPT)]).await
+}
+
+pub async fn get_blob(proxy: &TestProxy, repo: &str, digest: &Digest) -> Resp {
+    client::get(&proxy.url(&format!("/v2/{repo}/blobs/{digest}"))).await
+}
+
+/// 200 with exactly `manifest`'s bytes and digest.
+pub fn assert_manifest(resp: &Resp, manifest: &Blob, what: &str) {
+    assert_eq!(
+        resp.status,
+        StatusCode::OK,
+        "{what}: {}",
+        String::from_utf8_lossy(&resp.bytes())
+    );
+    assert_eq!(
+        resp.header("docker-content-digest"),
+        Some(manifest.digest.to_string().as_str()),
+        "{what}"
+    );
+    assert_eq!(resp.bytes(), manifest.bytes, "{what}: bytes");
+}
+
+/// 200 with exactly `blob`'s bytes.
+pub fn assert_blob(resp: &Resp, blob: &Blob, what: &str) {
+    assert_eq!(resp.status, StatusCode::OK, "{what}");
+    assert_eq!(resp.bytes(), blob.bytes, "{what}: bytes");
+}
+
+/// 403 `DENIED` naming `rule` and each of `reasons`; returns the message.
+pub fn assert_denied(resp: &Resp, rule: &str, reasons: &[&str]) -> String {
+    assert_eq!(
+        resp.status,
+        StatusCode::FORBIDDEN,
+        "expected a denial, got {}: {:?}",
+        resp.status,
+        resp.body
+    );
+    assert_eq!(resp.error_code(), "DENIED");
+    let message = resp.json()["errors"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.starts_with(&format!("denied by policy (rule `{rule}`, revision ")),
+        "message does not name rule `{rule}`: {message}"
+    );
+    for r in reasons {
+        assert!(message.contains(r), "message lacks `{r}`: {message}");
+    }
+    message
+}
+
+/// 403 `DENIED` for a blob no admitted manifest of the repository references.
+pub fn assert_blob_denied(resp: &Resp, digest: &Digest) {
+    assert_eq!(resp.status, StatusCode::FORBIDDEN, "blob {digest}: {:?}", resp.body);
+    assert_eq!(resp.error_code(), "DENIED");
+    let message = resp.json()["errors"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        message,
+        format!("blob {digest} is not referenced by an admitted manifest of this repository (pull the manifest first)")
+    );
+}
+
+// ------------------------------------------------------------- audit
+
+pub fn events_for(proxy: &TestProxy, digest: &Digest) -> Vec<Value> {
+    let d = digest.to_string();
+    proxy.audit_events().into_iter().filter(|e| e["digest"] == d).collect()
+}
+
+/// The expectation for audit events.
+pub struct Expect<'a> {
+    pub verdict: &'a str,
+    pub rule: &'a str,
+    pub satisfied: &'a [&'a str],
+    pub revision: &'a str,
+    pub upstream: &'a str,
+    pub repo: &'a str,
+}
+
+impl Expect<'_> {
+    pub fn check(&self, e: &Value) {
+        let what = format!("audit event {e}");
+        assert_eq!(e["verdict"], json!(self.verdict), "{what}");
+        assert_eq!(e["served"], json!(self.verdict != "deny"), "{what}");
+        assert_eq!(e["rule"], json!(self.rule), "{what}");
+        assert_eq!(e["authorities_satisfied"], json!(self.satisfied), "{what}");
+        assert_eq!(e["policy_revision"], json!(self.revision), "{what}");
+        assert_eq!(e["integrity_only"], json!(false), "{what}");
+        assert_eq!(e["registry"], json!(self.upstream), "{what}");
+        assert_eq!(e["repository"], json!(self.repo), "{what}");
+        assert!(
+            e["client"].as_str().is_some_and(|c| c.starts_with("127.0.0.1:")),
+            "{what}"
+        );
+        assert!(e["time"].as_str().is_some_and(|t| !t.is_empty()), "{what}");
+        assert!(e["cached"].is_boolean(), "{what}");
+        assert!(e["mode"] == json!("enforce") || e["mode"] == json!("audit"), "{what}");
+    }
+
+    /// Every event for `digest` matches; the first was verified afresh.
+    /// Returns the events.
+    pub fn all(&self, proxy: &TestProxy, digest: &Digest) -> Vec<Value> {
+        let events = events_for(proxy, digest);
+        assert!(!events.is_empty(), "no audit event for {digest}");
+        for e in &events {
+            self.check(e);
+        }
+        assert_eq!(events[0]["cached"], json!(false), "first event {}", events[0]);
+        events
+    }
+}
+
+pub fn reason(e: &Value) -> &str {
+    e["reason"].as_str().unwrap_or_default()
+}
+
+// ------------------------------------------------------------- skopeo
+
+/// Run a command with a time limit: stdout on success, a report (command,
+/// status, stdout, stderr) otherwise.
+pub async fn try_run(program: &str, args: &[&str], limit: Duration) -> Result<String, String> {
+    let path = support::require_tool(program);
+    let shown = format!("{program} {}", args.join(" "));
+    let child = tokio::process::Command::new(&path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
+    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(r) => r.map_err(|e| format!("`{shown}`: {e}"))?,
+        Err(_) => return Err(format!("`{shown}` did not finish within {limit:?} (killed)")),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "`{shown}` failed with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+            output.status
+        ))
+    }
+}
+
+/// `skopeo copy --all` of `reference` (`repo:tag` or `repo@digest`) through
+/// the proxy into a `dir:` copy at `dest`.
+pub async fn skopeo_copy(proxy: &TestProxy, reference: &str, dest: &Path) -> Result<String, String> {
+    let src = format!("docker://{}/{reference}", proxy.addr);
+    let dest = format!("dir:{}", dest.display());
+    try_run(
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            &src,
+            &dest,
+        ],
+        LIMIT,
+    )
+    .await
+}
+
+/// skopeo must fail because the proxy denied the pull.
+pub async fn skopeo_refused(proxy: &TestProxy, reference: &str) -> String {
+    let work = tempfile::tempdir().expect("tempdir");
+    match skopeo_copy(proxy, reference, &work.path().join("copy")).await {
+        Ok(out) => panic!("skopeo copied {reference} although the policy denies it:\n{out}"),
+        Err(e) => {
+            assert!(
+                e.contains("denied by policy"),
+                "skopeo failed for another reason than the denial:\n{e}"
+            );
+            e
+        }
+    }
+}
+
+/// A `dir:` copy: the top-level manifest's digest and every file's digest
+/// (each file checked against its name).
+pub fn read_dir_copy(dir: &Path) -> (Digest, BTreeSet<Digest>) {
+    let top = support::images::sha256_file(&dir.join("manifest.json"));
+    let mut all = BTreeSet::from([top.clone()]);
+    for entry in std::fs::read_dir(dir).expect("dir copy") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        if name == "manifest.json" || name == "version" {
+            continue;
+        }
+        let hex = name.strip_suffix(".manifest.json").unwrap_or(&name);
+        let named: Digest = format!("sha256:{hex}").parse().expect("file named by digest");
+        assert_eq!(
+            support::images::sha256_file(&path),
+            named,
+            "{} does not hash to its name",
+            path.display()
+        );
+        all.insert(named);
+    }
+    (top, all)
+}
+
+/// skopeo copies `reference` completely: the copy holds exactly `top` and
+/// `expected` (all digests equal to the upstream's).
+pub async fn skopeo_copies(proxy: &TestProxy, reference: &str, top: &Digest, expected: &[&Digest]) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dest = work.path().join("copy");
+    if let Err(e) = skopeo_copy(proxy, reference, &dest).await {
+        panic!("{e}");
+    }
+    let (got_top, got) = read_dir_copy(&dest);
+    assert_eq!(&got_top, top, "{reference}: the copy's manifest is not the upstream's");
+    let mut want: BTreeSet<Digest> = expected.iter().map(|d| (*d).clone()).collect();
+    want.insert(top.clone());
+    assert_eq!(got, want, "{reference}: copied digests");
+}
+
+/// Everything a pull of `image` copies, besides its manifest.
+pub fn image_blobs(image: &Image) -> Vec<&Digest> {
+    image.blobs().into_iter().map(|b| &b.digest).collect()
+}
+
+// ------------------------------------------------------------- scenarios
+
+/// An upstream, a policy and a proxy.
+pub struct Env {
+    pub registry: Distribution,
+    pub policies: tempfile::TempDir,
+    pub proxy: TestProxy,
+    pub revision: String,
+    /// The upstream's `host:port`, as audit events name it.
+    pub upstream: String,
+}
+
+impl Env {
+    pub async fn start(registry: Distribution, policies: tempfile::TempDir) -> Env {
+        let proxy = TestProxy::with_policies(&registry.url(), policies.path()).await;
+        let revision = revision(policies.path());
+        let upstream = registry.host();
+        Env {
+            registry,
+            policies,
+            proxy,
+            revision,
+            upstream,
+        }
+    }
+
+    pub fn expect<'a>(&'a self, verdict: &'a str, rule: &'a str, satisfied: &'a [&'a str]) -> Expect<'a> {
+        self.expect_in(REPO, verdict, rule, satisfied)
+    }
+
+    pub fn expect_in<'a>(
+        &'a self,
+        repo: &'a str,
+        verdict: &'a str,
+        rule: &'a str,
+        satisfied: &'a [&'a str],
+    ) -> Expect<'a> {
+        Expect {
+            verdict,
+            rule,
+            satisfied,
+            revision: &self.revision,
+            upstream: &self.upstream,
+            repo,
+        }
+    }
+
+    /// `repo:tag` (= `image`) is served: skopeo copies it completely with
+    /// the upstream's digests, a GET answers its exact bytes, and every
+    /// audit event says allow by `rule` with `satisfied`. Returns the events.
+    pub async fn allowed(&self, repo: &str, tag: &str, image: &Image, rule: &str, satisfied: &[&str]) -> Vec<Value> {
+        skopeo_copies(
+            &self.proxy,
+            &format!("{repo}:{tag}"),
+            &image.manifest.digest,
+            &image_blobs(image),
+        )
+        .await;
+        assert_manifest(
+            &get_manifest(&self.proxy, repo, tag).await,
+            &image.manifest,
+            &format!("{repo}:{tag}"),
+        );
+        let events = self
+            .expect_in(repo, "allow", rule, satisfied)
+            .all(&self.proxy, &image.manifest.digest);
+        assert_eq!(
+            events.last().expect("event")["cached"],
+            json!(true),
+            "second pull is cached"
+        );
+        events
+    }
+
+    /// `repo:tag` (= `image`) is refused: skopeo fails, a GET is 403 naming
+    /// `rule` and `reasons`, every audit event says deny with `satisfied`,
+    /// no blob of the image was fetched and each is refused. Returns the
+    /// first event.
+    pub async fn denied(
+        &self,
+        repo: &str,
+        tag: &str,
+        image: &Image,
+        rule: &str,
+        satisfied: &[&str],
+        reasons: &[&str],
+    ) -> Value {
+        skopeo_refused(&self.proxy, &format!("{repo}:{tag}")).await;
+        assert_denied(&get_manifest(&self.proxy, repo, tag).await, rule, reasons);
+        let head = client::request(
+            Method::HEAD,
+            &self.proxy.url(&format!("/v2/{repo}/manifests/{tag}")),
+            &[("accept", ACCEPT)],
+        )
+        .await;
+        assert_eq!(head.status, StatusCode::FORBIDDEN, "HEAD {repo}:{tag}");
+        assert_eq!(head.header("docker-content-digest"), None, "HEAD {repo}:{tag}");
+        let events = self
+            .expect_in(repo, "deny", rule, satisfied)
+            .all(&self.proxy, &image.manifest.digest);
+        for e in &events {
+            assert_eq!(e["tag"], json!(tag), "{e}");
+            for r in reasons {
+                assert!(reason(e).contains(r), "event reason lacks `{r}`: {e}");
+            }
+        }
+        for b in image.blobs() {
+            assert!(!self.proxy.has_blob(&b.digest), "blob of a denied image was fetched");
+            assert_blob_denied(&get_blob(&self.proxy, repo, &b.digest).await, &b.digest);
+        }
+        events[0].clone()
+    }
+}
+
+pub const PINNED: &str = r#"
+rules:
+  - name: apps
+    match: { repositories: ["test/**"] }
+    require: { signatures: { anyOf: [key-a] } }
+    tags: { mutable: deny }
+"#;
+
+pub const STATIC_DENY: &str = r#"
+rules:
+  - name: lockdown
+    match: { repositories: ["test/**"] }
+    static: deny
+"#;
+
+pub const NONE_VERIFIED: &str = "signatures: 0 of 1 required authorities verified (none; needed 1 of [key-a])";
+
+pub const TWO_OF_THREE: &str = r#"
+rules:
+  - name: strict
+    match: { repositories: ["test/strict"] }
+    require: { signatures: { anyOf: [key-a, key-b, key-c], threshold: 2, required: [key-a] } }
+  - name: two-of-three
+    match: { repositories: ["test/**"] }
+    require: { signatures: { anyOf: [key-a, key-b, key-c], threshold: 2 } }
+"#;
+
+pub const PROVENANCE: &str = r#"
+rules:
+  - name: provenance
+    match: { repositories: ["test/**"] }
+    require:
+      signatures: { anyOf: [key-a] }
+      attestations:
+        - name: slsa
+          predicateType: https://slsa.dev/provenance/v0.2
+          authorities: [key-a]
+          checks:
+            - { path: /predicate/builder/id, startsWith: "https://ci.example/" }
+            - { path: /predicate/buildType, equals: "https://ci.example/build@v1" }
+"#;
+
+/// A SLSA v0.2-style predicate naming `builder`.
+pub fn provenance(builder: &str) -> Value {
+    json!({ "builder": { "id": builder }, "buildType": "https://ci.example/build@v1" })
+}
