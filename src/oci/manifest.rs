@@ -102,18 +102,7 @@ pub struct Descriptor {
     pub digest: Digest,
     pub size: u64,
     #[serde(default)]
-    pub urls: Vec<String>,
-    #[serde(default)]
     pub artifact_type: Option<String>,
-}
-
-impl Descriptor {
-    /// Foreign or non-distributable layers are not fetched from the registry
-    /// (trow's `layer_is_distributable`): they carry `urls` or a
-    /// non-distributable media type.
-    pub fn is_distributable(&self) -> bool {
-        self.urls.is_empty() && !self.media_type.contains("nondistributable") && !self.media_type.contains(".foreign.")
-    }
 }
 
 /// The fields of a manifest that the proxy reasons about.

@@ -49,11 +49,6 @@ impl RepoName {
             self.clone()
         }
     }
-
-    /// This name with `prefix/` in front (still valid, since both are).
-    pub fn prefixed(&self, prefix: &str) -> Result<RepoName, NameError> {
-        format!("{prefix}/{}", self.0).parse()
-    }
 }
 
 fn is_component(s: &str) -> bool {

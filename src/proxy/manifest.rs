@@ -198,8 +198,12 @@ impl Proxy {
                     .registry
                     .get_manifest(&target.repo, &reference, accept, MAX_MANIFEST_BYTES)
                     .await?;
+                // Name the failure by the digest the upstream claimed, else by
+                // the bytes received (hashed only on this error path).
+                let named = unverified.claimed_digest.clone();
+                let bytes = unverified.bytes.clone();
                 let m = check_computed(unverified).map_err(|source| {
-                    let digest = Digest::of(crate::oci::Algorithm::Sha256, b"");
+                    let digest = named.unwrap_or_else(|| Digest::of(crate::oci::Algorithm::Sha256, &bytes));
                     integrity_failure(target, digest, source)
                 })?;
                 (m.digest().clone(), Some(m))
