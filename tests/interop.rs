@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use support::distribution::Distribution;
 use support::images::*;
 use support::proxy::TestProxy;
+use support::try_run;
 
 const REPO: &str = "test/app";
 /// Size of the large layer (the brief: at least 100 MiB).
@@ -220,39 +221,6 @@ async fn run(program: &str, args: &[&str], limit: Duration) -> String {
     match output {
         Ok(stdout) => stdout,
         Err(e) => panic!("{e}"),
-    }
-}
-
-/// Run a command with a time limit: stdout on success, a report (command,
-/// status, stdout, stderr) otherwise.
-async fn try_run(program: &str, args: &[&str], limit: Duration) -> Result<String, String> {
-    let path = support::require_tool(program);
-    let shown = format!("{program} {}", args.join(" "));
-    let child = tokio::process::Command::new(&path)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
-    let started = Instant::now();
-    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Ok(r) => r.map_err(|e| format!("`{shown}`: {e}"))?,
-        Err(_) => {
-            return Err(format!("`{shown}` did not finish within {limit:?} (killed)"));
-        }
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    if output.status.success() {
-        eprintln!("`{shown}` took {:?}", started.elapsed());
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "`{shown}` failed with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-            output.status
-        ))
     }
 }
 

@@ -8,6 +8,7 @@ pub(crate) use crate::support::distribution::Distribution;
 pub(crate) use crate::support::fake::{FakeRegistry, Fault};
 pub(crate) use crate::support::images::*;
 pub(crate) use crate::support::proxy::TestProxy;
+pub(crate) use crate::support::try_run;
 pub(crate) use http::{Method, StatusCode};
 pub(crate) use portcullis::oci::Digest;
 pub(crate) use serde_json::{Value, json};
@@ -230,35 +231,6 @@ pub fn reason(e: &Value) -> &str {
 }
 
 // ------------------------------------------------------------- skopeo
-
-/// Run a command with a time limit: stdout on success, a report (command,
-/// status, stdout, stderr) otherwise.
-pub async fn try_run(program: &str, args: &[&str], limit: Duration) -> Result<String, String> {
-    let path = support::require_tool(program);
-    let shown = format!("{program} {}", args.join(" "));
-    let child = tokio::process::Command::new(&path)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
-    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Ok(r) => r.map_err(|e| format!("`{shown}`: {e}"))?,
-        Err(_) => return Err(format!("`{shown}` did not finish within {limit:?} (killed)")),
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    if output.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "`{shown}` failed with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-            output.status
-        ))
-    }
-}
 
 /// `skopeo copy --all` of `reference` (`repo:tag` or `repo@digest`) through
 /// the proxy into a `dir:` copy at `dest`.

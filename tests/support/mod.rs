@@ -28,3 +28,36 @@ pub fn require_tool(name: &str) -> std::path::PathBuf {
         "required tool `{name}` is not installed; run scripts/test (it installs docker-registry, skopeo, containerd, podman)"
     );
 }
+
+/// Run a command with a time limit: stdout on success, a report (command,
+/// status, stdout, stderr) otherwise.
+pub async fn try_run(program: &str, args: &[&str], limit: std::time::Duration) -> Result<String, String> {
+    let path = require_tool(program);
+    let shown = format!("{program} {}", args.join(" "));
+    let child = tokio::process::Command::new(&path)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
+    let started = std::time::Instant::now();
+    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(r) => r.map_err(|e| format!("`{shown}`: {e}"))?,
+        Err(_) => {
+            return Err(format!("`{shown}` did not finish within {limit:?} (killed)"));
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if output.status.success() {
+        eprintln!("`{shown}` took {:?}", started.elapsed());
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "`{shown}` failed with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+            output.status
+        ))
+    }
+}
