@@ -57,3 +57,29 @@ wait_up() {
 }
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 calc() { awk "BEGIN { printf \"%.6g\", $* }"; }
+
+# build_binary: cargo build --release unless BUILD=0 or PORTCULLIS_BIN is set
+# (uses ROOT, BIN, BUILD); fails unless $BIN is then executable.
+build_binary() {
+    if [[ $BUILD == 1 && -z ${PORTCULLIS_BIN:-} ]]; then
+        need cargo "install Rust, or set PORTCULLIS_BIN / BENCH_BUILD=0"
+        say "cargo build --release (shares the target dir; may wait for its lock)"
+        (cd "$ROOT" && cargo build --release --bin portcullis) >&2 || die "cargo build --release failed (BENCH_BUILD=0 benchmarks the existing binary)"
+    fi
+    [[ -x $BIN ]] || die "$BIN not found or not executable (build it with: cargo build --release)"
+}
+
+# pick_loadgen: resolve LOADGEN=auto to wrk (installing it when root) or python.
+pick_loadgen() {
+    case $LOADGEN in
+        auto)
+            if ! command -v wrk >/dev/null 2>&1 && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+                say "wrk not installed: trying apt-get install -y wrk"
+                timeout 180 apt-get install -y wrk >/dev/null 2>&1 || say "apt-get install wrk failed; using bench/rps.py"
+            fi
+            if command -v wrk >/dev/null 2>&1; then LOADGEN=wrk; else LOADGEN=python; fi ;;
+        wrk) need wrk "install wrk or use BENCH_LOADGEN=python" ;;
+        python) ;;
+        *) die "BENCH_LOADGEN must be auto, wrk or python" ;;
+    esac
+}

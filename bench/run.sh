@@ -73,24 +73,8 @@ if [[ $SKOPEO == 1 ]] && ! command -v skopeo >/dev/null 2>&1; then
     SKOPEO=0
 fi
 
-if [[ $BUILD == 1 && -z ${PORTCULLIS_BIN:-} ]]; then
-    need cargo "install Rust, or set PORTCULLIS_BIN / BENCH_BUILD=0"
-    say "cargo build --release (shares the target dir; may wait for its lock)"
-    (cd "$ROOT" && cargo build --release --bin portcullis) >&2 || die "cargo build --release failed (BENCH_BUILD=0 benchmarks the existing binary)"
-fi
-[[ -x $BIN ]] || die "$BIN not found or not executable (build it with: cargo build --release)"
-
-case $LOADGEN in
-    auto)
-        if ! command -v wrk >/dev/null 2>&1 && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-            say "wrk not installed: trying apt-get install -y wrk"
-            timeout 180 apt-get install -y wrk >/dev/null 2>&1 || say "apt-get install wrk failed; using bench/rps.py"
-        fi
-        if command -v wrk >/dev/null 2>&1; then LOADGEN=wrk; else LOADGEN=python; fi ;;
-    wrk) need wrk "install wrk or use BENCH_LOADGEN=python" ;;
-    python) ;;
-    *) die "BENCH_LOADGEN must be auto, wrk or python" ;;
-esac
+build_binary
+pick_loadgen
 
 # --------------------------------------------------------------------------
 # process bookkeeping and cleanup
