@@ -5,10 +5,10 @@
 //! client ─► store hit? ──yes──► stream file (Range supported)
 //!              │no
 //!              ▼
-//!           join flight ─leader─► spawn download: upstream GET ─► hash+write thread ─► commit on proof
+//!           join flight ─leader─► spawn download: upstream GET ─► hash + write threads ─► proof ─► commit
 //!              │follower                                   │ advances the spool
 //!              ▼                                           ▼
-//!           read the spool: bytes as written, last byte only after verification;
+//!           read the spool: bytes as received, last byte only with the proof;
 //!           on mismatch/truncation the response is aborted and nothing is stored
 //! ```
 //! The download continues if clients disconnect, so a large blob is never
@@ -201,9 +201,17 @@ struct Downloader {
 impl Downloader {
     async fn run(self, spool: &Arc<Spool<Error>>) {
         match self.fetch(spool).await {
-            Ok(len) => {
-                spool.complete();
-                tracing::debug!(digest = %self.digest, bytes = len, "blob verified and stored");
+            Ok((proof, writer)) => {
+                // The bytes are proven: clients get their final bytes now.
+                // The commit (fsync of the whole blob, then rename) is about
+                // keeping them, and takes longer than the last chunk did.
+                spool.complete(&proof);
+                let len = proof.length();
+                match blocking(move || writer.commit(proof)).await {
+                    Ok(_) => tracing::debug!(digest = %self.digest, bytes = len, "blob verified and stored"),
+                    // Served verified, but not kept: the next request downloads again.
+                    Err(e) => tracing::warn!(digest = %self.digest, error = %e, "verified blob could not be stored"),
+                }
             }
             Err(e) => {
                 if let Error::Integrity { source, .. } = &e {
@@ -226,13 +234,19 @@ impl Downloader {
     }
 
     /// Stream the upstream body to two threads, one hashing and one writing
-    /// the temp file (each fed the same `Bytes`, no copies); commit when the
-    /// hash proves the bytes. Returns the verified length.
-    async fn fetch(&self, spool: &Arc<Spool<Error>>) -> Result<u64, Error> {
+    /// the temp file (each fed the same `Bytes`, no copies). Returns the
+    /// hash's proof with the fully written file, ready to commit.
+    async fn fetch(&self, spool: &Arc<Spool<Error>>) -> Result<(DigestMatched, BlobWriter), Error> {
         let mut upstream = self.target.registry.get_blob(&self.target.repo, &self.digest).await?;
-        let store = self.store.clone();
-        let d = self.digest.clone();
-        let writer = blocking(move || store.blobs.writer(&d)).await?;
+        let (store, d, length) = (self.store.clone(), self.digest.clone(), upstream.length);
+        let writer = blocking(move || {
+            let mut writer = store.blobs.writer(&d)?;
+            if let Some(len) = length {
+                writer.reserve(len)?;
+            }
+            Ok(writer)
+        })
+        .await?;
         let reader = writer.reader().map_err(|e| Error::Store(Arc::new(e)))?;
         spool.start(reader, upstream.length);
 
@@ -249,11 +263,7 @@ impl Downloader {
         match (network, proof, written) {
             // The bytes are what the digest says: a connection error after the
             // last byte changes nothing.
-            (_, Ok(proof), Ok(writer)) => {
-                let len = proof.length();
-                blocking(move || writer.commit(proof)).await?;
-                Ok(len)
-            }
+            (_, Ok(proof), Ok(writer)) => Ok((proof, writer)),
             // Integrity is the most precise diagnosis, then the upstream's.
             (_, Err(e @ Error::Integrity { .. }), _) => Err(e),
             (Err(e), _, _) => Err(e),

@@ -67,6 +67,19 @@ impl BlobWriter {
         File::open(&self.tmp_path).map_err(io_err("open", &self.tmp_path))
     }
 
+    /// Allocate the blob's announced length up front: one extent instead
+    /// of block-by-block allocation while streaming, and a full disk shows
+    /// up before the download rather than in the middle of it. The file's
+    /// size is left alone (`KEEP_SIZE`), so a partial file never looks whole.
+    pub fn reserve(&mut self, len: u64) -> Result<(), StoreError> {
+        let Some(f) = &self.file else { return Ok(()) };
+        match rustix::fs::fallocate(f, rustix::fs::FallocateFlags::KEEP_SIZE, 0, len) {
+            // Filesystems without fallocate allocate as the bytes arrive.
+            Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+            r => r.map_err(|e| io_err("allocate", &self.tmp_path)(e.into())),
+        }
+    }
+
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
         match &mut self.file {
             Some(f) => f.write_all(chunk).map_err(io_err("write", &self.tmp_path)),
@@ -83,11 +96,16 @@ impl BlobWriter {
                 writer: self.digest.clone(),
             });
         }
-        if let Some(f) = self.file.take() {
-            f.sync_all().map_err(io_err("fsync", &self.tmp_path))?;
+        let synced = match self.file.take() {
+            Some(f) => f.sync_all().map_err(io_err("fsync", &self.tmp_path)),
+            None => Ok(()),
+        };
+        let published = synced.and_then(|()| publish(&self.tmp_path, &self.final_path));
+        if published.is_err() {
+            // `Drop` no longer sees the file: clean up here.
+            let _ = std::fs::remove_file(&self.tmp_path);
         }
-        publish(&self.tmp_path, &self.final_path)?;
-        Ok(self.final_path.clone())
+        published.map(|()| self.final_path.clone())
     }
 }
 
@@ -151,5 +169,37 @@ mod tests {
             Err(StoreError::WrongProof { .. })
         ));
         assert!(s.open(&d).expect("io").is_none());
+    }
+
+    fn proof_of(bytes: &[u8]) -> DigestMatched {
+        let mut v = BlobVerifier::new(Digest::of(Algorithm::Sha256, bytes), Some(bytes.len() as u64));
+        v.update(bytes).expect("length");
+        v.finish().expect("proof")
+    }
+
+    #[test]
+    fn reserved_space_does_not_change_the_committed_length() {
+        let (_dir, s) = store();
+        let d = Digest::of(Algorithm::Sha256, b"data");
+        let mut w = s.writer(&d).expect("writer");
+        w.reserve(1 << 20).expect("reserve");
+        w.write(b"data").expect("write");
+        w.commit(proof_of(b"data")).expect("commit");
+        let (_, len) = s.open(&d).expect("io").expect("present");
+        assert_eq!(len, 4);
+    }
+
+    #[test]
+    fn failed_commit_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("tmp")).expect("tmp");
+        // The store root is a file: the rename target's directory cannot exist.
+        std::fs::write(dir.path().join("blobs"), b"").expect("file");
+        let s = BlobStore::new(dir.path().join("blobs"), dir.path().join("tmp"));
+        let d = Digest::of(Algorithm::Sha256, b"data");
+        let mut w = s.writer(&d).expect("writer");
+        w.write(b"data").expect("write");
+        assert!(w.commit(proof_of(b"data")).is_err());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
     }
 }

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, watch};
 
+use crate::verify::DigestMatched;
+
 /// Bytes read from the file per chunk sent to a client.
 const READ_CHUNK: u64 = 256 * 1024;
 /// Chunks buffered per client between the file reader and the socket.
@@ -158,13 +160,15 @@ impl<E: Clone + Send + Sync + 'static> Spool<E> {
         }
     }
 
-    /// The content is verified (and committed).
-    pub fn complete(&self) {
+    /// The content is verified: release the held-back bytes. Only the
+    /// verifier's proof opens the gate, and it comes before the store's
+    /// commit, so clients do not wait for the fsync of a large blob.
+    pub fn complete(&self, proof: &DigestMatched) {
         self.tx.send_modify(|s| {
-            if let SpoolState::Streaming { file, written, .. } = s {
+            if let SpoolState::Streaming { file, .. } = s {
                 *s = SpoolState::Complete {
                     file: file.clone(),
-                    total: *written,
+                    total: proof.length(),
                 };
             }
         });
@@ -359,6 +363,7 @@ fn read_at(file: &File, pos: u64, len: u64) -> std::io::Result<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::{Algorithm, Digest};
 
     #[test]
     fn recent_window_slices_without_copying_and_forgets_old_chunks() {
@@ -389,7 +394,9 @@ mod tests {
         assert_eq!(&first[..], b"abcde", "final byte held back until verified");
         let pending = tokio::time::timeout(std::time::Duration::from_millis(50), rx.recv()).await;
         assert!(pending.is_err(), "nothing more before the verdict");
-        spool.complete();
+        let mut verifier = crate::verify::BlobVerifier::new(Digest::of(Algorithm::Sha256, b"abcdef"), Some(6));
+        verifier.update(b"abcdef").expect("length");
+        spool.complete(&verifier.finish().expect("proof"));
         let last = rx.recv().await.expect("chunk").expect("ok");
         assert_eq!(&last[..], b"f");
     }
