@@ -4,6 +4,9 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# benches/ too: Cargo.toml names the bench target, and cargo refuses a
+# manifest whose targets are missing.
+COPY benches ./benches
 COPY src ./src
 RUN cargo build --release --locked && strip target/release/portcullis && mkdir -p /out/data
 

@@ -591,7 +591,7 @@ async fn ctr_images_pull_native_snapshotter() {
         .unwrap_or_else(|err| panic!("{err}"));
     for b in s.rootfs.blobs() {
         assert!(
-            proxy.has_blob(&b.digest),
+            proxy.stores_blob(&b.digest).await,
             "layer {} did not go through the proxy",
             b.digest
         );
@@ -676,7 +676,7 @@ async fn podman_pull_by_proxy_name() {
     }
     for b in s.rootfs.blobs() {
         assert!(
-            proxy.has_blob(&b.digest),
+            proxy.stores_blob(&b.digest).await,
             "layer {} did not go through the proxy",
             b.digest
         );

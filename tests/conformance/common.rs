@@ -7,7 +7,6 @@ pub(crate) use crate::support::proxy::TestProxy;
 pub(crate) use http::{Method, StatusCode};
 pub(crate) use portcullis::oci::{Algorithm, Digest};
 pub(crate) use serde_json::{Value, json};
-pub(crate) use std::time::{Duration, Instant};
 
 pub const REPO: &str = "conformance/app";
 pub const SIG: &str = "application/vnd.example.signature.v1+json";
@@ -199,11 +198,10 @@ pub fn assert_blob(r: &Resp, digest: &Digest, bytes: &[u8], is_head: bool, what:
 
 /// Wait (bounded) until the proxy has committed `digest` to its store.
 pub async fn wait_cached(proxy: &TestProxy, digest: &Digest) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !proxy.has_blob(digest) {
-        assert!(Instant::now() < deadline, "blob {digest} was not stored within 15 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        proxy.stores_blob(digest).await,
+        "blob {digest} was not stored within 15 s"
+    );
 }
 
 pub fn unknown_digest() -> Digest {

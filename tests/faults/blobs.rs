@@ -103,7 +103,7 @@ async fn range_on_cold_blob_is_206_with_the_right_slice() {
     assert_eq!(resp.bytes(), layer.bytes.slice(1000..2000));
 
     // The whole blob was fetched once, verified and stored.
-    eventually("the blob is stored", || proxy.has_blob(&layer.digest)).await;
+    assert!(proxy.stores_blob(&layer.digest).await, "the blob is stored");
     assert_eq!(fake.blob_gets(REPO, &layer.digest), 1);
     let before = fake.total_requests();
     let resp = client::request(Method::GET, &blob_url(&proxy, &layer.digest), &[("range", "bytes=-10")]).await;

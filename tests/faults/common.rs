@@ -117,8 +117,7 @@ pub async fn assert_good_blob(proxy: &TestProxy, blob: &Blob) {
         Some(blob.digest.to_string().as_str())
     );
     assert_eq!(resp.bytes(), blob.bytes);
-    // The commit (fsync, rename) follows the proof, off the client's path.
-    eventually("the verified blob is stored", || proxy.has_blob(&blob.digest)).await;
+    assert!(proxy.stores_blob(&blob.digest).await, "a verified blob is stored");
 }
 
 /// A cached blob is served again without any upstream request.

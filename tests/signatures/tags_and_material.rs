@@ -213,7 +213,7 @@ async fn blobs_need_an_admitted_manifest_of_the_same_repository() {
         foreign,
         "own repo",
     );
-    assert!(env.proxy.has_blob(&foreign.digest));
+    assert!(env.proxy.stores_blob(&foreign.digest).await);
     assert_blob_denied(&get_blob(&env.proxy, REPO, &foreign.digest).await, &foreign.digest);
     let head = client::head(&env.proxy.url(&format!("/v2/{REPO}/blobs/{}", foreign.digest))).await;
     assert_eq!(head.status, StatusCode::FORBIDDEN);

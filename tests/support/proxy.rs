@@ -115,6 +115,19 @@ impl TestProxy {
         self.blob_path(digest).exists()
     }
 
+    /// Whether `digest` is stored within 15 s: a verified blob is committed
+    /// (fsync, rename) just after its last byte is released to clients.
+    pub async fn stores_blob(&self, digest: &Digest) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !self.has_blob(digest) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Where a stored manifest would be.
     pub fn has_manifest(&self, digest: &Digest) -> bool {
         let hex = digest.hex();
