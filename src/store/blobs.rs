@@ -124,6 +124,7 @@ mod tests {
     use super::*;
     use crate::oci::Algorithm;
     use crate::verify::BlobVerifier;
+    use crate::verify::blob::proof_for;
 
     fn store() -> (tempfile::TempDir, BlobStore) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -138,9 +139,7 @@ mod tests {
         let d = Digest::of(Algorithm::Sha256, b"data");
         let mut w = s.writer(&d).expect("writer");
         w.write(b"data").expect("write");
-        let mut v = BlobVerifier::new(d.clone(), Some(4));
-        v.update(b"data").expect("len");
-        w.commit(v.finish().expect("proof")).expect("commit");
+        w.commit(proof_for(b"data")).expect("commit");
         let (_, len) = s.open(&d).expect("io").expect("present");
         assert_eq!(len, 4);
     }
@@ -171,12 +170,6 @@ mod tests {
         assert!(s.open(&d).expect("io").is_none());
     }
 
-    fn proof_of(bytes: &[u8]) -> DigestMatched {
-        let mut v = BlobVerifier::new(Digest::of(Algorithm::Sha256, bytes), Some(bytes.len() as u64));
-        v.update(bytes).expect("length");
-        v.finish().expect("proof")
-    }
-
     #[test]
     fn reserved_space_does_not_change_the_committed_length() {
         let (_dir, s) = store();
@@ -184,7 +177,7 @@ mod tests {
         let mut w = s.writer(&d).expect("writer");
         w.reserve(1 << 20).expect("reserve");
         w.write(b"data").expect("write");
-        w.commit(proof_of(b"data")).expect("commit");
+        w.commit(proof_for(b"data")).expect("commit");
         let (_, len) = s.open(&d).expect("io").expect("present");
         assert_eq!(len, 4);
     }
@@ -199,7 +192,7 @@ mod tests {
         let d = Digest::of(Algorithm::Sha256, b"data");
         let mut w = s.writer(&d).expect("writer");
         w.write(b"data").expect("write");
-        assert!(w.commit(proof_of(b"data")).is_err());
+        assert!(w.commit(proof_for(b"data")).is_err());
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
     }
 }

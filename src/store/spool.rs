@@ -363,7 +363,6 @@ fn read_at(file: &File, pos: u64, len: u64) -> std::io::Result<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::{Algorithm, Digest};
 
     #[test]
     fn recent_window_slices_without_copying_and_forgets_old_chunks() {
@@ -394,9 +393,7 @@ mod tests {
         assert_eq!(&first[..], b"abcde", "final byte held back until verified");
         let pending = tokio::time::timeout(std::time::Duration::from_millis(50), rx.recv()).await;
         assert!(pending.is_err(), "nothing more before the verdict");
-        let mut verifier = crate::verify::BlobVerifier::new(Digest::of(Algorithm::Sha256, b"abcdef"), Some(6));
-        verifier.update(b"abcdef").expect("length");
-        spool.complete(&verifier.finish().expect("proof"));
+        spool.complete(&crate::verify::blob::proof_for(b"abcdef"));
         let last = rx.recv().await.expect("chunk").expect("ok");
         assert_eq!(&last[..], b"f");
     }

@@ -98,6 +98,18 @@ impl BlobVerifier {
     }
 }
 
+/// The proof for `bytes`, made by running them through the verifier: for
+/// the tests of the proof's consumers (store, spool).
+#[cfg(test)]
+pub(crate) fn proof_for(bytes: &[u8]) -> DigestMatched {
+    let mut v = BlobVerifier::new(
+        Digest::of(crate::oci::Algorithm::Sha256, bytes),
+        Some(bytes.len() as u64),
+    );
+    v.update(bytes).expect("expected length");
+    v.finish().expect("matching digest")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
