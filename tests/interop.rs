@@ -226,12 +226,6 @@ async fn run(program: &str, args: &[&str], limit: Duration) -> String {
 
 // ------------------------------------------------------------- verification
 
-fn sha256_digest(hex: &str) -> Digest {
-    format!("sha256:{hex}")
-        .parse()
-        .unwrap_or_else(|e| panic!("`{hex}` is not a sha256 hex name: {e}"))
-}
-
 /// An OCI layout written by skopeo: the digest `tag` points at, and every
 /// blob (each file's sha256 checked against its name).
 fn read_oci_layout(dir: &Path, tag: &str) -> (Digest, BTreeSet<Digest>) {
@@ -247,38 +241,8 @@ fn read_oci_layout(dir: &Path, tag: &str) -> (Digest, BTreeSet<Digest>) {
     let mut blobs = BTreeSet::new();
     for entry in std::fs::read_dir(dir.join("blobs/sha256")).expect("blobs/sha256") {
         let path = entry.expect("entry").path();
-        let named = sha256_digest(&path.file_name().expect("name").to_string_lossy());
-        assert_eq!(
-            support::images::sha256_file(&path),
-            named,
-            "{} does not hash to its name",
-            path.display()
-        );
-        blobs.insert(named);
-    }
-    (top, blobs)
-}
-
-/// A `dir:` copy: `manifest.json` is the top-level manifest; other files are
-/// blobs named by hex, or `<hex>.manifest.json` for a list's instances.
-fn read_dir_copy(dir: &Path) -> (Digest, BTreeSet<Digest>) {
-    let top = support::images::sha256_file(&dir.join("manifest.json"));
-    let mut blobs = BTreeSet::from([top.clone()]);
-    for entry in std::fs::read_dir(dir).expect("dir copy") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().expect("name").to_string_lossy().into_owned();
-        if name == "manifest.json" || name == "version" {
-            continue;
-        }
-        let hex = name.strip_suffix(".manifest.json").unwrap_or(&name);
-        let named = sha256_digest(hex);
-        assert_eq!(
-            support::images::sha256_file(&path),
-            named,
-            "{} does not hash to its name",
-            path.display()
-        );
-        blobs.insert(named);
+        let hex = path.file_name().expect("name").to_string_lossy().into_owned();
+        blobs.insert(support::images::checked_file_digest(&path, &hex));
     }
     (top, blobs)
 }
@@ -378,7 +342,7 @@ async fn skopeo_through(shape: &str, name_prefix: &str) {
             &dest,
         ];
         run("skopeo", &args, COPY_LIMIT).await;
-        let (got_top, got) = read_dir_copy(&dir);
+        let (got_top, got) = support::images::read_dir_copy(&dir);
         assert_complete_copy(&format!("{shape} {tag} dir:"), &got_top, &got, &e.all(), &e.top.digest);
         // Free the disk before the next image (the big one is 100 MiB).
         std::fs::remove_dir_all(&oci).expect("cleanup");

@@ -1,7 +1,6 @@
 //! Helpers shared by the signature suites: policies, seeding, HTTP and
 //! audit assertions, skopeo, and the upstream + policy + proxy scenario.
 
-pub(crate) use crate::support;
 pub(crate) use crate::support::client::{self, Resp};
 pub(crate) use crate::support::cosign::*;
 pub(crate) use crate::support::distribution::Distribution;
@@ -266,30 +265,6 @@ pub async fn skopeo_refused(proxy: &TestProxy, reference: &str) -> String {
             e
         }
     }
-}
-
-/// A `dir:` copy: the top-level manifest's digest and every file's digest
-/// (each file checked against its name).
-pub fn read_dir_copy(dir: &Path) -> (Digest, BTreeSet<Digest>) {
-    let top = support::images::sha256_file(&dir.join("manifest.json"));
-    let mut all = BTreeSet::from([top.clone()]);
-    for entry in std::fs::read_dir(dir).expect("dir copy") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().expect("name").to_string_lossy().into_owned();
-        if name == "manifest.json" || name == "version" {
-            continue;
-        }
-        let hex = name.strip_suffix(".manifest.json").unwrap_or(&name);
-        let named: Digest = format!("sha256:{hex}").parse().expect("file named by digest");
-        assert_eq!(
-            support::images::sha256_file(&path),
-            named,
-            "{} does not hash to its name",
-            path.display()
-        );
-        all.insert(named);
-    }
-    (top, all)
 }
 
 /// skopeo copies `reference` completely: the copy holds exactly `top` and

@@ -163,3 +163,30 @@ pub fn sha256_file(path: &std::path::Path) -> Digest {
         h.update(&buf[..n]);
     }
 }
+
+/// The sha256 digest a file is named by (`hex`), checked against its contents.
+pub fn checked_file_digest(path: &std::path::Path, hex: &str) -> Digest {
+    let named: Digest = format!("sha256:{hex}")
+        .parse()
+        .unwrap_or_else(|e| panic!("`{hex}` is not a sha256 hex name: {e}"));
+    assert_eq!(sha256_file(path), named, "{} does not hash to its name", path.display());
+    named
+}
+
+/// A `dir:` copy written by skopeo: `manifest.json` is the top-level
+/// manifest; other files are blobs named by hex, or `<hex>.manifest.json`
+/// for a list's instances. The top-level digest and every file's digest.
+pub fn read_dir_copy(dir: &std::path::Path) -> (Digest, std::collections::BTreeSet<Digest>) {
+    let top = sha256_file(&dir.join("manifest.json"));
+    let mut all = std::collections::BTreeSet::from([top.clone()]);
+    for entry in std::fs::read_dir(dir).expect("dir copy") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        if name == "manifest.json" || name == "version" {
+            continue;
+        }
+        let hex = name.strip_suffix(".manifest.json").unwrap_or(&name);
+        all.insert(checked_file_digest(&path, hex));
+    }
+    (top, all)
+}
