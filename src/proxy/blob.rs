@@ -19,12 +19,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
 use super::{Error, Proxy, Target, blocking};
 use crate::oci::Digest;
-use crate::store::spool::{self, ReadError};
+use crate::store::spool::{self, ChunkStream, ReadError};
 use crate::store::{BlobWriter, Join, Spool};
 use crate::telemetry::CacheOutcome;
 use crate::upstream::BlobResponse;
@@ -338,14 +339,19 @@ fn write_all(mut rx: mpsc::Receiver<Bytes>, mut writer: BlobWriter, spool: &Spoo
 /// The response body of a blob: chunks from a spool reader, with an exact
 /// size hint. It ends with an error (so hyper aborts the connection) when
 /// the download fails verification.
-#[derive(Debug)]
 pub struct BlobBody {
-    rx: mpsc::Receiver<Result<Bytes, ReadError<Error>>>,
+    rx: ChunkStream<Error>,
     remaining: u64,
 }
 
+impl std::fmt::Debug for BlobBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobBody").field("remaining", &self.remaining).finish()
+    }
+}
+
 impl BlobBody {
-    fn new(rx: mpsc::Receiver<Result<Bytes, ReadError<Error>>>, len: u64) -> BlobBody {
+    fn new(rx: ChunkStream<Error>, len: u64) -> BlobBody {
         BlobBody { rx, remaining: len }
     }
 }
@@ -358,7 +364,7 @@ impl Body for BlobBody {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
-        match self.rx.poll_recv(cx) {
+        match self.rx.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
                 Poll::Ready(Some(Ok(Frame::data(chunk))))

@@ -7,9 +7,12 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use futures_util::stream::{self, BoxStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::verify::DigestMatched;
@@ -50,6 +53,11 @@ pub struct Spool<E> {
     /// The latest written chunks, `(offset, bytes)`, oldest first. The same
     /// `Bytes` the writer wrote: handing them out copies nothing.
     recent: Mutex<Recent>,
+    /// Readers waiting for the writer (their position has left the
+    /// in-memory window but is not yet in the file). Only they need to hear
+    /// about file progress; waking every reader per written chunk costs a
+    /// context switch each.
+    file_waiters: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +101,7 @@ impl<E: Clone + Send + Sync + 'static> Spool<E> {
         Spool {
             tx: watch::Sender::new(SpoolState::Connecting),
             recent: Mutex::new(Recent::default()),
+            file_waiters: AtomicUsize::new(0),
         }
     }
 
@@ -104,6 +113,7 @@ impl<E: Clone + Send + Sync + 'static> Spool<E> {
                 total,
             }),
             recent: Mutex::new(Recent::default()),
+            file_waiters: AtomicUsize::new(0),
         }
     }
 
@@ -140,13 +150,34 @@ impl<E: Clone + Send + Sync + 'static> Spool<E> {
         });
     }
 
-    /// `written` bytes are now in the file.
+    /// `written` bytes are now in the file. Readers are woken only if one
+    /// waits for the file (see `wait_for_writer`).
     pub fn advance(&self, now_written: u64) {
-        self.tx.send_modify(|s| {
+        self.tx.send_if_modified(|s| {
             if let SpoolState::Streaming { written, .. } = s {
                 *written = now_written;
             }
+            // Read after the update, under the state's lock: a reader that
+            // registered before looking at the state is seen here.
+            self.file_waiters.load(Ordering::SeqCst) > 0
         });
+    }
+
+    /// Wait until the state changes after a reader found its position
+    /// neither in memory nor in the file. It registers as a file waiter,
+    /// then looks again, so an `advance` between its first look and the
+    /// registration cannot be missed: either this look sees the new
+    /// `written`, or that `advance` sees the waiter and notifies.
+    /// `false` if the spool's sender is gone.
+    async fn wait_for_writer(&self, rx: &mut watch::Receiver<SpoolState<E>>, pos: u64) -> bool {
+        self.file_waiters.fetch_add(1, Ordering::SeqCst);
+        let still_waiting = match &*rx.borrow() {
+            SpoolState::Streaming { written, .. } => *written <= pos,
+            _ => false,
+        };
+        let changed = if still_waiting { rx.changed().await } else { Ok(()) };
+        self.file_waiters.fetch_sub(1, Ordering::SeqCst);
+        changed.is_ok()
     }
 
     /// Bytes at `pos` from the in-memory window, if still held there.
@@ -247,15 +278,45 @@ pub async fn wait_complete<E: Clone + std::fmt::Display>(
     }
 }
 
-/// Stream bytes `[start, end)` of the spool to a channel. Until the blob is
-/// verified, the last byte of the range is held back; on failure the stream
-/// ends with an error so the client's response is aborted, never completed.
-pub fn read_range<E>(spool: Arc<Spool<E>>, start: u64, end: u64) -> mpsc::Receiver<Result<Bytes, ReadError<E>>>
+/// A client's bytes of a spool, chunk by chunk.
+pub type ChunkStream<E> = BoxStream<'static, Result<Bytes, ReadError<E>>>;
+
+/// Stream bytes `[start, end)` of the spool. Until the blob is verified, the
+/// last byte of the range is held back; on failure the stream ends with an
+/// error so the client's response is aborted, never completed.
+///
+/// A verified file is read ahead by a task (file reads block, and overlap
+/// with the socket writes that way). A download in progress is followed
+/// in the response's own task: its chunks are already in memory, and a
+/// task in between would cost a wake-up per chunk.
+pub fn read_range<E>(spool: Arc<Spool<E>>, start: u64, end: u64) -> ChunkStream<E>
+where
+    E: Clone + std::fmt::Display + Send + Sync + 'static,
+{
+    let rx = spool.subscribe();
+    if matches!(*rx.borrow(), SpoolState::Complete { .. }) {
+        return read_ahead(spool, rx, start, end);
+    }
+    let follow = (spool, rx, start, false);
+    stream::unfold(follow, move |(spool, mut rx, pos, failed)| async move {
+        if pos >= end || failed {
+            return None;
+        }
+        let next = next_chunk(&spool, &mut rx, pos, end).await;
+        let (pos, failed) = match &next {
+            Ok(chunk) => (pos + chunk.len() as u64, false),
+            Err(_) => (pos, true),
+        };
+        Some((next, (spool, rx, pos, failed)))
+    })
+    .boxed()
+}
+
+fn read_ahead<E>(spool: Arc<Spool<E>>, mut rx: watch::Receiver<SpoolState<E>>, start: u64, end: u64) -> ChunkStream<E>
 where
     E: Clone + std::fmt::Display + Send + Sync + 'static,
 {
     let (tx, out) = mpsc::channel(CLIENT_BUFFER_CHUNKS);
-    let mut rx = spool.subscribe();
     tokio::spawn(async move {
         let mut pos = start;
         while pos < end {
@@ -270,7 +331,7 @@ where
             }
         }
     });
-    out
+    stream::unfold(out, |mut out| async move { out.recv().await.map(|next| (next, out)) }).boxed()
 }
 
 async fn next_chunk<E: Clone + std::fmt::Display + Send + Sync + 'static>(
@@ -296,7 +357,7 @@ async fn next_chunk<E: Clone + std::fmt::Display + Send + Sync + 'static>(
         }
         // Received but already gone from the window and not yet written:
         // wait for the writer.
-        if rx.changed().await.is_err() {
+        if !spool.wait_for_writer(rx, pos).await {
             return Err(ReadError::Abandoned);
         }
     }
@@ -389,12 +450,12 @@ mod tests {
         spool.publish(0, Bytes::from_static(b"abcdef"));
         spool.advance(6);
         let mut rx = read_range(spool.clone(), 0, 6);
-        let first = rx.recv().await.expect("chunk").expect("ok");
+        let first = rx.next().await.expect("chunk").expect("ok");
         assert_eq!(&first[..], b"abcde", "final byte held back until verified");
-        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), rx.recv()).await;
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), rx.next()).await;
         assert!(pending.is_err(), "nothing more before the verdict");
         spool.complete(&crate::verify::blob::proof_for(b"abcdef"));
-        let last = rx.recv().await.expect("chunk").expect("ok");
+        let last = rx.next().await.expect("chunk").expect("ok");
         assert_eq!(&last[..], b"f");
     }
 }
