@@ -349,7 +349,11 @@ async fn next_chunk<E: Clone + std::fmt::Display + Send + Sync + 'static>(
         }
         if limits.file > pos {
             let (file, len) = (limits.handle, (limits.file - pos).min(READ_CHUNK));
-            return match tokio::task::spawn_blocking(move || read_at(&file, pos, len)).await {
+            // Allocated here, on a runtime thread, where hyper frees it after
+            // the socket write: the allocator's per-thread caches then recycle
+            // it, rather than every blocking-pool thread keeping its own.
+            let buf = BytesMut::zeroed(len as usize);
+            return match tokio::task::spawn_blocking(move || read_at(&file, pos, buf)).await {
                 Ok(Ok(chunk)) => Ok(chunk),
                 Ok(Err(e)) => Err(ReadError::Io(e.to_string())),
                 Err(e) => Err(ReadError::Io(e.to_string())),
@@ -415,8 +419,7 @@ async fn readable_until<E: Clone + std::fmt::Display>(
     }
 }
 
-fn read_at(file: &File, pos: u64, len: u64) -> std::io::Result<Bytes> {
-    let mut buf = BytesMut::zeroed(len as usize);
+fn read_at(file: &File, pos: u64, mut buf: BytesMut) -> std::io::Result<Bytes> {
     file.read_exact_at(&mut buf, pos)?;
     Ok(buf.freeze())
 }
