@@ -49,6 +49,7 @@ TMPBASE=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
+RELAY=$ROOT/target/release/examples/tcp_relay
 
 ACCEPT='application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json'
 BIG_REPO=bench/big
@@ -74,6 +75,11 @@ if [[ $SKOPEO == 1 ]] && ! command -v skopeo >/dev/null 2>&1; then
 fi
 
 build_binary
+# The floor reference: a bare TCP relay (examples/tcp_relay.rs).
+if [[ $BUILD == 1 ]]; then
+    (cd "$ROOT" && cargo build --release --example tcp_relay) >&2 || die "cargo build --release --example tcp_relay failed"
+fi
+[[ -x $RELAY ]] || die "$RELAY not found (build it with: cargo build --release --example tcp_relay)"
 pick_loadgen
 
 # --------------------------------------------------------------------------
@@ -485,6 +491,25 @@ one_proxy() {
     say "  $key: cold $(fmt0 "${R[${key}_cold]}") MB/s (proxy CPU $(fmt0 "${R[${key}_cold_cpu]}")%, upstream CPU $(fmt0 "${R[${key}_cold_upcpu]}")%), warm $(fmt0 "${R[${key}_warm]}") MB/s, upstream blob GETs ${R[${key}_seq_upstream_gets]}"
 }
 say "  direct: $(fmt0 "${R[direct_blob]}") MB/s"
+
+# relay_floor KEY [--sha256]: the blob through a bare TCP relay (no HTTP, no
+# store, nothing held back), optionally hashing every byte: what any proxy in
+# the middle can reach on this machine. Best of $REPEAT.
+relay_floor() {
+    local key=$1 port pid log=$W/relay-$1.log
+    shift
+    port=$(free_port)
+    "$RELAY" "127.0.0.1:$port" "127.0.0.1:$UP_PORT" "$@" >"$log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_up "http://127.0.0.1:$port/v2/" "$pid" "tcp relay" "$log"
+    R[${key}_blob]=$(best_of "$REPEAT" "http://127.0.0.1:$port$BLOB_PATH" "$BIG_SIZE")
+    stop_pid "$pid"
+    forget_pid "$pid"
+    say "  $key: $(fmt0 "${R[${key}_blob]}") MB/s"
+}
+relay_floor relay
+relay_floor relay_sha --sha256
 one_proxy pc
 one_proxy dp
 # Portcullis cold fetch verified byte-for-byte: stream a second cold fetch into sha256sum
@@ -651,6 +676,16 @@ cat <<EOF
 | Peak RSS, $CLIENTS x ${BLOB_MIB} MiB cold (VmHWM) / warm (VmRSS sampled every 50 ms), MiB | - | $pc_rss_cold_mib / $pc_rss_warm_mib | $dp_rss_cold_mib / $dp_rss_warm_mib | < 100 MiB | $(verdict "$OK_RSS") |
 | Cached manifest by digest, req/s ($RPS_CONNS conns; p99) | ${R[direct_rps_digest]} (${R[direct_rps_digest_p99]}) | ${R[pc_rps_digest]} (${R[pc_rps_digest_p99]}) | ${R[dp_rps_digest]} (${R[dp_rps_digest_p99]}) | | |
 | Manifest by tag, req/s (Portcullis asks the upstream per request) | ${R[direct_rps_tag]} (${R[direct_rps_tag_p99]}) | ${R[pc_rps_tag]} (${R[pc_rps_tag_p99]}) | ${R[dp_rps_tag]} (${R[dp_rps_tag_p99]}) | | |
+
+What a relay in the middle reaches on this machine (examples/tcp_relay.rs: no HTTP parsing, no store,
+nothing held back; same blob, same run, best of $REPEAT):
+
+| Path | MB/s | x direct |
+|---|---:|---:|
+| Direct upstream | $(fmt0 "$D") | 1.00 |
+| Bare TCP relay | $(fmt0 "${R[relay_blob]}") | $(ratio "${R[relay_blob]}" "$D") |
+| TCP relay hashing every byte (SHA-256, second thread) | $(fmt0 "${R[relay_sha_blob]}") | $(ratio "${R[relay_sha_blob]}" "$D") |
+| Portcullis, cold (hash + temp file + final byte held back) | $(fmt0 "$PCC") | $(ratio "$PCC" "$D") |
 
 Notes: image pulls are sequential curl GETs (manifest, config, layer), each blob streamed through sha256sum
 as a verifying client would. Distribution's proxy opens a second upstream stream for every cold blob to fill its
