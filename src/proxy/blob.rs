@@ -342,6 +342,12 @@ fn write_all(mut rx: mpsc::Receiver<Bytes>, mut writer: BlobWriter, spool: &Spoo
 pub struct BlobBody {
     rx: ChunkStream<Error>,
     remaining: u64,
+    /// A failure seen by one poll, returned by the next. hyper drops the
+    /// connection as soon as a body fails, with what it had buffered (the
+    /// response head, the latest bytes) unsent, and the client would see no
+    /// response at all; one `Pending` in between lets hyper flush them, so
+    /// the response visibly starts and is then aborted.
+    deferred: Option<ReadError<Error>>,
 }
 
 impl std::fmt::Debug for BlobBody {
@@ -352,7 +358,11 @@ impl std::fmt::Debug for BlobBody {
 
 impl BlobBody {
     fn new(rx: ChunkStream<Error>, len: u64) -> BlobBody {
-        BlobBody { rx, remaining: len }
+        BlobBody {
+            rx,
+            remaining: len,
+            deferred: None,
+        }
     }
 }
 
@@ -364,15 +374,21 @@ impl Body for BlobBody {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
-        match self.rx.poll_next_unpin(cx) {
+        if let Some(e) = self.deferred.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        let failure = match self.rx.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
-                Poll::Ready(Some(Ok(Frame::data(chunk))))
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => Poll::Ready(Some(Err(ReadError::Abandoned))),
-            Poll::Pending => Poll::Pending,
-        }
+            Poll::Ready(Some(Err(e))) => e,
+            Poll::Ready(None) => ReadError::Abandoned,
+            Poll::Pending => return Poll::Pending,
+        };
+        self.deferred = Some(failure);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// True only after the final (verified) byte has been handed out.
