@@ -419,4 +419,35 @@ mod tests {
         assert_eq!(ByteRange::Suffix(0).resolve(10), None);
         assert_eq!(ByteRange::FromTo(3, 4).resolve(10), Some((3, 5)));
     }
+
+    #[derive(Default)]
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+
+    impl futures_util::task::ArcWake for CountWakes {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// hyper drops its buffered head and bytes when a body fails: the
+    /// failure must come one (self-woken) `Pending` later, after a flush.
+    #[test]
+    fn a_failure_is_returned_one_poll_after_it_is_seen() {
+        let chunks: Vec<Result<Bytes, ReadError<Error>>> =
+            vec![Ok(Bytes::from_static(b"abc")), Err(ReadError::Abandoned)];
+        let mut body = BlobBody::new(futures_util::stream::iter(chunks).boxed(), 10);
+        let wakes = Arc::new(CountWakes::default());
+        let waker = futures_util::task::waker(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut poll = || Pin::new(&mut body).poll_frame(&mut cx);
+
+        assert!(matches!(poll(), Poll::Ready(Some(Ok(f))) if f.data_ref().is_some_and(|d| &d[..] == b"abc")));
+        assert!(poll().is_pending(), "the failure waits one poll");
+        assert_eq!(
+            wakes.0.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "and asks to be polled again"
+        );
+        assert!(matches!(poll(), Poll::Ready(Some(Err(ReadError::Abandoned)))));
+    }
 }

@@ -461,4 +461,35 @@ mod tests {
         let last = rx.next().await.expect("chunk").expect("ok");
         assert_eq!(&last[..], b"f");
     }
+
+    /// A reader whose position left the in-memory window before the writer
+    /// reached it waits for the writer, and the writer's `advance` wakes it
+    /// (only such readers are notified of file progress).
+    #[tokio::test]
+    async fn a_reader_behind_the_window_is_woken_by_the_writer() {
+        const EARLY: usize = 1 << 20;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"").expect("create");
+        let total = (EARLY + RECENT_BYTES) as u64;
+        let spool: Arc<Spool<String>> = Arc::new(Spool::new());
+        spool.start(File::open(&path).expect("open"), Some(total));
+        spool.publish(0, Bytes::from(vec![b'a'; EARLY]));
+        spool.publish(EARLY as u64, Bytes::from(vec![b'b'; RECENT_BYTES]));
+        assert!(spool.recent(0, 1).is_none(), "the early bytes left the window");
+
+        let mut rx = read_range(spool.clone(), 0, total);
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), rx.next()).await;
+        assert!(waiting.is_err(), "nothing to read before the writer gets there");
+
+        std::fs::write(&path, vec![b'a'; EARLY]).expect("write");
+        spool.advance(EARLY as u64);
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), rx.next())
+            .await
+            .expect("woken by advance")
+            .expect("chunk")
+            .expect("ok");
+        assert_eq!(chunk.len() as u64, READ_CHUNK);
+        assert!(chunk.iter().all(|&b| b == b'a'), "read from the file");
+    }
 }
