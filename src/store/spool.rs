@@ -312,6 +312,8 @@ where
     .boxed()
 }
 
+/// A task reading `[start, end)` of a verified file ahead of the client, at
+/// most `CLIENT_BUFFER_CHUNKS` chunks; it stops when the client goes away.
 fn read_ahead<E>(spool: Arc<Spool<E>>, mut rx: watch::Receiver<SpoolState<E>>, start: u64, end: u64) -> ChunkStream<E>
 where
     E: Clone + std::fmt::Display + Send + Sync + 'static,
