@@ -1,7 +1,21 @@
 #!/usr/bin/env bash
-# Helpers shared by the benchmark scripts (sourced, not run). The caller sets
-# BENCH_TAG (log prefix), MAIN_PID, KEEP, W (scratch dir) and PIDS (servers
-# to stop on exit) before using them.
+# Settings and helpers shared by the benchmark scripts (sourced, not run).
+# The caller sets BENCH_TAG (log prefix) before sourcing, and W (scratch dir)
+# and PIDS (servers to stop on exit) before using the helpers.
+
+# Knobs both benchmarks take (each script's header lists them).
+RPS_SECONDS=${BENCH_RPS_SECONDS:-10}
+RPS_CONNS=${BENCH_RPS_CONNS:-16}
+LOADGEN=${BENCH_LOADGEN:-auto}
+BUILD=${BENCH_BUILD:-1}
+KEEP=${BENCH_KEEP:-0}
+TMPBASE=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH=$ROOT/bench
+BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
+ACCEPT='application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json'
+MAIN_PID=$$
 
 say() { printf '[%s %s] %s\n' "$BENCH_TAG" "$(date +%T)" "$*" >&2; }
 # die MESSAGE: also works inside $(...) and background subshells, by

@@ -38,25 +38,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BLOB_MIB=${BENCH_BLOB_MIB:-512}
 CLIENTS=${BENCH_CLIENTS:-8}
 REPEAT=${BENCH_REPEAT:-3}
-RPS_SECONDS=${BENCH_RPS_SECONDS:-10}
-RPS_CONNS=${BENCH_RPS_CONNS:-16}
-LOADGEN=${BENCH_LOADGEN:-auto}
 SKOPEO=${BENCH_SKOPEO:-1}
-BUILD=${BENCH_BUILD:-1}
-KEEP=${BENCH_KEEP:-0}
-TMPBASE=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BENCH=$ROOT/bench
-BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
 RELAY=$ROOT/target/release/examples/tcp_relay
 
-ACCEPT='application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json'
 BIG_REPO=bench/big
 SMALL_REPO=bench/small
 TAG=v1
-
-MAIN_PID=$$
 
 for v in BLOB_MIB CLIENTS REPEAT RPS_SECONDS RPS_CONNS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v must be a positive integer (got '${!v}')"
@@ -88,12 +76,9 @@ pick_loadgen
 W=$(mktemp -d "$TMPBASE/portcullis-bench.XXXXXX")
 PIDS=()
 
-
-
 trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT
 trap 'exit 1' TERM
-
 
 # wait_up URL PID NAME LOG: poll URL until it answers (bounded), fail if PID dies.
 

@@ -49,24 +49,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 COLD_IMAGES=${BENCH_COLD_IMAGES:-5}
 FORMATS=${BENCH_FORMATS:-legacy, bundle}
-RPS_SECONDS=${BENCH_RPS_SECONDS:-10}
-RPS_CONNS=${BENCH_RPS_CONNS:-16}
 RPS_REPEAT=${BENCH_RPS_REPEAT:-2}
-LOADGEN=${BENCH_LOADGEN:-auto}
-BUILD=${BENCH_BUILD:-1}
-KEEP=${BENCH_KEEP:-0}
-TMPBASE=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BENCH=$ROOT/bench
-BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
-
-ACCEPT='application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json'
 SIGNED_REPO=bench/signed
 UNSIGNED_REPO=bench/unsigned
 TAG=v1
-
-MAIN_PID=$$
 
 for v in COLD_IMAGES RPS_SECONDS RPS_CONNS RPS_REPEAT; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v must be a positive integer (got '${!v}')"
@@ -92,11 +79,9 @@ pick_loadgen
 W=$(mktemp -d "$TMPBASE/portcullis-verify-bench.XXXXXX")
 PIDS=()
 
-
 trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT
 trap 'exit 1' TERM
-
 
 # wait_up URL PID NAME LOG: poll URL until it answers (bounded), fail if PID dies.
 
