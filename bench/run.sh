@@ -80,49 +80,6 @@ trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT
 trap 'exit 1' TERM
 
-# wait_up URL PID NAME LOG: poll URL until it answers (bounded), fail if PID dies.
-
-# write_registry_config FILE PORT STORAGE [REMOTEURL]
-write_registry_config() {
-    local file=$1 port=$2 storage=$3 remote=${4:-}
-    mkdir -p "$storage"
-    cat >"$file" <<YML
-version: 0.1
-log:
-  level: info
-  formatter: json
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $storage
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:$port
-  secret: portcullis-bench-not-a-secret
-YML
-    if [[ -n $remote ]]; then
-        printf 'proxy:\n  remoteurl: %s\n' "$remote" >>"$file"
-    fi
-}
-
-UP_PORT= UP_PID= UP_URL= UP_LOG=
-start_upstream() {
-    UP_PORT=$(free_port)
-    UP_URL=http://127.0.0.1:$UP_PORT
-    UP_LOG=$W/upstream.log
-    write_registry_config "$W/upstream.yml" "$UP_PORT" "$W/upstream-storage"
-    docker-registry serve "$W/upstream.yml" >"$UP_LOG" 2>&1 &
-    UP_PID=$!
-    PIDS+=("$UP_PID")
-    wait_up "$UP_URL/v2/" "$UP_PID" upstream "$UP_LOG"
-    say "upstream docker-registry pid $UP_PID at $UP_URL"
-}
-
 PC_N=0 PC_PID= PC_URL= PC_LOG= PC_DATA=
 start_portcullis() { # fresh data dir every time
     stop_portcullis
@@ -192,20 +149,8 @@ dp_wait_stored() {
 # --------------------------------------------------------------------------
 now() { date +%s.%N; }
 # calc EXPR: floating-point arithmetic (awk), e.g. calc "3 / 2" -> 1.5
-fmt0() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
-fmt1() { awk -v x="$1" 'BEGIN { printf "%.1f", x }'; }
-fmt2() { awk -v x="$1" 'BEGIN { printf "%.2f", x }'; }
 max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 > b + 0) ? a : b }'; }
 lines() { wc -l <"$1" | tr -d ' '; }
-CLK_TCK=$(getconf CLK_TCK)
-# cpu_s PID: user+system CPU seconds used so far by PID (0 if gone)
-cpu_s() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-    stat=${stat##*) } # drop "pid (comm) "
-    # fields after comm: state(3) ... utime(14) stime(15) -> index 11, 12 here
-    awk -v t="$CLK_TCK" '{ printf "%.2f", ($12 + $13) / t }' <<<"$stat"
-}
 vm_kib() { # vm_kib PID FIELD (VmHWM, VmRSS)
     awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
 }
@@ -387,22 +332,6 @@ open(f"{w}/{name}.manifest.json", "wb").write(manifest)
 PY
 }
 
-# push_blob REPO FILE: monolithic upload (POST, then PUT ?digest=)
-push_blob() {
-    local repo=$1 file=$2 digest loc sep code
-    digest=sha256:$(sha "$file")
-    code=$(curl -s -o /dev/null -w '%{http_code}' -I "$UP_URL/v2/$repo/blobs/$digest")
-    [[ $code == 200 ]] && return 0
-    loc=$(curl -sS -f -X POST -D - -o /dev/null "$UP_URL/v2/$repo/blobs/uploads/" |
-        tr -d '\r' | awk 'tolower($1) == "location:" { print $2 }' | tail -1)
-    [[ -n $loc ]] || die "upload POST to $UP_URL/v2/$repo/blobs/uploads/ returned no Location"
-    [[ $loc == /* ]] && loc=$UP_URL$loc
-    sep='?'
-    [[ $loc == *\?* ]] && sep='&'
-    code=$(curl -sS -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Type: application/octet-stream' \
-        -T "$file" "$loc${sep}digest=$digest")
-    [[ $code == 201 ]] || die "upload PUT of $file answered $code"
-}
 # push_image REPO NAME LAYERFILE
 push_image() {
     local repo=$1 name=$2 layer=$3 code

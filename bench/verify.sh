@@ -83,40 +83,6 @@ trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT
 trap 'exit 1' TERM
 
-# wait_up URL PID NAME LOG: poll URL until it answers (bounded), fail if PID dies.
-
-UP_PORT= UP_PID= UP_URL= UP_LOG=
-start_upstream() {
-    UP_PORT=$(free_port)
-    UP_URL=http://127.0.0.1:$UP_PORT
-    UP_LOG=$W/upstream.log
-    mkdir -p "$W/upstream-storage"
-    cat >"$W/upstream.yml" <<YML
-version: 0.1
-log:
-  level: info
-  formatter: json
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $W/upstream-storage
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:$UP_PORT
-  secret: portcullis-bench-not-a-secret
-YML
-    docker-registry serve "$W/upstream.yml" >"$UP_LOG" 2>&1 &
-    UP_PID=$!
-    PIDS+=("$UP_PID")
-    wait_up "$UP_URL/v2/" "$UP_PID" upstream "$UP_LOG"
-    say "upstream docker-registry pid $UP_PID at $UP_URL"
-}
-
 # start_portcullis NAME ARGS...: sets <NAME>_URL, <NAME>_PID, <NAME>_LOG (fresh data dir)
 start_portcullis() {
     local name=$1 port pid log
@@ -138,17 +104,6 @@ start_portcullis() {
 # --------------------------------------------------------------------------
 # small helpers (as bench/run.sh)
 # --------------------------------------------------------------------------
-fmt0() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
-fmt1() { awk -v x="$1" 'BEGIN { printf "%.1f", x }'; }
-fmt2() { awk -v x="$1" 'BEGIN { printf "%.2f", x }'; }
-CLK_TCK=$(getconf CLK_TCK)
-# cpu_s PID: user+system CPU seconds used so far by PID (0 if gone)
-cpu_s() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-    stat=${stat##*) }
-    awk -v t="$CLK_TCK" '{ printf "%.2f", ($12 + $13) / t }' <<<"$stat"
-}
 # median / p90 of numbers on stdin
 quantile() { sort -g | awk -v q="$1" '{ v[NR] = $1 } END { i = int(NR * q + 0.999999); if (i < 1) i = 1; print v[i] }'; }
 
@@ -165,22 +120,6 @@ expect_code() {
     echo "$t"
 }
 
-# push_blob REPO FILE: monolithic upload (POST, then PUT ?digest=)
-push_blob() {
-    local repo=$1 file=$2 digest loc sep code
-    digest=sha256:$(sha "$file")
-    code=$(curl -s -o /dev/null -w '%{http_code}' -I "$UP_URL/v2/$repo/blobs/$digest")
-    [[ $code == 200 ]] && return 0
-    loc=$(curl -sS -f -X POST -D - -o /dev/null "$UP_URL/v2/$repo/blobs/uploads/" |
-        tr -d '\r' | awk 'tolower($1) == "location:" { print $2 }' | tail -1)
-    [[ -n $loc ]] || die "upload POST to $UP_URL/v2/$repo/blobs/uploads/ returned no Location"
-    [[ $loc == /* ]] && loc=$UP_URL$loc
-    sep='?'
-    [[ $loc == *\?* ]] && sep='&'
-    code=$(curl -sS -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Type: application/octet-stream' \
-        -T "$file" "$loc${sep}digest=$digest")
-    [[ $code == 201 ]] || die "upload PUT of $file answered $code"
-}
 # push_manifest REPO REF FILE
 push_manifest() {
     local code
