@@ -170,3 +170,36 @@ push_blob() {
         -T "$file" "$loc${sep}digest=$digest")
     [[ $code == 201 ]] || die "upload PUT of $file answered $code"
 }
+
+# push_manifest REPO REF FILE
+push_manifest() {
+    local code
+    code=$(curl -sS -o "$W/push.out" -w '%{http_code}' -X PUT \
+        -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
+        --data-binary "@$3" "$UP_URL/v2/$1/manifests/$2")
+    [[ $code == 201 ]] || { cat "$W/push.out" >&2; die "manifest PUT $1:$2 answered $code"; }
+}
+
+# make_image NAME LAYERFILE: writes NAME.config.json and NAME.manifest.json (OCI)
+make_image() {
+    python3 - "$W" "$1" "$2" "$(sha "$2")" "$(stat -c %s "$2")" <<'PY'
+import hashlib, json, sys
+w, name, layer, layer_hex, layer_size = sys.argv[1:6]
+config = json.dumps({
+    "architecture": "amd64", "os": "linux",
+    "config": {"Cmd": ["/bin/true"]},
+    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + layer_hex]},
+    "history": [{"created_by": "portcullis bench"}],
+}, separators=(",", ":")).encode()
+open(f"{w}/{name}.config.json", "wb").write(config)
+manifest = json.dumps({
+    "schemaVersion": 2,
+    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+               "digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": "sha256:" + layer_hex, "size": int(layer_size)}],
+}, indent=2).encode()
+open(f"{w}/{name}.manifest.json", "wb").write(manifest)
+PY
+}

@@ -308,40 +308,13 @@ say "generating ${BLOB_MIB} MiB of random data"
 head -c "$((BLOB_MIB * 1024 * 1024))" /dev/urandom >"$W/big.layer"
 head -c 4096 /dev/urandom >"$W/small.layer"
 
-# make_image NAME LAYERFILE: writes NAME.config.json and NAME.manifest.json (OCI)
-make_image() {
-    python3 - "$W" "$1" "$2" "$(sha "$2")" "$(stat -c %s "$2")" <<'PY'
-import hashlib, json, sys
-w, name, layer, layer_hex, layer_size = sys.argv[1:6]
-config = json.dumps({
-    "architecture": "amd64", "os": "linux",
-    "config": {"Cmd": ["/bin/true"]},
-    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + layer_hex]},
-    "history": [{"created_by": "portcullis bench/run.sh"}],
-}, separators=(",", ":")).encode()
-open(f"{w}/{name}.config.json", "wb").write(config)
-manifest = json.dumps({
-    "schemaVersion": 2,
-    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-               "digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
-    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                "digest": "sha256:" + layer_hex, "size": int(layer_size)}],
-}, indent=2).encode()
-open(f"{w}/{name}.manifest.json", "wb").write(manifest)
-PY
-}
-
 # push_image REPO NAME LAYERFILE
 push_image() {
-    local repo=$1 name=$2 layer=$3 code
+    local repo=$1 name=$2 layer=$3
     make_image "$name" "$layer"
     push_blob "$repo" "$W/$name.config.json"
     push_blob "$repo" "$layer"
-    code=$(curl -sS -o "$W/push.out" -w '%{http_code}' -X PUT \
-        -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
-        --data-binary "@$W/$name.manifest.json" "$UP_URL/v2/$repo/manifests/$TAG")
-    [[ $code == 201 ]] || { cat "$W/push.out" >&2; die "manifest PUT for $repo answered $code"; }
+    push_manifest "$repo" "$TAG" "$W/$name.manifest.json"
 }
 
 say "seeding the upstream via the OCI push API"

@@ -120,39 +120,11 @@ expect_code() {
     echo "$t"
 }
 
-# push_manifest REPO REF FILE
-push_manifest() {
-    local code
-    code=$(curl -sS -o "$W/push.out" -w '%{http_code}' -X PUT \
-        -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
-        --data-binary "@$3" "$UP_URL/v2/$1/manifests/$2")
-    [[ $code == 201 ]] || { cat "$W/push.out" >&2; die "manifest PUT $1:$2 answered $code"; }
-}
-
 # push_image REPO TAG NAME: a small image (config + 4 KiB random layer); prints the manifest digest
 push_image() {
     local repo=$1 tag=$2 name=$3
     head -c 4096 /dev/urandom >"$W/$name.layer"
-    python3 - "$W" "$name" "$(sha "$W/$name.layer")" <<'PY'
-import hashlib, json, sys
-w, name, layer_hex = sys.argv[1:4]
-config = json.dumps({
-    "architecture": "amd64", "os": "linux",
-    "config": {"Cmd": ["/bin/true"]},
-    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + layer_hex]},
-    "history": [{"created_by": "portcullis bench/verify.sh"}],
-}, separators=(",", ":")).encode()
-open(f"{w}/{name}.config.json", "wb").write(config)
-manifest = json.dumps({
-    "schemaVersion": 2,
-    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-               "digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
-    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                "digest": "sha256:" + layer_hex, "size": 4096}],
-}, indent=2).encode()
-open(f"{w}/{name}.manifest.json", "wb").write(manifest)
-PY
+    make_image "$name" "$W/$name.layer"
     push_blob "$repo" "$W/$name.config.json"
     push_blob "$repo" "$W/$name.layer"
     push_manifest "$repo" "$tag" "$W/$name.manifest.json"
