@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use support::distribution::Distribution;
 use support::images::*;
 use support::proxy::TestProxy;
-use support::try_run;
+use support::{skopeo_copy_exact, try_run};
 
 const REPO: &str = "test/app";
 /// Size of the large layer (the brief: at least 100 MiB).
@@ -315,16 +315,9 @@ async fn skopeo_through(shape: &str, name_prefix: &str) {
                 assert!(got.contains(&d), "{shape} {tag}: child {d} missing from the layout");
             }
         } else {
-            let args = [
-                "--insecure-policy",
-                "copy",
-                "--all",
-                "--preserve-digests",
-                "--src-tls-verify=false",
-                &src,
-                &dest,
-            ];
-            run("skopeo", &args, COPY_LIMIT).await;
+            skopeo_copy_exact(&src, &dest, COPY_LIMIT)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
             let (got_top, got) = read_oci_layout(&oci, tag);
             assert_complete_copy(&format!("{shape} {tag} oci:"), &got_top, &got, &e.all(), &e.top.digest);
         }
@@ -332,16 +325,9 @@ async fn skopeo_through(shape: &str, name_prefix: &str) {
 
         let dir = work.path().join(format!("dir-{tag}"));
         let dest = format!("dir:{}", dir.display());
-        let args = [
-            "--insecure-policy",
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            &src,
-            &dest,
-        ];
-        run("skopeo", &args, COPY_LIMIT).await;
+        skopeo_copy_exact(&src, &dest, COPY_LIMIT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let (got_top, got) = support::images::read_dir_copy(&dir);
         assert_complete_copy(&format!("{shape} {tag} dir:"), &got_top, &got, &e.all(), &e.top.digest);
         // Free the disk before the next image (the big one is 100 MiB).

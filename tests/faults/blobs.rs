@@ -4,52 +4,38 @@ use super::common::*;
 
 // --- blobs -----------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blob_with_flipped_byte_is_aborted_and_not_stored() {
-    let (fake, proxy, image) = setup(&[1 << 20], 6).await;
+/// A cold 1 MiB blob fetched while the upstream misbehaves with `fault`: the
+/// response is aborted (or refused with `early`) and nothing is stored; once
+/// the upstream behaves, one more GET fetches it and later requests are
+/// served from the store.
+async fn aborted_and_not_stored_then_recovers(seed: u64, fault: Fault, early: Early) {
+    let (fake, proxy, image) = setup(&[1 << 20], seed).await;
     let layer = &image.layers[0];
-    fake.set_fault(&layer.digest, Fault::FlipByte { at: 1000 });
+    fake.set_fault(&layer.digest, fault);
 
     let resp = client::get(&blob_url(&proxy, &layer.digest)).await;
-    assert_aborted_blob(&resp, layer, INTEGRITY);
+    assert_aborted_blob(&resp, layer, early);
     assert_blob_not_stored(&proxy, &layer.digest).await;
 
     fake.clear_faults();
     assert_good_blob(&proxy, layer).await;
-    assert_eq!(fake.blob_gets(REPO, &layer.digest), 2);
     assert_served_from_cache(&fake, &proxy, layer).await;
+    assert_eq!(fake.blob_gets(REPO, &layer.digest), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_with_flipped_byte_is_aborted_and_not_stored() {
+    aborted_and_not_stored_then_recovers(6, Fault::FlipByte { at: 1000 }, INTEGRITY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_blob_is_aborted_and_not_stored() {
-    let (fake, proxy, image) = setup(&[1 << 20], 7).await;
-    let layer = &image.layers[0];
-    fake.set_fault(&layer.digest, Fault::Truncate { at: 600_000 });
-
-    let resp = client::get(&blob_url(&proxy, &layer.digest)).await;
-    assert_aborted_blob(&resp, layer, BROKEN);
-    assert_blob_not_stored(&proxy, &layer.digest).await;
-
-    fake.clear_faults();
-    assert_good_blob(&proxy, layer).await;
-    assert_served_from_cache(&fake, &proxy, layer).await;
-    assert_eq!(fake.blob_gets(REPO, &layer.digest), 2);
+    aborted_and_not_stored_then_recovers(7, Fault::Truncate { at: 600_000 }, BROKEN).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_dropped_mid_blob_is_aborted_and_not_stored() {
-    let (fake, proxy, image) = setup(&[1 << 20], 8).await;
-    let layer = &image.layers[0];
-    fake.set_fault(&layer.digest, Fault::DropMidBlob { after: 5 * CHUNK });
-
-    let resp = client::get(&blob_url(&proxy, &layer.digest)).await;
-    assert_aborted_blob(&resp, layer, BROKEN);
-    assert_blob_not_stored(&proxy, &layer.digest).await;
-
-    fake.clear_faults();
-    assert_good_blob(&proxy, layer).await;
-    assert_served_from_cache(&fake, &proxy, layer).await;
-    assert_eq!(fake.blob_gets(REPO, &layer.digest), 2);
+    aborted_and_not_stored_then_recovers(8, Fault::DropMidBlob { after: 5 * CHUNK }, BROKEN).await;
 }
 
 /// Holdback: a client that does not verify digests never receives a

@@ -7,7 +7,7 @@ pub(crate) use crate::support::distribution::Distribution;
 pub(crate) use crate::support::fake::{FakeRegistry, Fault};
 pub(crate) use crate::support::images::*;
 pub(crate) use crate::support::proxy::TestProxy;
-pub(crate) use crate::support::try_run;
+pub(crate) use crate::support::skopeo_copy_exact;
 pub(crate) use http::{Method, StatusCode};
 pub(crate) use portcullis::oci::Digest;
 pub(crate) use serde_json::{Value, json};
@@ -235,21 +235,7 @@ pub fn reason(e: &Value) -> &str {
 /// the proxy into a `dir:` copy at `dest`.
 pub async fn skopeo_copy(proxy: &TestProxy, reference: &str, dest: &Path) -> Result<String, String> {
     let src = format!("docker://{}/{reference}", proxy.addr);
-    let dest = format!("dir:{}", dest.display());
-    try_run(
-        "skopeo",
-        &[
-            "--insecure-policy",
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            &src,
-            &dest,
-        ],
-        LIMIT,
-    )
-    .await
+    skopeo_copy_exact(&src, &format!("dir:{}", dest.display()), LIMIT).await
 }
 
 /// skopeo must fail because the proxy denied the pull.

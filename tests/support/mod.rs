@@ -29,6 +29,23 @@ pub fn require_tool(name: &str) -> std::path::PathBuf {
     );
 }
 
+/// `skopeo copy --all --preserve-digests` from `src` (a `docker://`
+/// reference; TLS unverified, the test proxy speaks plain HTTP) to `dest`
+/// (`dir:…` or `oci:…`): every platform, and a failure rather than a
+/// conversion if a digest cannot be kept.
+pub async fn skopeo_copy_exact(src: &str, dest: &str, limit: std::time::Duration) -> Result<String, String> {
+    let args = [
+        "--insecure-policy",
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        src,
+        dest,
+    ];
+    try_run("skopeo", &args, limit).await
+}
+
 /// Run a command with a time limit: stdout on success, a report (command,
 /// status, stdout, stderr) otherwise.
 pub async fn try_run(program: &str, args: &[&str], limit: std::time::Duration) -> Result<String, String> {
