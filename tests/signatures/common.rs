@@ -147,10 +147,7 @@ pub fn assert_denied(resp: &Resp, rule: &str, reasons: &[&str]) -> String {
         resp.body
     );
     assert_eq!(resp.error_code(), "DENIED");
-    let message = resp.json()["errors"][0]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let message = resp.error_message();
     assert!(
         message.starts_with(&format!("denied by policy (rule `{rule}`, revision ")),
         "message does not name rule `{rule}`: {message}"
@@ -165,10 +162,7 @@ pub fn assert_denied(resp: &Resp, rule: &str, reasons: &[&str]) -> String {
 pub fn assert_blob_denied(resp: &Resp, digest: &Digest) {
     assert_eq!(resp.status, StatusCode::FORBIDDEN, "blob {digest}: {:?}", resp.body);
     assert_eq!(resp.error_code(), "DENIED");
-    let message = resp.json()["errors"][0]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let message = resp.error_message();
     assert_eq!(
         message,
         format!("blob {digest} is not referenced by an admitted manifest of this repository (pull the manifest first)")

@@ -37,6 +37,10 @@ impl Resp {
     pub fn error_code(&self) -> String {
         self.json()["errors"][0]["code"].as_str().unwrap_or("").to_owned()
     }
+
+    pub fn error_message(&self) -> String {
+        self.json()["errors"][0]["message"].as_str().unwrap_or("").to_owned()
+    }
 }
 
 pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Resp {
