@@ -294,41 +294,45 @@ where
     E: Clone + std::fmt::Display + Send + Sync + 'static,
 {
     let rx = spool.subscribe();
-    if matches!(*rx.borrow(), SpoolState::Complete { .. }) {
-        return read_ahead(spool, rx, start, end);
-    }
-    let follow = (spool, rx, start, false);
-    stream::unfold(follow, move |(spool, mut rx, pos, failed)| async move {
-        if pos >= end || failed {
-            return None;
-        }
-        let next = next_chunk(&spool, &mut rx, pos, end).await;
-        let (pos, failed) = match &next {
-            Ok(chunk) => (pos + chunk.len() as u64, false),
-            Err(_) => (pos, true),
-        };
-        Some((next, (spool, rx, pos, failed)))
-    })
+    let verified = matches!(*rx.borrow(), SpoolState::Complete { .. });
+    let chunks = follow(spool, rx, start, end);
+    if verified { read_ahead(chunks) } else { chunks }
+}
+
+/// The chunks of `[start, end)` as they become readable; ends after the
+/// last one or after the first error.
+fn follow<E>(spool: Arc<Spool<E>>, rx: watch::Receiver<SpoolState<E>>, start: u64, end: u64) -> ChunkStream<E>
+where
+    E: Clone + std::fmt::Display + Send + Sync + 'static,
+{
+    stream::unfold(
+        (spool, rx, start, false),
+        move |(spool, mut rx, pos, failed)| async move {
+            if pos >= end || failed {
+                return None;
+            }
+            let next = next_chunk(&spool, &mut rx, pos, end).await;
+            let (pos, failed) = match &next {
+                Ok(chunk) => (pos + chunk.len() as u64, false),
+                Err(_) => (pos, true),
+            };
+            Some((next, (spool, rx, pos, failed)))
+        },
+    )
     .boxed()
 }
 
-/// A task reading `[start, end)` of a verified file ahead of the client, at
-/// most `CLIENT_BUFFER_CHUNKS` chunks; it stops when the client goes away.
-fn read_ahead<E>(spool: Arc<Spool<E>>, mut rx: watch::Receiver<SpoolState<E>>, start: u64, end: u64) -> ChunkStream<E>
+/// A task pulling `chunks` (of a verified file) ahead of the client, at most
+/// `CLIENT_BUFFER_CHUNKS` of them; it stops when the client goes away.
+fn read_ahead<E>(mut chunks: ChunkStream<E>) -> ChunkStream<E>
 where
     E: Clone + std::fmt::Display + Send + Sync + 'static,
 {
     let (tx, out) = mpsc::channel(CLIENT_BUFFER_CHUNKS);
     tokio::spawn(async move {
-        let mut pos = start;
-        while pos < end {
-            let next = next_chunk(&spool, &mut rx, pos, end).await;
-            let failed = next.is_err();
-            if let Ok(chunk) = &next {
-                pos += chunk.len() as u64;
-            }
+        while let Some(next) = chunks.next().await {
             // A send error means the client went away: stop reading.
-            if tx.send(next).await.is_err() || failed {
+            if tx.send(next).await.is_err() {
                 return;
             }
         }
