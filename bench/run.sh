@@ -379,9 +379,10 @@ one_proxy() {
 }
 say "  direct: $(fmt0 "${R[direct_blob]}") MB/s"
 
-# relay_floor KEY [--sha256]: the blob through a bare TCP relay (no HTTP, no
-# store, nothing held back), optionally hashing every byte: what any proxy in
-# the middle can reach on this machine. Best of $REPEAT.
+# relay_floor KEY [--sha256] [--temp-file DIR]: the blob through a bare TCP
+# relay (no HTTP, nothing held back), optionally hashing every byte and
+# writing it to a temp file: what any proxy in the middle (and any verifying
+# cache) can reach on this machine. Best of $REPEAT.
 relay_floor() {
     local key=$1 port pid log=$W/relay-$1.log
     shift
@@ -397,6 +398,8 @@ relay_floor() {
 }
 relay_floor relay
 relay_floor relay_sha --sha256
+mkdir -p "$W/relay-tmp"
+relay_floor relay_sha_file --sha256 --temp-file "$W/relay-tmp"
 one_proxy pc
 one_proxy dp
 # Portcullis cold fetch verified byte-for-byte: stream a second cold fetch into sha256sum
@@ -564,14 +567,15 @@ cat <<EOF
 | Cached manifest by digest, req/s ($RPS_CONNS conns; p99) | ${R[direct_rps_digest]} (${R[direct_rps_digest_p99]}) | ${R[pc_rps_digest]} (${R[pc_rps_digest_p99]}) | ${R[dp_rps_digest]} (${R[dp_rps_digest_p99]}) | | |
 | Manifest by tag, req/s (Portcullis asks the upstream per request) | ${R[direct_rps_tag]} (${R[direct_rps_tag_p99]}) | ${R[pc_rps_tag]} (${R[pc_rps_tag_p99]}) | ${R[dp_rps_tag]} (${R[dp_rps_tag_p99]}) | | |
 
-What a relay in the middle reaches on this machine (examples/tcp_relay.rs: no HTTP parsing, no store,
-nothing held back; same blob, same run, best of $REPEAT):
+What a relay in the middle reaches on this machine (examples/tcp_relay.rs: no HTTP parsing, nothing
+held back, no fsync; same blob, same run, best of $REPEAT):
 
 | Path | MB/s | x direct |
 |---|---:|---:|
 | Direct upstream | $(fmt0 "$D") | 1.00 |
 | Bare TCP relay | $(fmt0 "${R[relay_blob]}") | $(ratio "${R[relay_blob]}" "$D") |
 | TCP relay hashing every byte (SHA-256, second thread) | $(fmt0 "${R[relay_sha_blob]}") | $(ratio "${R[relay_sha_blob]}" "$D") |
+| TCP relay hashing and writing a temp file (third thread): the work a verifying cache cannot skip | $(fmt0 "${R[relay_sha_file_blob]}") | $(ratio "${R[relay_sha_file_blob]}" "$D") |
 | Portcullis, cold (hash + temp file + final byte held back) | $(fmt0 "$PCC") | $(ratio "$PCC" "$D") |
 
 Notes: image pulls are sequential curl GETs (manifest, config, layer), each blob streamed through sha256sum

@@ -1,49 +1,80 @@
 //! A bare TCP relay: the floor that `bench/run.sh` measures Portcullis
-//! against. It parses no HTTP, stores nothing and holds nothing back: each
-//! connection is copied byte for byte to the upstream and back. With
-//! `--sha256` every byte coming back from the upstream is also hashed on a
-//! second thread, as Portcullis must. What such a relay reaches on a machine
-//! is what any verifying proxy in the middle can hope for there.
+//! against. It parses no HTTP and holds nothing back: each connection is
+//! copied byte for byte to the upstream and back. With `--sha256` every byte
+//! coming back from the upstream is also hashed on a second thread, as
+//! Portcullis must; with `--temp-file DIR` it is also written to a temporary
+//! file in `DIR` on another thread (deleted when the response ends), as
+//! Portcullis must before it can keep a blob. With both, the relay does the
+//! work a verifying cache cannot skip and nothing else: what it reaches on a
+//! machine is what any such proxy in the middle can hope for there.
 //!
 //! ```text
-//! cargo run --release --example tcp_relay -- LISTEN UPSTREAM [--sha256]
+//! cargo run --release --example tcp_relay -- LISTEN UPSTREAM [--sha256] [--temp-file DIR]
 //! ```
 
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use bytes::{Bytes, BytesMut};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 /// Bytes read from the upstream at a time (Portcullis reads 256 KiB too).
 const READ_BUFFER: usize = 256 * 1024;
-/// Chunks queued for the hashing thread.
-const HASH_QUEUE: usize = 64;
+/// Chunks queued for each worker thread (Portcullis queues 64 too).
+const QUEUE: usize = 64;
+
+/// What is done to each response byte besides relaying it.
+#[derive(Clone, Default)]
+struct Work {
+    sha256: bool,
+    temp_dir: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: tcp_relay LISTEN UPSTREAM [--sha256] [--temp-file DIR]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (listen, upstream, hash) = match args.as_slice() {
-        [l, u] => (l, u, false),
-        [l, u, flag] if flag == "--sha256" => (l, u, true),
-        _ => anyhow::bail!("usage: tcp_relay LISTEN UPSTREAM [--sha256]"),
-    };
-    let listen: SocketAddr = listen.parse().context("LISTEN must be ADDR:PORT")?;
-    let upstream: SocketAddr = upstream.parse().context("UPSTREAM must be ADDR:PORT")?;
+    let (listen, upstream, work) = parse_args(&args)?;
     let listener = TcpListener::bind(listen).await?;
+    let work = Arc::new(work);
     loop {
         let (client, _) = listener.accept().await?;
+        let work = work.clone();
         tokio::spawn(async move {
-            if let Err(e) = relay(client, upstream, hash).await {
+            if let Err(e) = relay(client, upstream, &work).await {
                 eprintln!("tcp_relay: {e:#}");
             }
         });
     }
 }
 
-async fn relay(client: TcpStream, upstream: SocketAddr, hash: bool) -> anyhow::Result<()> {
+fn parse_args(args: &[String]) -> anyhow::Result<(SocketAddr, SocketAddr, Work)> {
+    let [listen, upstream, rest @ ..] = args else {
+        anyhow::bail!(USAGE);
+    };
+    let mut work = Work::default();
+    let mut rest = rest.iter();
+    while let Some(flag) = rest.next() {
+        match flag.as_str() {
+            "--sha256" => work.sha256 = true,
+            "--temp-file" => work.temp_dir = Some(rest.next().context(USAGE)?.into()),
+            _ => anyhow::bail!(USAGE),
+        }
+    }
+    let listen = listen.parse().context("LISTEN must be ADDR:PORT")?;
+    let upstream = upstream.parse().context("UPSTREAM must be ADDR:PORT")?;
+    Ok((listen, upstream, work))
+}
+
+async fn relay(client: TcpStream, upstream: SocketAddr, work: &Work) -> anyhow::Result<()> {
     let upstream = TcpStream::connect(upstream)
         .await
         .context("connecting to the upstream")?;
@@ -53,38 +84,59 @@ async fn relay(client: TcpStream, upstream: SocketAddr, hash: bool) -> anyhow::R
     let (mut upstream_read, mut upstream_write) = upstream.into_split();
     // Requests go up as they are.
     tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut upstream_write).await });
-    // Responses come back in reads as large as Portcullis's, so the two
-    // modes and Portcullis differ only in the work done per byte.
-    let (tx, hasher) = if hash {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(HASH_QUEUE);
-        let hasher = tokio::task::spawn_blocking(move || {
-            let mut sha = Sha256::new();
-            while let Some(chunk) = rx.blocking_recv() {
-                sha.update(&chunk);
-            }
-            sha.finalize()
-        });
-        (Some(tx), Some(hasher))
-    } else {
-        (None, None)
-    };
+    let mut workers = Vec::new();
+    if work.sha256 {
+        workers.push(worker(hash_all));
+    }
+    if let Some(dir) = &work.temp_dir {
+        let file = tempfile::tempfile_in(dir).context("creating the temp file")?;
+        workers.push(worker(move |rx| write_all(rx, file)));
+    }
+    // Responses come back in reads as large as Portcullis's, into fresh
+    // buffers shared with the workers (as hyper's are), so the modes and
+    // Portcullis differ only in the work done per byte.
+    let mut buf = BytesMut::new();
     loop {
-        let mut chunk = vec![0u8; READ_BUFFER];
-        let n = upstream_read.read(&mut chunk).await?;
-        if n == 0 {
+        buf.reserve(READ_BUFFER);
+        if upstream_read.read_buf(&mut buf).await? == 0 {
             break;
         }
-        chunk.truncate(n);
+        let chunk = buf.split().freeze();
         client_write.write_all(&chunk).await?;
-        if let Some(tx) = &tx
-            && tx.send(chunk).await.is_err()
-        {
-            break;
+        for (tx, _) in &workers {
+            if tx.send(chunk.clone()).await.is_err() {
+                break;
+            }
         }
     }
-    drop(tx);
-    if let Some(hasher) = hasher {
-        hasher.await.context("hashing thread")?;
+    for (tx, thread) in workers {
+        drop(tx);
+        thread.await.context("worker thread")??;
+    }
+    Ok(())
+}
+
+type Worker = (mpsc::Sender<Bytes>, JoinHandle<anyhow::Result<()>>);
+
+/// A blocking thread fed every response chunk.
+fn worker(run: impl FnOnce(mpsc::Receiver<Bytes>) -> anyhow::Result<()> + Send + 'static) -> Worker {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (tx, tokio::task::spawn_blocking(move || run(rx)))
+}
+
+fn hash_all(mut rx: mpsc::Receiver<Bytes>) -> anyhow::Result<()> {
+    let mut sha = Sha256::new();
+    while let Some(chunk) = rx.blocking_recv() {
+        sha.update(&chunk);
+    }
+    sha.finalize();
+    Ok(())
+}
+
+/// Appends to an unlinked temp file: the page-cache write Portcullis does.
+fn write_all(mut rx: mpsc::Receiver<Bytes>, mut file: std::fs::File) -> anyhow::Result<()> {
+    while let Some(chunk) = rx.blocking_recv() {
+        file.write_all(&chunk).context("writing the temp file")?;
     }
     Ok(())
 }
