@@ -15,7 +15,6 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
@@ -44,7 +43,6 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (listen, upstream, work) = parse_args(&args)?;
     let listener = TcpListener::bind(listen).await?;
-    let work = Arc::new(work);
     loop {
         let (client, _) = listener.accept().await?;
         let work = work.clone();
@@ -96,7 +94,7 @@ async fn relay(client: TcpStream, upstream: SocketAddr, work: &Work) -> anyhow::
     // buffers shared with the workers (as hyper's are), so the modes and
     // Portcullis differ only in the work done per byte.
     let mut buf = BytesMut::new();
-    loop {
+    'relay: loop {
         buf.reserve(READ_BUFFER);
         if upstream_read.read_buf(&mut buf).await? == 0 {
             break;
@@ -104,8 +102,10 @@ async fn relay(client: TcpStream, upstream: SocketAddr, work: &Work) -> anyhow::
         let chunk = buf.split().freeze();
         client_write.write_all(&chunk).await?;
         for (tx, _) in &workers {
+            // A worker that stopped taking chunks has failed: its error is
+            // reported below.
             if tx.send(chunk.clone()).await.is_err() {
-                break;
+                break 'relay;
             }
         }
     }
