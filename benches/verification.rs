@@ -8,7 +8,7 @@
 //! `VERIFY_BENCH_MAX_ITERS` = iteration cap per case [20000].
 //!
 //! Fixtures are the real cosign / Sigstore outputs in
-//! `../shared/fixtures/sigstore/` (read in place). The key-based bundle
+//! `tests/fixtures/sigstore/`. The key-based bundle
 //! without a log entry is generated here with a fresh P-256 key, in the
 //! shape `cosign sign --key --tlog-upload=false` (v3) writes.
 //!
@@ -32,7 +32,7 @@ use portcullis::policy::{Authority, AuthorityKind, Identity, Matcher, Sct, Tlog}
 use portcullis::verify::signature::check::{self, LegacyLayer, SIMPLE_SIGNING_MEDIA_TYPE};
 use portcullis::verify::signature::{PublicKey, SignatureHash, TrustRoot};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/sigstore");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sigstore");
 const TRUSTED_ROOT: &str = "trusted_root/public-good.trusted_root.json";
 
 // ------------------------------------------------------------------ harness
@@ -153,7 +153,7 @@ fn fixture_path(rel: &str) -> PathBuf {
 }
 
 const MISSING_HINT: &str = "The verification benchmark reads the Sigstore golden fixtures in place from \
-<repo>/../shared/fixtures/sigstore (see its README.md); they are not part of this repository.";
+<repo>/tests/fixtures/sigstore (see its README.md).";
 
 fn fixture(rel: &str) -> Vec<u8> {
     let p = fixture_path(rel);

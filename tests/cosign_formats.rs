@@ -21,7 +21,7 @@ use support::images::{Blob, oci_image};
 const REFERENCE: &str = "registry.test:5000/team/app";
 
 fn fixture(rel: &str) -> Vec<u8> {
-    let path = format!("{}/../shared/fixtures/sigstore/{rel}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/fixtures/sigstore/{rel}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
 }
 

@@ -27,7 +27,7 @@ fn write_p256_key(dir: &Path, name: &str) {
 
 fn trusted_root_path() -> String {
     format!(
-        "{}/../shared/fixtures/sigstore/trusted_root/public-good.trusted_root.json",
+        "{}/tests/fixtures/sigstore/trusted_root/public-good.trusted_root.json",
         env!("CARGO_MANIFEST_DIR")
     )
 }

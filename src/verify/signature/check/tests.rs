@@ -1,5 +1,5 @@
 //! Golden tests over the real cosign/Sigstore fixtures in
-//! `../shared/fixtures/sigstore/` (read in place, never copied): positives
+//! `tests/fixtures/sigstore/` (carried in the repository): positives
 //! verify with the expected key or identity, negatives fail for the stated
 //! reason.
 
@@ -11,7 +11,7 @@ use crate::verify::signature::authority::{Authority, AuthorityKind, Identity, Ma
 use crate::verify::signature::{PublicKey, SignatureHash, TrustRoot};
 
 fn fixture_path(rel: &str) -> String {
-    format!("{}/../shared/fixtures/sigstore/{rel}", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/tests/fixtures/sigstore/{rel}", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn fixture(rel: &str) -> Vec<u8> {
