@@ -2,9 +2,11 @@
 //! its kind and the descriptors it references. Bytes are never rewritten;
 //! this parse only reads them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use super::digest::Digest;
+use super::json::{self, Ambiguity};
 
 /// Largest manifest accepted (containerd's `MaxManifestSize` is 4*1048*1048).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -84,6 +86,11 @@ pub enum ManifestError {
     UnsupportedMediaType(String),
     #[error("manifest is not valid JSON: {0}")]
     Json(String),
+    /// Go clients would read the document differently (see [`json`]).
+    #[error("ambiguous manifest: {0}")]
+    Ambiguous(Ambiguity),
+    #[error("manifest is both an image manifest and an index (it has `manifests` and `layers` or `config`)")]
+    Hybrid,
     #[error("manifest schemaVersion must be 2")]
     SchemaVersion,
     #[error("manifest mediaType `{field}` does not match Content-Type `{header}`")]
@@ -103,6 +110,12 @@ pub struct Descriptor {
     pub size: u64,
     #[serde(default)]
     pub artifact_type: Option<String>,
+    /// Where else the content may be downloaded from (clients such as
+    /// containerd fetch these before the registry).
+    #[serde(default)]
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The fields of a manifest that the proxy reasons about.
@@ -124,6 +137,8 @@ pub struct ManifestInfo {
     pub media_type: ManifestMediaType,
     /// Image manifests: config then layers. Indexes: the child manifests.
     pub references: Vec<Descriptor>,
+    /// Image manifests: the config descriptor (also `references[0]`).
+    pub config: Option<Descriptor>,
     pub subject: Option<Descriptor>,
     pub artifact_type: Option<String>,
 }
@@ -135,7 +150,16 @@ impl ManifestInfo {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(ManifestError::TooLarge);
         }
+        // One reading: refuse what a Go client could read differently
+        // before serde reads it.
+        json::check(bytes, &json::IMAGE_DOCUMENT).map_err(|e| match e {
+            Ambiguity::Syntax(s) => ManifestError::Json(s),
+            other => ManifestError::Ambiguous(other),
+        })?;
         let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        if raw.manifests.is_some() && (raw.layers.is_some() || raw.config.is_some()) {
+            return Err(ManifestError::Hybrid);
+        }
         if raw.schema_version == Some(1) {
             return Err(ManifestError::Schema1);
         }
@@ -143,21 +167,30 @@ impl ManifestInfo {
             return Err(ManifestError::SchemaVersion);
         }
         let media_type = Self::media_type(&raw, content_type)?;
-        let references = match (media_type.is_index(), raw.manifests, raw.config, raw.layers) {
-            (true, Some(children), None, None) => children,
+        let (references, config) = match (media_type.is_index(), raw.manifests, raw.config, raw.layers) {
+            (true, Some(children), None, None) => (children, None),
             (false, None, Some(config), layers) => {
-                let mut refs = vec![config];
+                let mut refs = vec![config.clone()];
                 refs.extend(layers.unwrap_or_default());
-                refs
+                (refs, Some(config))
             }
             _ => return Err(ManifestError::Shape(media_type)),
         };
         Ok(ManifestInfo {
             media_type,
             references,
+            config,
             subject: raw.subject,
             artifact_type: raw.artifact_type,
         })
+    }
+
+    /// Image manifests: the layers (everything referenced after the config).
+    pub fn layers(&self) -> &[Descriptor] {
+        match self.config {
+            Some(_) => self.references.get(1..).unwrap_or_default(),
+            None => &[],
+        }
     }
 
     fn media_type(raw: &RawManifest, content_type: Option<&str>) -> Result<ManifestMediaType, ManifestError> {

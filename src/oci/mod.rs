@@ -4,7 +4,9 @@
 //! these types, and request text is parsed into them exactly once.
 
 pub mod digest;
+pub mod json;
 pub mod manifest;
+pub mod material;
 pub mod name;
 pub mod reference;
 
