@@ -182,7 +182,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(UpstreamUrl, HumanDuration, RegistryHost);
+deserialize_from_str!(UpstreamUrl, HumanDuration);
 
 /// Parse YAML text. Errors carry the line and column of the offending value.
 pub fn parse(yaml: &str) -> Result<RawConfig, yaml_serde::Error> {

@@ -220,6 +220,27 @@ impl fmt::Debug for RegistryHost {
     }
 }
 
+/// Names serialise as their text and deserialise through validation, like
+/// [`super::Digest`]: a persisted record cannot smuggle in an invalid name.
+macro_rules! serde_via_str {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
+serde_via_str!(RepoName, Tag, RegistryHost);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,56 +1,144 @@
 //! Admission: before any byte of a manifest is served, its digest must
-//! satisfy the signature policy.
+//! satisfy the signature policy. The only way to obtain servable manifest
+//! bytes is an [`Admitted`] value, which only this module constructs.
 //!
 //! ```text
-//! manifest (verified by digest)
-//!   ├─ integrity-only mode ───────────────────────────────► allow (said in the audit event)
-//!   ├─ listed by an admitted index (indexCoversChildren) ──► the index's decision
-//!   ├─ `sha256-<hex>[.sig|.att|.sbom]` tag or a referrer ──► the subject's decision
-//!   │  (never for runnable images; such an index vouches for nothing)
+//! manifest (verified by digest, read once: oci::json)
+//!   ├─ integrity-only mode ──────────────────────────────────► Admitted (said in the audit event)
+//!   ├─ listed by an index that was *allowed* under the same
+//!   │  rule this manifest's own pull matches ────────────────► the index's decision
+//!   ├─ verification material by exact shape (oci::material)
+//!   │  with a `subject`, or at its `sha256-<hex>[.sig|.att|.sbom]` tag ► the subject's decision
 //!   └─ rule = first match (registry, repository, tag)
 //!        requireDigest and a tag ──────────────────────────► deny
 //!        static / no rule ─────────────────────────────────► policy.evaluate
-//!        verify: verdict cache (digest, revision, rule + repository), one at a time
+//!        verify: verdict cache (digest, revision, rule, registry, repository), one at a time
 //!                 └─ proxy::evidence: discover (referrers + fallback, .sig, .att; bounded)
 //!                    → verify each candidate per authority (blocking pool)
-//!                    → Evidence → policy.evaluate → Decision (allows persisted)
-//! serve ⇔ decision.serves(); then blobs it references are granted for this
-//! repository and, for an index with indexCoversChildren, its children.
+//!                    → Evidence → policy.evaluate → Decision (allows persisted with their key)
+//! serve ⇔ decision.serves() → Admitted { registry, repository, digest, revision, rule }
+//!   → grants its own blobs (memory + store, bound to the revision) and, for an
+//!     allowed index with indexCoversChildren, vouches for its children.
 //! ```
-//! Transient failures (upstream errors, timeouts) are never cached and
-//! never allow.
+//! Transient failures (upstream errors, timeouts) are never cached and never
+//! allow; a poisoned policy lock refuses.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{Error, Proxy, Target};
-use crate::oci::{Digest, RegistryHost, RepoName, Tag};
+use bytes::Bytes;
+
+use super::{Error, Proxy, Target, blocking};
+use crate::oci::material::{self, MaterialKind};
+use crate::oci::{Digest, ManifestInfo, ManifestMediaType, RegistryHost, RepoName, Tag};
 use crate::policy::{self, Decision, Evidence, Mode, Mutability, PolicySet, Rule, RuleAction, Verdict};
-use crate::store::verdicts::VerdictStore;
+use crate::store::GrantKey;
+use crate::store::verdicts::{VerdictKey, VerdictStore};
 use crate::telemetry::audit::{self, AuditEvent, AuditSink};
 use crate::telemetry::metrics::{self, AdmissionOutcome};
 use crate::verify::VerifiedManifest;
 
 /// How long a denial is remembered (so a newly signed image is admitted soon).
 const DENIAL_TTL: Duration = Duration::from_secs(30);
+/// At most this many admissions discover and verify signatures at once;
+/// more wait (bounded) for a slot: anonymous clients cannot make the proxy
+/// open unbounded upstream requests by asking for many unverified digests.
+const MAX_CONCURRENT_DISCOVERIES: usize = 32;
+/// How long an admission waits for a discovery slot before answering busy.
+const DISCOVERY_SLOT_WAIT: Duration = Duration::from_secs(20);
 
-/// (digest, policy revision, "rule registry/repository").
-type VerdictKey = (Digest, String, String);
-type RepoKey = (RegistryHost, RepoName, Digest);
-/// A vouched-for manifest: repository, digest and the policy revision
-/// under which its parent was admitted (a reload invalidates it).
+/// A manifest the gate admitted for one (registry, repository) under one
+/// policy revision and rule. Fields are private and only this module builds
+/// one, so holding an `Admitted` proves the admission happened; the manifest
+/// endpoint can obtain bytes from nothing else.
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    manifest: VerifiedManifest,
+    registry: RegistryHost,
+    repository: RepoName,
+    /// `None` in integrity-only mode.
+    revision: Option<String>,
+    rule: Option<String>,
+    /// `Some(subject)` when admitted as verification material of `subject`.
+    material_of: Option<Digest>,
+}
+
+impl Admitted {
+    pub fn digest(&self) -> &Digest {
+        self.manifest.digest()
+    }
+
+    /// The exact bytes that hash to [`Self::digest`]; serve these verbatim.
+    pub fn bytes(&self) -> &Bytes {
+        self.manifest.bytes()
+    }
+
+    pub fn media_type(&self) -> ManifestMediaType {
+        self.manifest.media_type()
+    }
+
+    pub fn info(&self) -> &ManifestInfo {
+        self.manifest.info()
+    }
+
+    pub fn registry(&self) -> &RegistryHost {
+        &self.registry
+    }
+
+    pub fn repository(&self) -> &RepoName {
+        &self.repository
+    }
+
+    /// The policy revision it was admitted under (`None`: integrity-only).
+    pub fn revision(&self) -> Option<&str> {
+        self.revision.as_deref()
+    }
+
+    pub fn rule(&self) -> Option<&str> {
+        self.rule.as_deref()
+    }
+
+    /// The image this manifest is verification material of, if admitted as such.
+    pub fn material_of(&self) -> Option<&Digest> {
+        self.material_of.as_ref()
+    }
+
+    /// The verified manifest (for storing it; serving goes through `self`).
+    pub(super) fn verified(&self) -> &VerifiedManifest {
+        &self.manifest
+    }
+}
+
+/// What the gate enforces right now.
+enum Enforcement {
+    IntegrityOnly,
+    Policy(Arc<PolicySet>),
+}
+
+/// An admitted index's word for a child: valid only for a child whose own
+/// pull matches the same rule, under the same revision.
+struct Vouch {
+    rule: String,
+    decision: Decision,
+    index: Digest,
+}
+
+/// (registry, repository, child digest, revision).
 type VouchKey = (RegistryHost, RepoName, Digest, String);
 
 /// The admission state: the current policy, verdict cache, vouched-for
-/// manifests and the blobs each repository may serve.
+/// manifests, blob grants and the per-repository presence of manifests.
 pub struct Gate {
     policy: Option<RwLock<Arc<PolicySet>>>,
     policy_dir: Option<PathBuf>,
     verdicts: moka::future::Cache<VerdictKey, Arc<Decision>>,
-    persisted: Option<VerdictStore>,
-    vouched: moka::sync::Cache<VouchKey, Arc<(Decision, String)>>,
-    grants: moka::sync::Cache<RepoKey, ()>,
+    persisted: Option<Arc<VerdictStore>>,
+    vouched: moka::sync::Cache<VouchKey, Arc<Vouch>>,
+    grants: moka::sync::Cache<GrantKey, ()>,
+    /// (registry, repository, manifest digest) known to exist upstream there.
+    presence: moka::sync::Cache<(RegistryHost, RepoName, Digest), ()>,
+    discoveries: tokio::sync::Semaphore,
     audit: AuditSink,
 }
 
@@ -78,7 +166,7 @@ impl Gate {
             None => (None, None),
         };
         Gate {
-            persisted: policy.as_ref().map(|_| VerdictStore::new(verdict_dir)),
+            persisted: policy.as_ref().map(|_| Arc::new(VerdictStore::new(verdict_dir))),
             policy,
             policy_dir,
             verdicts: moka::future::Cache::builder()
@@ -87,13 +175,27 @@ impl Gate {
                 .build(),
             vouched: moka::sync::Cache::new(200_000),
             grants: moka::sync::Cache::new(2_000_000),
+            presence: moka::sync::Cache::new(500_000),
+            discoveries: tokio::sync::Semaphore::new(MAX_CONCURRENT_DISCOVERIES),
             audit,
         }
     }
 
-    /// The policy in force (`None` in integrity-only mode).
+    /// The policy in force (`None` in integrity-only mode, or if the lock
+    /// is poisoned — admission itself refuses in that case).
     pub fn policy(&self) -> Option<Arc<PolicySet>> {
         self.policy.as_ref().and_then(|p| p.read().ok().map(|g| g.clone()))
+    }
+
+    /// What to enforce. A poisoned lock is an error, never integrity-only.
+    fn enforcement(&self) -> Result<Enforcement, Error> {
+        match &self.policy {
+            None => Ok(Enforcement::IntegrityOnly),
+            Some(lock) => lock
+                .read()
+                .map(|p| Enforcement::Policy(p.clone()))
+                .map_err(|_| Error::Internal("the policy lock is poisoned; refusing to admit".into())),
+        }
     }
 
     /// The audit sink (the `verify` command reads its events back).
@@ -105,28 +207,21 @@ impl Gate {
         self.policy_dir.as_ref()
     }
 
-    /// Swap in a new, fully compiled policy. Cached verdicts of the old
-    /// revision no longer match (the revision is part of every key).
+    /// Swap in a new, fully compiled policy. Cached verdicts, vouches and
+    /// grants of the old revision no longer match (the revision is part of
+    /// every key).
     pub fn replace_policy(&self, new: PolicySet) {
-        if let Some(lock) = &self.policy
-            && let Ok(mut p) = lock.write()
-        {
-            *p = Arc::new(new);
+        if let Some(lock) = &self.policy {
+            let mut guard = match lock.write() {
+                Ok(guard) => guard,
+                // The new policy is complete: replacing the value makes
+                // the lock sound again.
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            *guard = Arc::new(new);
+            drop(guard);
+            lock.clear_poison();
         }
-    }
-
-    fn grant(&self, host: &RegistryHost, repo: &RepoName, m: &VerifiedManifest) {
-        if m.media_type().is_index() {
-            return;
-        }
-        for d in &m.info().references {
-            self.grants.insert((host.clone(), repo.clone(), d.digest.clone()), ());
-        }
-    }
-
-    /// Whether a blob may be served from this repository.
-    pub fn blob_allowed(&self, host: &RegistryHost, repo: &RepoName, digest: &Digest) -> bool {
-        self.policy.is_none() || self.grants.contains_key(&(host.clone(), repo.clone(), digest.clone()))
     }
 }
 
@@ -135,6 +230,23 @@ struct Ask<'a> {
     target: &'a Target,
     tag: Option<&'a Tag>,
     client: &'a str,
+}
+
+/// How an admitted manifest relates to what it references.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Admitted on its own (or vouched by an index): grants its blobs, and
+    /// an allowed index vouches for its children.
+    Own,
+    /// Verification material: grants its own (material-typed) blobs only,
+    /// vouches for nothing.
+    Material,
+}
+
+/// Why a manifest is verification material of another image.
+struct MaterialOf {
+    subject: Digest,
+    why: &'static str,
 }
 
 impl Proxy {
@@ -158,45 +270,26 @@ impl Proxy {
         &self,
         target: &Target,
         tag: Option<&Tag>,
-        manifest: &VerifiedManifest,
+        manifest: VerifiedManifest,
         client: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<Admitted, Error> {
         let ask = Ask { target, tag, client };
-        let Some(policy) = self.gate.policy() else {
-            let d = Decision {
-                verdict: Verdict::Allow,
-                mode: Mode::Enforce,
-                rule: None,
-                satisfied: Vec::new(),
-                reasons: vec!["integrity-only mode: no signature policy; bytes verified by digest".into()],
-            };
-            self.audit(&ask, manifest.digest(), &d, None, false);
-            return Ok(());
+        let policy = match self.gate.enforcement()? {
+            Enforcement::IntegrityOnly => return Ok(self.admit_integrity_only(&ask, manifest)),
+            Enforcement::Policy(p) => p,
         };
-        let host = target.registry.host().clone();
-        let key = (
-            host.clone(),
-            target.repo.clone(),
-            manifest.digest().clone(),
-            policy.revision.clone(),
-        );
-        if let Some(v) = self.gate.vouched.get(&key) {
-            let (decision, why) = &*v;
-            let mut d = decision.clone();
-            d.reasons.insert(0, why.clone());
-            return self.conclude(&ask, manifest, &d, &policy, true, true);
+        let host = target.registry.host();
+        let own_rule = policy.rule_for(host.as_str(), target.repo.as_str(), tag.map(Tag::as_str));
+        if let Some(d) = self.vouched_decision(target, manifest.digest(), own_rule, &policy) {
+            return self.conclude(&ask, manifest, &d, &policy, true, Role::Own).await;
         }
-        if let Some((subject, why)) = material_subject(tag, manifest) {
+        if let Some(m) = material_of(tag, manifest.info()) {
             let rule = policy.rule_for(host.as_str(), target.repo.as_str(), None);
-            let (mut d, cached) = self.decide(target, &subject, rule, &policy).await;
-            d.reasons.insert(0, format!("{why} {subject}"));
-            // Material is served under its subject's decision, but an index
-            // in a material tag (e.g. the referrers fallback) vouches for
-            // nothing: what it lists is admitted on its own.
-            return self.conclude(&ask, manifest, &d, &policy, cached, false);
+            let (mut d, cached) = self.decide(target, &m.subject, rule, &policy).await?;
+            d.reasons.insert(0, format!("{} {}", m.why, m.subject));
+            return self.conclude(&ask, manifest, &d, &policy, cached, Role::Material).await;
         }
-        let rule = policy.rule_for(host.as_str(), target.repo.as_str(), tag.map(Tag::as_str));
-        if let (Some(r), Some(t)) = (rule, tag)
+        if let (Some(r), Some(t)) = (own_rule, tag)
             && r.require_digest
         {
             let d = Decision {
@@ -206,102 +299,245 @@ impl Proxy {
                 satisfied: Vec::new(),
                 reasons: vec![format!("rule requires pulls by digest; `{t}` is a tag")],
             };
-            return self.conclude(&ask, manifest, &d, &policy, false, true);
+            return self.conclude(&ask, manifest, &d, &policy, false, Role::Own).await;
         }
-        let (d, cached) = self.decide(target, manifest.digest(), rule, &policy).await;
-        self.conclude(&ask, manifest, &d, &policy, cached, true)
+        let (d, cached) = self.decide(target, manifest.digest(), own_rule, &policy).await?;
+        self.conclude(&ask, manifest, &d, &policy, cached, Role::Own).await
     }
 
-    /// Audit, then serve or refuse. A served index vouches for its children
-    /// when the rule says so (and `vouches`: not for verification material);
-    /// a served manifest grants its blobs.
-    fn conclude(
+    fn admit_integrity_only(&self, ask: &Ask<'_>, manifest: VerifiedManifest) -> Admitted {
+        let d = Decision {
+            verdict: Verdict::Allow,
+            mode: Mode::Enforce,
+            rule: None,
+            satisfied: Vec::new(),
+            reasons: vec!["integrity-only mode: no signature policy; bytes verified by digest".into()],
+        };
+        self.audit(ask, manifest.digest(), &d, None, false);
+        Admitted {
+            manifest,
+            registry: ask.target.registry.host().clone(),
+            repository: ask.target.repo.clone(),
+            revision: None,
+            rule: None,
+            material_of: None,
+        }
+    }
+
+    /// The decision of an index that vouched for `digest`, if the index was
+    /// allowed (not merely served in audit) under the very rule this pull
+    /// matches: an index admitted under a tag-scoped or other rule says
+    /// nothing about a child pulled by digest under another.
+    fn vouched_decision(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        own_rule: Option<&Rule>,
+        policy: &PolicySet,
+    ) -> Option<Decision> {
+        let key = (
+            target.registry.host().clone(),
+            target.repo.clone(),
+            digest.clone(),
+            policy.revision.clone(),
+        );
+        let vouch = self.gate.vouched.get(&key)?;
+        if own_rule.is_none_or(|r| r.name != vouch.rule) {
+            return None;
+        }
+        let mut d = vouch.decision.clone();
+        d.reasons.insert(0, format!("listed by admitted index {}", vouch.index));
+        Some(d)
+    }
+
+    /// Audit, then serve or refuse. What is served grants its blobs; an
+    /// allowed index with `indexCoversChildren` vouches for its children.
+    async fn conclude(
         &self,
         ask: &Ask<'_>,
-        manifest: &VerifiedManifest,
+        manifest: VerifiedManifest,
         d: &Decision,
         policy: &PolicySet,
         cached: bool,
-        vouches: bool,
-    ) -> Result<(), Error> {
+        role: Role,
+    ) -> Result<Admitted, Error> {
         self.audit(ask, manifest.digest(), d, Some(&policy.revision), cached);
         if !d.serves() {
             return Err(Error::Denied {
                 message: denial_message(d, policy),
             });
         }
-        let host = ask.target.registry.host();
-        self.gate.grant(host, &ask.target.repo, manifest);
-        let covers = d
+        let admitted = Admitted {
+            registry: ask.target.registry.host().clone(),
+            repository: ask.target.repo.clone(),
+            revision: Some(policy.revision.clone()),
+            rule: d.rule.clone(),
+            material_of: match role {
+                Role::Material => material_of(ask.tag, manifest.info()).map(|m| m.subject),
+                Role::Own => None,
+            },
+            manifest,
+        };
+        self.grant_blobs(&admitted);
+        if role == Role::Own {
+            self.vouch_for_children(&admitted, d, policy);
+        }
+        Ok(admitted)
+    }
+
+    /// Grant what an admitted manifest references, in memory and in the
+    /// store, bound to the revision: an image's (or material's) blobs, an
+    /// index's child manifests, and the manifest's own digest (which also
+    /// records that this repository has it). Material's blobs are all
+    /// material-typed and small: `oci::material` checked the shape.
+    fn grant_blobs(&self, admitted: &Admitted) {
+        let Some(revision) = admitted.revision() else { return };
+        let digests = std::iter::once(admitted.digest()).chain(admitted.info().references.iter().map(|d| &d.digest));
+        let mut new = Vec::new();
+        for digest in digests {
+            let key = GrantKey {
+                registry: admitted.registry.clone(),
+                repository: admitted.repository.clone(),
+                blob: digest.clone(),
+                revision: revision.to_owned(),
+            };
+            if !self.gate.grants.contains_key(&key) {
+                self.gate.grants.insert(key.clone(), ());
+                new.push(key);
+            }
+        }
+        if new.is_empty() {
+            return;
+        }
+        // Persisted off the response path: the memory grant already holds
+        // for this process; the store's copy is for a restart.
+        let store = self.store.clone();
+        let manifest = admitted.digest().clone();
+        tokio::task::spawn_blocking(move || {
+            for key in &new {
+                store.grants.put(key, &manifest);
+            }
+        });
+    }
+
+    fn vouch_for_children(&self, admitted: &Admitted, d: &Decision, policy: &PolicySet) {
+        if !admitted.media_type().is_index() || d.verdict != Verdict::Allow {
+            return;
+        }
+        let Some(rule) = d
             .rule
             .as_ref()
             .and_then(|name| policy.rules.iter().find(|r| &r.name == name))
-            .is_none_or(|r| r.index_covers_children);
-        if vouches && manifest.media_type().is_index() && covers {
-            let why = format!("listed by admitted index {}", manifest.digest());
-            for child in &manifest.info().references {
-                let key = (
-                    host.clone(),
-                    ask.target.repo.clone(),
-                    child.digest.clone(),
-                    policy.revision.clone(),
-                );
-                self.gate.vouched.insert(key, Arc::new((d.clone(), why.clone())));
-            }
+        else {
+            return;
+        };
+        if !rule.index_covers_children {
+            return;
         }
-        Ok(())
+        let vouch = Arc::new(Vouch {
+            rule: rule.name.clone(),
+            decision: d.clone(),
+            index: admitted.digest().clone(),
+        });
+        for child in &admitted.info().references {
+            let key = (
+                admitted.registry.clone(),
+                admitted.repository.clone(),
+                child.digest.clone(),
+                policy.revision.clone(),
+            );
+            self.gate.vouched.insert(key, vouch.clone());
+        }
+    }
+
+    /// Whether a blob may be served from this repository: an admitted
+    /// manifest of this repository granted it under the current revision
+    /// (in memory, or persisted by an earlier run). Integrity-only mode
+    /// serves any blob that matches its digest.
+    pub(super) async fn blob_granted(&self, target: &Target, digest: &Digest) -> Result<bool, Error> {
+        let policy = match self.gate.enforcement()? {
+            Enforcement::IntegrityOnly => return Ok(true),
+            Enforcement::Policy(p) => p,
+        };
+        let key = GrantKey {
+            registry: target.registry.host().clone(),
+            repository: target.repo.clone(),
+            blob: digest.clone(),
+            revision: policy.revision.clone(),
+        };
+        if self.gate.grants.contains_key(&key) {
+            return Ok(true);
+        }
+        let store = self.store.clone();
+        let probe = key.clone();
+        let persisted = blocking(move || Ok(store.grants.contains(&probe))).await?;
+        if persisted {
+            self.gate.grants.insert(key, ());
+        }
+        Ok(persisted)
+    }
+
+    /// Record that (registry, repository) has `digest` upstream.
+    pub(super) fn record_presence(&self, target: &Target, digest: &Digest) {
+        self.gate.presence.insert(
+            (target.registry.host().clone(), target.repo.clone(), digest.clone()),
+            (),
+        );
+    }
+
+    /// Whether (registry, repository) is known to have `digest` upstream.
+    pub(super) fn known_present(&self, target: &Target, digest: &Digest) -> bool {
+        self.gate
+            .presence
+            .contains_key(&(target.registry.host().clone(), target.repo.clone(), digest.clone()))
     }
 
     /// The decision for `digest` under `rule`: from the cache, or verified
-    /// now (one verification per key at a time). Returns whether it was cached.
+    /// now (one verification per key at a time). Returns whether it was
+    /// cached. Only "too busy" is an error; every other failure is a
+    /// denial that is not cached.
     async fn decide(
         &self,
         target: &Target,
         digest: &Digest,
         rule: Option<&Rule>,
         policy: &PolicySet,
-    ) -> (Decision, bool) {
+    ) -> Result<(Decision, bool), Error> {
         let Some(rule) = rule.filter(|r| matches!(r.action, RuleAction::Verify(_))) else {
-            return (policy::eval::evaluate(policy, rule, &Evidence::default()), false);
+            return Ok((policy::eval::evaluate(policy, rule, &Evidence::default()), false));
         };
         // Signatures are discovered in the repository pulled from, so the
         // verdict is per repository: a denial where no signature is found
         // must not refuse the same digest where it is signed.
-        let scope = format!("{} {}/{}", rule.name, target.registry.host(), target.repo);
-        let key: VerdictKey = (digest.clone(), policy.revision.clone(), scope);
+        let key = VerdictKey {
+            digest: digest.clone(),
+            revision: policy.revision.clone(),
+            rule: rule.name.clone(),
+            registry: target.registry.host().clone(),
+            repository: target.repo.clone(),
+        };
         if let Some(d) = self.gate.verdicts.get(&key).await {
-            return ((*d).clone(), true);
+            return Ok(((*d).clone(), true));
         }
-        if let Some(d) = self.gate.persisted.as_ref().and_then(|s| s.get(&key)) {
+        if let Some(d) = self.persisted_verdict(&key).await {
             let d = Arc::new(d);
             self.gate.verdicts.insert(key, d.clone()).await;
-            return ((*d).clone(), true);
+            return Ok(((*d).clone(), true));
         }
         let started = Instant::now();
         let verified = self
             .gate
             .verdicts
-            .try_get_with(key.clone(), async {
-                let (evidence, notes) = self.collect_evidence(target, digest, rule, policy).await?;
-                let mut d = policy::eval::evaluate(policy, Some(rule), &evidence);
-                if d.verdict == Verdict::Deny {
-                    d.reasons.extend(notes);
-                }
-                if d.verdict == Verdict::Allow
-                    && let Some(store) = &self.gate.persisted
-                {
-                    store.put(&key, &d);
-                }
-                Ok::<_, Error>(Arc::new(d))
-            })
+            .try_get_with(key.clone(), self.verify_now(target, digest, rule, policy, &key))
             .await;
         match verified {
             Ok(d) => {
                 tracing::debug!(%digest, rule = %rule.name, ms = started.elapsed().as_millis() as u64, verdict = ?d.verdict, "verified");
-                ((*d).clone(), false)
+                Ok(((*d).clone(), false))
             }
+            Err(e) if matches!(*e, Error::Busy { .. }) => Err((*e).clone()),
             // No definitive verdict: deny, and cache nothing.
-            Err(e) => (
+            Err(e) => Ok((
                 Decision {
                     verdict: Verdict::Deny,
                     mode: rule.mode,
@@ -312,8 +548,46 @@ impl Proxy {
                     )],
                 },
                 false,
-            ),
+            )),
         }
+    }
+
+    async fn persisted_verdict(&self, key: &VerdictKey) -> Option<Decision> {
+        let store = self.gate.persisted.clone()?;
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || store.get(&key))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Discover and verify now, holding one of the bounded discovery slots.
+    async fn verify_now(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        rule: &Rule,
+        policy: &PolicySet,
+        key: &VerdictKey,
+    ) -> Result<Arc<Decision>, Error> {
+        let _slot = tokio::time::timeout(DISCOVERY_SLOT_WAIT, self.gate.discoveries.acquire())
+            .await
+            .map_err(|_| Error::Busy {
+                what: "signature verifications",
+            })?
+            .map_err(|_| Error::Internal("discovery limiter closed".into()))?;
+        let (evidence, notes) = self.collect_evidence(target, digest, rule, policy).await?;
+        let mut d = policy::eval::evaluate(policy, Some(rule), &evidence);
+        if d.verdict == Verdict::Deny {
+            d.reasons.extend(notes);
+        }
+        if d.verdict == Verdict::Allow
+            && let Some(store) = &self.gate.persisted
+        {
+            let (store, key, decision) = (store.clone(), key.clone(), d.clone());
+            tokio::task::spawn_blocking(move || store.put(&key, &decision));
+        }
+        Ok(Arc::new(d))
     }
 
     fn audit(&self, ask: &Ask<'_>, digest: &Digest, d: &Decision, revision: Option<&str>, cached: bool) {
@@ -355,28 +629,32 @@ impl Proxy {
     }
 }
 
-/// Whether `manifest` is verification material of another image: a
-/// `sha256-<hex>[.sig|.att|.sbom]` tag, or a manifest with a `subject`.
-/// A runnable image (container image layers) is never material, whatever
-/// its tag or `subject` say: it must be admitted on its own.
-fn material_subject(tag: Option<&Tag>, manifest: &VerifiedManifest) -> Option<(Digest, &'static str)> {
-    let image_layer = |t: &str| {
-        t.starts_with("application/vnd.oci.image.layer.") || t.starts_with("application/vnd.docker.image.rootfs.")
-    };
-    if manifest.info().references.iter().any(|d| image_layer(&d.media_type)) {
-        return None;
+/// Whether a manifest is verification material of another image: it has a
+/// material shape (`oci::material`, by allow-list) and either a `subject`
+/// or the legacy tag of that kind. Anything else, whatever its tag or
+/// `subject` say, is admitted on its own.
+fn material_of(tag: Option<&Tag>, info: &ManifestInfo) -> Option<MaterialOf> {
+    let kind = material::classify(info);
+    if let Some(subject) = &info.subject {
+        return kind.map(|_| MaterialOf {
+            subject: subject.digest.clone(),
+            why: "referrer of",
+        });
     }
-    if let Some(subject) = &manifest.info().subject {
-        return Some((subject.digest.clone(), "referrer of"));
-    }
-    let t = tag?.as_str();
-    let base = [".sig", ".att", ".sbom"]
-        .iter()
-        .find_map(|s| t.strip_suffix(s))
-        .unwrap_or(t);
-    let (alg, hex) = base.split_once('-')?;
-    let digest = format!("{alg}:{hex}").parse().ok()?;
-    Some((digest, "verification material of"))
+    let (subject, legacy) = material::legacy_tag(tag?.as_str())?;
+    legacy.holds(kind, info.media_type.is_index()).then_some(MaterialOf {
+        subject,
+        why: if kind.is_some() {
+            "verification material of"
+        } else {
+            "referrers index of"
+        },
+    })
+}
+
+/// The kinds of material whose blobs discovery reads (for `evidence`).
+pub(super) fn is_kind(info: &ManifestInfo, kind: MaterialKind) -> bool {
+    material::classify(info) == Some(kind)
 }
 
 fn denial_message(d: &Decision, policy: &PolicySet) -> String {

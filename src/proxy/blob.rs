@@ -98,7 +98,7 @@ impl Proxy {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobServed, Error> {
-        if !self.gate.blob_allowed(target.registry.host(), &target.repo, digest) {
+        if !self.blob_granted(target, digest).await? {
             return Err(Error::Denied {
                 message: format!(
                     "blob {digest} is not referenced by an admitted manifest of this repository (pull the manifest first)"

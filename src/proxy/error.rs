@@ -22,6 +22,10 @@ pub enum Error {
     BadListing { what: &'static str, message: String },
     #[error("{message}")]
     Denied { message: String },
+    /// A bounded resource is exhausted (anonymous amplification limits);
+    /// the client should retry.
+    #[error("too many concurrent {what}; retry later")]
+    Busy { what: &'static str },
     #[error("local store: {0}")]
     Store(Arc<StoreError>),
     #[error("internal error: {0}")]

@@ -13,26 +13,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http::HeaderValue;
 
+use super::admission;
+use super::manifest::Staleness;
+use super::referrers::Enrich;
 use super::{Error, Proxy, Target};
-use crate::oci::{Digest, Reference, Tag};
+use crate::oci::manifest::{DEFAULT_ACCEPT, MAX_MANIFEST_BYTES};
+use crate::oci::material::{MAX_MATERIAL_BYTES, MaterialKind};
+use crate::oci::{Descriptor, Digest, Reference, Tag};
 use crate::policy::{self, Evidence, PolicySet, Rule, RuleAction};
 use crate::verify::signature::check::{self, LegacyLayer, SigError};
-use crate::verify::{BlobVerifier, VerifiedManifest};
+use crate::verify::{self, BlobVerifier, IntegrityError, VerifiedManifest};
 
-/// Largest signature/attestation/bundle blob fetched.
-const MAX_MATERIAL_BYTES: u64 = 2 * 1024 * 1024;
 /// Most candidate layers examined per image.
 const MAX_CANDIDATES: usize = 64;
 /// Most referrer manifests examined per image.
 const MAX_REFERRERS: usize = 32;
+/// Material blobs fetched at once per discovery.
+const BLOB_CONCURRENCY: usize = 8;
+/// Most discarded-candidate notes kept for a denial's reasons.
+const MAX_NOTES: usize = 8;
 /// Time budget for discovering verification material.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Proxy {
     /// Find and verify the signatures and attestations of `digest` for the
     /// authorities `rule` names. Returns the evidence and, for denials, notes
-    /// on what was found but did not verify.
+    /// on what was found but did not verify or was discarded.
     pub(super) async fn collect_evidence(
         &self,
         target: &Target,
@@ -44,7 +53,7 @@ impl Proxy {
             return Ok((Evidence::default(), Vec::new()));
         };
         let want_attestations = !req.attestations.is_empty();
-        let candidates = tokio::time::timeout(
+        let (candidates, mut discarded) = tokio::time::timeout(
             DISCOVERY_TIMEOUT,
             self.discover(target, digest, &rule.formats, want_attestations),
         )
@@ -69,118 +78,202 @@ impl Proxy {
         if found == 0 {
             notes.insert(0, "no signatures or attestations found".into());
         }
+        discarded.truncate(MAX_NOTES);
+        notes.extend(discarded);
         Ok((evidence, notes))
     }
 
     /// Collect candidate signatures/attestations through the proxy's own
     /// upstream client: referrers (API or `sha256-<hex>` index) for bundles,
-    /// `sha256-<hex>.sig`/`.att` for the legacy scheme. A 404 means "none";
-    /// any other failure aborts (and so denies, uncached).
+    /// `sha256-<hex>.sig`/`.att` for the legacy scheme, all at once (cold
+    /// admission is bound by upstream round trips). A 404 means "none"; a
+    /// candidate that fails verification or is ambiguous is discarded with
+    /// a note (a pusher must not get a signed image refused by adding one bad
+    /// document beside it); an upstream failure aborts, and so denies,
+    /// uncached, with no stale fallback.
     async fn discover(
         &self,
         target: &Target,
         digest: &Digest,
         formats: &[policy::Format],
         attestations: bool,
-    ) -> Result<Vec<Candidate>, Error> {
-        // Both schemes are looked up at once: cold admission is bound by
-        // upstream round trips, not by cryptography.
+    ) -> Result<(Vec<Candidate>, Vec<String>), Error> {
         let bundles = async {
             if formats.contains(&policy::Format::Bundle) {
                 self.discover_bundles(target, digest).await
             } else {
-                Ok(Vec::new())
+                Ok(Found::default())
             }
         };
-        let legacy = async {
-            if formats.contains(&policy::Format::Legacy) {
-                self.discover_legacy(target, digest, attestations).await
+        let legacy = |suffix: &'static str, wanted: bool| async move {
+            if wanted && formats.contains(&policy::Format::Legacy) {
+                self.discover_legacy(target, digest, suffix).await
             } else {
-                Ok(Vec::new())
+                Ok(Found::default())
             }
         };
-        let (bundles, legacy) = tokio::join!(bundles, legacy);
-        let mut out = bundles?;
-        out.extend(legacy?);
-        out.truncate(MAX_CANDIDATES);
-        Ok(out)
+        let (bundles, sig, att) = tokio::join!(bundles, legacy("sig", true), legacy("att", attestations));
+        let mut found = bundles?;
+        found.merge(sig?);
+        found.merge(att?);
+        found.candidates.truncate(MAX_CANDIDATES);
+        Ok((found.candidates, found.discarded))
     }
 
     /// Sigstore bundles attached as referrers (API or fallback index).
-    async fn discover_bundles(&self, target: &Target, digest: &Digest) -> Result<Vec<Candidate>, Error> {
-        let mut out = Vec::new();
-        let index = self.referrers(target, digest, None).await?;
-        let listed: serde_json::Value =
-            serde_json::from_slice(&index.body).map_err(|e| Error::Internal(e.to_string()))?;
-        let manifests = listed["manifests"].as_array().cloned().unwrap_or_default();
-        for d in manifests.iter().take(MAX_REFERRERS) {
-            let Some(Ok(ref_digest)) = d["digest"].as_str().map(str::parse::<Digest>) else {
-                continue;
-            };
-            let m = self
-                .fetch_manifest(target, &Reference::Digest(ref_digest), None)
-                .await?;
-            for layer in layers(&m.manifest) {
-                if layer.media_type.starts_with("application/vnd.dev.sigstore.bundle") && out.len() < MAX_CANDIDATES {
-                    let blob = self.material_blob(target, &layer).await?;
-                    out.push(Candidate::Bundle {
-                        source: format!("bundle in referrer {}", m.manifest.digest()),
-                        json: blob,
-                    });
+    async fn discover_bundles(&self, target: &Target, digest: &Digest) -> Result<Found, Error> {
+        let mut found = Found::default();
+        let listed = match self.list_referrers(target, digest, Enrich::No).await {
+            Ok(listed) => listed,
+            // The fallback index is pushed like any manifest: an ambiguous
+            // or broken one is discarded, not a reason to refuse.
+            Err(e @ (Error::Integrity { .. } | Error::BadListing { .. })) => {
+                found.discard(format!("referrers of {digest}"), &e);
+                return Ok(found);
+            }
+            Err(e) => return Err(e),
+        };
+        let referrers: Vec<Digest> = listed
+            .iter()
+            .filter_map(|d| d.get("digest")?.as_str()?.parse().ok())
+            .take(MAX_REFERRERS)
+            .collect();
+        let fetched = futures_util::future::join_all(referrers.iter().map(|r| async move {
+            let reference = Reference::Digest(r.clone());
+            (
+                r,
+                self.fetch_manifest(target, &reference, None, Staleness::FreshOnly)
+                    .await,
+            )
+        }))
+        .await;
+        let mut layers = Vec::new();
+        for (r, result) in fetched {
+            match result {
+                Ok(m) if admission::is_kind(m.manifest.info(), MaterialKind::SigstoreBundle) => {
+                    let source = format!("bundle in referrer {r}");
+                    layers.extend(m.manifest.info().layers().iter().map(|l| (source.clone(), l.clone())));
                 }
+                // Other referrers (SBOMs, attestations of other formats, or
+                // look-alikes that are not material by shape) carry no bundle.
+                Ok(_) => {}
+                Err(e @ Error::Integrity { .. }) => found.discard(format!("referrer {r}"), &e),
+                Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        let blobs = self.material_blobs(target, layers).await?;
+        for (source, _, result) in blobs {
+            match result {
+                Ok(json) => found.candidates.push(Candidate::Bundle { source, json }),
+                Err(e) => found.discard(source, &e),
+            }
+        }
+        Ok(found)
     }
 
-    /// Legacy cosign `sha256-<hex>.sig` (and `.att` when attestations are
-    /// required) layers.
-    async fn discover_legacy(
+    /// Legacy cosign `sha256-<hex>.<suffix>` layers (`sig`: simple-signing
+    /// payloads, `att`: DSSE envelopes). The tag is read with one `GET` (no
+    /// `HEAD` first): the bytes are hashed, and any digest the upstream
+    /// claims must agree.
+    async fn discover_legacy(&self, target: &Target, digest: &Digest, suffix: &'static str) -> Result<Found, Error> {
+        let mut found = Found::default();
+        let Ok(tag) = format!("{}.{suffix}", digest.tag_form()).parse::<Tag>() else {
+            return Ok(found);
+        };
+        let m = match self.material_by_tag(target, &tag).await {
+            Ok(m) => m,
+            Err(Error::Upstream(e)) if e.is_not_found() => return Ok(found),
+            Err(e @ Error::Integrity { .. }) => {
+                found.discard(tag.to_string(), &e);
+                return Ok(found);
+            }
+            Err(e) => return Err(e),
+        };
+        let kind = if suffix == "sig" {
+            MaterialKind::LegacySignature
+        } else {
+            MaterialKind::LegacyAttestation
+        };
+        if !admission::is_kind(m.info(), kind) {
+            found
+                .discarded
+                .push(format!("{tag}: not a cosign {suffix} manifest by shape; ignored"));
+            return Ok(found);
+        }
+        let layers = m
+            .info()
+            .layers()
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("{tag} layer {i}"), l.clone()))
+            .collect();
+        for (source, layer, result) in self.material_blobs(target, layers).await? {
+            match result {
+                Ok(blob) => found.candidates.push(Candidate::Legacy {
+                    source,
+                    media_type: layer.media_type,
+                    blob,
+                    annotations: layer.annotations,
+                }),
+                Err(e) => found.discard(source, &e),
+            }
+        }
+        Ok(found)
+    }
+
+    /// A legacy material tag, fetched fresh with one GET and verified by
+    /// the digest of its bytes. Never stored: it is not admitted.
+    async fn material_by_tag(&self, target: &Target, tag: &Tag) -> Result<VerifiedManifest, Error> {
+        let accept = HeaderValue::from_static(DEFAULT_ACCEPT);
+        let unverified = target
+            .registry
+            .get_manifest(&target.repo, &Reference::Tag(tag.clone()), &accept, MAX_MANIFEST_BYTES)
+            .await?;
+        let named = unverified.claimed_digest.clone();
+        verify::manifest::check_computed(unverified).map_err(|source| Error::Integrity {
+            digest: named.unwrap_or_else(|| Digest::of(crate::oci::Algorithm::Sha256, tag.as_str().as_bytes())),
+            source,
+        })
+    }
+
+    /// Fetch material blobs concurrently (bounded). Per blob, an integrity
+    /// failure is that candidate's result; an upstream failure aborts.
+    async fn material_blobs(
         &self,
         target: &Target,
-        digest: &Digest,
-        attestations: bool,
-    ) -> Result<Vec<Candidate>, Error> {
-        let mut out = Vec::new();
-        let suffixes: &[&str] = if attestations { &["sig", "att"] } else { &["sig"] };
-        for suffix in suffixes {
-            let Ok(tag) = format!("{}.{suffix}", digest.tag_form()).parse::<Tag>() else {
-                continue;
-            };
-            let m = match self.fetch_manifest(target, &Reference::Tag(tag.clone()), None).await {
-                Ok(m) => m,
-                Err(Error::Upstream(e)) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
-            };
-            for (i, layer) in layers(&m.manifest).into_iter().enumerate() {
-                if out.len() >= MAX_CANDIDATES {
-                    break;
-                }
-                if layer.media_type == check::SIMPLE_SIGNING_MEDIA_TYPE || layer.media_type == check::DSSE_MEDIA_TYPE {
-                    let blob = self.material_blob(target, &layer).await?;
-                    out.push(Candidate::Legacy {
-                        source: format!("{tag} layer {i}"),
-                        media_type: layer.media_type,
-                        blob,
-                        annotations: layer.annotations,
-                    });
-                }
+        layers: Vec<(String, Descriptor)>,
+    ) -> Result<Vec<(String, Descriptor, Result<Bytes, Error>)>, Error> {
+        let results = futures_util::stream::iter(layers.into_iter().take(MAX_CANDIDATES))
+            .map(|(source, layer)| async move {
+                let result = self.material_blob(target, &layer).await;
+                (source, layer, result)
+            })
+            .buffered(BLOB_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        let mut out = Vec::with_capacity(results.len());
+        for (source, layer, result) in results {
+            match result {
+                Err(e @ Error::Upstream(_)) => return Err(e),
+                other => out.push((source, layer, other)),
             }
         }
         Ok(out)
     }
 
     /// A small blob, read whole and checked against its descriptor.
-    async fn material_blob(&self, target: &Target, layer: &Layer) -> Result<Bytes, Error> {
+    async fn material_blob(&self, target: &Target, layer: &Descriptor) -> Result<Bytes, Error> {
         if layer.size > MAX_MATERIAL_BYTES {
-            return Err(Error::Internal(format!(
-                "verification material {} is {} bytes (limit {MAX_MATERIAL_BYTES})",
-                layer.digest, layer.size
-            )));
+            return Err(Error::Integrity {
+                digest: layer.digest.clone(),
+                source: IntegrityError::TooLarge {
+                    limit: MAX_MATERIAL_BYTES,
+                },
+            });
         }
         let mut resp = target.registry.get_blob(&target.repo, &layer.digest).await?;
         let mut verifier = BlobVerifier::new(layer.digest.clone(), Some(layer.size));
-        let mut buf = Vec::with_capacity(layer.size as usize);
+        let mut buf = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
         while let Some(chunk) = resp.next_chunk().await? {
             verifier.update(&chunk).map_err(|source| Error::Integrity {
                 digest: layer.digest.clone(),
@@ -196,6 +289,25 @@ impl Proxy {
     }
 }
 
+/// What discovery found: candidates to verify, and what it discarded.
+#[derive(Default)]
+struct Found {
+    candidates: Vec<Candidate>,
+    discarded: Vec<String>,
+}
+
+impl Found {
+    fn merge(&mut self, other: Found) {
+        self.candidates.extend(other.candidates);
+        self.discarded.extend(other.discarded);
+    }
+
+    fn discard(&mut self, what: String, why: &Error) {
+        tracing::info!(%what, error = %why, "verification material discarded");
+        self.discarded.push(format!("{what} discarded: {why}"));
+    }
+}
+
 /// A signature or attestation found for an image.
 enum Candidate {
     Legacy {
@@ -208,44 +320,6 @@ enum Candidate {
         source: String,
         json: Bytes,
     },
-}
-
-/// A layer descriptor with its annotations (which `ManifestInfo` omits).
-struct Layer {
-    media_type: String,
-    digest: Digest,
-    size: u64,
-    annotations: BTreeMap<String, String>,
-}
-
-fn layers(m: &VerifiedManifest) -> Vec<Layer> {
-    #[derive(serde::Deserialize)]
-    struct Raw {
-        #[serde(default)]
-        layers: Vec<RawLayer>,
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct RawLayer {
-        media_type: String,
-        digest: Digest,
-        size: u64,
-        #[serde(default)]
-        annotations: BTreeMap<String, String>,
-    }
-    serde_json::from_slice::<Raw>(m.bytes())
-        .map(|r| {
-            r.layers
-                .into_iter()
-                .map(|l| Layer {
-                    media_type: l.media_type,
-                    digest: l.digest,
-                    size: l.size,
-                    annotations: l.annotations,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Verify every candidate against every authority (CPU work, blocking pool).

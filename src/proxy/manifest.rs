@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::HeaderValue;
 
+use super::admission::Admitted;
 use super::{Error, Proxy, Target, blocking};
 use crate::oci::manifest::{DEFAULT_ACCEPT, MAX_MANIFEST_BYTES, accepts};
 use crate::oci::{Digest, ManifestMediaType, Reference, Tag};
@@ -26,19 +27,39 @@ use crate::telemetry::CacheOutcome;
 use crate::upstream;
 use crate::verify::{self, VerifiedManifest, manifest::check_computed};
 
-/// A manifest ready to serve, and how it was obtained.
+/// A manifest ready to serve, and how it was obtained. Only an
+/// [`Admitted`] manifest can be served.
 #[derive(Debug, Clone)]
 pub struct ManifestServed {
-    pub manifest: VerifiedManifest,
+    pub manifest: Admitted,
     pub cache: CacheOutcome,
     /// Set when the upstream could not be asked and the last verified
     /// digest for the tag was served instead.
     pub stale_warning: Option<String>,
 }
 
+/// A verified manifest, not admitted: for the proxy's own use (signature
+/// discovery, the referrers fallback) and as the input of admission.
+#[derive(Debug, Clone)]
+pub(super) struct Fetched {
+    pub manifest: VerifiedManifest,
+    pub cache: CacheOutcome,
+    pub stale_warning: Option<String>,
+}
+
+/// Whether a tag whose upstream is unreachable may be answered with its
+/// last admitted digest. Signature discovery never may: an upstream error
+/// there is a denial, not an old answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Staleness {
+    AllowLastKnown,
+    FreshOnly,
+}
+
 impl Proxy {
     /// `GET`/`HEAD /v2/<name>/manifests/<reference>`: fetch and verify by
-    /// digest, then admit by policy; only then may the bytes be served.
+    /// digest, confirm the repository has it, then admit by policy; only
+    /// then may the bytes be served (and stored).
     pub async fn manifest(
         &self,
         target: &Target,
@@ -46,36 +67,74 @@ impl Proxy {
         accept: Option<&HeaderValue>,
         client: &str,
     ) -> Result<ManifestServed, Error> {
-        let mut served = self.fetch_manifest(target, reference, accept).await?;
+        let mut fetched = self
+            .fetch_manifest(target, reference, accept, Staleness::AllowLastKnown)
+            .await?;
         let tag = match reference {
             Reference::Tag(t) => Some(t),
-            Reference::Digest(_) => None,
+            Reference::Digest(d) => {
+                self.ensure_present(target, d).await?;
+                None
+            }
         };
         if let Some(tag) = tag
-            && served.stale_warning.is_none()
+            && fetched.stale_warning.is_none()
         {
-            served = self.apply_tag_mutability(target, tag, served).await?;
+            fetched = self.apply_tag_mutability(target, tag, fetched).await?;
         }
-        self.admit(target, tag, &served.manifest, client).await?;
+        let Fetched {
+            manifest,
+            cache,
+            stale_warning,
+        } = fetched;
+        let admitted = self.admit(target, tag, manifest, client).await?;
+        self.persist(&admitted).await?;
         // Only an admitted digest may become the tag's last-known digest
         // (the outage fallback and the pin for immutable tags).
         if let Some(tag) = tag
-            && served.stale_warning.is_none()
+            && stale_warning.is_none()
         {
-            self.record_tag(target, tag, served.manifest.digest()).await?;
+            self.record_tag(target, tag, admitted.digest()).await?;
         }
-        Ok(served)
+        Ok(ManifestServed {
+            manifest: admitted,
+            cache,
+            stale_warning,
+        })
+    }
+
+    /// Content is global by digest, presence is per repository: a manifest
+    /// cached from one repository (or registry) is served by digest for
+    /// another only if that one has it too — fetched from there, granted
+    /// there by an admission, or confirmed with an upstream `HEAD` — so
+    /// private content never leaks into another route by digest.
+    async fn ensure_present(&self, target: &Target, digest: &Digest) -> Result<(), Error> {
+        if self.known_present(target, digest) || self.blob_granted(target, digest).await? {
+            return Ok(());
+        }
+        let accept = HeaderValue::from_static(DEFAULT_ACCEPT);
+        let reference = Reference::Digest(digest.clone());
+        target.registry.head_manifest(&target.repo, &reference, &accept).await?;
+        self.record_presence(target, digest);
+        Ok(())
+    }
+
+    /// Store an admitted manifest (once): unadmitted bytes never reach disk.
+    async fn persist(&self, admitted: &Admitted) -> Result<(), Error> {
+        if self.persisted.contains_key(admitted.digest()) {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let to_store = admitted.verified().clone();
+        blocking(move || store.manifests.put(&to_store)).await?;
+        self.persisted.insert(admitted.digest().clone(), ());
+        Ok(())
     }
 
     /// A tag that now resolves to another digest than the last admitted one:
     /// `mutable: deny` keeps serving the first admitted digest, `alert`
     /// serves the new one with a warning.
-    async fn apply_tag_mutability(
-        &self,
-        target: &Target,
-        tag: &Tag,
-        served: ManifestServed,
-    ) -> Result<ManifestServed, Error> {
+    async fn apply_tag_mutability(&self, target: &Target, tag: &Tag, served: Fetched) -> Result<Fetched, Error> {
         let host = target.registry.host().clone();
         let (repo, t) = (target.repo.clone(), tag.clone());
         let store = self.store.clone();
@@ -98,7 +157,7 @@ impl Proxy {
                 tracing::warn!(upstream = %target.registry.host(), repo = %target.repo, %tag, %previous, refused = %now,
                     "tag moved upstream (policy: mutable: deny); keeping the first admitted digest");
                 let (manifest, cache) = self.manifest_by_digest(target, &previous).await?;
-                Ok(ManifestServed {
+                Ok(Fetched {
                     manifest,
                     cache,
                     stale_warning: None,
@@ -114,17 +173,18 @@ impl Proxy {
         target: &Target,
         reference: &Reference,
         accept: Option<&HeaderValue>,
-    ) -> Result<ManifestServed, Error> {
+        staleness: Staleness,
+    ) -> Result<Fetched, Error> {
         match reference {
             Reference::Digest(digest) => {
                 let (manifest, cache) = self.manifest_by_digest(target, digest).await?;
-                Ok(ManifestServed {
+                Ok(Fetched {
                     manifest,
                     cache,
                     stale_warning: None,
                 })
             }
-            Reference::Tag(tag) => self.manifest_by_tag(target, tag, accept).await,
+            Reference::Tag(tag) => self.manifest_by_tag(target, tag, accept, staleness).await,
         }
     }
 
@@ -133,11 +193,12 @@ impl Proxy {
         target: &Target,
         tag: &Tag,
         accept: Option<&HeaderValue>,
-    ) -> Result<ManifestServed, Error> {
+        staleness: Staleness,
+    ) -> Result<Fetched, Error> {
         let upstream_accept = upstream_accept(accept);
         let (digest, fetched_by_tag, stale_warning) = match self.resolve_tag(target, tag, &upstream_accept).await {
             Ok((digest, fetched)) => (digest, fetched, None),
-            Err(e) if e.is_upstream_unavailable() => {
+            Err(e) if e.is_upstream_unavailable() && staleness == Staleness::AllowLastKnown => {
                 let host = target.registry.host().clone();
                 let (repo, t) = (target.repo.clone(), tag.clone());
                 let store = self.store.clone();
@@ -154,9 +215,12 @@ impl Proxy {
             }
             Err(e) => return Err(e),
         };
+        // The tag resolved in this repository (or, stale, did so before):
+        // it has the digest.
+        self.record_presence(target, &digest);
         let (manifest, cache) = match fetched_by_tag {
             Some(m) => {
-                self.remember(&m).await?;
+                self.manifests.insert(m.digest().clone(), m.clone()).await;
                 (m, CacheOutcome::Miss)
             }
             None => self.manifest_by_digest(target, &digest).await?,
@@ -172,7 +236,7 @@ impl Proxy {
                 media_type: manifest.media_type(),
             });
         }
-        Ok(ManifestServed {
+        Ok(Fetched {
             manifest,
             cache,
             stale_warning,
@@ -263,7 +327,10 @@ impl Proxy {
         let d = digest.clone();
         if let Some(unverified) = blocking(move || store.manifests.get(&d)).await? {
             match verify::manifest::check(unverified, digest) {
-                Ok(m) => return Ok(m),
+                Ok(m) => {
+                    self.persisted.insert(digest.clone(), ());
+                    return Ok(m);
+                }
                 Err(e) => tracing::warn!(%digest, error = %e, "stored manifest failed re-verification; fetching again"),
             }
         }
@@ -276,19 +343,10 @@ impl Proxy {
             .await?;
         let m = verify::manifest::check(unverified, digest)
             .map_err(|source| integrity_failure(target, digest.clone(), source))?;
-        let store = self.store.clone();
-        let to_store = m.clone();
-        blocking(move || store.manifests.put(&to_store)).await?;
+        // Fetched from this repository: it has it. Written to disk only
+        // once admitted (`persist`).
+        self.record_presence(target, digest);
         Ok(m)
-    }
-
-    /// Put a manifest verified outside `load_manifest` into both caches.
-    async fn remember(&self, m: &VerifiedManifest) -> Result<(), Error> {
-        let store = self.store.clone();
-        let to_store = m.clone();
-        blocking(move || store.manifests.put(&to_store)).await?;
-        self.manifests.insert(m.digest().clone(), m.clone()).await;
-        Ok(())
     }
 }
 

@@ -13,7 +13,7 @@ mod tags;
 
 use std::sync::Arc;
 
-pub use admission::Gate;
+pub use admission::{Admitted, Gate};
 pub use blob::{BlobBody, BlobServed, ByteRange};
 pub use error::Error;
 pub use manifest::ManifestServed;
@@ -43,6 +43,8 @@ pub struct Proxy {
     registries: Registries,
     store: Arc<Store>,
     manifests: moka::future::Cache<Digest, VerifiedManifest>,
+    /// Digests of admitted manifests already written to the store.
+    persisted: moka::sync::Cache<Digest, ()>,
     flights: Flights<Error>,
     gate: Gate,
 }
@@ -111,6 +113,7 @@ impl Proxy {
             registries,
             store,
             manifests,
+            persisted: moka::sync::Cache::new(1_000_000),
             flights: Flights::default(),
             gate,
         }))

@@ -3,9 +3,12 @@
 //! and SBOMs can be discovered through the proxy either way.
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use serde_json::Value;
 
+use super::manifest::Staleness;
 use super::{Error, Proxy, Target};
+use crate::oci::json;
 use crate::oci::manifest::OCI_INDEX;
 use crate::oci::{Digest, Reference};
 use crate::upstream;
@@ -16,7 +19,18 @@ const MAX_PAGES: usize = 16;
 const MAX_DESCRIPTORS: usize = 4096;
 /// Fallback entries whose `artifactType` is read from their manifest.
 const MAX_ENRICHED: usize = 128;
+/// Referrer manifests read at once while enriching a fallback listing.
+const ENRICH_CONCURRENCY: usize = 8;
 const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
+
+/// Whether a fallback listing's generic `artifactType`s are read from the
+/// referrers (the client endpoint) or left as listed (signature discovery,
+/// which reads every referrer anyway).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Enrich {
+    ArtifactType,
+    No,
+}
 
 /// The referrers index for the client.
 #[derive(Debug, Clone)]
@@ -34,11 +48,7 @@ impl Proxy {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<ReferrersServed, Error> {
-        let descriptors = match target.registry.referrers(&target.repo, subject).await? {
-            Some(first) => self.native_referrers(target, first).await?,
-            None => self.fallback_referrers(target, subject).await?,
-        };
-        let mut descriptors: Vec<Value> = descriptors.into_iter().filter(valid_descriptor).collect();
+        let mut descriptors = self.list_referrers(target, subject, Enrich::ArtifactType).await?;
         if let Some(wanted) = artifact_type {
             descriptors.retain(|d| d.get("artifactType").and_then(Value::as_str) == Some(wanted));
         }
@@ -53,6 +63,22 @@ impl Proxy {
             body: body.into(),
             filtered: artifact_type.is_some(),
         })
+    }
+
+    /// The valid descriptors of `subject`'s referrers: the native API, else
+    /// the fallback index (whose generic `artifactType`s are filled in from
+    /// the referrers themselves when `enrich` asks for it).
+    pub(super) async fn list_referrers(
+        &self,
+        target: &Target,
+        subject: &Digest,
+        enrich: Enrich,
+    ) -> Result<Vec<Value>, Error> {
+        let descriptors = match target.registry.referrers(&target.repo, subject).await? {
+            Some(first) => self.native_referrers(target, first).await?,
+            None => self.fallback_referrers(target, subject, enrich).await?,
+        };
+        Ok(descriptors.into_iter().filter(valid_descriptor).collect())
     }
 
     async fn native_referrers(&self, target: &Target, first: upstream::TagsPage) -> Result<Vec<Value>, Error> {
@@ -73,25 +99,36 @@ impl Proxy {
 
     /// The tag schema: the index tagged `<alg>-<hex>`, fetched and verified
     /// through the ordinary manifest path. No such tag: no referrers.
-    async fn fallback_referrers(&self, target: &Target, subject: &Digest) -> Result<Vec<Value>, Error> {
+    async fn fallback_referrers(&self, target: &Target, subject: &Digest, enrich: Enrich) -> Result<Vec<Value>, Error> {
         let Ok(tag) = subject.tag_form().parse() else {
             return Ok(Vec::new());
         };
-        let listed = match self.fetch_manifest(target, &Reference::Tag(tag), None).await {
+        let listed = match self
+            .fetch_manifest(target, &Reference::Tag(tag), None, Staleness::FreshOnly)
+            .await
+        {
             Ok(served) if served.manifest.media_type().is_index() => index_manifests(served.manifest.bytes())?,
             Ok(_) => return Ok(Vec::new()),
             Err(Error::Upstream(e)) if e.is_not_found() => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let mut out = Vec::with_capacity(listed.len());
-        for (i, d) in listed.into_iter().enumerate() {
-            out.push(if i < MAX_ENRICHED {
-                self.with_artifact_type(target, d).await?
-            } else {
-                d
-            });
+        if enrich == Enrich::No {
+            return Ok(listed);
         }
-        Ok(out)
+        // Enrichment reads referrer manifests (verified, never stored before
+        // admission), a few at a time and at most MAX_ENRICHED per listing.
+        let enriched = futures_util::stream::iter(listed.into_iter().enumerate())
+            .map(|(i, d)| async move {
+                if i < MAX_ENRICHED {
+                    self.with_artifact_type(target, d).await
+                } else {
+                    Ok(d)
+                }
+            })
+            .buffered(ENRICH_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        enriched.into_iter().collect()
     }
 
     /// Fallback indexes written by go-containerregistry carry the config
@@ -110,7 +147,19 @@ impl Proxy {
         if !generic {
             return Ok(d);
         }
-        let m = self.fetch_manifest(target, &Reference::Digest(digest), None).await?;
+        let m = match self
+            .fetch_manifest(target, &Reference::Digest(digest.clone()), None, Staleness::FreshOnly)
+            .await
+        {
+            Ok(m) => m,
+            // A referrer that fails verification is listed as the index
+            // lists it; whoever fetches it will be refused.
+            Err(e @ Error::Integrity { .. }) => {
+                tracing::warn!(%digest, error = %e, "referrer failed verification; listed without enrichment");
+                return Ok(d);
+            }
+            Err(e) => return Err(e),
+        };
         let info = m.manifest.info();
         let artifact_type = info.artifact_type.clone().or_else(|| {
             (!info.media_type.is_index())
@@ -129,7 +178,9 @@ fn index_manifests(body: &[u8]) -> Result<Vec<Value>, Error> {
         what: "referrers index",
         message,
     };
-    let v: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    // One reading: a listing a Go client could read differently is refused.
+    let node = json::check(body, &json::IMAGE_DOCUMENT).map_err(|e| bad(e.to_string()))?;
+    let v = json::exact_reading(&node, &json::IMAGE_DOCUMENT);
     match v.get("manifests") {
         Some(Value::Array(items)) => Ok(items.clone()),
         None | Some(Value::Null) => Ok(Vec::new()),

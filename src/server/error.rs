@@ -150,6 +150,12 @@ impl From<proxy::Error> for ApiError {
                 ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "UNSUPPORTED", message)
             }
             proxy::Error::BadListing { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message),
+            proxy::Error::Busy { .. } => {
+                let mut a = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
+                a.retry_after = Some(HeaderValue::from_static("5"));
+                a.warn = true;
+                a
+            }
             proxy::Error::Store(_) | proxy::Error::Internal(_) => ApiError::internal(message),
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! Layout under the data directory:
 //! `blobs/<alg>/<hh>/<hex>`, `manifests/<alg>/<hh>/<hex>`,
-//! `tags/<upstream>/<repo>/<tag>`, `tmp/` (partial downloads; emptied at start).
+//! `tags/<upstream>/<repo>/<tag>`, `grants/<revision>/…` (blob grants),
+//! `verdicts/<revision>/…` (allow verdicts), `tmp/` (partial downloads; emptied at start).
 //! Every path is derived from validated types, never from request text.
 //!
 //! All functions here do blocking file I/O; async callers run them with
@@ -13,6 +14,7 @@
 
 pub mod blobs;
 pub mod flight;
+pub mod grants;
 pub mod manifests;
 pub mod spool;
 pub mod tags;
@@ -22,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use blobs::{BlobStore, BlobWriter};
 pub use flight::{Flights, Join};
+pub use grants::{GrantKey, GrantStore};
 pub use manifests::ManifestStore;
 pub use spool::{Spool, SpoolState};
 pub use tags::TagStore;
@@ -89,6 +92,7 @@ pub struct Store {
     pub blobs: BlobStore,
     pub manifests: ManifestStore,
     pub tags: TagStore,
+    pub grants: GrantStore,
 }
 
 impl Store {
@@ -103,7 +107,8 @@ impl Store {
         Ok(Store {
             blobs: BlobStore::new(data_dir.join("blobs"), tmp.clone()),
             manifests: ManifestStore::new(data_dir.join("manifests"), tmp.clone()),
-            tags: TagStore::new(data_dir.join("tags"), tmp),
+            tags: TagStore::new(data_dir.join("tags"), tmp.clone()),
+            grants: GrantStore::new(data_dir.join("grants"), tmp),
         })
     }
 }

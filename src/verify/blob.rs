@@ -14,6 +14,8 @@ pub enum IntegrityError {
     TooLong { expected: u64 },
     #[error("body ended after {received} of {expected} bytes")]
     Truncated { received: u64, expected: u64 },
+    #[error("content is larger than the {limit}-byte limit for verification material")]
+    TooLarge { limit: u64 },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
 }

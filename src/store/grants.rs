@@ -1,0 +1,120 @@
+//! Blob grants on disk: which blobs an admitted manifest lets a repository
+//! serve, under which policy revision. A grant is written when the gate
+//! admits a manifest, so a restarted proxy (or, later, another replica on the
+//! same store) still serves a layer whose download a client is resuming,
+//! without asking it to fetch the manifest again. The revision is part of
+//! the path *and* of the record: a reload that changes the policy revokes
+//! every grant of the old revision, and a record read for another key (a
+//! copied or corrupted file) is ignored.
+
+use std::path::PathBuf;
+
+use super::write_atomic;
+use crate::oci::{Algorithm, Digest, RegistryHost, RepoName};
+
+/// What a grant is for: a blob of a repository under a policy revision.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct GrantKey {
+    pub registry: RegistryHost,
+    pub repository: RepoName,
+    pub blob: Digest,
+    pub revision: String,
+}
+
+/// A persisted grant: its key and the admitted manifest that granted it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct GrantRecord {
+    #[serde(flatten)]
+    key: GrantKey,
+    manifest: Digest,
+}
+
+#[derive(Debug)]
+pub struct GrantStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl GrantStore {
+    pub(super) fn new(root: PathBuf, tmp: PathBuf) -> GrantStore {
+        GrantStore { root, tmp }
+    }
+
+    /// `grants/<revision>/<sha256(registry/repository)[..32]>/<alg>-<hex>`.
+    fn path(&self, key: &GrantKey) -> Option<PathBuf> {
+        // The revision is a hex digest; refuse anything else as a path part.
+        if key.revision.is_empty() || !key.revision.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        let scope = format!("{}/{}", key.registry, key.repository);
+        let scope_hash = Digest::of(Algorithm::Sha256, scope.as_bytes()).hex();
+        Some(self.root.join(&key.revision).join(&scope_hash[..32]).join(format!(
+            "{}-{}",
+            key.blob.algorithm().as_str(),
+            key.blob.hex()
+        )))
+    }
+
+    /// Whether a grant for exactly `key` is on disk.
+    pub fn contains(&self, key: &GrantKey) -> bool {
+        let Some(path) = self.path(key) else { return false };
+        let Ok(bytes) = std::fs::read(&path) else { return false };
+        serde_json::from_slice::<GrantRecord>(&bytes).is_ok_and(|r| &r.key == key)
+    }
+
+    /// Best effort: a grant that cannot be persisted still holds in memory.
+    pub fn put(&self, key: &GrantKey, manifest: &Digest) {
+        let Some(path) = self.path(key) else { return };
+        if path.exists() {
+            return;
+        }
+        let record = GrantRecord {
+            key: key.clone(),
+            manifest: manifest.clone(),
+        };
+        let written = serde_json::to_vec(&record)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| write_atomic(&self.tmp, &path, &bytes).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, blob = %key.blob, "cannot persist a blob grant");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(revision: &str) -> GrantKey {
+        GrantKey {
+            registry: "registry.example".parse().expect("host"),
+            repository: "team/app".parse().expect("repo"),
+            blob: Digest::of(Algorithm::Sha256, b"layer"),
+            revision: revision.to_owned(),
+        }
+    }
+
+    #[test]
+    fn grants_are_bound_to_their_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("tmp");
+        let store = GrantStore::new(dir.path().join("grants"), tmp);
+        let manifest = Digest::of(Algorithm::Sha256, b"manifest");
+        store.put(&key("abc123"), &manifest);
+        assert!(store.contains(&key("abc123")));
+        assert!(!store.contains(&key("def456")), "another revision");
+        let mut other_repo = key("abc123");
+        other_repo.repository = "team/other".parse().expect("repo");
+        assert!(!store.contains(&other_repo));
+        // A record copied over another key's path is ignored.
+        let (from, to) = (
+            store.path(&key("abc123")).expect("path"),
+            store.path(&other_repo).expect("path"),
+        );
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("dir");
+        std::fs::copy(from, to).expect("copy");
+        assert!(!store.contains(&other_repo));
+        assert!(store.path(&key("../x")).is_none());
+    }
+}
