@@ -477,6 +477,44 @@ impl Proxy {
         Ok(persisted)
     }
 
+    /// Start verifying `digest` for the rule a pull of it matches, in the
+    /// background, while its manifest is still being fetched: admission then
+    /// joins the same verification (the verdict cache runs one per key).
+    /// Not for legacy material tags (their subject is what gets verified)
+    /// or digests an admitted index already vouched for.
+    pub(super) fn speculate(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        tag: Option<&Tag>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if tag.is_some_and(|t| material::legacy_tag(t.as_str()).is_some()) {
+            return None;
+        }
+        let Ok(Enforcement::Policy(policy)) = self.gate.enforcement() else {
+            return None;
+        };
+        let host = target.registry.host();
+        let rule = policy.rule_for(host.as_str(), target.repo.as_str(), tag.map(Tag::as_str))?;
+        if !matches!(rule.action, RuleAction::Verify(_))
+            || (tag.is_some() && rule.require_digest)
+            || self.vouched_decision(target, digest, Some(rule), &policy).is_some()
+        {
+            return None;
+        }
+        let rule_name = rule.name.clone();
+        let proxy = self.me.upgrade()?;
+        let (target, digest) = (target.clone(), digest.clone());
+        Some(tokio::spawn(async move {
+            let Some(rule) = policy.rules.iter().find(|r| r.name == rule_name) else {
+                return;
+            };
+            // The outcome lands in the verdict cache; errors are the
+            // admission's to report.
+            let _ = proxy.decide(&target, &digest, Some(rule), &policy).await;
+        }))
+    }
+
     /// Record that (registry, repository) has `digest` upstream.
     pub(super) fn record_presence(&self, target: &Target, digest: &Digest) {
         self.gate.presence.insert(

@@ -177,7 +177,10 @@ impl Proxy {
     ) -> Result<Fetched, Error> {
         match reference {
             Reference::Digest(digest) => {
-                let (manifest, cache) = self.manifest_by_digest(target, digest).await?;
+                let (manifest, cache) = match staleness {
+                    Staleness::AllowLastKnown => self.by_digest_speculating(target, digest, None).await?,
+                    Staleness::FreshOnly => self.manifest_by_digest(target, digest).await?,
+                };
                 Ok(Fetched {
                     manifest,
                     cache,
@@ -223,6 +226,7 @@ impl Proxy {
                 self.manifests.insert(m.digest().clone(), m.clone()).await;
                 (m, CacheOutcome::Miss)
             }
+            None if staleness == Staleness::AllowLastKnown => self.by_digest_speculating(target, &digest, Some(tag)).await?,
             None => self.manifest_by_digest(target, &digest).await?,
         };
         let cache = if stale_warning.is_some() {
@@ -290,6 +294,30 @@ impl Proxy {
             tracing::info!(upstream = %target.registry.host(), repo = %target.repo, %tag, %previous, now = %digest, "tag moved upstream");
         }
         Ok(())
+    }
+
+    /// [`Self::manifest_by_digest`] for a client's pull. When the manifest
+    /// must come from the upstream, signature discovery for the digest
+    /// starts at the same time (`admission::speculate`), so a cold
+    /// admission costs the longest of the two, not their sum; it is
+    /// abandoned if the manifest cannot be had.
+    async fn by_digest_speculating(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        tag: Option<&Tag>,
+    ) -> Result<(VerifiedManifest, CacheOutcome), Error> {
+        if self.manifests.contains_key(digest) {
+            return self.manifest_by_digest(target, digest).await;
+        }
+        let speculation = self.speculate(target, digest, tag);
+        let result = self.manifest_by_digest(target, digest).await;
+        if result.is_err()
+            && let Some(task) = speculation
+        {
+            task.abort();
+        }
+        result
     }
 
     /// A manifest by digest: memory, then disk (re-verified), then upstream.

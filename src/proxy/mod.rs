@@ -39,6 +39,8 @@ pub struct Target {
 
 /// The proxy: configuration, upstream clients, caches.
 pub struct Proxy {
+    /// This proxy, for background work that outlives a request's borrow.
+    me: std::sync::Weak<Proxy>,
     config: Arc<Config>,
     registries: Registries,
     store: Arc<Store>,
@@ -108,7 +110,8 @@ impl Proxy {
         } else {
             tracing::warn!("INTEGRITY-ONLY mode: no signature policy; content is served when it matches its digests");
         }
-        Ok(Arc::new(Proxy {
+        Ok(Arc::new_cyclic(|me| Proxy {
+            me: me.clone(),
             config,
             registries,
             store,

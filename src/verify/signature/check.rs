@@ -155,6 +155,7 @@ pub fn verify_legacy(layer: &LegacyLayer<'_>, image: &Digest, authority: &Author
 
 /// Verify a Sigstore bundle (v0.1–v0.3 JSON) for `image` under `authority`.
 pub fn verify_bundle(json: &[u8], image: &Digest, authority: &Authority) -> Result<Proof, SigError> {
+    payload::one_reading(json, &crate::oci::json::SIGSTORE_BUNDLE, "bundle").map_err(SigError::Malformed)?;
     let text = std::str::from_utf8(json).map_err(|e| SigError::Malformed(e.to_string()))?;
     let bundle = Bundle::from_json(text).map_err(|e| SigError::Malformed(format!("bundle: {e}")))?;
     let statement = match &bundle.content {
@@ -351,6 +352,7 @@ fn dsse_for(
     blob: &[u8],
     image: &Digest,
 ) -> Result<(serde_json::Value, payload::Envelope, (String, serde_json::Value)), SigError> {
+    payload::one_reading(blob, &crate::oci::json::DSSE_ENVELOPE, "DSSE envelope").map_err(SigError::Malformed)?;
     let envelope: payload::Envelope =
         serde_json::from_slice(blob).map_err(|e| SigError::Malformed(format!("DSSE envelope: {e}")))?;
     if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE {

@@ -5,7 +5,16 @@
 
 use serde::Deserialize;
 
-use crate::oci::Digest;
+use crate::oci::{Digest, json};
+
+/// Refuse a document a Go decoder could read differently (duplicate keys at
+/// any depth, case-folded variants of known fields, e.g. a second subject
+/// `Digest` that Go would read instead of `digest`).
+pub fn one_reading(bytes: &[u8], schema: &json::Schema, what: &str) -> Result<(), String> {
+    json::check(bytes, schema)
+        .map(drop)
+        .map_err(|e| format!("{what}: ambiguous JSON: {e}"))
+}
 
 /// `critical.type` of a cosign image signature.
 pub const COSIGN_SIGNATURE_TYPE: &str = "cosign container image signature";
@@ -43,6 +52,7 @@ pub struct CriticalImage {
 
 /// Decode a simple-signing payload strictly.
 pub fn simple_signing(bytes: &[u8]) -> Result<SimpleSigning, String> {
+    one_reading(bytes, &json::SIMPLE_SIGNING, "simple-signing payload")?;
     let payload: SimpleSigning = serde_json::from_slice(bytes).map_err(|e| format!("simple-signing payload: {e}"))?;
     if payload.critical.kind != COSIGN_SIGNATURE_TYPE {
         return Err(format!("simple-signing payload type is `{}`", payload.critical.kind));
@@ -78,6 +88,7 @@ pub const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 
 /// Decode a statement and require that one of its subjects is `image`.
 pub fn statement_for(bytes: &[u8], image: &Digest) -> Result<(Statement, serde_json::Value), String> {
+    one_reading(bytes, &json::IN_TOTO_STATEMENT, "in-toto statement")?;
     let statement: Statement = serde_json::from_slice(bytes).map_err(|e| format!("in-toto statement: {e}"))?;
     if !matches!(
         statement.statement_type.as_str(),
