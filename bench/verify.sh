@@ -37,6 +37,10 @@
 #                      bench/rps.py)                                       [auto]
 #   BENCH_BUILD        1 to run `cargo build --release` first              [1]
 #   PORTCULLIS_BIN     binary to benchmark        [target/release/portcullis]
+#   BENCH_UPSTREAM_DELAY_MS  latency added to every upstream request, by a
+#                      relay (examples/tcp_relay.rs --delay-ms) between the
+#                      proxies and the upstream; cold latency then shows the
+#                      upstream round trips an admission costs            [0]
 #   BENCH_TMPDIR       where the scratch directory goes                   [$TMPDIR or /tmp]
 #   BENCH_KEEP         1 to keep the scratch directory (logs, key) at the end [0]
 #
@@ -50,11 +54,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 COLD_IMAGES=${BENCH_COLD_IMAGES:-5}
 FORMATS=${BENCH_FORMATS:-legacy, bundle}
 RPS_REPEAT=${BENCH_RPS_REPEAT:-2}
+UPSTREAM_DELAY_MS=${BENCH_UPSTREAM_DELAY_MS:-0}
+RELAY=$ROOT/target/release/examples/tcp_relay
 
 SIGNED_REPO=bench/signed
 UNSIGNED_REPO=bench/unsigned
 TAG=v1
 
+[[ $UPSTREAM_DELAY_MS =~ ^[0-9]+$ ]] || die "BENCH_UPSTREAM_DELAY_MS must be a whole number of milliseconds"
 for v in COLD_IMAGES RPS_SECONDS RPS_CONNS RPS_REPEAT; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v must be a positive integer (got '${!v}')"
 done
@@ -72,6 +79,12 @@ need openssl "install openssl (used to generate the P-256 key and sign like cosi
 
 build_binary
 pick_loadgen
+if ((UPSTREAM_DELAY_MS > 0)); then
+    if [[ $BUILD == 1 ]]; then
+        (cd "$ROOT" && cargo build --release --example tcp_relay) >&2 || die "cargo build --release --example tcp_relay failed"
+    fi
+    [[ -x $RELAY ]] || die "$RELAY not found (build it with: cargo build --release --example tcp_relay)"
+fi
 
 # --------------------------------------------------------------------------
 # process bookkeeping and cleanup (as bench/run.sh)
@@ -91,7 +104,7 @@ start_portcullis() {
     log=$W/portcullis-$name.log
     mkdir -p "$W/data-$name"
     "$BIN" serve "$@" --listen "127.0.0.1:$port" --data-dir "$W/data-$name" \
-        --default-upstream "$UP_URL" --log-format json >"$log" 2>&1 &
+        --default-upstream "${PROXIED_UP_URL:-$UP_URL}" --log-format json >"$log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     wait_up "http://127.0.0.1:$port/v2/" "$pid" "portcullis ($name)" "$log"
@@ -189,6 +202,14 @@ loadgen() {
 say "scratch directory $W; $COLD_IMAGES signed images; load generator $LOADGEN; formats [$FORMATS]"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 start_upstream
+if ((UPSTREAM_DELAY_MS > 0)); then
+    relay_port=$(free_port)
+    "$RELAY" "127.0.0.1:$relay_port" "127.0.0.1:$UP_PORT" --delay-ms "$UPSTREAM_DELAY_MS" >"$W/relay.log" 2>&1 &
+    PIDS+=("$!")
+    PROXIED_UP_URL=http://127.0.0.1:$relay_port
+    wait_up "$PROXIED_UP_URL/v2/" "$!" "delaying relay" "$W/relay.log"
+    say "the proxies reach the upstream through a relay adding ${UPSTREAM_DELAY_MS} ms per request ($PROXIED_UP_URL)"
+fi
 
 openssl ecparam -genkey -name prime256v1 -noout -out "$W/cosign.key" 2>/dev/null || die "openssl ecparam failed"
 openssl pkey -in "$W/cosign.key" -pubout -out "$W/cosign.pub" 2>/dev/null || die "openssl pkey -pubout failed"

@@ -8,8 +8,12 @@
 //! work a verifying cache cannot skip and nothing else: what it reaches on a
 //! machine is what any such proxy in the middle can hope for there.
 //!
+//! With `--delay-ms N` every chunk a client sends up is held back N ms
+//! first: each request then costs one more N ms round trip, which is how
+//! `bench/verify.sh` puts a distant upstream behind a local one.
+//!
 //! ```text
-//! cargo run --release --example tcp_relay -- LISTEN UPSTREAM [--sha256] [--temp-file DIR]
+//! cargo run --release --example tcp_relay -- LISTEN UPSTREAM [--sha256] [--temp-file DIR] [--delay-ms N]
 //! ```
 
 use std::io::Write as _;
@@ -34,9 +38,11 @@ const QUEUE: usize = 64;
 struct Work {
     sha256: bool,
     temp_dir: Option<PathBuf>,
+    /// Added latency per request (per chunk sent up).
+    delay: std::time::Duration,
 }
 
-const USAGE: &str = "usage: tcp_relay LISTEN UPSTREAM [--sha256] [--temp-file DIR]";
+const USAGE: &str = "usage: tcp_relay LISTEN UPSTREAM [--sha256] [--temp-file DIR] [--delay-ms N]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -64,6 +70,10 @@ fn parse_args(args: &[String]) -> anyhow::Result<(SocketAddr, SocketAddr, Work)>
         match flag.as_str() {
             "--sha256" => work.sha256 = true,
             "--temp-file" => work.temp_dir = Some(rest.next().context(USAGE)?.into()),
+            "--delay-ms" => {
+                let ms: u64 = rest.next().context(USAGE)?.parse().context("--delay-ms takes milliseconds")?;
+                work.delay = std::time::Duration::from_millis(ms);
+            }
             _ => anyhow::bail!(USAGE),
         }
     }
@@ -80,8 +90,22 @@ async fn relay(client: TcpStream, upstream: SocketAddr, work: &Work) -> anyhow::
     upstream.set_nodelay(true)?;
     let (mut client_read, mut client_write) = client.into_split();
     let (mut upstream_read, mut upstream_write) = upstream.into_split();
-    // Requests go up as they are.
-    tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut upstream_write).await });
+    // Requests go up as they are (after the configured delay).
+    let delay = work.delay;
+    tokio::spawn(async move {
+        if delay.is_zero() {
+            return tokio::io::copy(&mut client_read, &mut upstream_write).await.map(drop);
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = client_read.read(&mut buf).await?;
+            if n == 0 {
+                return upstream_write.shutdown().await;
+            }
+            tokio::time::sleep(delay).await;
+            upstream_write.write_all(&buf[..n]).await?;
+        }
+    });
     let mut workers = Vec::new();
     if work.sha256 {
         workers.push(worker(hash_all));
