@@ -288,7 +288,7 @@ impl Findings {
     pub async fn skopeo_copies(&mut self, proxy: &TestProxy, reference: &str, top: &Digest, expected: &[&Digest]) {
         let work = tempfile::tempdir().expect("tempdir");
         let dest = work.path().join("copy");
-        let what = format!("control: skopeo copy {reference}");
+        let what = format!("skopeo copy {reference} (must succeed)");
         if !self.client_succeeds(skopeo_copy(proxy, reference, &dest).await, &what) {
             return;
         }

@@ -31,10 +31,14 @@ async fn look_alikes_of_material_are_judged_by_their_own_rule() {
     let signed = benign(30);
     scene.signed(REPO, "v1", &signed).await;
     let referrer = push_bundle_signature(&scene.registry, REPO, &signed.manifest, &scene.key).await;
-    let evil = payload(31);
-    scene.blobs(REPO, &evil).await;
-    let cfg = desc_of(&evil.config);
-    let layers_as = |t: &str| array(evil.layers.iter().map(|l| desc(t, l)));
+    // Each look-alike carries its own payload, so no case's blobs can be
+    // granted by another case.
+    let evil: Vec<Image> = (0..6).map(|i| payload(31 + i)).collect();
+    for e in &evil {
+        scene.blobs(REPO, e).await;
+    }
+    let cfg = |e: &Image| desc_of(&e.config);
+    let layers_as = |e: &Image, t: &str| array(e.layers.iter().map(|l| desc(t, l)));
     let s = Some(&signed.manifest);
     let helm_config = Blob::new(
         "application/vnd.cncf.helm.config.v1+json",
@@ -55,14 +59,22 @@ async fn look_alikes_of_material_are_judged_by_their_own_rule() {
     let cases: Vec<(&str, Blob, Vec<&Blob>)> = vec![
         (
             "layers typed application/octet-stream",
-            with_subject(cfg.clone(), layers_as("application/octet-stream"), s),
-            evil.blobs(),
+            with_subject(cfg(&evil[0]), layers_as(&evil[0], "application/octet-stream"), s),
+            evil[0].blobs(),
         ),
-        ("layers typed \"\"", with_subject(cfg.clone(), layers_as(""), s), evil.blobs()),
+        (
+            "layers typed \"\"",
+            with_subject(cfg(&evil[1]), layers_as(&evil[1], ""), s),
+            evil[1].blobs(),
+        ),
         (
             "layers typed in other letter case",
-            with_subject(cfg.clone(), layers_as("Application/Vnd.Oci.Image.Layer.V1.Tar+Gzip"), s),
-            evil.blobs(),
+            with_subject(
+                cfg(&evil[2]),
+                layers_as(&evil[2], "Application/Vnd.Oci.Image.Layer.V1.Tar+Gzip"),
+                s,
+            ),
+            evil[2].blobs(),
         ),
         (
             "a Helm chart",
@@ -73,10 +85,10 @@ async fn look_alikes_of_material_are_judged_by_their_own_rule() {
             "one simple-signing layer and one image layer",
             with_subject(
                 desc_of(&empty_config),
-                array([desc_of(&sig_payload), desc_of(&evil.layers[0])]),
+                array([desc_of(&sig_payload), desc_of(&evil[3].layers[0])]),
                 s,
             ),
-            vec![&evil.layers[0]],
+            vec![&evil[3].layers[0]],
         ),
         (
             "a material-typed layer with `urls`",
@@ -84,12 +96,12 @@ async fn look_alikes_of_material_are_judged_by_their_own_rule() {
                 desc_of(&empty_config),
                 format!(
                     r#"[{{"mediaType":"{SIMPLE_SIGNING_MEDIA_TYPE}","digest":"{}","size":{},"urls":["http://127.0.0.1:1/x"]}}]"#,
-                    evil.layers[1].digest,
-                    evil.layers[1].bytes.len()
+                    evil[4].layers[1].digest,
+                    evil[4].layers[1].bytes.len()
                 ),
                 s,
             ),
-            vec![&evil.layers[1]],
+            vec![&evil[4].layers[1]],
         ),
     ];
     for (name, m, _) in &cases {
@@ -101,7 +113,7 @@ async fn look_alikes_of_material_are_judged_by_their_own_rule() {
     }
     // Not at a `subject` but at S's `.sbom` tag: the tag does not make it material.
     let sbom_tag = format!("{}.sbom", signed.manifest.digest.tag_form());
-    let at_tag = with_subject(cfg.clone(), layers_as("application/octet-stream"), None);
+    let at_tag = with_subject(cfg(&evil[5]), layers_as(&evil[5], "application/octet-stream"), None);
     scene.push_doc(REPO, Some(&sbom_tag), &at_tag).await;
     let p = &scene.proxy;
     let denied = ["denied by policy", "403", "DENIED"];
@@ -116,7 +128,7 @@ async fn look_alikes_of_material_are_judged_by_their_own_rule() {
         f.skopeo_fails(p, &format!("{REPO}@{}", m.digest), &denied).await;
     }
     f.denied(&get_manifest(p, REPO, &sbom_tag).await, "octet-stream layers at the `.sbom` tag");
-    for b in evil.blobs() {
+    for b in evil[5].blobs() {
         f.denied(
             &get_blob(p, REPO, &b.digest).await,
             &format!("`.sbom` tag: GET blob {}", b.digest),
@@ -204,6 +216,49 @@ async fn material_cannot_unlock_another_images_blobs() {
         .await;
     f.denied(&get_manifest(p, REPO, "u").await, "GET U's manifest");
     f.denied(&get_blob(p, REPO, &big.digest).await, "GET U's large layer after its manifest");
+    f.skopeo_copies(
+        p,
+        &format!("{REPO}:v1"),
+        &signed.manifest.digest,
+        &image_blobs(&signed),
+    )
+    .await;
+    f.finish();
+}
+
+/// Issue 9 §2 ("a material manifest can never unlock blobs of another
+/// image"), beyond the size bound: the same attack with U's small layers
+/// (real tar+gzip, well under 2 MiB) behind simple-signing-typed
+/// descriptors. A size bound alone lets them through; they must stay locked
+/// (403) unless the blob really is material. Control: S pulls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn material_cannot_unlock_small_blobs_of_another_image() {
+    let mut f = Findings::new("material_unlocks_small_blobs");
+    let scene = Scene::start(ENFORCE).await;
+    let signed = benign(42);
+    scene.signed(REPO, "v1", &signed).await;
+    let unsigned = payload(43);
+    scene.registry.push_image(REPO, "u", &unsigned).await;
+    let empty = Blob::new(OCI_EMPTY, &b"{}"[..]);
+    scene.registry.push_blob(REPO, &empty).await;
+    let m = with_subject(
+        desc_of(&empty),
+        array(unsigned.layers.iter().map(|l| desc(SIMPLE_SIGNING_MEDIA_TYPE, l))),
+        Some(&signed.manifest),
+    );
+    scene.push_doc(REPO, Some("unlock"), &m).await;
+    let p = &scene.proxy;
+    let served = get_manifest(p, REPO, &m.digest.to_string()).await;
+    eprintln!("material-shaped manifest naming U's small layers: {}", served.status);
+    for l in &unsigned.layers {
+        f.denied(
+            &get_blob(p, REPO, &l.digest).await,
+            &format!("GET U's small layer {} after the material manifest", l.digest),
+        );
+    }
+    f.skopeo_fails(p, &format!("{REPO}:unlock"), &["403", "denied", "DENIED"])
+        .await;
+    f.denied(&get_manifest(p, REPO, "u").await, "GET U's manifest");
     f.skopeo_copies(
         p,
         &format!("{REPO}:v1"),
