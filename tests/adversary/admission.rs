@@ -102,13 +102,8 @@ rules:
     let other = benign(71);
     scene.registry.push_image("public/other", "v1", &other).await;
     let p = &scene.proxy;
-    f.skopeo_copies(
-        p,
-        "private/app:v1",
-        &private.manifest.digest,
-        &image_blobs(&private),
-    )
-    .await;
+    f.skopeo_copies(p, "private/app:v1", &private.manifest.digest, &image_blobs(&private))
+        .await;
     let digest = private.manifest.digest.to_string();
     f.status(
         &get_manifest(p, "public/other", &digest).await,
@@ -195,11 +190,20 @@ async fn switching_audit_to_enforce_revokes_blob_grants() {
     let probe = oci_image(&[100], 82);
     scene.registry.push_image(REPO, "probe", &probe).await;
     let p = &scene.proxy;
-    f.skopeo_copies(p, &format!("{REPO}:u"), &unsigned.manifest.digest, &image_blobs(&unsigned))
-        .await;
+    f.skopeo_copies(
+        p,
+        &format!("{REPO}:u"),
+        &unsigned.manifest.digest,
+        &image_blobs(&unsigned),
+    )
+    .await;
     f.skopeo_copies(p, &format!("{REPO}:s"), &signed.manifest.digest, &image_blobs(&signed))
         .await;
-    f.serves(&get_manifest(p, REPO, "probe").await, &probe.manifest, "probe under audit");
+    f.serves(
+        &get_manifest(p, REPO, "probe").await,
+        &probe.manifest,
+        "probe under audit",
+    );
 
     write_policy(scene.policies.path(), &[("a", &scene.key)], ENFORCE);
     let reloaded = wait_for_status(p, REPO, "probe", StatusCode::FORBIDDEN).await;
@@ -211,7 +215,8 @@ async fn switching_audit_to_enforce_revokes_blob_grants() {
         );
     }
     f.denied(&get_manifest(p, REPO, "u").await, "GET U's manifest after the reload");
-    f.skopeo_fails(p, &format!("{REPO}:u"), &["denied by policy", "403"]).await;
+    f.skopeo_fails(p, &format!("{REPO}:u"), &["denied by policy", "403"])
+        .await;
 
     // Control: S's blobs are still served (no manifest request first), and S pulls.
     for b in signed.blobs() {
@@ -278,11 +283,7 @@ async fn a_verdict_file_copied_to_another_digest_is_ignored() {
     scene.signed(REPO, "v1", &signed).await;
     let unsigned = payload(101);
     scene.registry.push_image(REPO, "u", &unsigned).await;
-    f.serves(
-        &get_manifest(&scene.proxy, REPO, "v1").await,
-        &signed.manifest,
-        "GET S",
-    );
+    f.serves(&get_manifest(&scene.proxy, REPO, "v1").await, &signed.manifest, "GET S");
     let Scene {
         registry,
         policies,
@@ -305,7 +306,10 @@ async fn a_verdict_file_copied_to_another_digest_is_ignored() {
         eprintln!("copied {} to {}", file.display(), forged.display());
     }
     let proxy = TestProxy::with_policies_in(&registry.url(), policies.path(), data).await;
-    f.denied(&get_manifest(&proxy, REPO, "u").await, "GET U after the forged verdict file");
+    f.denied(
+        &get_manifest(&proxy, REPO, "u").await,
+        "GET U after the forged verdict file",
+    );
     f.skopeo_fails(&proxy, &format!("{REPO}:u"), &["denied by policy", "403"])
         .await;
     f.skopeo_copies(

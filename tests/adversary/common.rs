@@ -59,12 +59,14 @@ pub fn doc(media_type: &str, text: String) -> Blob {
 }
 
 /// The unsigned, runnable payload an attacker wants run: two tar+gzip
-/// layers (a script and some data) for this machine.
+/// layers (a script and some data) for this machine, all blobs distinct
+/// per `seed`.
 pub fn payload(seed: u64) -> Image {
     let data = random_bytes(3000, seed);
+    let script = format!("#!/bin/sh\necho owned by {seed}\n");
     runnable_image(
         &[
-            &[("evil.sh", b"#!/bin/sh\necho owned\n")],
+            &[("evil.sh", script.as_bytes())],
             &[("data.bin", &data[..]), ("seed", seed.to_string().as_bytes())],
         ],
         seed,
@@ -203,10 +205,7 @@ impl Findings {
             && Self::error_message(resp).is_some_and(|(_, m)| m.to_lowercase().contains("ambiguous"));
         self.check(
             ok,
-            format!(
-                "{what}: expected 502 naming `ambiguous`, got {}",
-                Self::summary(resp)
-            ),
+            format!("{what}: expected 502 naming `ambiguous`, got {}", Self::summary(resp)),
         );
     }
 
@@ -224,8 +223,8 @@ impl Findings {
 
     /// Exactly `status`, and when `code` is given, that OCI error code.
     pub fn status(&mut self, resp: &Resp, status: StatusCode, code: Option<&str>, what: &str) {
-        let ok = resp.status == status
-            && code.is_none_or(|c| Self::error_message(resp).is_some_and(|(got, _)| got == c));
+        let ok =
+            resp.status == status && code.is_none_or(|c| Self::error_message(resp).is_some_and(|(got, _)| got == c));
         let want = code.map_or(status.to_string(), |c| format!("{status} {c}"));
         self.check(ok, format!("{what}: expected {want}, got {}", Self::summary(resp)));
     }
@@ -252,17 +251,11 @@ impl Findings {
     pub fn client_fails(&mut self, result: Result<String, String>, needles: &[&str], what: &str) {
         match result {
             Ok(out) => {
-                self.check(
-                    false,
-                    format!("{what}: succeeded (the attack works): {}", out.trim()),
-                );
+                self.check(false, format!("{what}: succeeded (the attack works): {}", out.trim()));
             }
             Err(e) => {
                 let found = needles.iter().any(|n| e.contains(n));
-                self.check(
-                    found,
-                    format!("{what}: failed, but not with any of {needles:?}:\n{e}"),
-                );
+                self.check(found, format!("{what}: failed, but not with any of {needles:?}:\n{e}"));
             }
         }
     }

@@ -46,13 +46,16 @@ async fn look_alikes_of_material_are_judged_by_their_own_rule() {
     );
     let helm_chart = Blob::new(
         "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
-        gzip_stored(&tar(&[("evil/Chart.yaml", b"apiVersion: v2\nname: evil\nversion: 0.1.0\n")])),
+        gzip_stored(&tar(&[(
+            "evil/Chart.yaml",
+            b"apiVersion: v2\nname: evil\nversion: 0.1.0\n",
+        )])),
     );
     let sig_payload = Blob::new(
         SIMPLE_SIGNING_MEDIA_TYPE,
         simple_signing_payload(&docker_reference(&scene.registry, REPO), &signed.manifest.digest),
     );
-    let empty_config = empty_image_config(&[sig_payload.digest.clone()]);
+    let empty_config = empty_image_config(std::slice::from_ref(&sig_payload.digest));
     for b in [&helm_config, &helm_chart, &sig_payload, &empty_config] {
         scene.registry.push_blob(REPO, b).await;
     }
@@ -127,7 +130,10 @@ async fn look_alikes_of_material_are_judged_by_their_own_rule() {
         }
         f.skopeo_fails(p, &format!("{REPO}@{}", m.digest), &denied).await;
     }
-    f.denied(&get_manifest(p, REPO, &sbom_tag).await, "octet-stream layers at the `.sbom` tag");
+    f.denied(
+        &get_manifest(p, REPO, &sbom_tag).await,
+        "octet-stream layers at the `.sbom` tag",
+    );
     for b in evil[5].blobs() {
         f.denied(
             &get_blob(p, REPO, &b.digest).await,
@@ -168,13 +174,8 @@ async fn look_alikes_of_material_are_judged_by_their_own_rule() {
         &referrer.bundle,
         "control: GET S's bundle",
     );
-    f.skopeo_copies(
-        p,
-        &format!("{REPO}:v1"),
-        &signed.manifest.digest,
-        &image_blobs(&signed),
-    )
-    .await;
+    f.skopeo_copies(p, &format!("{REPO}:v1"), &signed.manifest.digest, &image_blobs(&signed))
+        .await;
     f.client_succeeds(
         ctr_pull(&containerd, p, &format!("{REPO}:v1")).await,
         "control: ctr images pull test/app:v1",
@@ -210,19 +211,20 @@ async fn material_cannot_unlock_another_images_blobs() {
     // Whatever happens to the manifest, the large layer must stay locked.
     let served = get_manifest(p, REPO, &m.digest.to_string()).await;
     eprintln!("material-shaped manifest naming U's layer: {}", served.status);
-    f.denied(&get_blob(p, REPO, &big.digest).await, "GET U's >2 MiB layer after the material manifest");
+    f.denied(
+        &get_blob(p, REPO, &big.digest).await,
+        "GET U's >2 MiB layer after the material manifest",
+    );
     f.check(!p.has_blob(&big.digest), "U's large layer was fetched into the store");
     f.skopeo_fails(p, &format!("{REPO}:unlock"), &["403", "denied", "DENIED"])
         .await;
     f.denied(&get_manifest(p, REPO, "u").await, "GET U's manifest");
-    f.denied(&get_blob(p, REPO, &big.digest).await, "GET U's large layer after its manifest");
-    f.skopeo_copies(
-        p,
-        &format!("{REPO}:v1"),
-        &signed.manifest.digest,
-        &image_blobs(&signed),
-    )
-    .await;
+    f.denied(
+        &get_blob(p, REPO, &big.digest).await,
+        "GET U's large layer after its manifest",
+    );
+    f.skopeo_copies(p, &format!("{REPO}:v1"), &signed.manifest.digest, &image_blobs(&signed))
+        .await;
     f.finish();
 }
 
@@ -259,13 +261,8 @@ async fn material_cannot_unlock_small_blobs_of_another_image() {
     f.skopeo_fails(p, &format!("{REPO}:unlock"), &["403", "denied", "DENIED"])
         .await;
     f.denied(&get_manifest(p, REPO, "u").await, "GET U's manifest");
-    f.skopeo_copies(
-        p,
-        &format!("{REPO}:v1"),
-        &signed.manifest.digest,
-        &image_blobs(&signed),
-    )
-    .await;
+    f.skopeo_copies(p, &format!("{REPO}:v1"), &signed.manifest.digest, &image_blobs(&signed))
+        .await;
     f.finish();
 }
 
@@ -303,14 +300,8 @@ async fn bad_referrers_beside_a_signature_do_not_get_the_image_refused() {
         )
     };
     let good_layer = desc_of(&good.bundle);
-    let case_fold = referrer(format!(
-        r#""layers":[{good_layer}],"Layers":[{}]"#,
-        desc_of(&other)
-    ));
-    let duplicate = referrer(format!(
-        r#""layers":[{good_layer}],"layers":[{}]"#,
-        desc_of(&other)
-    ));
+    let case_fold = referrer(format!(r#""layers":[{good_layer}],"Layers":[{}]"#, desc_of(&other)));
+    let duplicate = referrer(format!(r#""layers":[{good_layer}],"layers":[{}]"#, desc_of(&other)));
     let not_json = Blob::new(BUNDLE_V03_MEDIA_TYPE, &b"this is not a bundle {"[..]);
     let malformed = referrer(format!(r#""layers":[{}]"#, desc_of(&not_json)));
     push_referrer(&scene.registry, REPO, &raw_referrer(case_fold, good.bundle.clone())).await;
@@ -322,12 +313,7 @@ async fn bad_referrers_beside_a_signature_do_not_get_the_image_refused() {
         &signed.manifest,
         "GET S beside the bad referrers",
     );
-    f.skopeo_copies(
-        p,
-        &format!("{REPO}:v1"),
-        &signed.manifest.digest,
-        &image_blobs(&signed),
-    )
-    .await;
+    f.skopeo_copies(p, &format!("{REPO}:v1"), &signed.manifest.digest, &image_blobs(&signed))
+        .await;
     f.finish();
 }

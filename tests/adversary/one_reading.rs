@@ -44,7 +44,10 @@ async fn case_fold_decoy_is_refused_and_the_signed_image_still_pulls() {
     f.ambiguous(&get_manifest(p, REPO, &m.digest.to_string()).await, "GET M by digest");
     f.ambiguous(&get_manifest(p, REPO, "evil").await, "GET M by tag");
     for b in evil.blobs() {
-        f.denied(&get_blob(p, REPO, &b.digest).await, &format!("GET payload blob {}", b.digest));
+        f.denied(
+            &get_blob(p, REPO, &b.digest).await,
+            &format!("GET payload blob {}", b.digest),
+        );
     }
     f.skopeo_fails(p, &format!("{REPO}:evil"), &["ambiguous", "502"]).await;
     f.skopeo_fails(p, &format!("{REPO}@{}", m.digest), &["ambiguous", "502"])
@@ -60,13 +63,8 @@ async fn case_fold_decoy_is_refused_and_the_signed_image_still_pulls() {
     }
 
     // Control: the signed image and its real material.
-    f.skopeo_copies(
-        p,
-        &format!("{REPO}:v1"),
-        &signed.manifest.digest,
-        &image_blobs(&signed),
-    )
-    .await;
+    f.skopeo_copies(p, &format!("{REPO}:v1"), &signed.manifest.digest, &image_blobs(&signed))
+        .await;
     f.client_succeeds(
         ctr_pull(&containerd, p, &format!("{REPO}:v1")).await,
         "control: ctr images pull test/app:v1",
@@ -201,7 +199,10 @@ async fn every_ambiguous_spelling_is_refused_and_unknown_keys_are_not() {
                 OCI_INDEX,
                 format!(
                     r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}],"Manifests":[{}]}}"#,
-                    platform_entry(&signed.manifest, &format!(r#"{{"architecture":"{arch}","os":"linux"}}"#)),
+                    platform_entry(
+                        &signed.manifest,
+                        &format!(r#"{{"architecture":"{arch}","os":"linux"}}"#)
+                    ),
                     platform_entry(&evil.manifest, &format!(r#"{{"architecture":"{arch}","os":"linux"}}"#)),
                 ),
             ),
@@ -242,13 +243,8 @@ async fn every_ambiguous_spelling_is_refused_and_unknown_keys_are_not() {
     f.serves(&got, &extra, "control: GET a signed manifest with unknown keys");
     f.skopeo_copies(p, &format!("{REPO}:extra"), &extra.digest, &image_blobs(&plain))
         .await;
-    f.skopeo_copies(
-        p,
-        &format!("{REPO}:v1"),
-        &signed.manifest.digest,
-        &image_blobs(&signed),
-    )
-    .await;
+    f.skopeo_copies(p, &format!("{REPO}:v1"), &signed.manifest.digest, &image_blobs(&signed))
+        .await;
     f.finish();
 }
 
@@ -283,7 +279,7 @@ async fn hybrid_and_mislabelled_documents_are_refused() {
     let cfg = desc_of(&evil.config);
     let layers = array(evil.layers.iter().map(desc_of));
     let child = desc_of(&signed.manifest);
-    let docs = vec![
+    let docs = [
         (
             "manifest with `manifests`",
             doc(
