@@ -27,6 +27,17 @@ rules:
     require: { signatures: { anyOf: [key-a] } }
 "#;
 
+/// How the Go clients report a refusal (their own wording; a bare status
+/// number could match a digest's hex in their output).
+/// 502: skopeo "received unexpected HTTP status: 502 Bad Gateway", ctr
+/// "failed with status code [manifests …]: 502 Bad Gateway".
+pub const BAD_GATEWAY: &[&str] = &["502 Bad Gateway"];
+/// 403: skopeo "denied: denied by policy …" for a manifest, "invalid status
+/// code from registry 403 (Forbidden)" for a blob; ctr "403 Forbidden".
+pub const FORBIDDEN: &[&str] = &["denied by policy", "403 (Forbidden)", "403 Forbidden"];
+/// 404 for a manifest: skopeo "manifest unknown", ctr "404 Not Found".
+pub const UNKNOWN: &[&str] = &["manifest unknown", "404 Not Found"];
+
 // ------------------------------------------------------------- documents
 
 /// A descriptor as JSON text: `mediaType` (as given, whatever the blob's

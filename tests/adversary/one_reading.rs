@@ -49,12 +49,11 @@ async fn case_fold_decoy_is_refused_and_the_signed_image_still_pulls() {
             &format!("GET payload blob {}", b.digest),
         );
     }
-    f.skopeo_fails(p, &format!("{REPO}:evil"), &["ambiguous", "502"]).await;
-    f.skopeo_fails(p, &format!("{REPO}@{}", m.digest), &["ambiguous", "502"])
-        .await;
+    f.skopeo_fails(p, &format!("{REPO}:evil"), BAD_GATEWAY).await;
+    f.skopeo_fails(p, &format!("{REPO}@{}", m.digest), BAD_GATEWAY).await;
     f.client_fails(
         ctr_pull(&containerd, p, &format!("{REPO}:evil")).await,
-        &["502"],
+        BAD_GATEWAY,
         "ctr images pull test/app:evil",
     );
     f.nothing_stored(p, &m.digest, "M");
@@ -219,8 +218,7 @@ async fn every_ambiguous_spelling_is_refused_and_unknown_keys_are_not() {
     for v in variants.iter().chain(&index_variants) {
         let reference = v.doc.digest.to_string();
         f.ambiguous(&get_manifest(p, REPO, &reference).await, v.name);
-        f.skopeo_fails(p, &format!("{REPO}@{reference}"), &["ambiguous", "502"])
-            .await;
+        f.skopeo_fails(p, &format!("{REPO}@{reference}"), BAD_GATEWAY).await;
         f.nothing_stored(p, &v.doc.digest, v.name);
     }
 
@@ -332,8 +330,7 @@ async fn hybrid_and_mislabelled_documents_are_refused() {
     for (i, (name, d)) in docs.iter().enumerate() {
         f.bad_gateway(&get_manifest(&proxy, REPO, &d.digest.to_string()).await, name);
         f.bad_gateway(&get_manifest(&proxy, REPO, &format!("hybrid-{i}")).await, name);
-        f.skopeo_fails(&proxy, &format!("{REPO}:hybrid-{i}"), &["502", "refused"])
-            .await;
+        f.skopeo_fails(&proxy, &format!("{REPO}:hybrid-{i}"), BAD_GATEWAY).await;
         f.nothing_stored(&proxy, &d.digest, name);
     }
     f.skopeo_copies(
