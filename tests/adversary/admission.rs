@@ -12,6 +12,9 @@ rules:
     match: { repositories: ["test/idx"], tags: ["dev-*"] }
     mode: audit
     require: { signatures: { anyOf: [key-a] } }
+  - name: nightly-static
+    match: { repositories: ["test/nightly"], tags: ["nightly-*"] }
+    static: allow
   - name: enforce-all
     match: { repositories: ["test/**"] }
     require: { signatures: { anyOf: [key-a] } }
@@ -20,7 +23,9 @@ rules:
 /// Issue 9 §3: an index served under an audit rule's `would-deny` vouches
 /// for nothing. The unsigned index I tagged `dev-1` is served (audit); its
 /// child C pulled by digest falls under `enforce-all` and is denied (403;
-/// skopeo and ctr cannot pull it). Control: a signed index under the
+/// skopeo and ctr cannot pull it). Likewise an index allowed by a `static`
+/// rule scoped to its tag (`nightly-*`) vouches for nothing under
+/// `enforce-all`. Control: a signed index under the
 /// enforcing rule (`indexCoversChildren`, children unsigned) pulls with
 /// skopeo `--all`, and its children pull by digest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,6 +64,26 @@ async fn an_audited_index_does_not_vouch_for_its_children() {
         FORBIDDEN,
         "ctr images pull test/idx@C",
     );
+
+    // Nor does an index allowed by a `static` rule scoped to its tags: the
+    // child's by-digest pull does not match that rule.
+    let nightly_child = payload(63);
+    let nightly = oci_index(&[(&nightly_child, host_arch())]);
+    scene
+        .registry
+        .push_index("test/nightly", "nightly-1", &nightly, &[&nightly_child])
+        .await;
+    f.serves(
+        &get_manifest(p, "test/nightly", "nightly-1").await,
+        &nightly,
+        "GET N:nightly-1 (static allow by tag)",
+    );
+    f.denied(
+        &get_manifest(p, "test/nightly", &nightly_child.manifest.digest.to_string()).await,
+        "GET N's child by digest",
+    );
+    f.skopeo_fails(p, &format!("test/nightly@{}", nightly_child.manifest.digest), FORBIDDEN)
+        .await;
 
     // Control: a signed index vouches for its children under its own rule.
     let all: Vec<&Digest> = kids

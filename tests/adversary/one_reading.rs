@@ -27,7 +27,8 @@ fn decoy_manifest(subject: &Blob, payload: &Image, real_key: &str) -> Blob {
 /// Issue 9, the headline: the case-fold decoy. Through Portcullis the
 /// document is refused (502 `ambiguous`) by digest and by tag, skopeo and
 /// ctr cannot pull it, its payload's blobs are not served and nothing of it
-/// is stored. Control: the signed image still pulls with both clients.
+/// is stored; the same with a subject signed by a bundle referrer. Control:
+/// the signed images still pull (skopeo; ctr for the `.sig`-signed one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case_fold_decoy_is_refused_and_the_signed_image_still_pulls() {
     let mut f = Findings::new("case_fold_decoy");
@@ -61,8 +62,26 @@ async fn case_fold_decoy_is_refused_and_the_signed_image_still_pulls() {
         f.nothing_stored(p, &b.digest, "payload layer");
     }
 
-    // Control: the signed image and its real material.
+    // The same decoy beside an image signed the cosign v3 way (a Sigstore
+    // bundle referrer behind the referrers fallback index).
+    let bundled = benign(3);
+    scene.registry.push_image("test/bundled", "v1", &bundled).await;
+    push_bundle_signature(&scene.registry, "test/bundled", &bundled.manifest, &scene.key).await;
+    let evil2 = payload(4);
+    scene.blobs("test/bundled", &evil2).await;
+    let m2 = decoy_manifest(&bundled.manifest, &evil2, "Layers");
+    scene.push_doc("test/bundled", Some("evil"), &m2).await;
+    f.ambiguous(
+        &get_manifest(p, "test/bundled", &m2.digest.to_string()).await,
+        "GET M2 (subject signed by a bundle) by digest",
+    );
+    f.skopeo_fails(p, "test/bundled:evil", BAD_GATEWAY).await;
+    f.nothing_stored(p, &m2.digest, "M2");
+
+    // Control: the signed images still pull.
     f.skopeo_copies(p, &format!("{REPO}:v1"), &signed.manifest.digest, &image_blobs(&signed))
+        .await;
+    f.skopeo_copies(p, "test/bundled:v1", &bundled.manifest.digest, &image_blobs(&bundled))
         .await;
     f.client_succeeds(
         ctr_pull(&containerd, p, &format!("{REPO}:v1")).await,
