@@ -2,7 +2,7 @@
 //! audit assertions, skopeo, and the upstream + policy + proxy scenario.
 
 pub(crate) use crate::support::admission::*;
-pub(crate) use crate::support::client::{self, Resp};
+pub(crate) use crate::support::client;
 pub(crate) use crate::support::cosign::*;
 pub(crate) use crate::support::distribution::Distribution;
 pub(crate) use crate::support::fake::{FakeRegistry, Fault};

@@ -10,7 +10,9 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use portcullis::oci::Digest;
 
-use super::client::{self, Resp};
+pub use super::client::Resp;
+
+use super::client;
 use super::cosign::{SigningKey, push_legacy_signature};
 use super::distribution::Distribution;
 use super::images::{Blob, Image, oci_image, read_dir_copy};
@@ -139,6 +141,32 @@ pub fn assert_blob_denied(resp: &Resp, digest: &Digest) {
     );
 }
 
+/// Poll `GET repo:reference` until it answers `status` (a policy reload is
+/// picked up within a poll of the directory, every 2 s); panics after
+/// `within`.
+pub async fn wait_for_status(
+    proxy: &TestProxy,
+    repo: &str,
+    reference: &str,
+    status: StatusCode,
+    within: Duration,
+) -> Resp {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let resp = get_manifest(proxy, repo, reference).await;
+        if resp.status == status {
+            return resp;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{repo}:{reference} still {} after {within:?}: {:?}",
+            resp.status,
+            resp.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 // ------------------------------------------------------------- skopeo
 
 /// `skopeo copy --all` of `reference` (`repo:tag` or `repo@digest`) through
@@ -166,16 +194,34 @@ pub async fn skopeo_refused(proxy: &TestProxy, reference: &str) -> String {
 /// skopeo copies `reference` completely: the copy holds exactly `top` and
 /// `expected` (all digests equal to the upstream's).
 pub async fn skopeo_copies(proxy: &TestProxy, reference: &str, top: &Digest, expected: &[&Digest]) {
-    let work = tempfile::tempdir().expect("tempdir");
-    let dest = work.path().join("copy");
-    if let Err(e) = skopeo_copy(proxy, reference, &dest).await {
+    if let Err(e) = skopeo_copy_checked(proxy, reference, top, expected).await {
         panic!("{e}");
     }
+}
+
+/// [`skopeo_copies`] as a result: `Err` with skopeo's report, or with what
+/// the copy holds when it is not exactly `top` and `expected`.
+pub async fn skopeo_copy_checked(
+    proxy: &TestProxy,
+    reference: &str,
+    top: &Digest,
+    expected: &[&Digest],
+) -> Result<(), String> {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dest = work.path().join("copy");
+    skopeo_copy(proxy, reference, &dest).await?;
     let (got_top, got) = read_dir_copy(&dest);
-    assert_eq!(&got_top, top, "{reference}: the copy's manifest is not the upstream's");
+    if &got_top != top {
+        return Err(format!(
+            "{reference}: the copy's manifest {got_top} is not the upstream's {top}"
+        ));
+    }
     let mut want: BTreeSet<Digest> = expected.iter().map(|d| (*d).clone()).collect();
     want.insert(top.clone());
-    assert_eq!(got, want, "{reference}: copied digests");
+    if got != want {
+        return Err(format!("{reference}: copied {got:?}, expected {want:?}"));
+    }
+    Ok(())
 }
 
 /// Everything a pull of `image` copies, besides its manifest.
