@@ -10,12 +10,11 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use portcullis::oci::Digest;
 use serde_json::{Value, json};
+use support::containerd::Containerd;
 use support::distribution::Distribution;
 use support::images::*;
 use support::proxy::TestProxy;
@@ -145,43 +144,6 @@ fn ns_only_config(registry: &Distribution) -> String {
 }
 
 // ---------------------------------------------------------------- tar layers
-
-/// An uncompressed ustar archive of regular files.
-fn tar(files: &[(&str, &[u8])]) -> Bytes {
-    fn octal(field: &mut [u8], v: u64) {
-        let s = format!("{v:0width$o}\0", width = field.len() - 1);
-        field.copy_from_slice(s.as_bytes());
-    }
-    let mut out = Vec::new();
-    for (name, data) in files {
-        let mut h = [0u8; 512];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        octal(&mut h[100..108], 0o644);
-        octal(&mut h[108..116], 0);
-        octal(&mut h[116..124], 0);
-        octal(&mut h[124..136], data.len() as u64);
-        octal(&mut h[136..148], 1_700_000_000);
-        h[148..156].fill(b' ');
-        h[156] = b'0';
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-        out.extend_from_slice(&h);
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
-    out.resize(out.len() + 1024, 0);
-    out.into()
-}
-
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
 
 /// An OCI image whose layers are real tar archives, for this machine.
 fn rootfs_image() -> Image {
@@ -361,112 +323,6 @@ async fn skopeo_alias() {
 }
 
 // ------------------------------------------------------------- containerd
-
-/// containerd 1.6 on its own socket, root and state in a temp dir (CRI
-/// disabled), in its own session; killed and reaped on drop.
-struct Containerd {
-    dir: tempfile::TempDir,
-    child: std::process::Child,
-}
-
-impl Containerd {
-    async fn start() -> Containerd {
-        let binary = support::require_tool("containerd");
-        support::require_tool("ctr");
-        let setsid = support::require_tool("setsid");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path();
-        let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{ttrpc}\"\n",
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = d.join("containerd.sock").display(),
-            ttrpc = d.join("containerd-ttrpc.sock").display(),
-        );
-        std::fs::write(d.join("config.toml"), config).expect("config");
-        let log = std::fs::File::create(d.join("containerd.log")).expect("log");
-        // `setsid` execs containerd in place (the child is not a process
-        // group leader), so the PID kept here is containerd's.
-        let child = std::process::Command::new(setsid)
-            .arg(binary)
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
-        let mut c = Containerd { dir, child };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = c.child.try_wait() {
-                panic!("containerd exited with {status}:\n{}", c.log());
-            }
-            if try_run("ctr", &["--address", &c.socket(), "version"], Duration::from_secs(10))
-                .await
-                .is_ok()
-            {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "containerd not ready within 30 s:\n{}",
-                c.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn socket(&self) -> String {
-        self.dir.path().join("containerd.sock").display().to_string()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-    }
-
-    /// `ctr --address <sock> -n t <args>`.
-    async fn ctr(&self, args: &[&str]) -> Result<String, String> {
-        let sock = self.socket();
-        let mut all = vec!["--address", sock.as_str(), "-n", "t"];
-        all.extend_from_slice(args);
-        try_run("ctr", &all, COPY_LIMIT)
-            .await
-            .map_err(|e| format!("{e}\n--- containerd log (tail) ---\n{}", tail(&self.log(), 4000)))
-    }
-
-    /// A hosts directory for `registry` whose only `[host]` is the proxy and
-    /// whose `server` is a closed port: no fallback can hide a failing proxy.
-    fn mirror_hosts_dir(&self, registry: &Distribution, proxy: &TestProxy) -> PathBuf {
-        let hosts = self.dir.path().join("hosts");
-        let dir = hosts.join(registry.host());
-        std::fs::create_dir_all(&dir).expect("hosts dir");
-        std::fs::write(
-            dir.join("hosts.toml"),
-            format!(
-                "server = \"http://127.0.0.1:9\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-                proxy.addr
-            ),
-        )
-        .expect("hosts.toml");
-        hosts
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tail(s: &str, max: usize) -> &str {
-    let mut start = s.len().saturating_sub(max);
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
-}
 
 /// containerd's mirror shape: requests carry `?ns=127.0.0.1:<upstream port>`.
 /// `content fetch --all-platforms` of the multi-arch index, the Docker list

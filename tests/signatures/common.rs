@@ -1,27 +1,21 @@
 //! Helpers shared by the signature suites: policies, seeding, HTTP and
 //! audit assertions, skopeo, and the upstream + policy + proxy scenario.
 
-pub(crate) use crate::support::client::{self, Resp};
+pub(crate) use crate::support::admission::*;
+pub(crate) use crate::support::client;
 pub(crate) use crate::support::cosign::*;
 pub(crate) use crate::support::distribution::Distribution;
 pub(crate) use crate::support::fake::{FakeRegistry, Fault};
 pub(crate) use crate::support::images::*;
 pub(crate) use crate::support::proxy::TestProxy;
-pub(crate) use crate::support::skopeo_copy_exact;
 pub(crate) use http::{Method, StatusCode};
 pub(crate) use portcullis::oci::Digest;
 pub(crate) use serde_json::{Value, json};
-pub(crate) use std::collections::BTreeSet;
 pub(crate) use std::path::Path;
 pub(crate) use std::process::Stdio;
 pub(crate) use std::time::{Duration, Instant};
 
 pub const REPO: &str = "test/app";
-/// Time limit for one client command.
-pub const LIMIT: Duration = Duration::from_secs(60);
-pub const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
-                      application/vnd.docker.distribution.manifest.v2+json, \
-                      application/vnd.docker.distribution.manifest.list.v2+json";
 pub const SLSA_V02: &str = "https://slsa.dev/provenance/v0.2";
 
 /// One rule requiring a signature by `key-a` for everything under `test/`.
@@ -43,54 +37,7 @@ pub fn keys() -> (SigningKey, SigningKey, SigningKey) {
     )
 }
 
-/// A policy document: key `<name>` from `<name>.pub` and authority
-/// `key-<name>` (transparency log ignored) for each key, then `rules`.
-pub fn policy_yaml(names: &[&str], rules: &str) -> String {
-    let mut y = String::from("apiVersion: portcullis.dev/v1alpha1\nkind: Policy\nkeys:\n");
-    for n in names {
-        y.push_str(&format!("  {n}: {{ path: {n}.pub }}\n"));
-    }
-    y.push_str("authorities:\n");
-    for n in names {
-        y.push_str(&format!("  key-{n}: {{ key: {{ keys: [{n}] }}, tlog: ignore }}\n"));
-    }
-    y.push_str(rules.trim_start_matches('\n'));
-    y
-}
-
-/// Write the keys' public PEMs and `policy.yaml` into `dir`.
-pub fn write_policy(dir: &Path, keys: &[(&str, &SigningKey)], rules: &str) {
-    for (n, k) in keys {
-        k.write_public_pem(&dir.join(format!("{n}.pub")));
-    }
-    let names: Vec<&str> = keys.iter().map(|(n, _)| *n).collect();
-    std::fs::write(dir.join("policy.yaml"), policy_yaml(&names, rules)).expect("write policy");
-}
-
-pub fn policy_dir(keys: &[(&str, &SigningKey)], rules: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_policy(dir.path(), keys, rules);
-    dir
-}
-
-/// The revision the proxy must report for the policies in `dir`.
-pub fn revision(dir: &Path) -> String {
-    let p = portcullis::policy::load_dir(dir).expect("valid policy");
-    assert!(p.warnings.is_empty(), "unexpected policy warnings: {:?}", p.warnings);
-    p.revision
-}
-
 // ------------------------------------------------------------- seeding
-
-pub fn small_image(seed: u64) -> Image {
-    oci_image(&[2000, 300], seed)
-}
-
-/// Push `image` as `repo:tag` with a legacy `.sig` holding one layer per key.
-pub async fn push_signed(registry: &Distribution, repo: &str, tag: &str, image: &Image, keys: &[&SigningKey]) {
-    registry.push_image(repo, tag, image).await;
-    push_legacy_signature(registry, repo, &image.manifest, keys).await;
-}
 
 /// Push `layers` as the `.sig` object of `subject` in `repo`.
 pub async fn push_sig_layers(
@@ -102,71 +49,6 @@ pub async fn push_sig_layers(
     let object = legacy_manifest(layers);
     push_legacy_object(registry, repo, &sig_tag(subject), &object).await;
     object
-}
-
-// ------------------------------------------------------------- HTTP
-
-pub async fn get_manifest(proxy: &TestProxy, repo: &str, reference: &str) -> Resp {
-    let url = proxy.url(&format!("/v2/{repo}/manifests/{reference}"));
-    client::request(Method::GET, &url, &[("accept", ACCEPT)]).await
-}
-
-pub async fn get_blob(proxy: &TestProxy, repo: &str, digest: &Digest) -> Resp {
-    client::get(&proxy.url(&format!("/v2/{repo}/blobs/{digest}"))).await
-}
-
-/// 200 with exactly `manifest`'s bytes and digest.
-pub fn assert_manifest(resp: &Resp, manifest: &Blob, what: &str) {
-    assert_eq!(
-        resp.status,
-        StatusCode::OK,
-        "{what}: {}",
-        String::from_utf8_lossy(&resp.bytes())
-    );
-    assert_eq!(
-        resp.header("docker-content-digest"),
-        Some(manifest.digest.to_string().as_str()),
-        "{what}"
-    );
-    assert_eq!(resp.bytes(), manifest.bytes, "{what}: bytes");
-}
-
-/// 200 with exactly `blob`'s bytes.
-pub fn assert_blob(resp: &Resp, blob: &Blob, what: &str) {
-    assert_eq!(resp.status, StatusCode::OK, "{what}");
-    assert_eq!(resp.bytes(), blob.bytes, "{what}: bytes");
-}
-
-/// 403 `DENIED` naming `rule` and each of `reasons`; returns the message.
-pub fn assert_denied(resp: &Resp, rule: &str, reasons: &[&str]) -> String {
-    assert_eq!(
-        resp.status,
-        StatusCode::FORBIDDEN,
-        "expected a denial, got {}: {:?}",
-        resp.status,
-        resp.body
-    );
-    assert_eq!(resp.error_code(), "DENIED");
-    let message = resp.error_message();
-    assert!(
-        message.starts_with(&format!("denied by policy (rule `{rule}`, revision ")),
-        "message does not name rule `{rule}`: {message}"
-    );
-    for r in reasons {
-        assert!(message.contains(r), "message lacks `{r}`: {message}");
-    }
-    message
-}
-
-/// 403 `DENIED` for a blob no admitted manifest of the repository references.
-pub fn assert_blob_denied(resp: &Resp, digest: &Digest) {
-    assert_eq!(resp.status, StatusCode::FORBIDDEN, "blob {digest}: {:?}", resp.body);
-    assert_eq!(resp.error_code(), "DENIED");
-    let message = resp.error_message();
-    assert_eq!(
-        message,
-        format!("blob {digest} is not referenced by an admitted manifest of this repository (pull the manifest first)")
-    );
 }
 
 // ------------------------------------------------------------- audit
@@ -221,50 +103,6 @@ impl Expect<'_> {
 
 pub fn reason(e: &Value) -> &str {
     e["reason"].as_str().unwrap_or_default()
-}
-
-// ------------------------------------------------------------- skopeo
-
-/// `skopeo copy --all` of `reference` (`repo:tag` or `repo@digest`) through
-/// the proxy into a `dir:` copy at `dest`.
-pub async fn skopeo_copy(proxy: &TestProxy, reference: &str, dest: &Path) -> Result<String, String> {
-    let src = format!("docker://{}/{reference}", proxy.addr);
-    skopeo_copy_exact(&src, &format!("dir:{}", dest.display()), LIMIT).await
-}
-
-/// skopeo must fail because the proxy denied the pull.
-pub async fn skopeo_refused(proxy: &TestProxy, reference: &str) -> String {
-    let work = tempfile::tempdir().expect("tempdir");
-    match skopeo_copy(proxy, reference, &work.path().join("copy")).await {
-        Ok(out) => panic!("skopeo copied {reference} although the policy denies it:\n{out}"),
-        Err(e) => {
-            assert!(
-                e.contains("denied by policy"),
-                "skopeo failed for another reason than the denial:\n{e}"
-            );
-            e
-        }
-    }
-}
-
-/// skopeo copies `reference` completely: the copy holds exactly `top` and
-/// `expected` (all digests equal to the upstream's).
-pub async fn skopeo_copies(proxy: &TestProxy, reference: &str, top: &Digest, expected: &[&Digest]) {
-    let work = tempfile::tempdir().expect("tempdir");
-    let dest = work.path().join("copy");
-    if let Err(e) = skopeo_copy(proxy, reference, &dest).await {
-        panic!("{e}");
-    }
-    let (got_top, got) = read_dir_copy(&dest);
-    assert_eq!(&got_top, top, "{reference}: the copy's manifest is not the upstream's");
-    let mut want: BTreeSet<Digest> = expected.iter().map(|d| (*d).clone()).collect();
-    want.insert(top.clone());
-    assert_eq!(got, want, "{reference}: copied digests");
-}
-
-/// Everything a pull of `image` copies, besides its manifest.
-pub fn image_blobs(image: &Image) -> Vec<&Digest> {
-    image.blobs().into_iter().map(|b| &b.digest).collect()
 }
 
 // ------------------------------------------------------------- scenarios

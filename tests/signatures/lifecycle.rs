@@ -225,24 +225,6 @@ async fn sig_manifest_digest(registry: &Distribution, image: &Digest) -> String 
 
 // ============================================================= 14: reload
 
-/// Poll `GET repo:reference` until it answers `status` (at most 10 s).
-async fn wait_for_status(proxy: &TestProxy, reference: &str, status: StatusCode) -> Resp {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let resp = get_manifest(proxy, REPO, reference).await;
-        if resp.status == status {
-            return resp;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still {} after 10 s: {:?}",
-            resp.status,
-            resp.body
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_reload_applies_new_policies_and_refuses_invalid_ones() {
     let (a, _, _) = keys();
@@ -270,7 +252,7 @@ async fn policy_reload_applies_new_policies_and_refuses_invalid_ones() {
     write_policy(dir, &[("a", &a)], STATIC_DENY);
     let new_revision = revision(dir);
     assert_ne!(new_revision, env.revision);
-    let resp = wait_for_status(&env.proxy, "v1", StatusCode::FORBIDDEN).await;
+    let resp = wait_for_status(&env.proxy, REPO, "v1", StatusCode::FORBIDDEN, Duration::from_secs(10)).await;
     let message = assert_denied(&resp, "lockdown", &["static deny"]);
     assert!(message.contains(&new_revision[..12]), "{message}");
     let last = events_for(&env.proxy, &image.manifest.digest).pop().expect("event");
@@ -315,7 +297,14 @@ async fn policy_reload_applies_to_children_of_an_admitted_index() {
     );
 
     write_policy(env.policies.path(), &[("a", &a)], STATIC_DENY);
-    wait_for_status(&env.proxy, "multi", StatusCode::FORBIDDEN).await;
+    wait_for_status(
+        &env.proxy,
+        REPO,
+        "multi",
+        StatusCode::FORBIDDEN,
+        Duration::from_secs(10),
+    )
+    .await;
     // The child was vouched for by the index under the old policy; the new
     // policy denies everything, the child included.
     assert_denied(

@@ -284,6 +284,26 @@ upstreams:
 }
 
 impl Distribution {
+    /// Hold `manifest` in `repo` by digest although Distribution refuses it
+    /// at push (it refuses `urls` on descriptors of most types): the bytes
+    /// are uploaded as a blob and linked as a manifest revision in its
+    /// storage, as a registry with that validation off holds them. Reads
+    /// serve it like any pushed manifest.
+    pub async fn plant_manifest(&self, repo: &str, manifest: &Blob) {
+        self.push_blob(repo, manifest).await;
+        let dir = self
+            .storage()
+            .join("docker/registry/v2/repositories")
+            .join(repo)
+            .join("_manifests/revisions")
+            .join(manifest.digest.algorithm().as_str())
+            .join(manifest.digest.hex());
+        std::fs::create_dir_all(&dir).expect("revision dir");
+        std::fs::write(dir.join("link"), manifest.digest.to_string()).expect("write link");
+    }
+}
+
+impl Distribution {
     /// Make manifest `manifest` (already pushed to `repo`) also answer to
     /// `alias`, a digest of another algorithm (`sha512:`). Distribution 2.8
     /// refuses manifest pushes by non-canonical digests but resolves

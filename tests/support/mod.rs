@@ -1,13 +1,18 @@
 //! Shared helpers for the integration test binaries.
 //!
 //! - `proxy`: run Portcullis in-process on a free loopback port.
+//! - `admission`: policies with fresh keys, signed images, pulls and their
+//!   admission assertions (skopeo included).
 //! - `client`: a minimal HTTP client for assertions on exact bytes/headers.
 //! - `images`: build OCI/Docker images, indexes and blobs in memory.
 //! - `fake`: an in-process upstream registry that misbehaves on purpose.
 //! - `distribution`: the real CNCF Distribution registry (`docker-registry`).
+//! - `containerd`: containerd on its own socket, driven with `ctr`.
 #![allow(dead_code)]
 
+pub mod admission;
 pub mod client;
+pub mod containerd;
 pub mod cosign;
 pub mod distribution;
 pub mod fake;

@@ -59,7 +59,16 @@ impl TestProxy {
         Self::with_policies_in(url, dir, data_dir).await
     }
 
-    async fn with_policies_in(url: &str, dir: &std::path::Path, data_dir: tempfile::TempDir) -> TestProxy {
+    /// Stop this proxy and hand back its data directory (store, persisted
+    /// verdicts, audit log), e.g. to change files before
+    /// [`with_policies_in`](Self::with_policies_in) starts a new one on it.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tempdir"))
+    }
+
+    /// Start with `--default-upstream url` and the policies in `dir` on an
+    /// existing data directory.
+    pub async fn with_policies_in(url: &str, dir: &std::path::Path, data_dir: tempfile::TempDir) -> TestProxy {
         let yaml = format!("auditLog: {}\n", data_dir.path().join("audit.jsonl").display());
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".parse().expect("addr")),
