@@ -71,7 +71,11 @@ fn parse_args(args: &[String]) -> anyhow::Result<(SocketAddr, SocketAddr, Work)>
             "--sha256" => work.sha256 = true,
             "--temp-file" => work.temp_dir = Some(rest.next().context(USAGE)?.into()),
             "--delay-ms" => {
-                let ms: u64 = rest.next().context(USAGE)?.parse().context("--delay-ms takes milliseconds")?;
+                let ms: u64 = rest
+                    .next()
+                    .context(USAGE)?
+                    .parse()
+                    .context("--delay-ms takes milliseconds")?;
                 work.delay = std::time::Duration::from_millis(ms);
             }
             _ => anyhow::bail!(USAGE),

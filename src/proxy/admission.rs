@@ -136,6 +136,10 @@ pub struct Gate {
     persisted: Option<Arc<VerdictStore>>,
     vouched: moka::sync::Cache<VouchKey, Arc<Vouch>>,
     grants: moka::sync::Cache<GrantKey, ()>,
+    /// (registry, repository, blob) → the admitted manifest that last
+    /// granted it, so a grant revoked by a policy reload can be derived
+    /// again by admitting that manifest under the new revision.
+    granted_by: moka::sync::Cache<(RegistryHost, RepoName, Digest), Digest>,
     /// (registry, repository, manifest digest) known to exist upstream there.
     presence: moka::sync::Cache<(RegistryHost, RepoName, Digest), ()>,
     discoveries: tokio::sync::Semaphore,
@@ -175,6 +179,7 @@ impl Gate {
                 .build(),
             vouched: moka::sync::Cache::new(200_000),
             grants: moka::sync::Cache::new(2_000_000),
+            granted_by: moka::sync::Cache::new(2_000_000),
             presence: moka::sync::Cache::new(500_000),
             discoveries: tokio::sync::Semaphore::new(MAX_CONCURRENT_DISCOVERIES),
             audit,
@@ -243,6 +248,22 @@ enum Role {
     Material,
 }
 
+/// Whether a grant holds under the current revision; if not, the key it
+/// would have.
+pub(super) enum Granted {
+    Yes,
+    No(GrantKey),
+}
+
+/// Whether a fresh allow verdict is written to the store: by admission,
+/// not by speculation (whose manifest may yet be refused, and then nothing
+/// of it may be stored).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Persist {
+    Allows,
+    No,
+}
+
 /// Why a manifest is verification material of another image.
 struct MaterialOf {
     subject: Digest,
@@ -285,7 +306,7 @@ impl Proxy {
         }
         if let Some(m) = material_of(tag, manifest.info()) {
             let rule = policy.rule_for(host.as_str(), target.repo.as_str(), None);
-            let (mut d, cached) = self.decide(target, &m.subject, rule, &policy).await?;
+            let (mut d, cached) = self.decide(target, &m.subject, rule, &policy, Persist::Allows).await?;
             d.reasons.insert(0, format!("{} {}", m.why, m.subject));
             return self.conclude(&ask, manifest, &d, &policy, cached, Role::Material).await;
         }
@@ -301,7 +322,9 @@ impl Proxy {
             };
             return self.conclude(&ask, manifest, &d, &policy, false, Role::Own).await;
         }
-        let (d, cached) = self.decide(target, manifest.digest(), own_rule, &policy).await?;
+        let (d, cached) = self
+            .decide(target, manifest.digest(), own_rule, &policy, Persist::Allows)
+            .await?;
         self.conclude(&ask, manifest, &d, &policy, cached, Role::Own).await
     }
 
@@ -403,6 +426,10 @@ impl Proxy {
             };
             if !self.gate.grants.contains_key(&key) {
                 self.gate.grants.insert(key.clone(), ());
+                self.gate.granted_by.insert(
+                    (key.registry.clone(), key.repository.clone(), key.blob.clone()),
+                    admitted.digest().clone(),
+                );
                 new.push(key);
             }
         }
@@ -455,8 +482,16 @@ impl Proxy {
     /// (in memory, or persisted by an earlier run). Integrity-only mode
     /// serves any blob that matches its digest.
     pub(super) async fn blob_granted(&self, target: &Target, digest: &Digest) -> Result<bool, Error> {
+        match self.granted_now(target, digest).await? {
+            Granted::Yes => Ok(true),
+            Granted::No(key) => Ok(self.regrant(target, key).await),
+        }
+    }
+
+    /// Whether a grant under the current revision exists (memory or store).
+    pub(super) async fn granted_now(&self, target: &Target, digest: &Digest) -> Result<Granted, Error> {
         let policy = match self.gate.enforcement()? {
-            Enforcement::IntegrityOnly => return Ok(true),
+            Enforcement::IntegrityOnly => return Ok(Granted::Yes),
             Enforcement::Policy(p) => p,
         };
         let key = GrantKey {
@@ -466,15 +501,54 @@ impl Proxy {
             revision: policy.revision.clone(),
         };
         if self.gate.grants.contains_key(&key) {
-            return Ok(true);
+            return Ok(Granted::Yes);
         }
         let store = self.store.clone();
         let probe = key.clone();
-        let persisted = blocking(move || Ok(store.grants.contains(&probe))).await?;
-        if persisted {
+        if blocking(move || Ok(store.grants.contains(&probe))).await? {
             self.gate.grants.insert(key, ());
+            return Ok(Granted::Yes);
         }
-        Ok(persisted)
+        Ok(Granted::No(key))
+    }
+
+    /// A grant of an earlier revision is never used as such: the manifest
+    /// that granted it is admitted again under the policy now in force, and
+    /// only if that admission serves does the blob become servable again.
+    /// A client in the middle of a pull keeps going across a reload that
+    /// does not concern its image, and one that does is refused.
+    async fn regrant(&self, target: &Target, key: GrantKey) -> bool {
+        let Some(manifest) =
+            self.gate
+                .granted_by
+                .get(&(key.registry.clone(), key.repository.clone(), key.blob.clone()))
+        else {
+            return false;
+        };
+        let Some(proxy) = self.me.upgrade() else {
+            return false;
+        };
+        // A whole admission in its own task: inline, it would make every
+        // blob request's future (and its stack) as large as an admission's.
+        let (target_owned, manifest_digest) = (target.clone(), manifest.clone());
+        let readmission = tokio::spawn(async move {
+            let (verified, _) = proxy.manifest_by_digest(&target_owned, &manifest_digest).await?;
+            proxy
+                .admit(&target_owned, None, verified, "portcullis (re-admission after a policy change)")
+                .await
+                .map(drop)
+        });
+        match readmission.await {
+            Ok(Ok(())) => self.gate.grants.contains_key(&key),
+            Ok(Err(e)) => {
+                tracing::info!(blob = %key.blob, %manifest, error = %e, "blob grant not renewed under the new policy");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(blob = %key.blob, %manifest, error = %e, "re-admission task failed");
+                false
+            }
+        }
     }
 
     /// Start verifying `digest` for the rule a pull of it matches, in the
@@ -511,7 +585,7 @@ impl Proxy {
             };
             // The outcome lands in the verdict cache; errors are the
             // admission's to report.
-            let _ = proxy.decide(&target, &digest, Some(rule), &policy).await;
+            let _ = proxy.decide(&target, &digest, Some(rule), &policy, Persist::No).await;
         }))
     }
 
@@ -540,6 +614,7 @@ impl Proxy {
         digest: &Digest,
         rule: Option<&Rule>,
         policy: &PolicySet,
+        persist: Persist,
     ) -> Result<(Decision, bool), Error> {
         let Some(rule) = rule.filter(|r| matches!(r.action, RuleAction::Verify(_))) else {
             return Ok((policy::eval::evaluate(policy, rule, &Evidence::default()), false));
@@ -566,10 +641,17 @@ impl Proxy {
         let verified = self
             .gate
             .verdicts
-            .try_get_with(key.clone(), self.verify_now(target, digest, rule, policy, &key))
+            .try_get_with(key.clone(), self.verify_now(target, digest, rule, policy))
             .await;
         match verified {
             Ok(d) => {
+                if persist == Persist::Allows
+                    && d.verdict == Verdict::Allow
+                    && let Some(store) = &self.gate.persisted
+                {
+                    let (store, key, decision) = (store.clone(), key.clone(), (*d).clone());
+                    tokio::task::spawn_blocking(move || store.put(&key, &decision));
+                }
                 tracing::debug!(%digest, rule = %rule.name, ms = started.elapsed().as_millis() as u64, verdict = ?d.verdict, "verified");
                 Ok(((*d).clone(), false))
             }
@@ -606,7 +688,6 @@ impl Proxy {
         digest: &Digest,
         rule: &Rule,
         policy: &PolicySet,
-        key: &VerdictKey,
     ) -> Result<Arc<Decision>, Error> {
         let _slot = tokio::time::timeout(DISCOVERY_SLOT_WAIT, self.gate.discoveries.acquire())
             .await
@@ -618,12 +699,6 @@ impl Proxy {
         let mut d = policy::eval::evaluate(policy, Some(rule), &evidence);
         if d.verdict == Verdict::Deny {
             d.reasons.extend(notes);
-        }
-        if d.verdict == Verdict::Allow
-            && let Some(store) = &self.gate.persisted
-        {
-            let (store, key, decision) = (store.clone(), key.clone(), d.clone());
-            tokio::task::spawn_blocking(move || store.put(&key, &decision));
         }
         Ok(Arc::new(d))
     }

@@ -109,7 +109,9 @@ impl Proxy {
     /// there by an admission, or confirmed with an upstream `HEAD` — so
     /// private content never leaks into another route by digest.
     async fn ensure_present(&self, target: &Target, digest: &Digest) -> Result<(), Error> {
-        if self.known_present(target, digest) || self.blob_granted(target, digest).await? {
+        if self.known_present(target, digest)
+            || matches!(self.granted_now(target, digest).await?, super::admission::Granted::Yes)
+        {
             return Ok(());
         }
         let accept = HeaderValue::from_static(DEFAULT_ACCEPT);
@@ -226,7 +228,9 @@ impl Proxy {
                 self.manifests.insert(m.digest().clone(), m.clone()).await;
                 (m, CacheOutcome::Miss)
             }
-            None if staleness == Staleness::AllowLastKnown => self.by_digest_speculating(target, &digest, Some(tag)).await?,
+            None if staleness == Staleness::AllowLastKnown => {
+                self.by_digest_speculating(target, &digest, Some(tag)).await?
+            }
             None => self.manifest_by_digest(target, &digest).await?,
         };
         let cache = if stale_warning.is_some() {
@@ -322,7 +326,7 @@ impl Proxy {
 
     /// A manifest by digest: memory, then disk (re-verified), then upstream.
     /// Concurrent callers for the same digest share one load.
-    async fn manifest_by_digest(
+    pub(super) async fn manifest_by_digest(
         &self,
         target: &Target,
         digest: &Digest,

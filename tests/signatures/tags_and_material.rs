@@ -345,7 +345,11 @@ async fn material_tags_holding_an_index_do_not_vouch_for_unsigned_manifests() {
     );
     // An index is not the shape of a `.att` object (DSSE layers): it is
     // judged on its own, and unsigned it is refused.
-    assert_denied(&get_manifest(&env.proxy, REPO, &att_tag(digest)).await, "apps", &[NONE_VERIFIED]);
+    assert_denied(
+        &get_manifest(&env.proxy, REPO, &att_tag(digest)).await,
+        "apps",
+        &[NONE_VERIFIED],
+    );
     // What it lists is not vouched for by the image's signature.
     for e in &evil {
         let resp = get_manifest(&env.proxy, REPO, &e.manifest.digest.to_string()).await;
