@@ -241,7 +241,11 @@ mod tests {
         let point = kp.public_key().as_ref();
         let der = spki_for_p256(point);
         let key = PublicKey::from_spki_der(&der, SignatureHash::Sha256).expect("key");
-        assert_eq!(key.spki_der(), der.as_slice(), "a cosign P-256 key is already canonical");
+        assert_eq!(
+            key.spki_der(),
+            der.as_slice(),
+            "a cosign P-256 key is already canonical"
+        );
         assert_eq!(key.fingerprint(), Digest::of(Algorithm::Sha256, &der));
         // The signing hash is policy, not identity.
         let sha384 = PublicKey::from_spki_der(&der, SignatureHash::Sha384).expect("key");
