@@ -33,8 +33,8 @@ pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 
 /// What verified: which signer of the authority, whether a transparency log
 /// vouched for it, and for attestations the statement. Only this module
-/// builds one, and never with `tlog_verified: false` for an authority that
-/// requires the log.
+/// builds one (the private field forbids it elsewhere), and never with
+/// `tlog_verified: false` for an authority that requires the log.
 #[derive(Debug, Clone)]
 pub struct Proof {
     pub authority: String,
@@ -46,7 +46,13 @@ pub struct Proof {
     /// `Some` for in-toto statements (bundles and `.att`): predicate type
     /// and the statement JSON.
     pub statement: Option<(String, serde_json::Value)>,
+    _sealed: Sealed,
 }
+
+/// Keeps [`Proof`] constructible only in this module (unlike
+/// `#[non_exhaustive]`, which only stops other crates).
+#[derive(Debug, Clone)]
+struct Sealed;
 
 impl Proof {
     /// A signature (as opposed to an attestation): simple-signing payloads
@@ -260,6 +266,7 @@ fn proof(
         signer_id: signer.id,
         tlog_verified,
         statement,
+        _sealed: Sealed,
     })
 }
 
@@ -284,8 +291,12 @@ fn blob_signature_for(message: &MessageSignature, image: &Digest, authority: &Au
     if algorithm == Some(image.algorithm()) && digest.digest.as_bytes() == image.as_bytes() {
         return Ok(());
     }
+    let hex = hex(digest.digest.as_bytes());
     Err(SigError::NotForThisImage {
-        named: format!("{:?} {}", digest.algorithm, hex(digest.digest.as_bytes())),
+        named: match algorithm {
+            Some(a) => format!("{}:{hex}", a.as_str()),
+            None => format!("{:?} {hex}", digest.algorithm),
+        },
         image: image.to_string(),
     })
 }
