@@ -80,11 +80,11 @@ pub(super) fn keyless_overlaps(authorities: &BTreeMap<String, Arc<Authority>>) -
                 .flat_map(|x| second_ids.iter().map(move |y| (identities(x, y), x, y)))
                 .max_by_key(|(overlap, _, _)| *overlap);
             match worst {
-                Some((Overlap::Certain, x, _)) => out.push(format!(
+                Some((Overlap::Certain, x, y)) => out.push(format!(
                     "authorities `{first}` and `{second}` both accept the keyless identity {} ({}): \
                      one signature satisfies both and counts once toward a threshold",
-                    describe(&x.subject),
-                    describe(&x.issuer)
+                    describe(witness(&x.subject, &y.subject)),
+                    describe(witness(&x.issuer, &y.issuer))
                 )),
                 Some((Overlap::Possible, x, y)) => out.push(format!(
                     "authorities `{first}` and `{second}` have keyless identities that may overlap \
@@ -150,6 +150,15 @@ fn literals(kind: &ExtractKind, pattern: &str) -> Option<Vec<Vec<u8>>> {
     let seq = extractor.extract(&hir);
     seq.literals()
         .map(|ls| ls.iter().map(|l| l.as_bytes().to_vec()).collect())
+}
+
+/// Of two matchers that certainly overlap, the one that names a value both
+/// accept (an exact one, when there is one).
+fn witness<'a>(x: &'a Matcher, y: &'a Matcher) -> &'a Matcher {
+    match (x, y) {
+        (Matcher::Regex(_), Matcher::Exact(_)) => y,
+        _ => x,
+    }
 }
 
 fn describe(m: &Matcher) -> String {

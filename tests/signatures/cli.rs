@@ -179,7 +179,11 @@ async fn cli_policy_check_refuses_a_shared_key_and_warns_about_overlapping_ident
     let (code, stdout, stderr) = portcullis(&["policy", "check", path], keyless.path()).await;
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
-        stdout.contains("warning: authorities `ci` and `release` both accept the keyless identity"),
+        stdout.contains(
+            "warning: authorities `ci` and `release` both accept the keyless identity \
+             `https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1` \
+             (`https://token.actions.githubusercontent.com`)"
+        ),
         "{stdout}"
     );
 }
