@@ -28,7 +28,7 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use portcullis::oci::{Algorithm, Digest};
-use portcullis::policy::{Authority, AuthorityKind, Identity, Matcher, Sct, Tlog};
+use portcullis::policy::{Authority, AuthorityKind, BlobSignatures, Identity, Matcher, Sct, Tlog};
 use portcullis::verify::signature::check::{self, LegacyLayer, SIMPLE_SIGNING_MEDIA_TYPE};
 use portcullis::verify::signature::{PublicKey, SignatureHash, TrustRoot};
 
@@ -175,6 +175,7 @@ fn key_authority(key_file: &str, tlog: Tlog, root: Option<Arc<TrustRoot>>) -> Au
         tlog,
         sct: Sct::Required,
         trust_root: root,
+        blob_signatures: BlobSignatures::Refuse,
     }
 }
 
@@ -191,6 +192,7 @@ fn keyless_authority(subject: &str, issuer: &str, root: Arc<TrustRoot>) -> Autho
         tlog: Tlog::Required,
         sct: Sct::Required,
         trust_root: Some(root),
+        blob_signatures: BlobSignatures::Refuse,
     }
 }
 
@@ -401,6 +403,7 @@ fn main() -> ExitCode {
         tlog: Tlog::Optional,
         sct: Sct::Required,
         trust_root: None,
+        blob_signatures: BlobSignatures::Refuse,
     };
     h.bench("bundle v0.3 key, no tlog (generated P-256)", || {
         check::verify_bundle(black_box(&bundle), &image, &a).is_ok()

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use portcullis::oci::{Algorithm, Digest};
-use portcullis::verify::signature::authority::{Authority, AuthorityKind, Sct, Tlog};
+use portcullis::verify::signature::authority::{Authority, AuthorityKind, BlobSignatures, Sct, Tlog};
 use portcullis::verify::signature::check::{Proof, SigError, verify_bundle, verify_legacy};
 use portcullis::verify::signature::{KeyKind, PublicKey, SignatureHash};
 use serde_json::{Value, json};
@@ -37,6 +37,7 @@ fn authority_with(keys: &[(&str, &SigningKey)], tlog: Tlog) -> Authority {
         tlog,
         sct: Sct::Required,
         trust_root: None,
+        blob_signatures: BlobSignatures::Refuse,
     }
 }
 
@@ -133,6 +134,7 @@ fn fixture_signature_verifies_through_our_layer_type() {
         tlog: Tlog::Ignore,
         sct: Sct::Required,
         trust_root: None,
+        blob_signatures: BlobSignatures::Refuse,
     };
     let image = Digest::of(
         Algorithm::Sha256,

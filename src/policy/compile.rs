@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use super::schema::{self, AuthoritySpec, CheckSpec, IdentitySpec, PolicyDoc, RuleSpec};
 use super::{
-    AttestationRequirement, Authority, AuthorityKind, Check, CheckOp, CiClaim, Glob, Identity, Matcher, Mode,
-    Mutability, NoMatch, PolicySet, Requirements, Rule, RuleAction, Sct, SignatureRequirement, Tlog,
+    AttestationRequirement, Authority, AuthorityKind, BlobSignatures, Check, CheckOp, CiClaim, Glob, Identity, Matcher,
+    Mode, Mutability, NoMatch, PolicySet, Requirements, Rule, RuleAction, Sct, SignatureRequirement, Tlog, signers,
 };
-use crate::oci::{Algorithm, DigestHasher};
+use crate::oci::{Algorithm, Digest, DigestHasher};
 use crate::verify::signature::{PublicKey, SignatureHash, TrustRoot};
 
 /// Why a policy directory was refused. Each names the file and what is wrong.
@@ -26,6 +26,21 @@ pub enum PolicyError {
     Invalid { path: PathBuf, at: String, message: String },
     #[error("no policy files (*.yaml) in {0}")]
     Empty(PathBuf),
+    /// Two authorities accept one key: a single signature would satisfy
+    /// both, which no `threshold` or `required` written over them intends.
+    #[error(
+        "authorities `{first}` and `{second}` both accept the key {fingerprint} ({} and {}): \
+         one signature would satisfy both; give each signing key one authority",
+        first_file.display(),
+        second_file.display()
+    )]
+    SharedKey {
+        first: String,
+        second: String,
+        fingerprint: Digest,
+        first_file: PathBuf,
+        second_file: PathBuf,
+    },
 }
 
 struct Ctx<'a> {
@@ -77,6 +92,8 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
     let mut defaults: Option<(PathBuf, schema::Defaults)> = None;
     let mut trust_roots: BTreeMap<String, Arc<TrustRoot>> = BTreeMap::new();
     let mut keys: BTreeMap<String, Arc<PublicKey>> = BTreeMap::new();
+    let mut key_files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut sources: Vec<PathBuf> = Vec::new();
     let mut authority_specs: Vec<(PathBuf, String, AuthoritySpec)> = Vec::new();
     let mut rule_specs: Vec<(PathBuf, RuleSpec)> = Vec::new();
 
@@ -96,6 +113,7 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
                 .as_bytes(),
         );
         hash_part(&mut revision, text.as_bytes());
+        sources.push(path.clone());
         if let Some(d) = doc.defaults {
             if let Some((other, _)) = &defaults {
                 return Err(cx.err("defaults", format!("defaults are already set in {}", other.display())));
@@ -108,6 +126,7 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
             let root = TrustRoot::load(&name, &file, spec.sha256.as_deref())
                 .map_err(|e| cx.err(format!("trustRoots.{name}"), e.to_string()))?;
             hash_part(&mut revision, root.sha256.as_bytes());
+            sources.push(file);
             unique(
                 &cx,
                 "trust root",
@@ -127,6 +146,8 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
             };
             let key = PublicKey::from_pem(&pem, hash).map_err(|e| cx.err(format!("keys.{name}"), e.to_string()))?;
             unique(&cx, "key", &name, keys.insert(name.clone(), Arc::new(key)).is_some())?;
+            key_files.insert(name, file.clone());
+            sources.push(file);
         }
         for (name, spec) in doc.authorities {
             if authority_specs.iter().any(|(_, n, _)| *n == name) {
@@ -154,14 +175,28 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
         let cx = Ctx { path: &path };
         rules.push(rule(&cx, spec, &defaults, &authorities)?);
     }
-    let warnings = shadow_warnings(&rules);
+    if let Some(shared) = signers::shared_key(&authorities) {
+        let file = |key: &str| key_files.get(key).cloned().unwrap_or_default();
+        return Err(PolicyError::SharedKey {
+            first_file: file(&shared.first.1),
+            second_file: file(&shared.second.1),
+            first: shared.first.0,
+            second: shared.second.0,
+            fingerprint: shared.fingerprint,
+        });
+    }
+    let mut warnings = shadow_warnings(&rules);
+    warnings.extend(signers::keyless_overlaps(&authorities));
     let revision = revision.finish().hex();
+    let mut seen = BTreeSet::new();
+    sources.retain(|file| seen.insert(file.clone()));
     Ok(PolicySet {
         revision,
         rules,
         no_match: defaults.no_match.unwrap_or(NoMatch::Deny),
         authorities,
         warnings,
+        sources,
     })
 }
 
@@ -254,12 +289,18 @@ fn authority(
         Some(schema::SctMode::Ignore) => Sct::Ignore,
         _ => Sct::Required,
     };
+    let blob_signatures = if spec.accept_blob_signatures {
+        BlobSignatures::AcceptOverManifest
+    } else {
+        BlobSignatures::Refuse
+    };
     Ok(Authority {
         name: name.to_owned(),
         kind,
         tlog,
         sct,
         trust_root,
+        blob_signatures,
     })
 }
 

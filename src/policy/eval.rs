@@ -5,13 +5,36 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{AttestationRequirement, Mode, NoMatch, PolicySet, Rule, RuleAction, SignatureRequirement, StaticVerdict};
+use crate::verify::signature::SignerId;
 
-/// What verified, per authority, for one manifest digest.
+/// What verified for one manifest digest: each signature and attestation
+/// with the authority that accepted it and who signed it.
 #[derive(Clone, Debug, Default)]
 pub struct Evidence {
-    /// Authority → what it verified (e.g. "legacy .sig layer 0, key release-2026").
-    pub signatures: BTreeMap<String, Vec<String>>,
+    pub signatures: Vec<VerifiedSignature>,
     pub attestations: Vec<VerifiedAttestation>,
+}
+
+impl Evidence {
+    /// The distinct signers of the signatures `authority` accepted.
+    fn signature_signers(&self, authority: &str) -> Vec<&SignerId> {
+        let signers: BTreeSet<&SignerId> = self
+            .signatures
+            .iter()
+            .filter(|s| s.authority == authority)
+            .map(|s| &s.signer)
+            .collect();
+        signers.into_iter().collect()
+    }
+}
+
+/// A signature that verified under `authority` for the image digest.
+#[derive(Clone, Debug)]
+pub struct VerifiedSignature {
+    pub authority: String,
+    pub signer: SignerId,
+    /// Where it was found (e.g. "sha256-….sig layer 0 signed by release-2026").
+    pub source: String,
 }
 
 /// An attestation whose signature verified under `authority` and whose
@@ -19,6 +42,7 @@ pub struct Evidence {
 #[derive(Clone, Debug)]
 pub struct VerifiedAttestation {
     pub authority: String,
+    pub signer: SignerId,
     pub predicate_type: String,
     pub statement: serde_json::Value,
 }
@@ -97,38 +121,117 @@ fn signatures(
     satisfied: &mut BTreeSet<String>,
     reasons: &mut Vec<String>,
 ) -> bool {
-    let met: Vec<&String> = req
+    // Required authorities first: the assignment keeps the signers it gave
+    // to earlier authorities, so a required one loses its signer only when
+    // no assignment can give every required authority its own.
+    let order: Vec<&String> = req
+        .required
+        .iter()
+        .chain(req.any_of.iter().filter(|a| !req.required.contains(a)))
+        .collect();
+    let verified: Vec<(&String, Vec<&SignerId>)> = order
+        .into_iter()
+        .map(|a| (a, evidence.signature_signers(a)))
+        .filter(|(_, signers)| !signers.is_empty())
+        .collect();
+    let signers: Vec<Vec<&SignerId>> = verified.iter().map(|(_, s)| s.clone()).collect();
+    let counts = distinct_signers(&signers);
+    // Reported in `anyOf` order, as written in the policy.
+    let counted: Vec<&String> = req
         .any_of
         .iter()
-        .filter(|a| evidence.signatures.get(*a).is_some_and(|v| !v.is_empty()))
+        .filter(|a| verified.iter().zip(&counts).any(|((v, _), c)| *c && v == a))
         .collect();
-    satisfied.extend(met.iter().map(|s| (*s).clone()));
+    let uncounted: Vec<&String> = req
+        .any_of
+        .iter()
+        .filter(|a| verified.iter().any(|(v, _)| v == a) && !counted.contains(a))
+        .collect();
+    satisfied.extend(verified.iter().map(|(a, _)| (*a).clone()));
     let mut ok = true;
-    if met.len() < req.threshold {
+    if counted.len() < req.threshold {
         ok = false;
         reasons.push(format!(
-            "signatures: {} of {} required authorities verified ({}; needed {} of [{}])",
-            met.len(),
+            "signatures: {} of {} required authorities verified ({}; needed {} of [{}]){}",
+            counted.len(),
             req.threshold,
-            if met.is_empty() {
+            if counted.is_empty() {
                 "none".to_owned()
             } else {
-                join(met.iter().copied())
+                join(counted.iter().copied())
             },
             req.threshold,
-            join(req.any_of.iter())
+            join(req.any_of.iter()),
+            shared_signer_note(&uncounted)
         ));
     }
     for r in &req.required {
-        if !met.contains(&r) {
+        if uncounted.contains(&r) {
+            ok = false;
+            reasons.push(format!(
+                "signatures: required authority `{r}` verified only by a signer already counted for another authority"
+            ));
+        } else if !counted.contains(&r) {
             ok = false;
             reasons.push(format!("signatures: required authority `{r}` did not verify"));
         }
     }
     if ok {
-        reasons.push(format!("signatures verified by {}", join(met.iter().copied())));
+        reasons.push(format!("signatures verified by {}", join(counted.iter().copied())));
     }
     ok
+}
+
+/// Why authorities that verified were not counted.
+fn shared_signer_note(uncounted: &[&String]) -> String {
+    if uncounted.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} verified only by signers already counted (a signer counts once)",
+            join(uncounted.iter().copied())
+        )
+    }
+}
+
+/// Which authorities count toward a threshold when each signer may count
+/// for one authority only: a maximum matching between authorities and the
+/// signers they verified (augmenting paths; a handful of authorities).
+/// `signers[i]` are the distinct signers authority `i` verified; the result
+/// says whether authority `i` counts. Earlier authorities keep their signer
+/// when later ones are placed.
+fn distinct_signers(signers: &[Vec<&SignerId>]) -> Vec<bool> {
+    let mut owner: BTreeMap<&SignerId, usize> = BTreeMap::new();
+    for authority in 0..signers.len() {
+        let mut visited = BTreeSet::new();
+        assign(authority, signers, &mut owner, &mut visited);
+    }
+    let owners: BTreeSet<usize> = owner.into_values().collect();
+    (0..signers.len()).map(|a| owners.contains(&a)).collect()
+}
+
+/// Give `authority` a signer, moving other authorities to other signers of
+/// theirs where needed. Whether it got one.
+fn assign<'a>(
+    authority: usize,
+    signers: &[Vec<&'a SignerId>],
+    owner: &mut BTreeMap<&'a SignerId, usize>,
+    visited: &mut BTreeSet<&'a SignerId>,
+) -> bool {
+    for &signer in &signers[authority] {
+        if !visited.insert(signer) {
+            continue;
+        }
+        let free = match owner.get(signer) {
+            None => true,
+            Some(&other) => assign(other, signers, owner, visited),
+        };
+        if free {
+            owner.insert(signer, authority);
+            return true;
+        }
+    }
+    false
 }
 
 fn attestation(
@@ -137,7 +240,7 @@ fn attestation(
     satisfied: &mut BTreeSet<String>,
     reasons: &mut Vec<String>,
 ) -> bool {
-    let mut met = Vec::new();
+    let mut passed: Vec<(&String, Vec<&SignerId>)> = Vec::new();
     let mut failures = Vec::new();
     for authority in &req.authorities {
         let candidates: Vec<&VerifiedAttestation> = evidence
@@ -148,19 +251,30 @@ fn attestation(
         if candidates.is_empty() {
             continue;
         }
-        let passing = candidates
+        let passing: BTreeSet<&SignerId> = candidates
             .iter()
-            .find(|a| req.checks.iter().all(|c| c.evaluate(&a.statement).is_ok()));
-        match passing {
-            Some(_) => met.push(authority.clone()),
-            None => {
-                let first_failure = candidates
-                    .iter()
-                    .flat_map(|a| req.checks.iter().filter_map(|c| c.evaluate(&a.statement).err()))
-                    .next()
-                    .unwrap_or_default();
-                failures.push(format!("`{authority}`: {first_failure}"));
-            }
+            .filter(|a| req.checks.iter().all(|c| c.evaluate(&a.statement).is_ok()))
+            .map(|a| &a.signer)
+            .collect();
+        if passing.is_empty() {
+            let first_failure = candidates
+                .iter()
+                .flat_map(|a| req.checks.iter().filter_map(|c| c.evaluate(&a.statement).err()))
+                .next()
+                .unwrap_or_default();
+            failures.push(format!("`{authority}`: {first_failure}"));
+        } else {
+            passed.push((authority, passing.into_iter().collect()));
+        }
+    }
+    let signers: Vec<Vec<&SignerId>> = passed.iter().map(|(_, s)| s.clone()).collect();
+    let counts = distinct_signers(&signers);
+    let mut met = Vec::new();
+    for ((authority, _), counted) in passed.iter().zip(counts) {
+        if counted {
+            met.push((*authority).clone());
+        } else {
+            failures.push(format!("`{authority}`: verified only by signers already counted"));
         }
     }
     let ok = met.len() >= req.threshold;

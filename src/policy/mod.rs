@@ -9,16 +9,21 @@ pub mod compile;
 pub mod eval;
 pub mod glob;
 pub mod schema;
+mod signers;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use compile::{PolicyError, load_dir};
-pub use eval::{Decision, Evidence, Verdict, VerifiedAttestation};
+pub use eval::{Decision, Evidence, Verdict, VerifiedAttestation, VerifiedSignature};
 pub use glob::Glob;
 pub use schema::{Format, Mode, Mutability, NoMatch, StaticVerdict};
 
-pub use crate::verify::signature::authority::{Authority, AuthorityKind, CiClaim, Identity, Matcher, Sct, Tlog};
+pub use crate::verify::signature::SignerId;
+pub use crate::verify::signature::authority::{
+    Authority, AuthorityKind, BlobSignatures, CiClaim, Identity, Matcher, Sct, Tlog,
+};
 
 /// A compiled, validated policy.
 #[derive(Debug)]
@@ -28,14 +33,24 @@ pub struct PolicySet {
     pub rules: Vec<Rule>,
     pub no_match: NoMatch,
     pub authorities: BTreeMap<String, Arc<Authority>>,
-    /// Lint findings (shadowed rules); not errors.
+    /// Lint findings (shadowed rules, keyless identities that may overlap);
+    /// not errors.
     pub warnings: Vec<String>,
+    /// Every file the revision hashes (policy documents, keys, trusted
+    /// roots), wherever it lies: what a reload must watch.
+    sources: Vec<PathBuf>,
 }
 
 impl PolicySet {
     /// The short revision for logs and error messages.
     pub fn short_revision(&self) -> &str {
         &self.revision[..self.revision.len().min(12)]
+    }
+
+    /// Every file the revision hashes, as the policy named it (key and
+    /// trust-root paths are resolved against their policy file's directory).
+    pub fn sources(&self) -> impl Iterator<Item = &Path> {
+        self.sources.iter().map(PathBuf::as_path)
     }
 
     /// The first rule matching `registry`/`repository` (and `tag` when the

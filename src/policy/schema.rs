@@ -91,6 +91,10 @@ pub struct AuthoritySpec {
     pub sct: Option<SctMode>,
     /// Rekor/TSA keys for key authorities that use a transparency log.
     pub trust_root: Option<String>,
+    /// A weakening: also count `cosign sign-blob` signatures over the
+    /// manifest bytes (messageSignature bundles) as image signatures.
+    #[serde(default)]
+    pub accept_blob_signatures: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -65,12 +65,30 @@ fn with_rules(rules: &str) -> String {
     format!("{KEYS}rules:\n{rules}")
 }
 
-fn evidence(authorities: &[&str]) -> Evidence {
-    let mut e = Evidence::default();
-    for a in authorities {
-        e.signatures.insert((*a).to_owned(), vec!["test".into()]);
+/// A stand-in signer identity (the fingerprint of `seed`).
+fn signer(seed: &str) -> SignerId {
+    SignerId::Key(crate::oci::Digest::of(crate::oci::Algorithm::Sha256, seed.as_bytes()))
+}
+
+/// One signature per `(authority, signer)`.
+fn signed(by: &[(&str, &str)]) -> Evidence {
+    Evidence {
+        signatures: by
+            .iter()
+            .map(|(authority, who)| VerifiedSignature {
+                authority: (*authority).to_owned(),
+                signer: signer(who),
+                source: format!("test signature by {who}"),
+            })
+            .collect(),
+        ..Default::default()
     }
-    e
+}
+
+/// Each authority verified a signature by its own signer.
+fn evidence(authorities: &[&str]) -> Evidence {
+    let pairs: Vec<(&str, &str)> = authorities.iter().map(|a| (*a, *a)).collect();
+    signed(&pairs)
 }
 
 #[test]
@@ -131,8 +149,7 @@ fn threshold_two_of_three_with_a_required_authority() {
         d.reasons
     );
     // An authority counts once however many signatures it made.
-    let mut e = evidence(&["key-a"]);
-    e.signatures.get_mut("key-a").expect("present").push("second".into());
+    let e = signed(&[("key-a", "one key of key-a"), ("key-a", "another key of key-a")]);
     assert_eq!(eval::evaluate(&p, rule, &e).verdict, Verdict::Deny);
 }
 
@@ -166,6 +183,7 @@ fn attestation_checks() {
     let with = |authority: &str, pt: &str, builder: &str| Evidence {
         attestations: vec![VerifiedAttestation {
             authority: authority.into(),
+            signer: signer(authority),
             predicate_type: pt.into(),
             statement: statement(builder),
         }],
@@ -330,4 +348,277 @@ fn invalid_policies_name_the_problem() {
     ))
     .expect_err("tlog without root");
     assert!(err.to_string().contains("trustRoot"), "{err}");
+}
+
+// ------------------------------------------------- distinct signers (issue 9)
+
+const TWO_OF_TWO: &str = r#"
+  - name: both
+    match: { repositories: ["**"] }
+    require: { signatures: { anyOf: [key-a, key-b], threshold: 2 } }
+"#;
+
+#[test]
+fn one_signer_accepted_by_two_authorities_counts_once() {
+    let p = load(&with_rules(TWO_OF_TWO)).expect("valid");
+    let rule = p.rule_for("r", "x", None);
+    // Both authorities verified the same signer (one key named twice, or
+    // one keyless identity matched by both): one signature, one count.
+    let d = eval::evaluate(&p, rule, &signed(&[("key-a", "K"), ("key-b", "K")]));
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(
+        d.reasons,
+        vec![
+            "signatures: 1 of 2 required authorities verified (key-a; needed 2 of [key-a, key-b]); \
+             key-b verified only by signers already counted (a signer counts once)"
+                .to_owned()
+        ]
+    );
+    assert_eq!(d.satisfied, vec!["key-a".to_owned(), "key-b".to_owned()]);
+    // Control: two signers.
+    let d = eval::evaluate(&p, rule, &signed(&[("key-a", "K"), ("key-b", "L")]));
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(d.reasons, vec!["signatures verified by key-a, key-b".to_owned()]);
+}
+
+#[test]
+fn signers_are_assigned_so_that_as_many_authorities_count_as_possible() {
+    let p = load(&with_rules(
+        r#"
+  - name: three
+    match: { repositories: ["three/**"] }
+    require: { signatures: { anyOf: [key-a, key-b, key-c], threshold: 3 } }
+  - name: two
+    match: { repositories: ["two/**"] }
+    require: { signatures: { anyOf: [key-a, key-b], threshold: 2 } }
+"#,
+    ))
+    .expect("valid");
+    let three = p.rule_for("r", "three/x", None);
+    let two = p.rule_for("r", "two/x", None);
+    // key-a verified K1 and K2, key-b only K1: key-b takes K1, key-a K2.
+    let e = signed(&[("key-a", "K1"), ("key-a", "K2"), ("key-b", "K1")]);
+    assert_eq!(eval::evaluate(&p, two, &e).verdict, Verdict::Allow);
+    // key-a and key-b share their only signer; key-c has two: three
+    // authorities, three signers, but at most two can count together.
+    let e = signed(&[("key-a", "K1"), ("key-b", "K1"), ("key-c", "K2"), ("key-c", "K3")]);
+    let d = eval::evaluate(&p, three, &e);
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(d.reasons[0].starts_with("signatures: 2 of 3"), "{:?}", d.reasons);
+}
+
+#[test]
+fn required_authorities_need_a_signer_of_their_own() {
+    let p = load(&with_rules(
+        r#"
+  - name: both-required
+    match: { repositories: ["**"] }
+    require: { signatures: { anyOf: [key-a, key-b, key-c], threshold: 2, required: [key-a, key-b] } }
+"#,
+    ))
+    .expect("valid");
+    let rule = p.rule_for("r", "x", None);
+    let d = eval::evaluate(&p, rule, &signed(&[("key-a", "K"), ("key-b", "K"), ("key-c", "L")]));
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(
+        d.reasons
+            .iter()
+            .any(|r| r == "signatures: required authority `key-b` verified only by a signer already counted for another authority"),
+        "{:?}",
+        d.reasons
+    );
+    // key-b also verified L: key-a keeps K, key-b takes L; key-c is left
+    // without a signer of its own, which the threshold of 2 does not need.
+    let d = eval::evaluate(
+        &p,
+        rule,
+        &signed(&[("key-a", "K"), ("key-b", "K"), ("key-b", "L"), ("key-c", "L")]),
+    );
+    assert_eq!(d.verdict, Verdict::Allow, "{:?}", d.reasons);
+    assert_eq!(d.reasons, vec!["signatures verified by key-a, key-b".to_owned()]);
+}
+
+#[test]
+fn attestation_thresholds_count_distinct_signers() {
+    let p = load(&with_rules(
+        r#"
+  - name: slsa
+    match: { repositories: ["**"] }
+    require:
+      attestations:
+        - { name: provenance, predicateType: "https://slsa.dev/provenance/v1", authorities: [key-a, key-b], threshold: 2 }
+"#,
+    ))
+    .expect("valid");
+    let rule = p.rule_for("r", "x", None);
+    let by = |pairs: &[(&str, &str)]| Evidence {
+        attestations: pairs
+            .iter()
+            .map(|(authority, who)| VerifiedAttestation {
+                authority: (*authority).to_owned(),
+                signer: signer(who),
+                predicate_type: "https://slsa.dev/provenance/v1".into(),
+                statement: serde_json::json!({}),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let d = eval::evaluate(&p, rule, &by(&[("key-a", "K"), ("key-b", "K")]));
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(
+        d.reasons[0].contains("1 of 2 authorities satisfied: `key-b`: verified only by signers already counted"),
+        "{:?}",
+        d.reasons
+    );
+    assert_eq!(
+        eval::evaluate(&p, rule, &by(&[("key-a", "K"), ("key-b", "L")])).verdict,
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn two_authorities_naming_the_same_key_are_refused() {
+    // The same key under two names and two files (a copy), and under one
+    // name used by two authorities.
+    for (keys, both) in [
+        ("  a: { path: a.pub }\n  copy: { path: copy-of-a.pub }\n", "[copy]"),
+        ("  a: { path: a.pub }\n", "[a]"),
+    ] {
+        let dir = policy_dir("");
+        std::fs::copy(dir.path().join("a.pub"), dir.path().join("copy-of-a.pub")).expect("copy");
+        let yaml = format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: Policy\nkeys:\n{keys}authorities:\n  \
+             alpha: {{ key: {{ keys: [a] }}, tlog: ignore }}\n  beta: {{ key: {{ keys: {both} }}, tlog: ignore }}\n"
+        );
+        std::fs::write(dir.path().join("policy.yaml"), yaml).expect("write");
+        let err = load_dir(dir.path()).expect_err("shared key");
+        let fingerprint = crate::verify::signature::PublicKey::from_pem(
+            &std::fs::read(dir.path().join("a.pub")).expect("read"),
+            crate::verify::signature::SignatureHash::Sha256,
+        )
+        .expect("key")
+        .fingerprint();
+        let PolicyError::SharedKey {
+            first,
+            second,
+            fingerprint: found,
+            ..
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!((first.as_str(), second.as_str()), ("alpha", "beta"));
+        assert_eq!(found, &fingerprint);
+        let text = err.to_string();
+        assert!(
+            text.contains(&fingerprint.to_string()) && text.contains("a.pub"),
+            "{text}"
+        );
+    }
+}
+
+fn keyless_policy(first: &str, second: &str) -> String {
+    format!(
+        r#"
+apiVersion: portcullis.dev/v1alpha1
+kind: Policy
+trustRoots:
+  public-good: {{ trustedRoot: TRUSTED_ROOT }}
+authorities:
+  first: {{ keyless: {{ trustRoot: public-good, identities: [ {{ {first} }} ] }} }}
+  second: {{ keyless: {{ trustRoot: public-good, identities: [ {{ {second} }} ] }} }}
+"#
+    )
+}
+
+#[test]
+fn overlapping_keyless_identities_are_warned_about() {
+    let gha = "issuer: https://token.actions.githubusercontent.com";
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        // Exactly the same identity: certain.
+        (
+            "subject: https://github.com/acme/app/.github/workflows/r.yml@refs/heads/main",
+            "subject: https://github.com/acme/app/.github/workflows/r.yml@refs/heads/main",
+            Some("both accept the keyless identity"),
+        ),
+        // An exact subject the other's expression accepts: certain.
+        (
+            "subject: https://github.com/acme/app/.github/workflows/r.yml@refs/heads/main",
+            r"subjectRegExp: 'https://github\.com/acme/.*'",
+            Some("both accept the keyless identity"),
+        ),
+        // Nested expressions: not provably disjoint.
+        (
+            r"subjectRegExp: 'https://github\.com/.*'",
+            r"subjectRegExp: 'https://github\.com/acme/.*'",
+            Some("may overlap"),
+        ),
+        // Different literal prefixes, or suffixes: disjoint.
+        (
+            r"subjectRegExp: 'https://github\.com/acme/.*'",
+            r"subjectRegExp: 'https://github\.com/other/.*'",
+            None,
+        ),
+        (
+            r"subjectRegExp: '.*@acme\.com'",
+            r"subjectRegExp: '.*@other\.com'",
+            None,
+        ),
+        // Different exact subjects.
+        ("subject: a@acme.com", "subject: b@acme.com", None),
+    ];
+    for (first, second, expected) in cases {
+        let yaml = keyless_policy(&format!("{gha}, {first}"), &format!("{gha}, {second}"));
+        let p = load(&yaml).expect("valid: overlaps are warnings");
+        match expected {
+            Some(text) => {
+                assert_eq!(p.warnings.len(), 1, "{first} / {second}: {:?}", p.warnings);
+                assert!(
+                    p.warnings[0].contains(text) && p.warnings[0].contains("`first` and `second`"),
+                    "{first} / {second}: {:?}",
+                    p.warnings
+                );
+            }
+            None => assert!(p.warnings.is_empty(), "{first} / {second}: {:?}", p.warnings),
+        }
+    }
+    // Same subject, different issuers: disjoint.
+    let p = load(&keyless_policy(
+        "issuer: https://accounts.google.com, subject: a@acme.com",
+        "issuer: https://github.com/login/oauth, subject: a@acme.com",
+    ))
+    .expect("valid");
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+}
+
+#[test]
+fn the_policy_lists_every_file_its_revision_hashes() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    write_p256_key(outside.path(), "far.pub");
+    let dir = policy_dir("");
+    std::fs::create_dir(dir.path().join("keys")).expect("mkdir");
+    write_p256_key(&dir.path().join("keys"), "near.pub");
+    let yaml = format!(
+        "apiVersion: portcullis.dev/v1alpha1\nkind: Policy\ntrustRoots:\n  pg: {{ trustedRoot: {root} }}\nkeys:\n  \
+         near: {{ path: keys/near.pub }}\n  far: {{ path: {far} }}\nauthorities:\n  \
+         near: {{ key: {{ keys: [near] }}, tlog: ignore }}\n  far: {{ key: {{ keys: [far] }}, tlog: ignore, \
+         acceptBlobSignatures: true }}\n",
+        root = trusted_root_path(),
+        far = outside.path().join("far.pub").display(),
+    );
+    std::fs::write(dir.path().join("policy.yaml"), yaml).expect("write");
+    let p = load_dir(dir.path()).expect("valid");
+    let sources: Vec<&Path> = p.sources().collect();
+    assert_eq!(
+        sources,
+        vec![
+            dir.path().join("policy.yaml").as_path(),
+            Path::new(&trusted_root_path()),
+            // Keys in name order (the document's mapping is sorted).
+            outside.path().join("far.pub").as_path(),
+            dir.path().join("keys/near.pub").as_path(),
+        ]
+    );
+    assert_eq!(p.authorities["far"].blob_signatures, BlobSignatures::AcceptOverManifest);
+    assert_eq!(p.authorities["near"].blob_signatures, BlobSignatures::Refuse);
 }

@@ -348,18 +348,21 @@ fn verify_all(
                 }
                 Candidate::Bundle { source, json } => (source, check::verify_bundle(json, image, a)),
             };
+            // Each proof is recorded with its signer: thresholds count
+            // distinct signers, not the authorities that accepted them.
             match result {
                 Ok(proof) if proof.is_signature() => {
-                    evidence
-                        .signatures
-                        .entry(a.name.clone())
-                        .or_default()
-                        .push(format!("{source} signed by {}", proof.signer));
+                    evidence.signatures.push(policy::VerifiedSignature {
+                        authority: a.name.clone(),
+                        source: format!("{source} signed by {}", proof.signer),
+                        signer: proof.signer_id,
+                    });
                 }
                 Ok(proof) => {
                     if let Some((predicate_type, statement)) = proof.statement {
                         evidence.attestations.push(policy::VerifiedAttestation {
                             authority: a.name.clone(),
+                            signer: proof.signer_id,
                             predicate_type,
                             statement,
                         });

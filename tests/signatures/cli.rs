@@ -131,22 +131,81 @@ async fn cli_verify_allows_signed_and_denies_unsigned() {
     assert!(stdout.contains(&unsigned.manifest.digest.to_string()), "{stdout}");
 }
 
-/// SIGHUP reloads the policy even when the directory looks unchanged to the
-/// file watcher: the new policy has the same size and modification time, so
-/// only the signal can make the running binary pick it up.
+/// `policy check` refuses two authorities naming one key (exit 1, naming
+/// both and the key's fingerprint) and warns about keyless identities that
+/// may accept the same signer (exit 0).
+#[tokio::test]
+async fn cli_policy_check_refuses_a_shared_key_and_warns_about_overlapping_identities() {
+    let a = SigningKey::generate_p256();
+    let dir = tempfile::tempdir().expect("tempdir");
+    a.write_public_pem(&dir.path().join("a.pub"));
+    std::fs::copy(dir.path().join("a.pub"), dir.path().join("same-as-a.pub")).expect("copy");
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        "apiVersion: portcullis.dev/v1alpha1\nkind: Policy\nkeys:\n  a: { path: a.pub }\n  \
+         a2: { path: same-as-a.pub }\nauthorities:\n  release: { key: { keys: [a] }, tlog: ignore }\n  \
+         security: { key: { keys: [a2] }, tlog: ignore }\n",
+    )
+    .expect("write");
+    let path = dir.path().to_str().expect("utf8");
+    let (code, stdout, stderr) = portcullis(&["policy", "check", path], dir.path()).await;
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let fingerprint = a.public_key().fingerprint().to_string();
+    assert!(
+        stderr.contains("authorities `release` and `security` both accept the key")
+            && stderr.contains(&fingerprint)
+            && stderr.contains("same-as-a.pub"),
+        "{stderr}"
+    );
+
+    let keyless = tempfile::tempdir().expect("tempdir");
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/sigstore/trusted_root/public-good.trusted_root.json"
+    );
+    std::fs::write(
+        keyless.path().join("policy.yaml"),
+        format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: Policy\ntrustRoots:\n  pg: {{ trustedRoot: {root} }}\n\
+             authorities:\n  \
+             ci: {{ keyless: {{ trustRoot: pg, identities: [ {{ issuer: https://token.actions.githubusercontent.com, \
+             subjectRegExp: 'https://github\\.com/acme/.*' }} ] }} }}\n  \
+             release: {{ keyless: {{ trustRoot: pg, identities: [ {{ issuer: https://token.actions.githubusercontent.com, \
+             subject: 'https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1' }} ] }} }}\n"
+        ),
+    )
+    .expect("write");
+    let path = keyless.path().to_str().expect("utf8");
+    let (code, stdout, stderr) = portcullis(&["policy", "check", path], keyless.path()).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains(
+            "warning: authorities `ci` and `release` both accept the keyless identity \
+             `https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1` \
+             (`https://token.actions.githubusercontent.com`)"
+        ),
+        "{stdout}"
+    );
+}
+
+/// SIGHUP reloads the policy even when nothing the file watcher looks at
+/// changes. The watcher follows the directory's files and every file the
+/// policy in force names; a new policy that failed to load (its key was
+/// missing) names a key in a subdirectory, and that key arriving later is
+/// something only the signal can make the running binary pick up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_policy() {
     let registry = Distribution::start().await;
     let image = oci_image(&[1024], 901);
     registry.push_image("test/app", "v1", &image).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let policy = |verdict: &str| {
+    let policy = |verdict: &str, keys: &str| {
         format!(
-            "apiVersion: portcullis.dev/v1alpha1\nkind: Policy\nrules:\n  - name: all\n    match: {{ repositories: [\"**\"] }}\n    static: {verdict}\n"
+            "apiVersion: portcullis.dev/v1alpha1\nkind: Policy\n{keys}rules:\n  - name: all\n    match: {{ repositories: [\"**\"] }}\n    static: {verdict}\n"
         )
     };
     let file = dir.path().join("policy.yaml");
-    std::fs::write(&file, policy("allow")).expect("write policy");
+    std::fs::write(&file, policy("allow", "")).expect("write policy");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -179,14 +238,14 @@ async fn sighup_reloads_the_policy() {
     }
     assert_eq!(client::get(&url).await.status, StatusCode::OK, "static allow");
 
-    // Same length ("deny " vs "allow"), same mtime: invisible to the watcher.
-    let mtime = std::fs::metadata(&file).and_then(|m| m.modified()).expect("mtime");
-    std::fs::write(&file, policy("deny ")).expect("rewrite policy");
-    std::fs::File::options()
-        .write(true)
-        .open(&file)
-        .and_then(|f| f.set_modified(mtime))
-        .expect("restore mtime");
+    // The watcher sees the new document, which fails to load (its key is
+    // not there yet): the old policy stays.
+    std::fs::write(&file, policy("deny", "keys:\n  k: { path: keys/k.pub }\n")).expect("rewrite policy");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(client::get(&url).await.status, StatusCode::OK, "invalid policy refused");
+    // The key arrives where no watched file changes.
+    std::fs::create_dir(dir.path().join("keys")).expect("mkdir");
+    SigningKey::generate_p256().write_public_pem(&dir.path().join("keys").join("k.pub"));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         client::get(&url).await.status,

@@ -18,4 +18,5 @@ mod common;
 mod admission;
 mod cli;
 mod lifecycle;
+mod signers;
 mod tags_and_material;

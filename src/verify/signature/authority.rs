@@ -29,6 +29,21 @@ pub enum Sct {
     Ignore,
 }
 
+/// Whether a Sigstore bundle holding a `messageSignature` (what `cosign
+/// sign-blob` writes) counts as a signature of the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BlobSignatures {
+    /// Such a bundle does not count (the default): `cosign sign` signs an
+    /// in-toto statement naming the image; a blob signature only says that
+    /// some bytes were signed, for whatever purpose the signer had.
+    #[default]
+    Refuse,
+    /// A weakening the policy asks for explicitly (`acceptBlobSignatures:
+    /// true`): counts when the bundle's message digest is the manifest
+    /// digest, i.e. the signer signed exactly these manifest bytes.
+    AcceptOverManifest,
+}
+
 /// A named authority.
 #[derive(Debug)]
 pub struct Authority {
@@ -37,6 +52,7 @@ pub struct Authority {
     pub tlog: Tlog,
     pub sct: Sct,
     pub trust_root: Option<Arc<TrustRoot>>,
+    pub blob_signatures: BlobSignatures,
 }
 
 #[derive(Debug)]

@@ -13,13 +13,14 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use sigstore_types::bundle::MessageSignature;
 use sigstore_types::{Bundle, DerPublicKey, Sha256Hash, SignatureContent};
 use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy, VerificationResult};
 
-use super::authority::{Authority, AuthorityKind, Sct, Tlog};
+use super::authority::{Authority, AuthorityKind, BlobSignatures, Sct, Tlog};
 use super::bridge::{self, Content, Material, RekorSet};
 use super::payload::{self, IN_TOTO_PAYLOAD_TYPE};
-use super::{PublicKey, TrustRoot};
+use super::{PublicKey, SignerId, TrustRoot};
 use crate::oci::{Algorithm, Digest};
 
 pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -31,17 +32,27 @@ pub const BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
 pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 
 /// What verified: which signer of the authority, whether a transparency log
-/// vouched for it, and for attestations the statement.
+/// vouched for it, and for attestations the statement. Only this module
+/// builds one (the private field forbids it elsewhere), and never with
+/// `tlog_verified: false` for an authority that requires the log.
 #[derive(Debug, Clone)]
 pub struct Proof {
     pub authority: String,
     /// The key name, or `subject (issuer)` for keyless.
     pub signer: String,
+    /// Who signed, comparable across authorities (thresholds count these).
+    pub signer_id: SignerId,
     pub tlog_verified: bool,
     /// `Some` for in-toto statements (bundles and `.att`): predicate type
     /// and the statement JSON.
     pub statement: Option<(String, serde_json::Value)>,
+    _sealed: Sealed,
 }
+
+/// Keeps [`Proof`] constructible only in this module (unlike
+/// `#[non_exhaustive]`, which only stops other crates).
+#[derive(Debug, Clone)]
+struct Sealed;
 
 impl Proof {
     /// A signature (as opposed to an attestation): simple-signing payloads
@@ -65,6 +76,13 @@ pub enum SigError {
     BadSignature(String),
     #[error("no transparency-log entry, and the authority requires one")]
     MissingTlog,
+    #[error("transparency-log inclusion was not verified, and the authority requires it")]
+    TlogNotVerified,
+    #[error(
+        "a blob signature (`cosign sign-blob`, messageSignature bundle) is not an image signature \
+         unless the authority sets `acceptBlobSignatures: true`"
+    )]
+    BlobSignatureNotAccepted,
     #[error("keyless signature without a certificate")]
     MissingCertificate,
     #[error("certificate identity {subject} ({issuer}) is not accepted by the authority")]
@@ -169,7 +187,10 @@ pub fn verify_bundle(json: &[u8], image: &Digest, authority: &Authority) -> Resu
             let (st, value) = payload::statement_for(env.payload.as_bytes(), image).map_err(SigError::Malformed)?;
             Some((st.predicate_type, value))
         }
-        SignatureContent::MessageSignature(_) => None,
+        SignatureContent::MessageSignature(message) => {
+            blob_signature_for(message, image, authority)?;
+            None
+        }
         _ => {
             return Err(SigError::Unsupported(
                 "bundle content is neither DSSE nor a message signature".into(),
@@ -199,12 +220,12 @@ pub fn verify_bundle(json: &[u8], image: &Digest, authority: &Authority) -> Resu
                 } else {
                     // `cosign sign --key --tlog-upload=false` bundles carry no
                     // log entry and no timestamp; sigstore-verify refuses them
-                    // before any cryptography, so check the DSSE signature over
-                    // the PAE here (the subject was bound above).
-                    dsse_key_check(&bundle, key).then_some(false)
+                    // before any cryptography, so check the signature here
+                    // (the subject or message digest was bound above).
+                    offline_key_check(&bundle, key, image).then_some(false)
                 };
                 if let Some(tlog_verified) = verified {
-                    return Ok(proof(authority, name.clone(), tlog_verified, statement));
+                    return proof(authority, key_signer(name, key), tlog_verified, statement);
                 }
             }
             Err(sigstore_error.map_or_else(
@@ -215,18 +236,74 @@ pub fn verify_bundle(json: &[u8], image: &Digest, authority: &Authority) -> Resu
     }
 }
 
+/// A signer as the policy names it (label) and as thresholds count it.
+struct Signer {
+    label: String,
+    id: SignerId,
+}
+
+fn key_signer(name: &str, key: &PublicKey) -> Signer {
+    Signer {
+        label: name.to_owned(),
+        id: SignerId::Key(key.fingerprint()),
+    }
+}
+
+/// The one place a [`Proof`] is made: an authority that requires the
+/// transparency log gets a proof only when the verification itself reports
+/// the log inclusion as verified, whatever path led here.
 fn proof(
     authority: &Authority,
-    signer: String,
+    signer: Signer,
     tlog_verified: bool,
     statement: Option<(String, serde_json::Value)>,
-) -> Proof {
-    Proof {
+) -> Result<Proof, SigError> {
+    if authority.tlog == Tlog::Required && !tlog_verified {
+        return Err(SigError::TlogNotVerified);
+    }
+    Ok(Proof {
         authority: authority.name.clone(),
-        signer,
+        signer: signer.label,
+        signer_id: signer.id,
         tlog_verified,
         statement,
+        _sealed: Sealed,
+    })
+}
+
+/// A `messageSignature` bundle counts only for an authority that opted in,
+/// and only when its message digest is this manifest's digest (`cosign
+/// sign-blob` over the manifest bytes signs exactly that digest).
+/// sigstore-verify compares the digest only when one is present, so its
+/// absence is refused here.
+fn blob_signature_for(message: &MessageSignature, image: &Digest, authority: &Authority) -> Result<(), SigError> {
+    if authority.blob_signatures != BlobSignatures::AcceptOverManifest {
+        return Err(SigError::BlobSignatureNotAccepted);
     }
+    let digest = message
+        .message_digest
+        .as_ref()
+        .ok_or_else(|| SigError::Malformed("messageSignature without messageDigest".into()))?;
+    let algorithm = match digest.algorithm {
+        sigstore_types::HashAlgorithm::Sha2256 => Some(Algorithm::Sha256),
+        sigstore_types::HashAlgorithm::Sha2512 => Some(Algorithm::Sha512),
+        _ => None,
+    };
+    if algorithm == Some(image.algorithm()) && digest.digest.as_bytes() == image.as_bytes() {
+        return Ok(());
+    }
+    let hex = hex(digest.digest.as_bytes());
+    Err(SigError::NotForThisImage {
+        named: match algorithm {
+            Some(a) => format!("{}:{hex}", a.as_str()),
+            None => format!("{:?} {hex}", digest.algorithm),
+        },
+        image: image.to_string(),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The common decision for legacy layers once content and key checks exist.
@@ -245,6 +322,7 @@ fn verify_with_authority(
                 .iter()
                 .find(|(_, k)| check_key(k))
                 .ok_or_else(|| SigError::BadSignature(format!("the keys of `{}`", authority.name)))?;
+            let signer = key_signer(name, key);
             let tlog_verified = match (authority.tlog, rekor) {
                 (Tlog::Ignore, _) | (Tlog::Optional, None) => false,
                 (Tlog::Required, None) => return Err(SigError::MissingTlog),
@@ -261,7 +339,7 @@ fn verify_with_authority(
                         .tlog_verified()
                 }
             };
-            Ok(proof(authority, name.clone(), tlog_verified, statement))
+            proof(authority, signer, tlog_verified, statement)
         }
         AuthorityKind::Keyless { .. } => {
             let cert = certificate.ok_or(SigError::MissingCertificate)?;
@@ -287,7 +365,7 @@ fn verify_keyless(
         .verify(artifact, bundle, &keyless_policy(authority))
         .map_err(|e| SigError::Sigstore(e.to_string()))?;
     let signer = accept_identity(authority, &result)?;
-    Ok(proof(authority, signer, result.tlog_verified(), statement))
+    proof(authority, signer, result.tlog_verified(), statement)
 }
 
 fn keyless_policy(authority: &Authority) -> VerificationPolicy {
@@ -299,7 +377,7 @@ fn keyless_policy(authority: &Authority) -> VerificationPolicy {
 }
 
 /// The verified certificate's identity must match one of the authority's.
-fn accept_identity(authority: &Authority, result: &VerificationResult) -> Result<String, SigError> {
+fn accept_identity(authority: &Authority, result: &VerificationResult) -> Result<Signer, SigError> {
     let AuthorityKind::Keyless { identities } = &authority.kind else {
         return Err(SigError::Unsupported("not a keyless authority".into()));
     };
@@ -311,7 +389,11 @@ fn accept_identity(authority: &Authority, result: &VerificationResult) -> Result
     let default_claims = Default::default();
     let claims = result.certificate().map(|c| &c.ci_claims).unwrap_or(&default_claims);
     if identities.iter().any(|id| id.accepts(&subject, &issuer, claims)) {
-        Ok(format!("{subject} ({issuer})"))
+        let id = SignerId::Keyless { subject, issuer };
+        Ok(Signer {
+            label: id.to_string(),
+            id,
+        })
     } else {
         Err(SigError::Identity { subject, issuer })
     }
@@ -338,13 +420,19 @@ fn image_artifact(image: &Digest) -> Result<sigstore_types::Artifact<'static>, S
     Ok(sigstore_types::Artifact::from_digest(digest))
 }
 
-/// A key check of a bundle's DSSE signatures over the PAE.
-fn dsse_key_check(bundle: &Bundle, key: &PublicKey) -> bool {
-    let SignatureContent::DsseEnvelope(env) = &bundle.content else {
-        return false;
-    };
-    let pae = payload::pae(&env.payload_type, env.payload.as_bytes());
-    key.verify(&pae, env.signature.sig.as_bytes()).is_ok()
+/// A key check of a bundle without log entry: the DSSE signature over the
+/// PAE, or a message signature over the image digest.
+fn offline_key_check(bundle: &Bundle, key: &PublicKey, image: &Digest) -> bool {
+    match &bundle.content {
+        SignatureContent::DsseEnvelope(env) => {
+            let pae = payload::pae(&env.payload_type, env.payload.as_bytes());
+            key.verify(&pae, env.signature.sig.as_bytes()).is_ok()
+        }
+        SignatureContent::MessageSignature(message) => {
+            key.verify_prehashed(image, message.signature.as_bytes()).is_ok()
+        }
+        _ => false,
+    }
 }
 
 /// Parse a DSSE envelope strictly and bind its statement to `image`.

@@ -8,8 +8,11 @@ use std::fmt;
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use rustls_pki_types::SubjectPublicKeyInfoDer;
 use rustls_pki_types::pem::PemObject;
-use spki::ObjectIdentifier;
-use spki::der::Decode;
+use spki::der::asn1::BitString;
+use spki::der::{Any, Decode, Encode};
+use spki::{AlgorithmIdentifierOwned, ObjectIdentifier, SubjectPublicKeyInfoOwned};
+
+use crate::oci::{Algorithm, Digest};
 
 const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
@@ -47,6 +50,8 @@ pub enum KeyError {
     Unsupported(String),
     #[error("signature does not verify")]
     BadSignature,
+    #[error("a {0:?} key cannot verify a signature over a precomputed {1} digest")]
+    NotPrehashable(KeyKind, &'static str),
 }
 
 /// A verification key with its signing hash.
@@ -56,7 +61,9 @@ pub struct PublicKey {
     hash: SignatureHash,
     /// The SPKI `subjectPublicKey` bits (EC point, PKCS#1 RSA key, Ed25519).
     raw: Vec<u8>,
-    /// The whole SPKI DER, to compare with keys named in log entries.
+    /// The SPKI DER in its one canonical encoding (named curve and
+    /// uncompressed point for EC, NULL parameters for RSA), so that the same
+    /// key always has the same [`PublicKey::fingerprint`].
     spki: Vec<u8>,
 }
 
@@ -92,12 +99,20 @@ impl PublicKey {
             ID_ED25519 => KeyKind::Ed25519,
             oid => return Err(KeyError::Unsupported(oid.to_string())),
         };
-        Ok(PublicKey {
-            kind,
-            hash,
-            raw,
-            spki: der.to_vec(),
-        })
+        // A compressed point is the same key under another encoding: it would
+        // get another fingerprint and count as another signer.
+        if kind.curve().is_some() && raw.first() != Some(&0x04) {
+            return Err(KeyError::Spki("EC public key is not an uncompressed point".into()));
+        }
+        let spki = canonical_spki(kind, &raw)?;
+        Ok(PublicKey { kind, hash, raw, spki })
+    }
+
+    /// The key's identity as a signer: sha256 of its canonical DER
+    /// SubjectPublicKeyInfo (what `openssl pkey -pubin -outform DER |
+    /// sha256sum` prints for a key cosign generated).
+    pub fn fingerprint(&self) -> Digest {
+        Digest::of(Algorithm::Sha256, &self.spki)
     }
 
     pub fn kind(&self) -> KeyKind {
@@ -135,6 +150,54 @@ impl PublicKey {
             .verify(message, sig)
             .map_err(|_| KeyError::BadSignature)
     }
+
+    /// Verify `sig` over a message of which only `digest` is known (a
+    /// `cosign sign-blob` signature over manifest bytes, given the manifest
+    /// digest). The digest's algorithm must be the key's signing hash;
+    /// Ed25519 signs the message itself and cannot verify this way.
+    pub fn verify_prehashed(&self, digest: &Digest, sig: &[u8]) -> Result<(), KeyError> {
+        use aws_lc_rs::digest;
+        let wanted: &'static digest::Algorithm = match (self.kind, self.hash) {
+            (KeyKind::Ed25519, _) => return Err(KeyError::NotPrehashable(self.kind, digest.algorithm().as_str())),
+            (_, SignatureHash::Sha256) => &digest::SHA256,
+            (_, SignatureHash::Sha384) => &digest::SHA384,
+            (_, SignatureHash::Sha512) => &digest::SHA512,
+        };
+        let prehashed = digest::Digest::import_less_safe(digest.as_bytes(), wanted)
+            .map_err(|_| KeyError::NotPrehashable(self.kind, digest.algorithm().as_str()))?;
+        UnparsedPublicKey::new(self.algorithm(), &self.raw)
+            .verify_digest(&prehashed, sig)
+            .map_err(|_| KeyError::BadSignature)
+    }
+}
+
+impl KeyKind {
+    fn curve(self) -> Option<ObjectIdentifier> {
+        match self {
+            KeyKind::EcdsaP256 => Some(SECP256R1),
+            KeyKind::EcdsaP384 => Some(SECP384R1),
+            KeyKind::EcdsaP521 => Some(SECP521R1),
+            KeyKind::Rsa | KeyKind::Ed25519 => None,
+        }
+    }
+}
+
+/// Re-encode the key as DER SPKI with the parameters each algorithm's RFC
+/// prescribes (RFC 5480 named curve, RFC 3279 NULL for RSA, RFC 8410 none
+/// for Ed25519), whatever the PEM carried.
+fn canonical_spki(kind: KeyKind, raw: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let der_err = |e: spki::der::Error| KeyError::Spki(e.to_string());
+    let (oid, parameters) = match kind {
+        KeyKind::Rsa => (RSA_ENCRYPTION, Some(Any::null())),
+        KeyKind::Ed25519 => (ID_ED25519, None),
+        ec => (ID_EC_PUBLIC_KEY, ec.curve().map(Any::from)),
+    };
+    SubjectPublicKeyInfoOwned {
+        algorithm: AlgorithmIdentifierOwned { oid, parameters },
+        subject_public_key: BitString::from_bytes(raw).map_err(der_err)?,
+    }
+    .to_der()
+    .map_err(der_err)
 }
 
 #[cfg(test)]
@@ -168,6 +231,53 @@ mod tests {
         assert_eq!(key.kind(), KeyKind::EcdsaP256);
         assert_eq!(key.verify(b"payload", sig.as_ref()), Ok(()));
         assert_eq!(key.verify(b"payloaD", sig.as_ref()), Err(KeyError::BadSignature));
+    }
+
+    #[test]
+    fn fingerprint_is_the_sha256_of_the_spki_and_compressed_points_are_refused() {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("keygen");
+        let kp = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("kp");
+        let point = kp.public_key().as_ref();
+        let der = spki_for_p256(point);
+        let key = PublicKey::from_spki_der(&der, SignatureHash::Sha256).expect("key");
+        assert_eq!(
+            key.spki_der(),
+            der.as_slice(),
+            "a cosign P-256 key is already canonical"
+        );
+        assert_eq!(key.fingerprint(), Digest::of(Algorithm::Sha256, &der));
+        // The signing hash is policy, not identity.
+        let sha384 = PublicKey::from_spki_der(&der, SignatureHash::Sha384).expect("key");
+        assert_eq!(sha384.fingerprint(), key.fingerprint());
+        // The same point compressed (0x02/0x03 + x) is refused rather than
+        // becoming a second identity for the same key.
+        let mut compressed = vec![0x02 | (point[64] & 1)];
+        compressed.extend_from_slice(&point[1..33]);
+        assert!(matches!(
+            PublicKey::from_spki_der(&spki_for_p256(&compressed), SignatureHash::Sha256),
+            Err(KeyError::Spki(m)) if m.contains("uncompressed")
+        ));
+    }
+
+    #[test]
+    fn prehashed_verification_over_a_manifest_digest() {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("keygen");
+        let kp = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("kp");
+        let key =
+            PublicKey::from_spki_der(&spki_for_p256(kp.public_key().as_ref()), SignatureHash::Sha256).expect("key");
+        let manifest = br#"{"schemaVersion":2}"#;
+        let sig = kp.sign(&rng, manifest).expect("sign");
+        let digest = Digest::of(Algorithm::Sha256, manifest);
+        assert_eq!(key.verify_prehashed(&digest, sig.as_ref()), Ok(()));
+        let other = Digest::of(Algorithm::Sha256, b"another manifest");
+        assert_eq!(key.verify_prehashed(&other, sig.as_ref()), Err(KeyError::BadSignature));
+        let sha512 = Digest::of(Algorithm::Sha512, manifest);
+        assert!(matches!(
+            key.verify_prehashed(&sha512, sig.as_ref()),
+            Err(KeyError::NotPrehashable(..))
+        ));
     }
 
     #[test]

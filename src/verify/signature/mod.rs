@@ -6,7 +6,9 @@ mod bridge;
 pub mod check;
 pub mod keys;
 pub mod payload;
+pub mod signer;
 pub mod trust;
 
 pub use keys::{KeyError, KeyKind, PublicKey, SignatureHash};
+pub use signer::SignerId;
 pub use trust::{TrustError, TrustRoot};

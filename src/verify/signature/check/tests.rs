@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::*;
-use crate::verify::signature::authority::{Authority, AuthorityKind, Identity, Matcher, Sct, Tlog};
+use crate::verify::signature::authority::{Authority, AuthorityKind, BlobSignatures, Identity, Matcher, Sct, Tlog};
 use crate::verify::signature::{PublicKey, SignatureHash, TrustRoot};
 
 fn fixture_path(rel: &str) -> String {
@@ -34,6 +34,7 @@ fn key_authority(key_file: &str, tlog: Tlog) -> Authority {
         tlog,
         sct: Sct::Required,
         trust_root: (tlog != Tlog::Ignore).then(public_good),
+        blob_signatures: BlobSignatures::Refuse,
     }
 }
 
@@ -50,6 +51,7 @@ fn keyless_authority(subject: Matcher, issuer: &str) -> Authority {
         tlog: Tlog::Required,
         sct: Sct::Required,
         trust_root: Some(public_good()),
+        blob_signatures: BlobSignatures::Refuse,
     }
 }
 
@@ -280,4 +282,229 @@ fn bundle_v03_slsa_provenance_sha512_subject() {
     let (predicate_type, st) = proof.statement.expect("statement");
     assert_eq!(predicate_type, "https://slsa.dev/provenance/v1");
     assert!(st.pointer("/predicate/runDetails/builder/id").is_some());
+}
+
+// ------------------------------------------------- signer identities (issue 9)
+
+#[test]
+fn proofs_name_their_signer_by_key_fingerprint_or_certificate_identity() {
+    let l = Legacy::load("key-only");
+    let authority = key_authority("legacy-tag/keys/cosign.pub", Tlog::Ignore);
+    let proof = l.verify(&authority).expect("verifies");
+    let key = PublicKey::from_pem(&fixture("legacy-tag/keys/cosign.pub"), SignatureHash::Sha256).expect("key");
+    assert_eq!(proof.signer_id, SignerId::Key(key.fingerprint()));
+    // Another authority holding the same key yields the same signer.
+    let mut twin = key_authority("legacy-tag/keys/cosign.pub", Tlog::Ignore);
+    twin.name = "twin".into();
+    assert_eq!(l.verify(&twin).expect("verifies").signer_id, proof.signer_id);
+
+    let keyless = Legacy::load("keyless-fulcio-rekor");
+    let proof = keyless
+        .verify(&keyless_authority(
+            Matcher::anchored(".*@redhat\\.com").expect("re"),
+            "https://github.com/login/oauth",
+        ))
+        .expect("verifies");
+    assert_eq!(
+        proof.signer_id,
+        SignerId::Keyless {
+            subject: "mitr@redhat.com".into(),
+            issuer: "https://github.com/login/oauth".into()
+        }
+    );
+    let bundle = fixture("bundle-v03/kubewarden-controller-v1.34.0.sigstore.json");
+    let proof = verify_bundle(
+        &bundle,
+        &kubewarden_image(),
+        &keyless_authority(Matcher::Exact(KUBEWARDEN_URI.into()), GHA),
+    )
+    .expect("verifies");
+    assert_eq!(
+        proof.signer_id,
+        SignerId::Keyless {
+            subject: KUBEWARDEN_URI.into(),
+            issuer: GHA.into()
+        }
+    );
+}
+
+// ------------------------------------------------- tlog: required (issue 9)
+
+#[test]
+fn a_proof_without_verified_log_inclusion_does_not_count_when_the_log_is_required() {
+    let signer = || Signer {
+        label: "k".into(),
+        id: SignerId::Key(Digest::of(Algorithm::Sha256, b"k")),
+    };
+    let required = key_authority("legacy-tag/keys/cosign2.pub", Tlog::Required);
+    assert_eq!(
+        proof(&required, signer(), false, None).err(),
+        Some(SigError::TlogNotVerified)
+    );
+    assert!(proof(&required, signer(), true, None).is_ok_and(|p| p.tlog_verified));
+    let optional = key_authority("legacy-tag/keys/cosign2.pub", Tlog::Optional);
+    assert!(proof(&optional, signer(), false, None).is_ok_and(|p| !p.tlog_verified));
+    let mut keyless = keyless_authority(Matcher::Exact(KUBEWARDEN_URI.into()), GHA);
+    assert_eq!(
+        proof(&keyless, signer(), false, None).err(),
+        Some(SigError::TlogNotVerified)
+    );
+    keyless.tlog = Tlog::Optional;
+    assert!(proof(&keyless, signer(), false, None).is_ok());
+}
+
+#[test]
+fn tlog_required_proofs_come_from_verified_log_entries() {
+    // Every path that reaches a proof under `tlog: required` went through
+    // the transparency-log verification and says so.
+    let set = Legacy::load("key-rekor")
+        .verify(&key_authority("legacy-tag/keys/cosign2.pub", Tlog::Required))
+        .expect("SET verifies");
+    assert!(set.tlog_verified);
+    let keyless = Legacy::load("keyless-fulcio-rekor")
+        .verify(&keyless_authority(
+            Matcher::Exact("mitr@redhat.com".into()),
+            "https://github.com/login/oauth",
+        ))
+        .expect("verifies");
+    assert!(keyless.tlog_verified);
+    // A key-based bundle without a log entry: refused under `required`.
+    let (key, spki) = generated_p256();
+    let image = Digest::of(Algorithm::Sha256, b"{\"schemaVersion\":2}");
+    let bundle = key_bundle_over_statement(&key, &image);
+    let mut authority = generated_key_authority(&spki, Tlog::Required);
+    authority.trust_root = Some(public_good());
+    assert_eq!(
+        verify_bundle(&bundle, &image, &authority).err(),
+        Some(SigError::MissingTlog)
+    );
+    authority.tlog = Tlog::Optional;
+    let proof = verify_bundle(&bundle, &image, &authority).expect("optional log");
+    assert!(!proof.tlog_verified);
+}
+
+// ------------------------------------------------- blob signatures (issue 9)
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+
+/// A fresh P-256 key pair and its DER SPKI.
+fn generated_p256() -> (EcdsaKeyPair, Vec<u8>) {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("keygen");
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("key");
+    let spki = key.public_key().as_der().expect("spki").as_ref().to_vec();
+    (key, spki)
+}
+
+fn sign(key: &EcdsaKeyPair, message: &[u8]) -> String {
+    STANDARD.encode(key.sign(&SystemRandom::new(), message).expect("sign").as_ref())
+}
+
+fn generated_key_authority(spki: &[u8], tlog: Tlog) -> Authority {
+    Authority {
+        name: "team".into(),
+        kind: AuthorityKind::Key {
+            keys: vec![(
+                "team".into(),
+                Arc::new(PublicKey::from_spki_der(spki, SignatureHash::Sha256).expect("key")),
+            )],
+        },
+        tlog,
+        sct: Sct::Required,
+        trust_root: None,
+        blob_signatures: BlobSignatures::Refuse,
+    }
+}
+
+/// `cosign sign --key --tlog-upload=false` (bundle format) for `image`.
+fn key_bundle_over_statement(key: &EcdsaKeyPair, image: &Digest) -> Vec<u8> {
+    let statement = serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [ { "digest": { "sha256": image.hex() } } ],
+        "predicateType": COSIGN_SIGN_PREDICATE,
+        "predicate": {}
+    })
+    .to_string();
+    let sig = sign(key, &payload::pae(IN_TOTO_PAYLOAD_TYPE, statement.as_bytes()));
+    serde_json::to_vec(&serde_json::json!({
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": { "publicKey": { "hint": "" } },
+        "dsseEnvelope": {
+            "payload": STANDARD.encode(&statement),
+            "payloadType": IN_TOTO_PAYLOAD_TYPE,
+            "signatures": [ { "sig": sig } ]
+        }
+    }))
+    .expect("json")
+}
+
+/// `cosign sign-blob --key --bundle … --tlog-upload=false` over
+/// `manifest`: a messageSignature whose digest field says `named`.
+fn blob_bundle(key: &EcdsaKeyPair, manifest: &[u8], named: Option<&Digest>) -> Vec<u8> {
+    let mut message = serde_json::json!({ "signature": sign(key, manifest) });
+    if let Some(d) = named {
+        message["messageDigest"] = serde_json::json!({
+            "algorithm": "SHA2_256",
+            "digest": STANDARD.encode(d.as_bytes())
+        });
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": { "publicKey": { "hint": "" } },
+        "messageSignature": message
+    }))
+    .expect("json")
+}
+
+#[test]
+fn blob_signatures_over_the_manifest_count_only_when_the_authority_opts_in() {
+    let (key, spki) = generated_p256();
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+    let image = Digest::of(Algorithm::Sha256, manifest);
+    let bundle = blob_bundle(&key, manifest, Some(&image));
+
+    // Default: a sign-blob bundle is not an image signature.
+    let mut authority = generated_key_authority(&spki, Tlog::Ignore);
+    assert_eq!(
+        verify_bundle(&bundle, &image, &authority).err(),
+        Some(SigError::BlobSignatureNotAccepted)
+    );
+
+    // Opted in: it counts, as a signature, by this key.
+    authority.blob_signatures = BlobSignatures::AcceptOverManifest;
+    let proof = verify_bundle(&bundle, &image, &authority).expect("opted in");
+    assert!(proof.is_signature());
+    assert_eq!(
+        proof.signer_id,
+        SignerId::Key(
+            PublicKey::from_spki_der(&spki, SignatureHash::Sha256)
+                .expect("key")
+                .fingerprint()
+        )
+    );
+
+    // The message digest must be this manifest's digest ...
+    let other = Digest::of(Algorithm::Sha256, b"another manifest");
+    assert!(matches!(
+        verify_bundle(&blob_bundle(&key, manifest, Some(&other)), &image, &authority),
+        Err(SigError::NotForThisImage { .. })
+    ));
+    // ... and present (sigstore-verify compares it only when present).
+    assert!(matches!(
+        verify_bundle(&blob_bundle(&key, manifest, None), &image, &authority),
+        Err(SigError::Malformed(m)) if m.contains("messageDigest")
+    ));
+    // A signature over other bytes that claims this digest does not verify.
+    let lying = blob_bundle(&key, b"other bytes", Some(&image));
+    assert!(matches!(
+        verify_bundle(&lying, &image, &authority),
+        Err(SigError::BadSignature(_))
+    ));
+    // The same bundle presented for another image names the wrong digest.
+    assert!(matches!(
+        verify_bundle(&bundle, &other, &authority),
+        Err(SigError::NotForThisImage { .. })
+    ));
 }
