@@ -18,7 +18,8 @@
 use super::manifest::{Descriptor, ManifestInfo};
 
 /// The kinds of verification material Portcullis recognises.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum MaterialKind {
     /// cosign's legacy `sha256-<hex>.sig` (simple-signing layers).
     LegacySignature,
@@ -73,7 +74,8 @@ impl MaterialKind {
         }
     }
 
-    fn max_blob_bytes(self) -> u64 {
+    /// The largest blob of this kind that is served or read.
+    pub fn max_blob_bytes(self) -> u64 {
         match self {
             MaterialKind::Sbom => MAX_SBOM_BYTES,
             _ => MAX_MATERIAL_BYTES,
@@ -139,6 +141,52 @@ impl LegacyTag {
             LegacyTag::Sbom => kind == Some(MaterialKind::Sbom),
             LegacyTag::Referrers => is_index,
         }
+    }
+}
+
+/// Why a blob granted as verification material is not material.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MaterialBlobError {
+    #[error("{size} bytes is over the {limit}-byte limit for {kind:?} material")]
+    TooLarge { kind: MaterialKind, size: u64, limit: u64 },
+    #[error("not {kind:?} material: {reason}")]
+    NotMaterial { kind: MaterialKind, reason: String },
+}
+
+/// Check that the bytes of a blob a material manifest granted are material
+/// of that kind: one unambiguous JSON object (the signature, envelope,
+/// statement or bundle), or for SBOMs a JSON or text document. A material
+/// manifest must never unlock another image's layers by typing their
+/// digests as material: a tar or gzip stream is neither JSON nor text.
+pub fn check_blob(kind: MaterialKind, bytes: &[u8]) -> Result<(), MaterialBlobError> {
+    let limit = kind.max_blob_bytes();
+    let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    if size > limit {
+        return Err(MaterialBlobError::TooLarge { kind, size, limit });
+    }
+    let not = |reason: String| MaterialBlobError::NotMaterial { kind, reason };
+    let schema = match kind {
+        MaterialKind::LegacySignature => &super::json::SIMPLE_SIGNING,
+        MaterialKind::LegacyAttestation => &super::json::DSSE_ENVELOPE,
+        MaterialKind::InToto => &super::json::IN_TOTO_STATEMENT,
+        MaterialKind::SigstoreBundle => &super::json::SIGSTORE_BUNDLE,
+        MaterialKind::ReferrersIndex => return Err(not("an index has no material blobs".into())),
+        MaterialKind::Sbom => {
+            // SPDX tag-value and XML SBOMs are text; JSON ones are checked
+            // like the rest.
+            let text = std::str::from_utf8(bytes).map_err(|e| not(format!("not UTF-8 text: {e}")))?;
+            if text.contains('\0') {
+                return Err(not("text contains NUL bytes".into()));
+            }
+            if !text.trim_start().starts_with(['{', '[']) {
+                return Ok(());
+            }
+            &super::json::Schema::Any
+        }
+    };
+    match super::json::check(bytes, schema).map_err(|e| not(e.to_string()))? {
+        super::json::Node::Object(_) => Ok(()),
+        _ => Err(not("not a JSON object".into())),
     }
 }
 
@@ -228,6 +276,33 @@ mod tests {
         for m in &not_material {
             assert_eq!(classify(m), None, "{m:?}");
         }
+    }
+
+    #[test]
+    fn material_blobs_must_be_material() {
+        let gzip_tar = [
+            0x1f_u8, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xff, 0x00,
+        ];
+        for kind in [
+            MaterialKind::LegacySignature,
+            MaterialKind::LegacyAttestation,
+            MaterialKind::InToto,
+            MaterialKind::SigstoreBundle,
+            MaterialKind::Sbom,
+        ] {
+            assert!(check_blob(kind, &gzip_tar).is_err(), "{kind:?}");
+        }
+        let payload = br#"{"critical":{"identity":{"docker-reference":"r"},"image":{"docker-manifest-digest":"d"},"type":"t"},"optional":null}"#;
+        assert_eq!(check_blob(MaterialKind::LegacySignature, payload), Ok(()));
+        assert!(check_blob(MaterialKind::LegacySignature, b"[1]").is_err());
+        assert!(check_blob(MaterialKind::LegacySignature, br#"{"critical":{},"Critical":{}}"#).is_err());
+        assert_eq!(check_blob(MaterialKind::Sbom, b"SPDXVersion: SPDX-2.3\n"), Ok(()));
+        assert_eq!(check_blob(MaterialKind::Sbom, br#"{"spdxVersion":"SPDX-2.3"}"#), Ok(()));
+        let big = vec![b' '; usize::try_from(MAX_MATERIAL_BYTES).unwrap_or(0) + 1];
+        assert!(matches!(
+            check_blob(MaterialKind::InToto, &big),
+            Err(MaterialBlobError::TooLarge { .. })
+        ));
     }
 
     #[test]

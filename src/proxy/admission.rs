@@ -33,8 +33,8 @@ use super::{Error, Proxy, Target, blocking};
 use crate::oci::material::{self, MaterialKind};
 use crate::oci::{Digest, ManifestInfo, ManifestMediaType, RegistryHost, RepoName, Tag};
 use crate::policy::{self, Decision, Evidence, Mode, Mutability, PolicySet, Rule, RuleAction, Verdict};
-use crate::store::GrantKey;
 use crate::store::verdicts::{VerdictKey, VerdictStore};
+use crate::store::{GrantKey, GrantScope};
 use crate::telemetry::audit::{self, AuditEvent, AuditSink};
 use crate::telemetry::metrics::{self, AdmissionOutcome};
 use crate::verify::VerifiedManifest;
@@ -135,7 +135,7 @@ pub struct Gate {
     verdicts: moka::future::Cache<VerdictKey, Arc<Decision>>,
     persisted: Option<Arc<VerdictStore>>,
     vouched: moka::sync::Cache<VouchKey, Arc<Vouch>>,
-    grants: moka::sync::Cache<GrantKey, ()>,
+    grants: moka::sync::Cache<GrantKey, GrantScope>,
     /// (registry, repository, blob) → the admitted manifest that last
     /// granted it, so a grant revoked by a policy reload can be derived
     /// again by admitting that manifest under the new revision.
@@ -251,7 +251,7 @@ enum Role {
 /// Whether a grant holds under the current revision; if not, the key it
 /// would have.
 pub(super) enum Granted {
-    Yes,
+    Yes(GrantScope),
     No(GrantKey),
 }
 
@@ -409,12 +409,18 @@ impl Proxy {
     }
 
     /// Grant what an admitted manifest references, in memory and in the
-    /// store, bound to the revision: an image's (or material's) blobs, an
-    /// index's child manifests, and the manifest's own digest (which also
-    /// records that this repository has it). Material's blobs are all
-    /// material-typed and small: `oci::material` checked the shape.
+    /// store, bound to the revision: an image's blobs, an index's child
+    /// manifests, and the manifest's own digest (which also records that
+    /// this repository has it). Material's layers are granted as material
+    /// only: served once their bytes prove to be material of that kind.
     fn grant_blobs(&self, admitted: &Admitted) {
         let Some(revision) = admitted.revision() else { return };
+        let material = admitted.material_of().and_then(|_| material::classify(admitted.info()));
+        let layers: Vec<&Digest> = admitted.info().layers().iter().map(|d| &d.digest).collect();
+        let scope_of = |digest: &Digest| match material {
+            Some(kind) if layers.contains(&digest) => GrantScope::Material(kind),
+            _ => GrantScope::Content,
+        };
         let digests = std::iter::once(admitted.digest()).chain(admitted.info().references.iter().map(|d| &d.digest));
         let mut new = Vec::new();
         for digest in digests {
@@ -424,14 +430,17 @@ impl Proxy {
                 blob: digest.clone(),
                 revision: revision.to_owned(),
             };
-            if !self.gate.grants.contains_key(&key) {
-                self.gate.grants.insert(key.clone(), ());
-                self.gate.granted_by.insert(
-                    (key.registry.clone(), key.repository.clone(), key.blob.clone()),
-                    admitted.digest().clone(),
-                );
-                new.push(key);
+            let scope = scope_of(digest);
+            let existing = self.gate.grants.get(&key);
+            if existing.is_some_and(|e| e.wider(scope) == e) {
+                continue;
             }
+            self.gate.grants.insert(key.clone(), scope);
+            self.gate.granted_by.insert(
+                (key.registry.clone(), key.repository.clone(), key.blob.clone()),
+                admitted.digest().clone(),
+            );
+            new.push((key, scope));
         }
         if new.is_empty() {
             return;
@@ -441,8 +450,8 @@ impl Proxy {
         let store = self.store.clone();
         let manifest = admitted.digest().clone();
         tokio::task::spawn_blocking(move || {
-            for key in &new {
-                store.grants.put(key, &manifest);
+            for (key, scope) in &new {
+                store.grants.put(key, &manifest, *scope);
             }
         });
     }
@@ -477,21 +486,21 @@ impl Proxy {
         }
     }
 
-    /// Whether a blob may be served from this repository: an admitted
-    /// manifest of this repository granted it under the current revision
-    /// (in memory, or persisted by an earlier run). Integrity-only mode
-    /// serves any blob that matches its digest.
-    pub(super) async fn blob_granted(&self, target: &Target, digest: &Digest) -> Result<bool, Error> {
+    /// Whether, and how, a blob may be served from this repository: an
+    /// admitted manifest of this repository granted it under the current
+    /// revision (in memory, or persisted by an earlier run). Integrity-only
+    /// mode serves any blob that matches its digest.
+    pub(super) async fn blob_grant(&self, target: &Target, digest: &Digest) -> Result<Option<GrantScope>, Error> {
         match self.granted_now(target, digest).await? {
-            Granted::Yes => Ok(true),
+            Granted::Yes(scope) => Ok(Some(scope)),
             Granted::No(key) => Ok(self.regrant(target, key).await),
         }
     }
 
-    /// Whether a grant under the current revision exists (memory or store).
+    /// The grant under the current revision (memory or store), if any.
     pub(super) async fn granted_now(&self, target: &Target, digest: &Digest) -> Result<Granted, Error> {
         let policy = match self.gate.enforcement()? {
-            Enforcement::IntegrityOnly => return Ok(Granted::Yes),
+            Enforcement::IntegrityOnly => return Ok(Granted::Yes(GrantScope::Content)),
             Enforcement::Policy(p) => p,
         };
         let key = GrantKey {
@@ -500,14 +509,14 @@ impl Proxy {
             blob: digest.clone(),
             revision: policy.revision.clone(),
         };
-        if self.gate.grants.contains_key(&key) {
-            return Ok(Granted::Yes);
+        if let Some(scope) = self.gate.grants.get(&key) {
+            return Ok(Granted::Yes(scope));
         }
         let store = self.store.clone();
         let probe = key.clone();
-        if blocking(move || Ok(store.grants.contains(&probe))).await? {
-            self.gate.grants.insert(key, ());
-            return Ok(Granted::Yes);
+        if let Some(scope) = blocking(move || Ok(store.grants.get(&probe))).await? {
+            self.gate.grants.insert(key, scope);
+            return Ok(Granted::Yes(scope));
         }
         Ok(Granted::No(key))
     }
@@ -517,36 +526,36 @@ impl Proxy {
     /// only if that admission serves does the blob become servable again.
     /// A client in the middle of a pull keeps going across a reload that
     /// does not concern its image, and one that does is refused.
-    async fn regrant(&self, target: &Target, key: GrantKey) -> bool {
-        let Some(manifest) =
-            self.gate
-                .granted_by
-                .get(&(key.registry.clone(), key.repository.clone(), key.blob.clone()))
-        else {
-            return false;
-        };
-        let Some(proxy) = self.me.upgrade() else {
-            return false;
-        };
+    async fn regrant(&self, target: &Target, key: GrantKey) -> Option<GrantScope> {
+        let manifest = self
+            .gate
+            .granted_by
+            .get(&(key.registry.clone(), key.repository.clone(), key.blob.clone()))?;
+        let proxy = self.me.upgrade()?;
         // A whole admission in its own task: inline, it would make every
         // blob request's future (and its stack) as large as an admission's.
         let (target_owned, manifest_digest) = (target.clone(), manifest.clone());
         let readmission = tokio::spawn(async move {
             let (verified, _) = proxy.manifest_by_digest(&target_owned, &manifest_digest).await?;
             proxy
-                .admit(&target_owned, None, verified, "portcullis (re-admission after a policy change)")
+                .admit(
+                    &target_owned,
+                    None,
+                    verified,
+                    "portcullis (re-admission after a policy change)",
+                )
                 .await
                 .map(drop)
         });
         match readmission.await {
-            Ok(Ok(())) => self.gate.grants.contains_key(&key),
+            Ok(Ok(())) => self.gate.grants.get(&key),
             Ok(Err(e)) => {
                 tracing::info!(blob = %key.blob, %manifest, error = %e, "blob grant not renewed under the new policy");
-                false
+                None
             }
             Err(e) => {
                 tracing::warn!(blob = %key.blob, %manifest, error = %e, "re-admission task failed");
-                false
+                None
             }
         }
     }

@@ -25,6 +25,8 @@ use tokio::sync::mpsc;
 
 use super::{Error, Proxy, Target, blocking};
 use crate::oci::Digest;
+use crate::oci::material::{self, MaterialKind};
+use crate::store::GrantScope;
 use crate::store::spool::{self, ChunkStream, ReadError};
 use crate::store::{BlobWriter, Join, Spool};
 use crate::telemetry::CacheOutcome;
@@ -98,17 +100,20 @@ impl Proxy {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobServed, Error> {
-        if !self.blob_granted(target, digest).await? {
+        let Some(scope) = self.blob_grant(target, digest).await? else {
             return Err(Error::Denied {
                 message: format!(
                     "blob {digest} is not referenced by an admitted manifest of this repository (pull the manifest first)"
                 ),
             });
-        }
+        };
         let store = self.store.clone();
         let d = digest.clone();
         if let Some((file, size)) = blocking(move || store.blobs.open(&d)).await? {
             let spool = Arc::new(Spool::completed(file, size));
+            if let GrantScope::Material(kind) = scope {
+                check_material(&spool, digest, size, kind).await?;
+            }
             return serve(&spool, size, range, head, CacheOutcome::Hit);
         }
         if head {
@@ -131,11 +136,17 @@ impl Proxy {
             Join::Follower(spool) => (spool, CacheOutcome::Joined),
         };
         let mut rx = spool.subscribe();
-        let size = match spool::wait_started(&mut rx).await.map_err(read_error)? {
-            Some(size) => size,
+        let size = match (spool::wait_started(&mut rx).await.map_err(read_error)?, scope) {
+            (Some(size), GrantScope::Content) => size,
             // No Content-Length upstream: the response needs one, so wait
-            // for the verified whole.
-            None => spool::wait_complete(&mut rx).await.map_err(read_error)?,
+            // for the verified whole. Material is checked whole before any
+            // byte of it is served.
+            (None, GrantScope::Content) => spool::wait_complete(&mut rx).await.map_err(read_error)?,
+            (_, GrantScope::Material(kind)) => {
+                let size = spool::wait_complete(&mut rx).await.map_err(read_error)?;
+                check_material(&spool, digest, size, kind).await?;
+                size
+            }
         };
         serve(&spool, size, range, false, cache)
     }
@@ -161,6 +172,33 @@ impl Proxy {
             cache: CacheOutcome::Miss,
         })
     }
+}
+
+/// A blob granted only by verification material is served only if its
+/// (verified) bytes are material of the granted kind: a material manifest
+/// cannot unlock another image's layers by typing their digests as
+/// signatures.
+async fn check_material(
+    spool: &Arc<Spool<Error>>,
+    digest: &Digest,
+    size: u64,
+    kind: MaterialKind,
+) -> Result<(), Error> {
+    let refuse = |why: String| Error::Denied {
+        message: format!("blob {digest} is granted only as verification material, and {why}"),
+    };
+    let limit = kind.max_blob_bytes();
+    if size > limit {
+        return Err(refuse(format!(
+            "its {size} bytes exceed the {limit}-byte limit for material"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    let mut chunks = spool::read_range(spool.clone(), 0, size);
+    while let Some(chunk) = chunks.next().await {
+        bytes.extend_from_slice(&chunk.map_err(read_error)?);
+    }
+    material::check_blob(kind, &bytes).map_err(|e| refuse(e.to_string()))
 }
 
 fn serve(

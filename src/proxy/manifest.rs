@@ -110,7 +110,10 @@ impl Proxy {
     /// private content never leaks into another route by digest.
     async fn ensure_present(&self, target: &Target, digest: &Digest) -> Result<(), Error> {
         if self.known_present(target, digest)
-            || matches!(self.granted_now(target, digest).await?, super::admission::Granted::Yes)
+            || matches!(
+                self.granted_now(target, digest).await?,
+                super::admission::Granted::Yes(_)
+            )
         {
             return Ok(());
         }

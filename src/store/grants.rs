@@ -10,7 +10,29 @@
 use std::path::PathBuf;
 
 use super::write_atomic;
+use crate::oci::material::MaterialKind;
 use crate::oci::{Algorithm, Digest, RegistryHost, RepoName};
+
+/// What a grant lets the repository serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrantScope {
+    /// Content an admitted manifest references: served as it is.
+    Content,
+    /// A blob verification material references: served only once its bytes
+    /// are shown to be material of this kind (`oci::material::check_blob`).
+    Material(MaterialKind),
+}
+
+impl GrantScope {
+    /// Of two grants for one blob, the wider: content over material.
+    pub fn wider(self, other: GrantScope) -> GrantScope {
+        match (self, other) {
+            (GrantScope::Content, _) | (_, GrantScope::Content) => GrantScope::Content,
+            (mine, _) => mine,
+        }
+    }
+}
 
 /// What a grant is for: a blob of a repository under a policy revision.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -27,6 +49,7 @@ struct GrantRecord {
     #[serde(flatten)]
     key: GrantKey,
     manifest: Digest,
+    scope: GrantScope,
 }
 
 #[derive(Debug)]
@@ -55,22 +78,29 @@ impl GrantStore {
         )))
     }
 
+    /// The grant persisted for exactly `key`, if any.
+    pub fn get(&self, key: &GrantKey) -> Option<GrantScope> {
+        let bytes = std::fs::read(self.path(key)?).ok()?;
+        let record = serde_json::from_slice::<GrantRecord>(&bytes).ok()?;
+        (&record.key == key).then_some(record.scope)
+    }
+
     /// Whether a grant for exactly `key` is on disk.
     pub fn contains(&self, key: &GrantKey) -> bool {
-        let Some(path) = self.path(key) else { return false };
-        let Ok(bytes) = std::fs::read(&path) else { return false };
-        serde_json::from_slice::<GrantRecord>(&bytes).is_ok_and(|r| &r.key == key)
+        self.get(key).is_some()
     }
 
     /// Best effort: a grant that cannot be persisted still holds in memory.
-    pub fn put(&self, key: &GrantKey, manifest: &Digest) {
+    /// A content grant replaces a material one, never the reverse.
+    pub fn put(&self, key: &GrantKey, manifest: &Digest, scope: GrantScope) {
         let Some(path) = self.path(key) else { return };
-        if path.exists() {
+        if self.get(key).is_some_and(|existing| existing.wider(scope) == existing) {
             return;
         }
         let record = GrantRecord {
             key: key.clone(),
             manifest: manifest.clone(),
+            scope,
         };
         let written = serde_json::to_vec(&record)
             .map_err(|e| e.to_string())
@@ -101,7 +131,7 @@ mod tests {
         std::fs::create_dir_all(&tmp).expect("tmp");
         let store = GrantStore::new(dir.path().join("grants"), tmp);
         let manifest = Digest::of(Algorithm::Sha256, b"manifest");
-        store.put(&key("abc123"), &manifest);
+        store.put(&key("abc123"), &manifest, GrantScope::Content);
         assert!(store.contains(&key("abc123")));
         assert!(!store.contains(&key("def456")), "another revision");
         let mut other_repo = key("abc123");
@@ -116,5 +146,11 @@ mod tests {
         std::fs::copy(from, to).expect("copy");
         assert!(!store.contains(&other_repo));
         assert!(store.path(&key("../x")).is_none());
+        // Material never narrows content.
+        let material = GrantScope::Material(MaterialKind::LegacySignature);
+        store.put(&key("abc123"), &manifest, material);
+        assert_eq!(store.get(&key("abc123")), Some(GrantScope::Content));
+        store.put(&key("fff000"), &manifest, material);
+        assert_eq!(store.get(&key("fff000")), Some(material));
     }
 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use blobs::{BlobStore, BlobWriter};
 pub use flight::{Flights, Join};
-pub use grants::{GrantKey, GrantStore};
+pub use grants::{GrantKey, GrantScope, GrantStore};
 pub use manifests::ManifestStore;
 pub use spool::{Spool, SpoolState};
 pub use tags::TagStore;
