@@ -54,23 +54,86 @@ pub enum Verdict {
     Deny,
 }
 
-/// The outcome of evaluating a policy for one digest.
+/// The outcome of evaluating a policy for one digest. Fields are private:
+/// a decision is made by [`evaluate`] or by one of the named constructors,
+/// each of which says what kind of decision it is, and is then only read
+/// (or given more reasons).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
-    pub verdict: Verdict,
-    pub mode: Mode,
+    verdict: Verdict,
+    mode: Mode,
     /// The rule that decided (`None`: no rule matched).
-    pub rule: Option<String>,
+    rule: Option<String>,
     /// Authorities whose requirement was met.
-    pub satisfied: Vec<String>,
+    satisfied: Vec<String>,
     /// Why (for a denial: what was missing or wrong).
-    pub reasons: Vec<String>,
+    reasons: Vec<String>,
 }
 
 impl Decision {
+    /// Integrity-only mode: no policy, content served when it matches its
+    /// digests (and every audit event says so).
+    pub fn integrity_only() -> Decision {
+        Decision {
+            verdict: Verdict::Allow,
+            mode: Mode::Enforce,
+            rule: None,
+            satisfied: Vec::new(),
+            reasons: vec!["integrity-only mode: no signature policy; bytes verified by digest".into()],
+        }
+    }
+
+    /// A denial by `rule` for a reason found before any evidence was
+    /// weighed (a tag where the rule wants digests; verification material
+    /// that could not be fetched). Denials in audit mode still serve.
+    pub fn denied_by(rule: &Rule, reason: String) -> Decision {
+        Decision {
+            verdict: Verdict::Deny,
+            mode: rule.mode,
+            rule: Some(rule.name.clone()),
+            satisfied: Vec::new(),
+            reasons: vec![reason],
+        }
+    }
+
     /// Whether the content may be served: allowed, or denied only in audit.
     pub fn serves(&self) -> bool {
         self.verdict == Verdict::Allow || self.mode == Mode::Audit
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The rule that decided (`None`: no rule matched, or integrity-only).
+    pub fn rule(&self) -> Option<&str> {
+        self.rule.as_deref()
+    }
+
+    /// Authorities whose requirement was met.
+    pub fn satisfied(&self) -> &[String] {
+        &self.satisfied
+    }
+
+    pub fn reasons(&self) -> &[String] {
+        &self.reasons
+    }
+
+    /// The same decision, with `why` (how it came to apply here) first.
+    pub fn explained(mut self, why: String) -> Decision {
+        self.reasons.insert(0, why);
+        self
+    }
+
+    /// The same decision with further notes (what was found but did not
+    /// verify) after its reasons.
+    pub fn with_notes(mut self, notes: impl IntoIterator<Item = String>) -> Decision {
+        self.reasons.extend(notes);
+        self
     }
 }
 

@@ -113,8 +113,8 @@ fn first_match_wins_and_no_match_denies() {
         Some("platform")
     );
     let d = eval::evaluate(&p, p.rule_for("x", "other/thing", None), &Evidence::default());
-    assert_eq!(d.verdict, Verdict::Deny);
-    assert_eq!(d.rule, None);
+    assert_eq!(d.verdict(), Verdict::Deny);
+    assert_eq!(d.rule(), None);
     assert_eq!(p.revision.len(), 64);
 }
 
@@ -135,22 +135,22 @@ fn threshold_two_of_three_with_a_required_authority() {
         "registry must match"
     );
     let decide = |who: &[&str]| eval::evaluate(&p, rule, &evidence(who));
-    assert_eq!(decide(&["key-a", "key-b"]).verdict, Verdict::Allow);
+    assert_eq!(decide(&["key-a", "key-b"]).verdict(), Verdict::Allow);
     assert_eq!(
-        decide(&["key-a", "key-b"]).satisfied,
+        decide(&["key-a", "key-b"]).satisfied(),
         vec!["key-a".to_owned(), "key-b".to_owned()]
     );
-    assert_eq!(decide(&["key-a"]).verdict, Verdict::Deny);
+    assert_eq!(decide(&["key-a"]).verdict(), Verdict::Deny);
     let d = decide(&["key-b", "key-c"]);
-    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.verdict(), Verdict::Deny);
     assert!(
-        d.reasons.iter().any(|r| r.contains("required authority `key-a`")),
+        d.reasons().iter().any(|r| r.contains("required authority `key-a`")),
         "{:?}",
-        d.reasons
+        d.reasons()
     );
     // An authority counts once however many signatures it made.
     let e = signed(&[("key-a", "one key of key-a"), ("key-a", "another key of key-a")]);
-    assert_eq!(eval::evaluate(&p, rule, &e).verdict, Verdict::Deny);
+    assert_eq!(eval::evaluate(&p, rule, &e).verdict(), Verdict::Deny);
 }
 
 #[test]
@@ -191,19 +191,19 @@ fn attestation_checks() {
     };
     let slsa = "https://slsa.dev/provenance/v1";
     assert_eq!(
-        eval::evaluate(&p, rule, &with("key-a", slsa, "https://github.com/acme/builder")).verdict,
+        eval::evaluate(&p, rule, &with("key-a", slsa, "https://github.com/acme/builder")).verdict(),
         Verdict::Allow
     );
     let d = eval::evaluate(&p, rule, &with("key-a", slsa, "https://evil.example/builder"));
-    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.verdict(), Verdict::Deny);
     assert!(
-        d.reasons[0].contains("/predicate/runDetails/builder/id"),
+        d.reasons()[0].contains("/predicate/runDetails/builder/id"),
         "{:?}",
-        d.reasons
+        d.reasons()
     );
     // Right predicate from the wrong authority, or wrong predicate type: no.
     assert_eq!(
-        eval::evaluate(&p, rule, &with("key-b", slsa, "https://github.com/acme/b")).verdict,
+        eval::evaluate(&p, rule, &with("key-b", slsa, "https://github.com/acme/b")).verdict(),
         Verdict::Deny
     );
     assert_eq!(
@@ -212,7 +212,7 @@ fn attestation_checks() {
             rule,
             &with("key-a", "https://slsa.dev/provenance/v0.2", "https://github.com/acme/b")
         )
-        .verdict,
+        .verdict(),
         Verdict::Deny
     );
 }
@@ -236,9 +236,9 @@ fn audit_mode_serves_but_records_denial() {
         p.rule_for("docker.io", "library/alpine", None),
         &Evidence::default(),
     );
-    assert_eq!((d.verdict, d.mode, d.serves()), (Verdict::Deny, Mode::Audit, true));
+    assert_eq!((d.verdict(), d.mode(), d.serves()), (Verdict::Deny, Mode::Audit, true));
     let d = eval::evaluate(&p, p.rule_for("any", "scratch/x/y", None), &Evidence::default());
-    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(d.verdict(), Verdict::Allow);
 }
 
 const KEYLESS: &str = r#"
@@ -365,20 +365,20 @@ fn one_signer_accepted_by_two_authorities_counts_once() {
     // Both authorities verified the same signer (one key named twice, or
     // one keyless identity matched by both): one signature, one count.
     let d = eval::evaluate(&p, rule, &signed(&[("key-a", "K"), ("key-b", "K")]));
-    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.verdict(), Verdict::Deny);
     assert_eq!(
-        d.reasons,
+        d.reasons(),
         vec![
             "signatures: 1 of 2 required authorities verified (key-a; needed 2 of [key-a, key-b]); \
              key-b verified only by signers already counted (a signer counts once)"
                 .to_owned()
         ]
     );
-    assert_eq!(d.satisfied, vec!["key-a".to_owned(), "key-b".to_owned()]);
+    assert_eq!(d.satisfied(), vec!["key-a".to_owned(), "key-b".to_owned()]);
     // Control: two signers.
     let d = eval::evaluate(&p, rule, &signed(&[("key-a", "K"), ("key-b", "L")]));
-    assert_eq!(d.verdict, Verdict::Allow);
-    assert_eq!(d.reasons, vec!["signatures verified by key-a, key-b".to_owned()]);
+    assert_eq!(d.verdict(), Verdict::Allow);
+    assert_eq!(d.reasons(), vec!["signatures verified by key-a, key-b".to_owned()]);
 }
 
 #[test]
@@ -398,13 +398,13 @@ fn signers_are_assigned_so_that_as_many_authorities_count_as_possible() {
     let two = p.rule_for("r", "two/x", None);
     // key-a verified K1 and K2, key-b only K1: key-b takes K1, key-a K2.
     let e = signed(&[("key-a", "K1"), ("key-a", "K2"), ("key-b", "K1")]);
-    assert_eq!(eval::evaluate(&p, two, &e).verdict, Verdict::Allow);
+    assert_eq!(eval::evaluate(&p, two, &e).verdict(), Verdict::Allow);
     // key-a and key-b share their only signer; key-c has two: three
     // authorities, three signers, but at most two can count together.
     let e = signed(&[("key-a", "K1"), ("key-b", "K1"), ("key-c", "K2"), ("key-c", "K3")]);
     let d = eval::evaluate(&p, three, &e);
-    assert_eq!(d.verdict, Verdict::Deny);
-    assert!(d.reasons[0].starts_with("signatures: 2 of 3"), "{:?}", d.reasons);
+    assert_eq!(d.verdict(), Verdict::Deny);
+    assert!(d.reasons()[0].starts_with("signatures: 2 of 3"), "{:?}", d.reasons());
 }
 
 #[test]
@@ -419,13 +419,13 @@ fn required_authorities_need_a_signer_of_their_own() {
     .expect("valid");
     let rule = p.rule_for("r", "x", None);
     let d = eval::evaluate(&p, rule, &signed(&[("key-a", "K"), ("key-b", "K"), ("key-c", "L")]));
-    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.verdict(), Verdict::Deny);
     assert!(
-        d.reasons
+        d.reasons()
             .iter()
             .any(|r| r == "signatures: required authority `key-b` verified only by a signer already counted for another authority"),
         "{:?}",
-        d.reasons
+        d.reasons()
     );
     // key-b also verified L: key-a keeps K, key-b takes L; key-c is left
     // without a signer of its own, which the threshold of 2 does not need.
@@ -434,8 +434,8 @@ fn required_authorities_need_a_signer_of_their_own() {
         rule,
         &signed(&[("key-a", "K"), ("key-b", "K"), ("key-b", "L"), ("key-c", "L")]),
     );
-    assert_eq!(d.verdict, Verdict::Allow, "{:?}", d.reasons);
-    assert_eq!(d.reasons, vec!["signatures verified by key-a, key-b".to_owned()]);
+    assert_eq!(d.verdict(), Verdict::Allow, "{:?}", d.reasons());
+    assert_eq!(d.reasons(), vec!["signatures verified by key-a, key-b".to_owned()]);
 }
 
 #[test]
@@ -464,14 +464,14 @@ fn attestation_thresholds_count_distinct_signers() {
         ..Default::default()
     };
     let d = eval::evaluate(&p, rule, &by(&[("key-a", "K"), ("key-b", "K")]));
-    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.verdict(), Verdict::Deny);
     assert!(
-        d.reasons[0].contains("1 of 2 authorities satisfied: `key-b`: verified only by signers already counted"),
+        d.reasons()[0].contains("1 of 2 authorities satisfied: `key-b`: verified only by signers already counted"),
         "{:?}",
-        d.reasons
+        d.reasons()
     );
     assert_eq!(
-        eval::evaluate(&p, rule, &by(&[("key-a", "K"), ("key-b", "L")])).verdict,
+        eval::evaluate(&p, rule, &by(&[("key-a", "K"), ("key-b", "L")])).verdict(),
         Verdict::Allow
     );
 }

@@ -158,7 +158,7 @@ struct VerdictExpiry;
 
 impl moka::Expiry<VerdictKey, Arc<Decision>> for VerdictExpiry {
     fn expire_after_create(&self, _k: &VerdictKey, v: &Arc<Decision>, _now: std::time::Instant) -> Option<Duration> {
-        (v.verdict == Verdict::Deny).then_some(DENIAL_TTL)
+        (v.verdict() == Verdict::Deny).then_some(DENIAL_TTL)
     }
 }
 
@@ -306,20 +306,14 @@ impl Proxy {
         }
         if let Some(m) = material_of(tag, manifest.info()) {
             let rule = policy.rule_for(host.as_str(), target.repo.as_str(), None);
-            let (mut d, cached) = self.decide(target, &m.subject, rule, &policy, Persist::Allows).await?;
-            d.reasons.insert(0, format!("{} {}", m.why, m.subject));
+            let (d, cached) = self.decide(target, &m.subject, rule, &policy, Persist::Allows).await?;
+            let d = d.explained(format!("{} {}", m.why, m.subject));
             return self.conclude(&ask, manifest, &d, &policy, cached, Role::Material).await;
         }
         if let (Some(r), Some(t)) = (own_rule, tag)
             && r.require_digest
         {
-            let d = Decision {
-                verdict: Verdict::Deny,
-                mode: r.mode,
-                rule: Some(r.name.clone()),
-                satisfied: Vec::new(),
-                reasons: vec![format!("rule requires pulls by digest; `{t}` is a tag")],
-            };
+            let d = Decision::denied_by(r, format!("rule requires pulls by digest; `{t}` is a tag"));
             return self.conclude(&ask, manifest, &d, &policy, false, Role::Own).await;
         }
         let (d, cached) = self
@@ -329,13 +323,7 @@ impl Proxy {
     }
 
     fn admit_integrity_only(&self, ask: &Ask<'_>, manifest: VerifiedManifest) -> Admitted {
-        let d = Decision {
-            verdict: Verdict::Allow,
-            mode: Mode::Enforce,
-            rule: None,
-            satisfied: Vec::new(),
-            reasons: vec!["integrity-only mode: no signature policy; bytes verified by digest".into()],
-        };
+        let d = Decision::integrity_only();
         self.audit(ask, manifest.digest(), &d, None, false);
         Admitted {
             manifest,
@@ -368,9 +356,12 @@ impl Proxy {
         if own_rule.is_none_or(|r| r.name != vouch.rule) {
             return None;
         }
-        let mut d = vouch.decision.clone();
-        d.reasons.insert(0, format!("listed by admitted index {}", vouch.index));
-        Some(d)
+        Some(
+            vouch
+                .decision
+                .clone()
+                .explained(format!("listed by admitted index {}", vouch.index)),
+        )
     }
 
     /// Audit, then serve or refuse. What is served grants its blobs; an
@@ -394,7 +385,7 @@ impl Proxy {
             registry: ask.target.registry.host().clone(),
             repository: ask.target.repo.clone(),
             revision: Some(policy.revision.clone()),
-            rule: d.rule.clone(),
+            rule: d.rule().map(str::to_owned),
             material_of: match role {
                 Role::Material => material_of(ask.tag, manifest.info()).map(|m| m.subject),
                 Role::Own => None,
@@ -457,14 +448,10 @@ impl Proxy {
     }
 
     fn vouch_for_children(&self, admitted: &Admitted, d: &Decision, policy: &PolicySet) {
-        if !admitted.media_type().is_index() || d.verdict != Verdict::Allow {
+        if !admitted.media_type().is_index() || d.verdict() != Verdict::Allow {
             return;
         }
-        let Some(rule) = d
-            .rule
-            .as_ref()
-            .and_then(|name| policy.rules.iter().find(|r| &r.name == name))
-        else {
+        let Some(rule) = d.rule().and_then(|name| policy.rules.iter().find(|r| r.name == name)) else {
             return;
         };
         if !rule.index_covers_children {
@@ -655,27 +642,22 @@ impl Proxy {
         match verified {
             Ok(d) => {
                 if persist == Persist::Allows
-                    && d.verdict == Verdict::Allow
+                    && d.verdict() == Verdict::Allow
                     && let Some(store) = &self.gate.persisted
                 {
                     let (store, key, decision) = (store.clone(), key.clone(), (*d).clone());
                     tokio::task::spawn_blocking(move || store.put(&key, &decision));
                 }
-                tracing::debug!(%digest, rule = %rule.name, ms = started.elapsed().as_millis() as u64, verdict = ?d.verdict, "verified");
+                tracing::debug!(%digest, rule = %rule.name, ms = started.elapsed().as_millis() as u64, verdict = ?d.verdict(), "verified");
                 Ok(((*d).clone(), false))
             }
             Err(e) if matches!(*e, Error::Busy { .. }) => Err((*e).clone()),
             // No definitive verdict: deny, and cache nothing.
             Err(e) => Ok((
-                Decision {
-                    verdict: Verdict::Deny,
-                    mode: rule.mode,
-                    rule: Some(rule.name.clone()),
-                    satisfied: Vec::new(),
-                    reasons: vec![format!(
-                        "verification material could not be fetched ({e}); not cached, retry later"
-                    )],
-                },
+                Decision::denied_by(
+                    rule,
+                    format!("verification material could not be fetched ({e}); not cached, retry later"),
+                ),
                 false,
             )),
         }
@@ -705,15 +687,17 @@ impl Proxy {
             })?
             .map_err(|_| Error::Internal("discovery limiter closed".into()))?;
         let (evidence, notes) = self.collect_evidence(target, digest, rule, policy).await?;
-        let mut d = policy::eval::evaluate(policy, Some(rule), &evidence);
-        if d.verdict == Verdict::Deny {
-            d.reasons.extend(notes);
-        }
+        let d = policy::eval::evaluate(policy, Some(rule), &evidence);
+        let d = if d.verdict() == Verdict::Deny {
+            d.with_notes(notes)
+        } else {
+            d
+        };
         Ok(Arc::new(d))
     }
 
     fn audit(&self, ask: &Ask<'_>, digest: &Digest, d: &Decision, revision: Option<&str>, cached: bool) {
-        let verdict = match (d.verdict, d.mode) {
+        let verdict = match (d.verdict(), d.mode()) {
             (Verdict::Allow, _) => "allow",
             (Verdict::Deny, Mode::Audit) => "would-deny",
             (Verdict::Deny, Mode::Enforce) => "deny",
@@ -727,13 +711,13 @@ impl Proxy {
             digest: digest.to_string(),
             verdict,
             served: d.serves(),
-            rule: d.rule.clone(),
-            mode: match d.mode {
+            rule: d.rule().map(str::to_owned),
+            mode: match d.mode() {
                 Mode::Enforce => "enforce",
                 Mode::Audit => "audit",
             },
-            authorities_satisfied: d.satisfied.clone(),
-            reason: d.reasons.join("; "),
+            authorities_satisfied: d.satisfied().to_vec(),
+            reason: d.reasons().join("; "),
             policy_revision: revision.map(str::to_owned),
             integrity_only: revision.is_none(),
             cached,
@@ -780,13 +764,10 @@ pub(super) fn is_kind(info: &ManifestInfo, kind: MaterialKind) -> bool {
 }
 
 fn denial_message(d: &Decision, policy: &PolicySet) -> String {
-    let rule = d
-        .rule
-        .as_deref()
-        .map_or("no rule matched".to_owned(), |r| format!("rule `{r}`"));
+    let rule = d.rule().map_or("no rule matched".to_owned(), |r| format!("rule `{r}`"));
     format!(
         "denied by policy ({rule}, revision {}): {}",
         policy.short_revision(),
-        d.reasons.join("; ")
+        d.reasons().join("; ")
     )
 }
