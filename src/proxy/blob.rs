@@ -56,25 +56,67 @@ impl ByteRange {
         let (a, b) = spec.split_once('-')?;
         let (a, b) = (a.trim(), b.trim());
         match (a.is_empty(), b.is_empty()) {
-            (true, false) => Some(ByteRange::Suffix(b.parse().ok()?)),
-            (false, true) => Some(ByteRange::From(a.parse().ok()?)),
+            (true, false) => Some(ByteRange::Suffix(position(b)?)),
+            (false, true) => Some(ByteRange::From(position(a)?)),
             (false, false) => {
-                let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+                let (a, b) = (position(a)?, position(b)?);
                 (a <= b).then_some(ByteRange::FromTo(a, b))
             }
             (true, true) => None,
         }
     }
 
-    /// `[start, end)` within a blob of `size` bytes, or `None` if
+    /// The bytes to send from a blob of `size` bytes, or `None` if
     /// unsatisfiable (→ 416).
-    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
-        match self {
-            ByteRange::FromTo(a, b) if a < size => Some((a, (b + 1).min(size))),
-            ByteRange::From(a) if a < size => Some((a, size)),
-            ByteRange::Suffix(n) if n > 0 && size > 0 => Some((size - n.min(size), size)),
-            _ => None,
-        }
+    pub fn resolve(self, size: u64) -> Option<ByteSlice> {
+        let (start, end) = match self {
+            // `b` is inclusive: `min(b, size - 1) + 1` cannot overflow
+            // because `a < size` makes `size - 1` valid.
+            ByteRange::FromTo(a, b) if a < size => (a, b.min(size - 1) + 1),
+            ByteRange::From(a) if a < size => (a, size),
+            ByteRange::Suffix(n) if n > 0 && size > 0 => (size - n.min(size), size),
+            _ => return None,
+        };
+        Some(ByteSlice { start, end })
+    }
+}
+
+/// RFC 9110 `1*DIGIT` as a byte position. A number past `u64::MAX` is past
+/// the end of any blob, so it saturates instead of making the header
+/// invalid (`bytes=0-99999999999999999999` asks for everything).
+fn position(digits: &str) -> Option<u64> {
+    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.parse().unwrap_or(u64::MAX))
+}
+
+/// A satisfiable, non-empty slice `[start, end)` of a blob: `start < end <=
+/// size`. Only [`ByteRange::resolve`] makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSlice {
+    start: u64,
+    end: u64,
+}
+
+impl ByteSlice {
+    pub fn start(self) -> u64 {
+        self.start
+    }
+
+    /// Exclusive.
+    pub fn end(self) -> u64 {
+        self.end
+    }
+
+    /// The inclusive last byte, as `Content-Range` writes it.
+    pub fn last(self) -> u64 {
+        self.end - 1
+    }
+
+    /// Bytes in the slice (never zero).
+    pub fn length(self) -> u64 {
+        self.end - self.start
     }
 }
 
@@ -83,7 +125,7 @@ impl ByteRange {
 pub struct BlobServed {
     pub size: u64,
     /// `Some` when answering a `Range` (206).
-    pub range: Option<(u64, u64)>,
+    pub range: Option<ByteSlice>,
     /// `None` for HEAD.
     pub body: Option<BlobBody>,
     pub cache: CacheOutcome,
@@ -174,7 +216,7 @@ fn serve(
         None => None,
         Some(r) => Some(r.resolve(size).ok_or(Error::RangeNotSatisfiable { size })?),
     };
-    let (start, end) = slice.unwrap_or((0, size));
+    let (start, end) = slice.map_or((0, size), |s| (s.start(), s.end()));
     let body = (!head).then(|| BlobBody::new(spool::read_range(spool.clone(), start, end), end - start));
     Ok(BlobServed {
         size,
@@ -413,11 +455,69 @@ mod tests {
         assert_eq!(ByteRange::parse("bytes=0-1,3-4"), None);
         assert_eq!(ByteRange::parse("bytes=9-0"), None);
         assert_eq!(ByteRange::parse("items=0-1"), None);
-        assert_eq!(ByteRange::FromTo(0, 99).resolve(10), Some((0, 10)));
+        assert_eq!(ByteRange::FromTo(0, 99).resolve(10).map(span), Some((0, 10)));
         assert_eq!(ByteRange::From(10).resolve(10), None);
-        assert_eq!(ByteRange::Suffix(30).resolve(10), Some((0, 10)));
+        assert_eq!(ByteRange::Suffix(30).resolve(10).map(span), Some((0, 10)));
         assert_eq!(ByteRange::Suffix(0).resolve(10), None);
-        assert_eq!(ByteRange::FromTo(3, 4).resolve(10), Some((3, 5)));
+        assert_eq!(ByteRange::FromTo(3, 4).resolve(10).map(span), Some((3, 5)));
+    }
+
+    /// RFC 9110 §14.1.2: a last-byte-pos at or past the end is the end; a
+    /// first-byte-pos at or past the end is unsatisfiable. No input, however
+    /// large, may overflow the arithmetic.
+    #[test]
+    fn ranges_at_the_edges_of_u64() {
+        let max = u64::MAX;
+        let whole = |size: u64| Some((0, size));
+        assert_eq!(
+            ByteRange::parse("bytes=0-18446744073709551615"),
+            Some(ByteRange::FromTo(0, max))
+        );
+        assert_eq!(ByteRange::FromTo(0, max).resolve(10).map(span), whole(10));
+        assert_eq!(ByteRange::FromTo(9, max).resolve(10).map(span), Some((9, 10)));
+        assert_eq!(ByteRange::FromTo(max, max).resolve(10), None);
+        assert_eq!(ByteRange::From(max).resolve(10), None);
+        assert_eq!(ByteRange::From(max).resolve(max), None);
+        assert_eq!(
+            ByteRange::FromTo(max - 1, max).resolve(max).map(span),
+            Some((max - 1, max))
+        );
+        assert_eq!(ByteRange::Suffix(max).resolve(10).map(span), whole(10));
+        assert_eq!(ByteRange::Suffix(0).resolve(0), None);
+        assert_eq!(ByteRange::Suffix(1).resolve(0), None);
+        assert_eq!(ByteRange::FromTo(0, 0).resolve(0), None);
+        // Numbers past u64 mean "past any blob": a huge last-byte-pos is
+        // the end, a huge first-byte-pos or suffix is everything or nothing.
+        assert_eq!(
+            ByteRange::parse("bytes=0-99999999999999999999999"),
+            Some(ByteRange::FromTo(0, max))
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=99999999999999999999999-"),
+            Some(ByteRange::From(max))
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=-99999999999999999999999"),
+            Some(ByteRange::Suffix(max))
+        );
+        // Only digits: no signs, no hex, no inner spaces.
+        for invalid in [
+            "bytes=+1-2",
+            "bytes=1-+2",
+            "bytes=-+2",
+            "bytes=0x1-2",
+            "bytes=1 0-20",
+            "bytes=--1",
+            "bytes=1--",
+        ] {
+            assert_eq!(ByteRange::parse(invalid), None, "{invalid}");
+        }
+        let slice = ByteRange::FromTo(0, max).resolve(max).expect("whole");
+        assert_eq!((slice.length(), slice.last()), (max, max - 1));
+    }
+
+    fn span(s: ByteSlice) -> (u64, u64) {
+        (s.start(), s.end())
     }
 
     #[derive(Default)]

@@ -14,7 +14,7 @@ mod tags;
 use std::sync::Arc;
 
 pub use admission::Gate;
-pub use blob::{BlobBody, BlobServed, ByteRange};
+pub use blob::{BlobBody, BlobServed, ByteRange, ByteSlice};
 pub use error::Error;
 pub use manifest::ManifestServed;
 pub use referrers::ReferrersServed;
