@@ -18,7 +18,7 @@ pub use blob::{BlobBody, BlobServed, ByteRange, ByteSlice};
 pub use error::Error;
 pub use manifest::ManifestServed;
 pub use referrers::ReferrersServed;
-pub use tags::TagsServed;
+pub use tags::{PageSize, TagsServed};
 
 use crate::config::Config;
 use crate::oci::{Digest, RepoName};

@@ -130,6 +130,21 @@ impl ApiError {
     }
 }
 
+/// A refused `tags/list` query is `400`. The distribution spec's error
+/// table has no code for a bad query parameter (Distribution's own
+/// `PAGINATION_NUMBER_INVALID` is not in it): a bad `n` is `UNSUPPORTED`,
+/// a `last` that is not a tag is `NAME_INVALID`, as a bad tag is elsewhere.
+impl From<super::tags::TagsQueryError> for ApiError {
+    fn from(e: super::tags::TagsQueryError) -> ApiError {
+        use super::tags::TagsQueryError as Q;
+        let code = match e {
+            Q::PageSize(_) => "UNSUPPORTED",
+            Q::Last(_) => "NAME_INVALID",
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+    }
+}
+
 impl From<proxy::Error> for ApiError {
     fn from(e: proxy::Error) -> ApiError {
         let message = e.to_string();

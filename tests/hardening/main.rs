@@ -12,3 +12,4 @@ mod support;
 mod common;
 
 mod slowloris;
+mod tags;
