@@ -50,7 +50,8 @@ pub struct Gate {
     verdicts: moka::future::Cache<VerdictKey, Arc<Decision>>,
     persisted: Option<VerdictStore>,
     vouched: moka::sync::Cache<VouchKey, Arc<(Decision, String)>>,
-    grants: moka::sync::Cache<RepoKey, ()>,
+    /// Granted blobs, with the size their descriptor states.
+    grants: moka::sync::Cache<RepoKey, u64>,
     audit: AuditSink,
 }
 
@@ -120,13 +121,20 @@ impl Gate {
             return;
         }
         for d in &m.info().references {
-            self.grants.insert((host.clone(), repo.clone(), d.digest.clone()), ());
+            self.grants
+                .insert((host.clone(), repo.clone(), d.digest.clone()), d.size);
         }
     }
 
     /// Whether a blob may be served from this repository.
     pub fn blob_allowed(&self, host: &RegistryHost, repo: &RepoName, digest: &Digest) -> bool {
         self.policy.is_none() || self.grants.contains_key(&(host.clone(), repo.clone(), digest.clone()))
+    }
+
+    /// The size an admitted manifest's descriptor states for a granted blob
+    /// (verified: the manifest's digest covers it).
+    pub fn granted_size(&self, host: &RegistryHost, repo: &RepoName, digest: &Digest) -> Option<u64> {
+        self.grants.get(&(host.clone(), repo.clone(), digest.clone()))
     }
 }
 

@@ -156,7 +156,19 @@ impl Proxy {
         if head {
             return self.head_missing_blob(target, digest).await;
         }
-        let (spool, cache) = match self.flights.join(digest) {
+        let (spool, cache) = self.download(target, digest).await?;
+        let size = response_size(&spool).await?;
+        serve(&spool, size, range, false, cache)
+    }
+
+    /// Follow the running download of `digest`, or start one (bounded by
+    /// the download slots: `Error::Busy` when none frees up in time).
+    async fn download(&self, target: &Target, digest: &Digest) -> Result<(Arc<Spool<Error>>, CacheOutcome), Error> {
+        let joined = self.flights.join(digest).await.inspect_err(|busy| {
+            crate::telemetry::metrics::global().cold_download_refused();
+            tracing::warn!(%digest, error = %busy, "blob request refused: no download slot");
+        })?;
+        Ok(match joined {
             Join::Leader(lead) => {
                 let spool = lead.spool().clone();
                 let downloader = Downloader {
@@ -171,37 +183,57 @@ impl Proxy {
                 (spool, CacheOutcome::Miss)
             }
             Join::Follower(spool) => (spool, CacheOutcome::Joined),
-        };
-        let mut rx = spool.subscribe();
-        let size = match spool::wait_started(&mut rx).await.map_err(read_error)? {
-            Some(size) => size,
-            // No Content-Length upstream: the response needs one, so wait
-            // for the verified whole.
-            None => spool::wait_complete(&mut rx).await.map_err(read_error)?,
-        };
-        serve(&spool, size, range, false, cache)
+        })
     }
 
-    /// HEAD for a blob not in the store: a running download knows the size;
-    /// otherwise ask the upstream (HEAD, no body transferred).
+    /// HEAD for a blob not in the store. Its `Content-Length` is a claim
+    /// about content, so it must be a verified size, never an upstream's
+    /// word: the size an admitted manifest's descriptor states (covered by
+    /// the manifest's digest) when the upstream's HEAD agrees, otherwise the
+    /// size of a completed, verified download (which the GET that usually
+    /// follows then serves from the store).
     async fn head_missing_blob(&self, target: &Target, digest: &Digest) -> Result<BlobServed, Error> {
-        if let Some(spool) = self.flights.current(digest)
-            && let Ok(Some(size)) = spool::wait_started(&mut spool.subscribe()).await
-        {
-            return serve(&spool, size, None, true, CacheOutcome::Joined);
+        if let Some(size) = self.size_stated_by_admitted_descriptor(target, digest).await? {
+            return Ok(head_only(size, CacheOutcome::Miss));
         }
-        let size = target.registry.head_blob(&target.repo, digest).await?.ok_or_else(|| {
-            Error::Upstream(crate::upstream::Error::Protocol {
-                host: target.registry.host().to_string(),
-                message: "blob HEAD without Content-Length".into(),
-            })
-        })?;
-        Ok(BlobServed {
-            size,
-            range: None,
-            body: None,
-            cache: CacheOutcome::Miss,
-        })
+        let (spool, cache) = self.download(target, digest).await?;
+        let size = spool::wait_complete(&mut spool.subscribe()).await.map_err(read_error)?;
+        Ok(head_only(size, cache))
+    }
+
+    /// The granted descriptor's size, if the upstream has the blob at that
+    /// size. An upstream `404` is the answer (`BLOB_UNKNOWN`); a different or
+    /// missing size means the verified download decides.
+    async fn size_stated_by_admitted_descriptor(&self, target: &Target, digest: &Digest) -> Result<Option<u64>, Error> {
+        let Some(stated) = self.gate.granted_size(target.registry.host(), &target.repo, digest) else {
+            return Ok(None);
+        };
+        let upstream = target.registry.head_blob(&target.repo, digest).await?;
+        Ok((upstream == Some(stated)).then_some(stated))
+    }
+}
+
+/// The `Content-Length` of a response that follows a download: the
+/// upstream's length once it started, streamed with the last byte held back.
+async fn response_size(spool: &Spool<Error>) -> Result<u64, Error> {
+    let mut rx = spool.subscribe();
+    match spool::wait_started(&mut rx).await.map_err(read_error)? {
+        Some(size) if size > 0 => Ok(size),
+        // No Content-Length upstream: the response needs one, so wait for
+        // the verified whole. Nor can a zero length be streamed first: with
+        // no last byte to hold back, the response would be complete before
+        // the proof, and an empty body claimed for a non-empty digest would
+        // be served as a 200.
+        Some(_) | None => spool::wait_complete(&mut rx).await.map_err(read_error),
+    }
+}
+
+fn head_only(size: u64, cache: CacheOutcome) -> BlobServed {
+    BlobServed {
+        size,
+        range: None,
+        body: None,
+        cache,
     }
 }
 
@@ -284,7 +316,8 @@ impl Downloader {
         let (store, d, length) = (self.store.clone(), self.digest.clone(), upstream.length);
         let writer = blocking(move || {
             let mut writer = store.blobs.writer(&d)?;
-            if let Some(len) = length {
+            // fallocate refuses a zero length (EINVAL); nothing to reserve.
+            if let Some(len) = length.filter(|&len| len > 0) {
                 writer.reserve(len)?;
             }
             Ok(writer)
@@ -514,6 +547,21 @@ mod tests {
         }
         let slice = ByteRange::FromTo(0, max).resolve(max).expect("whole");
         assert_eq!((slice.length(), slice.last()), (max, max - 1));
+    }
+
+    /// An upstream that announces zero bytes gets no response until the
+    /// download's verdict: here it fails, and so does the response.
+    #[tokio::test]
+    async fn a_zero_length_waits_for_the_verdict() {
+        let spool: Arc<Spool<Error>> = Arc::new(Spool::new());
+        spool.start(tempfile::tempfile().expect("temp file"), Some(0));
+        let failing = spool.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            failing.fail(Error::Internal("digest mismatch".into()));
+        });
+        let size = response_size(&spool).await;
+        assert!(matches!(size, Err(Error::Internal(_))), "{size:?}");
     }
 
     fn span(s: ByteSlice) -> (u64, u64) {

@@ -22,6 +22,9 @@ pub enum Error {
     BadListing { what: &'static str, message: String },
     #[error("{message}")]
     Denied { message: String },
+    /// Every upstream download slot stayed busy (anonymous amplification bound).
+    #[error(transparent)]
+    Busy(#[from] crate::store::Busy),
     #[error("local store: {0}")]
     Store(Arc<StoreError>),
     #[error("internal error: {0}")]

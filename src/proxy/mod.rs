@@ -86,7 +86,10 @@ impl Proxy {
         config: Arc<Config>,
         audit: crate::telemetry::audit::AuditSink,
     ) -> Result<Arc<Proxy>, StartError> {
-        let store = Arc::new(Store::open(&config.data_dir)?);
+        let store = Arc::new(Store::open_with_tag_memory(
+            &config.data_dir,
+            config.proxy_limits.tag_memory_entries,
+        )?);
         let registries = Registries::from_config(&config)?;
         let manifests = moka::future::Cache::builder()
             .max_capacity(config.manifest_memory_bytes)
@@ -106,12 +109,13 @@ impl Proxy {
         } else {
             tracing::warn!("INTEGRITY-ONLY mode: no signature policy; content is served when it matches its digests");
         }
+        let limits = config.proxy_limits;
         Ok(Arc::new(Proxy {
             config,
             registries,
             store,
             manifests,
-            flights: Flights::default(),
+            flights: Flights::new(limits.max_cold_downloads, limits.cold_download_wait),
             gate,
         }))
     }

@@ -165,6 +165,17 @@ impl From<proxy::Error> for ApiError {
                 ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "UNSUPPORTED", message)
             }
             proxy::Error::BadListing { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message),
+            // 429, not 503: containerd retries 408/429 on the same host but
+            // moves on to the next one (possibly the origin, bypassing the
+            // proxy's verification) after a 5xx; `TOOMANYREQUESTS` is the
+            // spec's code for 429 and clients honour `Retry-After`.
+            proxy::Error::Busy(busy) => {
+                let mut a = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
+                let seconds = busy.waited.as_secs().max(1);
+                a.retry_after = Some(HeaderValue::from(seconds));
+                a.warn = true;
+                a
+            }
             proxy::Error::Store(_) | proxy::Error::Internal(_) => ApiError::internal(message),
         }
     }

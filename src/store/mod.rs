@@ -21,7 +21,7 @@ pub mod verdicts;
 use std::path::{Path, PathBuf};
 
 pub use blobs::{BlobStore, BlobWriter};
-pub use flight::{Flights, Join};
+pub use flight::{Busy, Flights, Join};
 pub use manifests::ManifestStore;
 pub use spool::{Spool, SpoolState};
 pub use tags::TagStore;
@@ -95,6 +95,12 @@ impl Store {
     /// Open (creating) the store under `data_dir`, discarding partial files
     /// left by an earlier run.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with_tag_memory(data_dir, tags::DEFAULT_MEMORY_ENTRIES)
+    }
+
+    /// Like [`Store::open`], keeping at most `tag_entries` tag observations
+    /// in memory.
+    pub fn open_with_tag_memory(data_dir: &Path, tag_entries: u64) -> Result<Store, StoreError> {
         let tmp = data_dir.join("tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io_err("clean", &tmp))?;
@@ -103,7 +109,7 @@ impl Store {
         Ok(Store {
             blobs: BlobStore::new(data_dir.join("blobs"), tmp.clone()),
             manifests: ManifestStore::new(data_dir.join("manifests"), tmp.clone()),
-            tags: TagStore::new(data_dir.join("tags"), tmp),
+            tags: TagStore::new(data_dir.join("tags"), tmp, tag_entries),
         })
     }
 }

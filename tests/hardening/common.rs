@@ -1,6 +1,6 @@
 //! Helpers shared by this suite's modules.
 
-pub(crate) use crate::support::client::{Resp, get, head, request};
+pub(crate) use crate::support::client::{get, head, request};
 pub(crate) use crate::support::fake::{FakeRegistry, Fault};
 pub(crate) use crate::support::images::{Blob, Image, oci_image};
 pub(crate) use crate::support::proxy::TestProxy;

@@ -11,5 +11,6 @@ mod support;
 
 mod common;
 
+mod blobs;
 mod slowloris;
 mod tags;
