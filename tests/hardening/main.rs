@@ -12,5 +12,6 @@ mod support;
 mod common;
 
 mod blobs;
+mod http2;
 mod slowloris;
 mod tags;
