@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::spool::Spool;
 use crate::oci::Digest;
@@ -26,6 +26,9 @@ pub struct Flights<E> {
     max_downloads: usize,
     /// How long a would-be leader waits for a slot.
     wait: Duration,
+    /// Wakes waiting requests when a download starts: one waiting for a
+    /// slot may now follow instead.
+    started: Notify,
 }
 
 /// Every download slot stayed taken for the whole wait.
@@ -46,6 +49,7 @@ impl<E> Flights<E> {
             slots: Arc::new(Semaphore::new(max_downloads)),
             max_downloads,
             wait,
+            started: Notify::new(),
         }
     }
 }
@@ -90,17 +94,24 @@ impl<E: Clone + Send + Sync + 'static> Flights<E> {
     /// Follow the download of `digest` in progress, or lead a new one once
     /// a download slot is free (waiting at most the configured time).
     pub async fn join(&self, digest: &Digest) -> Result<Join<E>, Busy> {
-        if let Some(spool) = joinable(&self.lock(), digest) {
-            return Ok(Join::Follower(spool));
-        }
-        let slot = match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(slot)) => slot,
-            // Timed out (or the semaphore closed, which it never is).
-            Ok(Err(_)) | Err(_) => {
-                return Err(Busy {
-                    max_downloads: self.max_downloads,
-                    waited: self.wait,
-                });
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let slot = loop {
+            // Registered before the check, so a download that starts in
+            // between still wakes this request.
+            let started = self.started.notified();
+            tokio::pin!(started);
+            started.as_mut().enable();
+            if let Some(spool) = joinable(&self.lock(), digest) {
+                return Ok(Join::Follower(spool));
+            }
+            tokio::select! {
+                slot = self.slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => break slot,
+                    // The semaphore is never closed.
+                    Err(_) => return Err(self.busy()),
+                },
+                () = &mut started => continue,
+                () = tokio::time::sleep_until(deadline) => return Err(self.busy()),
             }
         };
         let mut map = self.lock();
@@ -111,12 +122,21 @@ impl<E: Clone + Send + Sync + 'static> Flights<E> {
         }
         let spool = Arc::new(Spool::new());
         map.insert(digest.clone(), spool.clone());
+        drop(map);
+        self.started.notify_waiters();
         Ok(Join::Leader(Lead {
             spool,
             digest: digest.clone(),
             map: self.map.clone(),
             _slot: slot,
         }))
+    }
+
+    fn busy(&self) -> Busy {
+        Busy {
+            max_downloads: self.max_downloads,
+            waited: self.wait,
+        }
     }
 
     /// The map holds no invariant a panic could break half-way (single
@@ -202,5 +222,41 @@ mod tests {
         let waiting = flights.join(&c);
         drop(lead_a);
         assert!(matches!(waiting.await, Ok(Join::Leader(_))));
+    }
+
+    /// Two requests for the same blob wait for the one slot; when the first
+    /// gets it and starts the download, the second follows at once instead
+    /// of waiting for a slot of its own (and failing with `Busy`).
+    #[tokio::test]
+    async fn a_request_waiting_for_a_slot_follows_a_download_that_starts() {
+        let flights = Arc::new(Flights::<String>::new(1, Duration::from_secs(5)));
+        let busy_digest = Digest::of(Algorithm::Sha256, b"busy");
+        let d = Digest::of(Algorithm::Sha256, b"d");
+        let Ok(Join::Leader(holder)) = flights.join(&busy_digest).await else {
+            panic!("the only slot")
+        };
+        let spawn_join = |flights: Arc<Flights<String>>, d: Digest| {
+            tokio::spawn(async move {
+                match flights.join(&d).await {
+                    Ok(Join::Leader(lead)) => {
+                        // Lead for a while, holding the slot.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        drop(lead);
+                        "leader"
+                    }
+                    Ok(Join::Follower(_)) => "follower",
+                    Err(_) => "busy",
+                }
+            })
+        };
+        let first = spawn_join(flights.clone(), d.clone());
+        let second = spawn_join(flights.clone(), d.clone());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        drop(holder);
+        let mut roles = [first.await.expect("task"), second.await.expect("task")];
+        roles.sort_unstable();
+        assert_eq!(roles, ["follower", "leader"]);
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }
