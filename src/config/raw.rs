@@ -124,7 +124,7 @@ pub struct RawServerLimits {
     pub http2_max_concurrent_streams: Option<u32>,
     /// Bytes of request line and headers (HTTP/1 read buffer, HTTP/2 header list).
     pub max_header_bytes: Option<usize>,
-    /// Open client connections, in total and per client IP address.
+    /// Open client connections, in total and per client (IPv4 address or IPv6 /64).
     pub max_connections: Option<usize>,
     pub max_connections_per_client: Option<usize>,
     /// Time for a client to complete the TLS handshake.

@@ -1,6 +1,7 @@
 //! Caps on open client connections, in total and per client address, so
 //! that anonymous clients (slowloris, connection floods) cannot exhaust
 //! file descriptors or memory. A connection over a cap is closed at once.
+//! A client is an IPv4 address or an IPv6 /64.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -37,8 +38,7 @@ impl ConnectionLimiter {
 
     /// A slot for a new connection from `client`, or which cap is reached.
     pub fn admit(&self, client: IpAddr) -> Result<ConnectionSlot, Refusal> {
-        // An IPv4 client seen on a dual-stack socket counts as itself.
-        let client = client.to_canonical();
+        let client = client_key(client);
         let total = self.total.clone().try_acquire_owned().map_err(|_| Refusal::Global)?;
         let mut counts = lock(&self.per_client);
         let held = counts.entry(client).or_insert(0);
@@ -56,7 +56,7 @@ impl ConnectionLimiter {
     /// Connections open from `client`.
     #[cfg(test)]
     pub fn open_from(&self, client: IpAddr) -> usize {
-        lock(&self.per_client).get(&client.to_canonical()).copied().unwrap_or(0)
+        lock(&self.per_client).get(&client_key(client)).copied().unwrap_or(0)
     }
 }
 
@@ -71,6 +71,21 @@ impl Drop for ConnectionSlot {
                 counts.remove(&self.client);
             }
         }
+    }
+}
+
+/// Who a connection counts against: an IPv4 address (also when seen as
+/// IPv4-mapped on a dual-stack socket), or an IPv6 /64, the smallest block
+/// one subscriber is usually given (and how Docker Hub counts anonymous
+/// pulls): per-address counting would let one IPv6 host open 2^64 times the
+/// cap.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let network = u128::from(v6) & (u128::MAX << 64);
+            IpAddr::V6(std::net::Ipv6Addr::from(network))
+        }
+        v4 => v4,
     }
 }
 
@@ -110,6 +125,18 @@ mod tests {
         drop(a);
         assert_eq!(limiter.open_from(A), 0);
         assert!(limiter.admit(A).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_counts_as_one_client() {
+        let limiter = ConnectionLimiter::new(10, 1);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("address");
+        let _a = limiter.admit(ip("2001:db8:1:2::1")).expect("first");
+        assert_eq!(
+            limiter.admit(ip("2001:db8:1:2:ffff::9")).err(),
+            Some(Refusal::PerClient)
+        );
+        assert!(limiter.admit(ip("2001:db8:1:3::1")).is_ok(), "another /64");
     }
 
     #[test]
