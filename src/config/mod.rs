@@ -106,6 +106,63 @@ impl Default for UpstreamPolicy {
     }
 }
 
+/// Limits of the client-facing server: what one anonymous client, or many,
+/// can hold open. hyper's HTTP/1 header timeout only applies with a timer,
+/// and the listener always sets one, so every value here is in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// HTTP/1: time to receive a request's headers; also closes keep-alive
+    /// connections idle for this long (hyper ≥ 1.6).
+    pub header_read_timeout: Duration,
+    pub http2_keep_alive_interval: Duration,
+    pub http2_keep_alive_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/1 read buffer (request line + headers) and HTTP/2 header list.
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub tls_handshake_timeout: Duration,
+}
+
+/// hyper refuses an HTTP/1 read buffer below this (it asserts).
+pub const MIN_HEADER_BYTES: usize = 8192;
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(30),
+            http2_keep_alive_interval: Duration::from_secs(30),
+            http2_keep_alive_timeout: Duration::from_secs(20),
+            http2_max_concurrent_streams: 128,
+            max_header_bytes: 64 * 1024,
+            max_connections: 8192,
+            max_connections_per_client: 512,
+            tls_handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Bounds on the work and memory anonymous requests can cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyLimits {
+    /// Tag observations kept in memory.
+    pub tag_memory_entries: u64,
+    /// Concurrent blob downloads from upstreams (leaders only).
+    pub max_cold_downloads: usize,
+    /// How long a request queues for a download slot before `429`.
+    pub cold_download_wait: Duration,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        ProxyLimits {
+            tag_memory_entries: 100_000,
+            max_cold_downloads: 64,
+            cold_download_wait: Duration::from_secs(10),
+        }
+    }
+}
+
 /// How pulls are admitted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admission {
@@ -141,6 +198,8 @@ pub struct Config {
     aliases: HashMap<String, Arc<Upstream>>,
     pub manifest_memory_bytes: u64,
     pub upstream_policy: UpstreamPolicy,
+    pub server_limits: ServerLimits,
+    pub proxy_limits: ProxyLimits,
     /// Where this configuration came from (a path or "built-in default").
     pub origin: String,
 }
@@ -275,6 +334,9 @@ impl Config {
             retry_backoff: p.retry_backoff.map_or(d.retry_backoff, |x| x.0),
         };
 
+        let server_limits = server_limits(&raw.server).map_err(|(at, m)| invalid(&format!("server.{at}"), m))?;
+        let proxy_limits = proxy_limits(&raw.cache).map_err(|(at, m)| invalid(&format!("cache.{at}"), m))?;
+
         Ok(Config {
             listen: ov
                 .listen
@@ -305,6 +367,8 @@ impl Config {
             aliases,
             manifest_memory_bytes: raw.cache.manifest_memory_bytes.unwrap_or(64 * 1024 * 1024),
             upstream_policy,
+            server_limits,
+            proxy_limits,
             origin: origin.to_owned(),
         })
     }
@@ -394,8 +458,82 @@ impl Config {
             p.connect_timeout, p.response_header_timeout, p.body_idle_timeout, p.retry_attempts, p.retry_backoff
         );
         let _ = writeln!(out, "manifest memory cache: {} bytes", self.manifest_memory_bytes);
+        let (s, l) = (&self.server_limits, &self.proxy_limits);
+        let _ = writeln!(
+            out,
+            "client connections: at most {} ({} per client address); headers within {:?}, at most {} bytes; HTTP/2 {} streams, pings every {:?}",
+            s.max_connections,
+            s.max_connections_per_client,
+            s.header_read_timeout,
+            s.max_header_bytes,
+            s.http2_max_concurrent_streams,
+            s.http2_keep_alive_interval
+        );
+        let _ = writeln!(
+            out,
+            "cold blob downloads: at most {} at once (a request waits up to {:?}, then 429); {} tags in memory",
+            l.max_cold_downloads, l.cold_download_wait, l.tag_memory_entries
+        );
         out
     }
+}
+
+/// `server:` with defaults; a zero count (which would refuse everything)
+/// or a buffer hyper cannot work with is an error naming the key.
+fn server_limits(raw: &raw::RawServerLimits) -> Result<ServerLimits, (&'static str, String)> {
+    let d = ServerLimits::default();
+    let limits = ServerLimits {
+        header_read_timeout: raw.header_read_timeout.map_or(d.header_read_timeout, |x| x.0),
+        http2_keep_alive_interval: raw
+            .http2_keep_alive_interval
+            .map_or(d.http2_keep_alive_interval, |x| x.0),
+        http2_keep_alive_timeout: raw.http2_keep_alive_timeout.map_or(d.http2_keep_alive_timeout, |x| x.0),
+        http2_max_concurrent_streams: raw
+            .http2_max_concurrent_streams
+            .unwrap_or(d.http2_max_concurrent_streams),
+        max_header_bytes: raw.max_header_bytes.unwrap_or(d.max_header_bytes),
+        max_connections: raw.max_connections.unwrap_or(d.max_connections),
+        max_connections_per_client: raw.max_connections_per_client.unwrap_or(d.max_connections_per_client),
+        tls_handshake_timeout: raw.tls_handshake_timeout.map_or(d.tls_handshake_timeout, |x| x.0),
+    };
+    if limits.max_header_bytes < MIN_HEADER_BYTES {
+        return Err(("maxHeaderBytes", format!("must be at least {MIN_HEADER_BYTES}")));
+    }
+    let positive = [
+        (
+            "http2MaxConcurrentStreams",
+            limits.http2_max_concurrent_streams as usize,
+        ),
+        ("maxConnections", limits.max_connections),
+        ("maxConnectionsPerClient", limits.max_connections_per_client),
+    ];
+    let durations = [
+        ("headerReadTimeout", limits.header_read_timeout),
+        ("http2KeepAliveInterval", limits.http2_keep_alive_interval),
+        ("http2KeepAliveTimeout", limits.http2_keep_alive_timeout),
+        ("tlsHandshakeTimeout", limits.tls_handshake_timeout),
+    ];
+    if let Some((at, _)) = positive.iter().find(|(_, n)| *n == 0) {
+        return Err((at, "must be at least 1".to_owned()));
+    }
+    if let Some((at, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+        return Err((at, "must be longer than zero".to_owned()));
+    }
+    Ok(limits)
+}
+
+/// The `cache:` bounds on tag memory and concurrent downloads.
+fn proxy_limits(raw: &raw::RawCache) -> Result<ProxyLimits, (&'static str, String)> {
+    let d = ProxyLimits::default();
+    let limits = ProxyLimits {
+        tag_memory_entries: raw.tag_memory_entries.unwrap_or(d.tag_memory_entries),
+        max_cold_downloads: raw.max_cold_downloads.unwrap_or(d.max_cold_downloads),
+        cold_download_wait: raw.cold_download_wait.map_or(d.cold_download_wait, |x| x.0),
+    };
+    if limits.max_cold_downloads == 0 {
+        return Err(("maxColdDownloads", "must be at least 1".to_owned()));
+    }
+    Ok(limits)
 }
 
 fn origin_dir(origin: &str) -> Option<&Path> {
@@ -467,6 +605,34 @@ mod tests {
         )
         .expect_err("dotted alias");
         assert!(err.to_string().contains("upstreams[0].aliases[0]"), "{err}");
+    }
+
+    #[test]
+    fn limits_default_and_are_validated() {
+        let c = Config::load(None, &Overrides::default()).expect("default config");
+        assert_eq!(c.server_limits, ServerLimits::default());
+        assert_eq!(c.proxy_limits, ProxyLimits::default());
+        let c = Config::from_yaml(
+            "server:\n  headerReadTimeout: 2s\n  maxConnections: 10\ncache:\n  maxColdDownloads: 3\n",
+            "t.yaml",
+            &Overrides::default(),
+        )
+        .expect("limits");
+        assert_eq!(c.server_limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.server_limits.max_connections, 10);
+        assert_eq!(c.proxy_limits.max_cold_downloads, 3);
+        for (yaml, at) in [
+            ("server:\n  maxHeaderBytes: 100\n", "server.maxHeaderBytes"),
+            (
+                "server:\n  maxConnectionsPerClient: 0\n",
+                "server.maxConnectionsPerClient",
+            ),
+            ("server:\n  headerReadTimeout: 0s\n", "server.headerReadTimeout"),
+            ("cache:\n  maxColdDownloads: 0\n", "cache.maxColdDownloads"),
+        ] {
+            let err = Config::from_yaml(yaml, "t.yaml", &Overrides::default()).expect_err(yaml);
+            assert!(err.to_string().contains(at), "{yaml}: {err}");
+        }
     }
 
     #[test]

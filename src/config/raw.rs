@@ -53,6 +53,9 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default)]
     pub upstream_defaults: RawUpstreamDefaults,
+    /// Limits of the client-facing HTTP server (anonymous clients).
+    #[serde(default)]
+    pub server: RawServerLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +102,33 @@ pub struct RawCredentials {
 pub struct RawCache {
     /// Bytes of verified manifests kept in memory (besides the disk store).
     pub manifest_memory_bytes: Option<u64>,
+    /// Tag observations kept in memory (the rest are read from disk).
+    pub tag_memory_entries: Option<u64>,
+    /// Blob downloads from upstreams running at once (followers of a
+    /// running download do not count).
+    pub max_cold_downloads: Option<usize>,
+    /// How long a request waits for a download slot before `429`.
+    pub cold_download_wait: Option<HumanDuration>,
+}
+
+/// Connection limits of the client-facing server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawServerLimits {
+    /// HTTP/1: time to receive a request's headers, and the idle time of a
+    /// keep-alive connection.
+    pub header_read_timeout: Option<HumanDuration>,
+    /// HTTP/2: interval of keep-alive pings, and how long to wait for the ack.
+    pub http2_keep_alive_interval: Option<HumanDuration>,
+    pub http2_keep_alive_timeout: Option<HumanDuration>,
+    pub http2_max_concurrent_streams: Option<u32>,
+    /// Bytes of request line and headers (HTTP/1 read buffer, HTTP/2 header list).
+    pub max_header_bytes: Option<usize>,
+    /// Open client connections, in total and per client (IPv4 address or IPv6 /64).
+    pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    /// Time for a client to complete the TLS handshake.
+    pub tls_handshake_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,6 +249,20 @@ mod tests {
         );
         let err = parse("upstreamDefaults:\n  connectTimeout: soon\n").expect_err("bad duration");
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn server_limits_parse_and_refuse_unknown_keys() {
+        let raw = parse("server:\n  headerReadTimeout: 5s\n  maxConnectionsPerClient: 8\n").expect("limits");
+        assert_eq!(
+            raw.server.header_read_timeout,
+            Some(HumanDuration(Duration::from_secs(5)))
+        );
+        assert_eq!(raw.server.max_connections_per_client, Some(8));
+        let err = parse("server:\n  maxConnection: 8\n").expect_err("typo");
+        assert!(err.to_string().contains("maxConnection"), "{err}");
+        let err = parse("cache:\n  maxColdDownload: 8\n").expect_err("typo");
+        assert!(err.to_string().contains("maxColdDownload"), "{err}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::oci::material::{self, MaterialKind};
 use crate::oci::{Digest, ManifestInfo, ManifestMediaType, RegistryHost, RepoName, Tag};
 use crate::policy::{self, Decision, Evidence, Mode, Mutability, PolicySet, Rule, RuleAction, Verdict};
 use crate::store::verdicts::{VerdictKey, VerdictStore};
-use crate::store::{GrantKey, GrantScope};
+use crate::store::{Grant, GrantKey, GrantScope};
 use crate::telemetry::audit::{self, AuditEvent, AuditSink};
 use crate::telemetry::metrics::{self, AdmissionOutcome};
 use crate::verify::VerifiedManifest;
@@ -135,7 +135,7 @@ pub struct Gate {
     verdicts: moka::future::Cache<VerdictKey, Arc<Decision>>,
     persisted: Option<Arc<VerdictStore>>,
     vouched: moka::sync::Cache<VouchKey, Arc<Vouch>>,
-    grants: moka::sync::Cache<GrantKey, GrantScope>,
+    grants: moka::sync::Cache<GrantKey, Grant>,
     /// (registry, repository, blob) → the admitted manifest that last
     /// granted it, so a grant revoked by a policy reload can be derived
     /// again by admitting that manifest under the new revision.
@@ -251,7 +251,7 @@ enum Role {
 /// Whether a grant holds under the current revision; if not, the key it
 /// would have.
 pub(super) enum Granted {
-    Yes(GrantScope),
+    Yes(Grant),
     No(GrantKey),
 }
 
@@ -392,7 +392,7 @@ impl Proxy {
             },
             manifest,
         };
-        self.grant_blobs(&admitted);
+        self.grant_blobs(&admitted).await;
         if role == Role::Own {
             self.vouch_for_children(&admitted, d, policy);
         }
@@ -404,7 +404,7 @@ impl Proxy {
     /// manifests, and the manifest's own digest (which also records that
     /// this repository has it). Material's layers are granted as material
     /// only: served once their bytes prove to be material of that kind.
-    fn grant_blobs(&self, admitted: &Admitted) {
+    async fn grant_blobs(&self, admitted: &Admitted) {
         let Some(revision) = admitted.revision() else { return };
         let material = admitted.material_of().and_then(|_| material::classify(admitted.info()));
         let layers: Vec<&Digest> = admitted.info().layers().iter().map(|d| &d.digest).collect();
@@ -412,39 +412,48 @@ impl Proxy {
             Some(kind) if layers.contains(&digest) => GrantScope::Material(kind),
             _ => GrantScope::Content,
         };
-        let digests = std::iter::once(admitted.digest()).chain(admitted.info().references.iter().map(|d| &d.digest));
+        let own_size = u64::try_from(admitted.bytes().len()).ok();
+        let digests = std::iter::once((admitted.digest(), own_size))
+            .chain(admitted.info().references.iter().map(|d| (&d.digest, Some(d.size))));
         let mut new = Vec::new();
-        for digest in digests {
+        for (digest, size) in digests {
             let key = GrantKey {
                 registry: admitted.registry.clone(),
                 repository: admitted.repository.clone(),
                 blob: digest.clone(),
                 revision: revision.to_owned(),
             };
-            let scope = scope_of(digest);
+            let grant = Grant {
+                scope: scope_of(digest),
+                size,
+            };
             let existing = self.gate.grants.get(&key);
-            if existing.is_some_and(|e| e.wider(scope) == e) {
+            if existing.is_some_and(|e| e.scope.wider(grant.scope) == e.scope) {
                 continue;
             }
-            self.gate.grants.insert(key.clone(), scope);
+            self.gate.grants.insert(key.clone(), grant);
             self.gate.granted_by.insert(
                 (key.registry.clone(), key.repository.clone(), key.blob.clone()),
                 admitted.digest().clone(),
             );
-            new.push((key, scope));
+            new.push((key, grant));
         }
         if new.is_empty() {
             return;
         }
-        // Persisted off the response path: the memory grant already holds
-        // for this process; the store's copy is for a restart.
+        // Written before the manifest is served, so a client resuming a
+        // layer download after a restart still finds its grant.
         let store = self.store.clone();
         let manifest = admitted.digest().clone();
-        tokio::task::spawn_blocking(move || {
-            for (key, scope) in &new {
-                store.grants.put(key, &manifest, *scope);
+        let written = tokio::task::spawn_blocking(move || {
+            for (key, grant) in &new {
+                store.grants.put(key, &manifest, *grant);
             }
-        });
+        })
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "persisting blob grants failed");
+        }
     }
 
     fn vouch_for_children(&self, admitted: &Admitted, d: &Decision, policy: &PolicySet) {
@@ -477,9 +486,9 @@ impl Proxy {
     /// admitted manifest of this repository granted it under the current
     /// revision (in memory, or persisted by an earlier run). Integrity-only
     /// mode serves any blob that matches its digest.
-    pub(super) async fn blob_grant(&self, target: &Target, digest: &Digest) -> Result<Option<GrantScope>, Error> {
+    pub(super) async fn blob_grant(&self, target: &Target, digest: &Digest) -> Result<Option<Grant>, Error> {
         match self.granted_now(target, digest).await? {
-            Granted::Yes(scope) => Ok(Some(scope)),
+            Granted::Yes(grant) => Ok(Some(grant)),
             Granted::No(key) => Ok(self.regrant(target, key).await),
         }
     }
@@ -487,7 +496,12 @@ impl Proxy {
     /// The grant under the current revision (memory or store), if any.
     pub(super) async fn granted_now(&self, target: &Target, digest: &Digest) -> Result<Granted, Error> {
         let policy = match self.gate.enforcement()? {
-            Enforcement::IntegrityOnly => return Ok(Granted::Yes(GrantScope::Content)),
+            Enforcement::IntegrityOnly => {
+                return Ok(Granted::Yes(Grant {
+                    scope: GrantScope::Content,
+                    size: None,
+                }));
+            }
             Enforcement::Policy(p) => p,
         };
         let key = GrantKey {
@@ -496,14 +510,14 @@ impl Proxy {
             blob: digest.clone(),
             revision: policy.revision.clone(),
         };
-        if let Some(scope) = self.gate.grants.get(&key) {
-            return Ok(Granted::Yes(scope));
+        if let Some(grant) = self.gate.grants.get(&key) {
+            return Ok(Granted::Yes(grant));
         }
         let store = self.store.clone();
         let probe = key.clone();
-        if let Some(scope) = blocking(move || Ok(store.grants.get(&probe))).await? {
-            self.gate.grants.insert(key, scope);
-            return Ok(Granted::Yes(scope));
+        if let Some(grant) = blocking(move || Ok(store.grants.get(&probe))).await? {
+            self.gate.grants.insert(key, grant);
+            return Ok(Granted::Yes(grant));
         }
         Ok(Granted::No(key))
     }
@@ -513,7 +527,7 @@ impl Proxy {
     /// only if that admission serves does the blob become servable again.
     /// A client in the middle of a pull keeps going across a reload that
     /// does not concern its image, and one that does is refused.
-    async fn regrant(&self, target: &Target, key: GrantKey) -> Option<GrantScope> {
+    async fn regrant(&self, target: &Target, key: GrantKey) -> Option<Grant> {
         let manifest = self
             .gate
             .granted_by
@@ -651,7 +665,7 @@ impl Proxy {
                 tracing::debug!(%digest, rule = %rule.name, ms = started.elapsed().as_millis() as u64, verdict = ?d.verdict(), "verified");
                 Ok(((*d).clone(), false))
             }
-            Err(e) if matches!(*e, Error::Busy { .. }) => Err((*e).clone()),
+            Err(e) if matches!(*e, Error::Overloaded { .. }) => Err((*e).clone()),
             // No definitive verdict: deny, and cache nothing.
             Err(e) => Ok((
                 Decision::denied_by(
@@ -682,11 +696,11 @@ impl Proxy {
     ) -> Result<Arc<Decision>, Error> {
         let _slot = tokio::time::timeout(DISCOVERY_SLOT_WAIT, self.gate.discoveries.acquire())
             .await
-            .map_err(|_| Error::Busy {
+            .map_err(|_| Error::Overloaded {
                 what: "signature verifications",
             })?
             .map_err(|_| Error::Internal("discovery limiter closed".into()))?;
-        let (evidence, notes) = self.collect_evidence(target, digest, rule, policy).await?;
+        let (evidence, notes) = Box::pin(self.collect_evidence(target, digest, rule, policy)).await?;
         let d = policy::eval::evaluate(policy, Some(rule), &evidence);
         let d = if d.verdict() == Verdict::Deny {
             d.with_notes(notes)

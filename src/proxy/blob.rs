@@ -58,25 +58,67 @@ impl ByteRange {
         let (a, b) = spec.split_once('-')?;
         let (a, b) = (a.trim(), b.trim());
         match (a.is_empty(), b.is_empty()) {
-            (true, false) => Some(ByteRange::Suffix(b.parse().ok()?)),
-            (false, true) => Some(ByteRange::From(a.parse().ok()?)),
+            (true, false) => Some(ByteRange::Suffix(position(b)?)),
+            (false, true) => Some(ByteRange::From(position(a)?)),
             (false, false) => {
-                let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+                let (a, b) = (position(a)?, position(b)?);
                 (a <= b).then_some(ByteRange::FromTo(a, b))
             }
             (true, true) => None,
         }
     }
 
-    /// `[start, end)` within a blob of `size` bytes, or `None` if
+    /// The bytes to send from a blob of `size` bytes, or `None` if
     /// unsatisfiable (→ 416).
-    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
-        match self {
-            ByteRange::FromTo(a, b) if a < size => Some((a, (b + 1).min(size))),
-            ByteRange::From(a) if a < size => Some((a, size)),
-            ByteRange::Suffix(n) if n > 0 && size > 0 => Some((size - n.min(size), size)),
-            _ => None,
-        }
+    pub fn resolve(self, size: u64) -> Option<ByteSlice> {
+        let (start, end) = match self {
+            // `b` is inclusive: `min(b, size - 1) + 1` cannot overflow
+            // because `a < size` makes `size - 1` valid.
+            ByteRange::FromTo(a, b) if a < size => (a, b.min(size - 1) + 1),
+            ByteRange::From(a) if a < size => (a, size),
+            ByteRange::Suffix(n) if n > 0 && size > 0 => (size - n.min(size), size),
+            _ => return None,
+        };
+        Some(ByteSlice { start, end })
+    }
+}
+
+/// RFC 9110 `1*DIGIT` as a byte position. A number past `u64::MAX` is past
+/// the end of any blob, so it saturates instead of making the header
+/// invalid (`bytes=0-99999999999999999999` asks for everything).
+fn position(digits: &str) -> Option<u64> {
+    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.parse().unwrap_or(u64::MAX))
+}
+
+/// A satisfiable, non-empty slice `[start, end)` of a blob: `start < end <=
+/// size`. Only [`ByteRange::resolve`] makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSlice {
+    start: u64,
+    end: u64,
+}
+
+impl ByteSlice {
+    pub fn start(self) -> u64 {
+        self.start
+    }
+
+    /// Exclusive.
+    pub fn end(self) -> u64 {
+        self.end
+    }
+
+    /// The inclusive last byte, as `Content-Range` writes it.
+    pub fn last(self) -> u64 {
+        self.end - 1
+    }
+
+    /// Bytes in the slice (never zero).
+    pub fn length(self) -> u64 {
+        self.end - self.start
     }
 }
 
@@ -85,7 +127,7 @@ impl ByteRange {
 pub struct BlobServed {
     pub size: u64,
     /// `Some` when answering a `Range` (206).
-    pub range: Option<(u64, u64)>,
+    pub range: Option<ByteSlice>,
     /// `None` for HEAD.
     pub body: Option<BlobBody>,
     pub cache: CacheOutcome,
@@ -100,7 +142,7 @@ impl Proxy {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobServed, Error> {
-        let Some(scope) = self.blob_grant(target, digest).await? else {
+        let Some(grant) = self.blob_grant(target, digest).await? else {
             return Err(Error::Denied {
                 message: format!(
                     "blob {digest} is not referenced by an admitted manifest of this repository (pull the manifest first)"
@@ -111,7 +153,7 @@ impl Proxy {
         let d = digest.clone();
         if let Some((file, size)) = blocking(move || store.blobs.open(&d)).await? {
             let spool = Arc::new(Spool::completed(file, size));
-            if let GrantScope::Material(kind) = scope {
+            if let GrantScope::Material(kind) = grant.scope {
                 check_material(&spool, digest, size, kind).await?;
             }
             return serve(&spool, size, range, head, CacheOutcome::Hit);
@@ -119,7 +161,27 @@ impl Proxy {
         if head {
             return self.head_missing_blob(target, digest).await;
         }
-        let (spool, cache) = match self.flights.join(digest) {
+        let (spool, cache) = self.download(target, digest).await?;
+        let size = match grant.scope {
+            GrantScope::Content => response_size(&spool).await?,
+            // Material is checked whole before any byte of it is served.
+            GrantScope::Material(kind) => {
+                let size = spool::wait_complete(&mut spool.subscribe()).await.map_err(read_error)?;
+                check_material(&spool, digest, size, kind).await?;
+                size
+            }
+        };
+        serve(&spool, size, range, false, cache)
+    }
+
+    /// Follow the running download of `digest`, or start one (bounded by
+    /// the download slots: `Error::Busy` when none frees up in time).
+    async fn download(&self, target: &Target, digest: &Digest) -> Result<(Arc<Spool<Error>>, CacheOutcome), Error> {
+        let joined = self.flights.join(digest).await.inspect_err(|busy| {
+            crate::telemetry::metrics::global().cold_download_refused();
+            tracing::warn!(%digest, error = %busy, "blob request refused: no download slot");
+        })?;
+        Ok(match joined {
             Join::Leader(lead) => {
                 let spool = lead.spool().clone();
                 let downloader = Downloader {
@@ -134,43 +196,57 @@ impl Proxy {
                 (spool, CacheOutcome::Miss)
             }
             Join::Follower(spool) => (spool, CacheOutcome::Joined),
-        };
-        let mut rx = spool.subscribe();
-        let size = match (spool::wait_started(&mut rx).await.map_err(read_error)?, scope) {
-            (Some(size), GrantScope::Content) => size,
-            // No Content-Length upstream: the response needs one, so wait
-            // for the verified whole. Material is checked whole before any
-            // byte of it is served.
-            (None, GrantScope::Content) => spool::wait_complete(&mut rx).await.map_err(read_error)?,
-            (_, GrantScope::Material(kind)) => {
-                let size = spool::wait_complete(&mut rx).await.map_err(read_error)?;
-                check_material(&spool, digest, size, kind).await?;
-                size
-            }
-        };
-        serve(&spool, size, range, false, cache)
+        })
     }
 
-    /// HEAD for a blob not in the store: a running download knows the size;
-    /// otherwise ask the upstream (HEAD, no body transferred).
+    /// HEAD for a blob not in the store. Its `Content-Length` is a claim
+    /// about content, so it must be a verified size, never an upstream's
+    /// word: the size an admitted manifest's descriptor states (covered by
+    /// the manifest's digest) when the upstream's HEAD agrees, otherwise the
+    /// size of a completed, verified download (which the GET that usually
+    /// follows then serves from the store).
     async fn head_missing_blob(&self, target: &Target, digest: &Digest) -> Result<BlobServed, Error> {
-        if let Some(spool) = self.flights.current(digest)
-            && let Ok(Some(size)) = spool::wait_started(&mut spool.subscribe()).await
-        {
-            return serve(&spool, size, None, true, CacheOutcome::Joined);
+        if let Some(size) = self.size_stated_by_admitted_descriptor(target, digest).await? {
+            return Ok(head_only(size, CacheOutcome::Miss));
         }
-        let size = target.registry.head_blob(&target.repo, digest).await?.ok_or_else(|| {
-            Error::Upstream(crate::upstream::Error::Protocol {
-                host: target.registry.host().to_string(),
-                message: "blob HEAD without Content-Length".into(),
-            })
-        })?;
-        Ok(BlobServed {
-            size,
-            range: None,
-            body: None,
-            cache: CacheOutcome::Miss,
-        })
+        let (spool, cache) = self.download(target, digest).await?;
+        let size = spool::wait_complete(&mut spool.subscribe()).await.map_err(read_error)?;
+        Ok(head_only(size, cache))
+    }
+
+    /// The granted descriptor's size, if the upstream has the blob at that
+    /// size. An upstream `404` is the answer (`BLOB_UNKNOWN`); a different or
+    /// missing size means the verified download decides.
+    async fn size_stated_by_admitted_descriptor(&self, target: &Target, digest: &Digest) -> Result<Option<u64>, Error> {
+        let Some(stated) = self.blob_grant(target, digest).await?.and_then(|g| g.size) else {
+            return Ok(None);
+        };
+        let upstream = target.registry.head_blob(&target.repo, digest).await?;
+        Ok((upstream == Some(stated)).then_some(stated))
+    }
+}
+
+/// The `Content-Length` of a response that follows a download: the
+/// upstream's length once it started, streamed with the last byte held back.
+async fn response_size(spool: &Spool<Error>) -> Result<u64, Error> {
+    let mut rx = spool.subscribe();
+    match spool::wait_started(&mut rx).await.map_err(read_error)? {
+        Some(size) if size > 0 => Ok(size),
+        // No Content-Length upstream: the response needs one, so wait for
+        // the verified whole. Nor can a zero length be streamed first: with
+        // no last byte to hold back, the response would be complete before
+        // the proof, and an empty body claimed for a non-empty digest would
+        // be served as a 200.
+        Some(_) | None => spool::wait_complete(&mut rx).await.map_err(read_error),
+    }
+}
+
+fn head_only(size: u64, cache: CacheOutcome) -> BlobServed {
+    BlobServed {
+        size,
+        range: None,
+        body: None,
+        cache,
     }
 }
 
@@ -212,7 +288,7 @@ fn serve(
         None => None,
         Some(r) => Some(r.resolve(size).ok_or(Error::RangeNotSatisfiable { size })?),
     };
-    let (start, end) = slice.unwrap_or((0, size));
+    let (start, end) = slice.map_or((0, size), |s| (s.start(), s.end()));
     let body = (!head).then(|| BlobBody::new(spool::read_range(spool.clone(), start, end), end - start));
     Ok(BlobServed {
         size,
@@ -280,7 +356,8 @@ impl Downloader {
         let (store, d, length) = (self.store.clone(), self.digest.clone(), upstream.length);
         let writer = blocking(move || {
             let mut writer = store.blobs.writer(&d)?;
-            if let Some(len) = length {
+            // fallocate refuses a zero length (EINVAL); nothing to reserve.
+            if let Some(len) = length.filter(|&len| len > 0) {
                 writer.reserve(len)?;
             }
             Ok(writer)
@@ -451,11 +528,84 @@ mod tests {
         assert_eq!(ByteRange::parse("bytes=0-1,3-4"), None);
         assert_eq!(ByteRange::parse("bytes=9-0"), None);
         assert_eq!(ByteRange::parse("items=0-1"), None);
-        assert_eq!(ByteRange::FromTo(0, 99).resolve(10), Some((0, 10)));
+        assert_eq!(ByteRange::FromTo(0, 99).resolve(10).map(span), Some((0, 10)));
         assert_eq!(ByteRange::From(10).resolve(10), None);
-        assert_eq!(ByteRange::Suffix(30).resolve(10), Some((0, 10)));
+        assert_eq!(ByteRange::Suffix(30).resolve(10).map(span), Some((0, 10)));
         assert_eq!(ByteRange::Suffix(0).resolve(10), None);
-        assert_eq!(ByteRange::FromTo(3, 4).resolve(10), Some((3, 5)));
+        assert_eq!(ByteRange::FromTo(3, 4).resolve(10).map(span), Some((3, 5)));
+    }
+
+    /// RFC 9110 §14.1.2: a last-byte-pos at or past the end is the end; a
+    /// first-byte-pos at or past the end is unsatisfiable. No input, however
+    /// large, may overflow the arithmetic.
+    #[test]
+    fn ranges_at_the_edges_of_u64() {
+        let max = u64::MAX;
+        let whole = |size: u64| Some((0, size));
+        assert_eq!(
+            ByteRange::parse("bytes=0-18446744073709551615"),
+            Some(ByteRange::FromTo(0, max))
+        );
+        assert_eq!(ByteRange::FromTo(0, max).resolve(10).map(span), whole(10));
+        assert_eq!(ByteRange::FromTo(9, max).resolve(10).map(span), Some((9, 10)));
+        assert_eq!(ByteRange::FromTo(max, max).resolve(10), None);
+        assert_eq!(ByteRange::From(max).resolve(10), None);
+        assert_eq!(ByteRange::From(max).resolve(max), None);
+        assert_eq!(
+            ByteRange::FromTo(max - 1, max).resolve(max).map(span),
+            Some((max - 1, max))
+        );
+        assert_eq!(ByteRange::Suffix(max).resolve(10).map(span), whole(10));
+        assert_eq!(ByteRange::Suffix(0).resolve(0), None);
+        assert_eq!(ByteRange::Suffix(1).resolve(0), None);
+        assert_eq!(ByteRange::FromTo(0, 0).resolve(0), None);
+        // Numbers past u64 mean "past any blob": a huge last-byte-pos is
+        // the end, a huge first-byte-pos or suffix is everything or nothing.
+        assert_eq!(
+            ByteRange::parse("bytes=0-99999999999999999999999"),
+            Some(ByteRange::FromTo(0, max))
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=99999999999999999999999-"),
+            Some(ByteRange::From(max))
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=-99999999999999999999999"),
+            Some(ByteRange::Suffix(max))
+        );
+        // Only digits: no signs, no hex, no inner spaces.
+        for invalid in [
+            "bytes=+1-2",
+            "bytes=1-+2",
+            "bytes=-+2",
+            "bytes=0x1-2",
+            "bytes=1 0-20",
+            "bytes=--1",
+            "bytes=1--",
+        ] {
+            assert_eq!(ByteRange::parse(invalid), None, "{invalid}");
+        }
+        let slice = ByteRange::FromTo(0, max).resolve(max).expect("whole");
+        assert_eq!((slice.length(), slice.last()), (max, max - 1));
+    }
+
+    /// An upstream that announces zero bytes gets no response until the
+    /// download's verdict: here it fails, and so does the response.
+    #[tokio::test]
+    async fn a_zero_length_waits_for_the_verdict() {
+        let spool: Arc<Spool<Error>> = Arc::new(Spool::new());
+        spool.start(tempfile::tempfile().expect("temp file"), Some(0));
+        let failing = spool.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            failing.fail(Error::Internal("digest mismatch".into()));
+        });
+        let size = response_size(&spool).await;
+        assert!(matches!(size, Err(Error::Internal(_))), "{size:?}");
+    }
+
+    fn span(s: ByteSlice) -> (u64, u64) {
+        (s.start(), s.end())
     }
 
     #[derive(Default)]

@@ -22,10 +22,13 @@ pub enum Error {
     BadListing { what: &'static str, message: String },
     #[error("{message}")]
     Denied { message: String },
+    /// Every upstream download slot stayed busy (anonymous amplification bound).
+    #[error(transparent)]
+    Busy(#[from] crate::store::Busy),
     /// A bounded resource is exhausted (anonymous amplification limits);
     /// the client should retry.
     #[error("too many concurrent {what}; retry later")]
-    Busy { what: &'static str },
+    Overloaded { what: &'static str },
     #[error("local store: {0}")]
     Store(Arc<StoreError>),
     #[error("internal error: {0}")]

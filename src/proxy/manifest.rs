@@ -87,7 +87,9 @@ impl Proxy {
             cache,
             stale_warning,
         } = fetched;
-        let admitted = self.admit(target, tag, manifest, client).await?;
+        // Boxed: an admission's future (discovery, verification) is large,
+        // and debug builds poll it on a 2 MiB worker stack.
+        let admitted = Box::pin(self.admit(target, tag, manifest, client)).await?;
         self.persist(&admitted).await?;
         // Only an admitted digest may become the tag's last-known digest
         // (the outage fallback and the pin for immutable tags).

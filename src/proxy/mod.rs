@@ -14,11 +14,11 @@ mod tags;
 use std::sync::Arc;
 
 pub use admission::{Admitted, Gate};
-pub use blob::{BlobBody, BlobServed, ByteRange};
+pub use blob::{BlobBody, BlobServed, ByteRange, ByteSlice};
 pub use error::Error;
 pub use manifest::ManifestServed;
 pub use referrers::ReferrersServed;
-pub use tags::TagsServed;
+pub use tags::{PageSize, TagsServed};
 
 use crate::config::Config;
 use crate::oci::{Digest, RepoName};
@@ -90,7 +90,10 @@ impl Proxy {
         config: Arc<Config>,
         audit: crate::telemetry::audit::AuditSink,
     ) -> Result<Arc<Proxy>, StartError> {
-        let store = Arc::new(Store::open(&config.data_dir)?);
+        let store = Arc::new(Store::open_with_tag_memory(
+            &config.data_dir,
+            config.proxy_limits.tag_memory_entries,
+        )?);
         let registries = Registries::from_config(&config)?;
         let manifests = moka::future::Cache::builder()
             .max_capacity(config.manifest_memory_bytes)
@@ -110,6 +113,7 @@ impl Proxy {
         } else {
             tracing::warn!("INTEGRITY-ONLY mode: no signature policy; content is served when it matches its digests");
         }
+        let limits = config.proxy_limits;
         Ok(Arc::new_cyclic(|me| Proxy {
             me: me.clone(),
             config,
@@ -117,7 +121,7 @@ impl Proxy {
             store,
             manifests,
             persisted: moka::sync::Cache::new(1_000_000),
-            flights: Flights::default(),
+            flights: Flights::new(limits.max_cold_downloads, limits.cold_download_wait),
             gate,
         }))
     }

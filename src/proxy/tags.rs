@@ -4,6 +4,32 @@
 use bytes::Bytes;
 
 use super::{Error, Proxy, Target};
+use crate::oci::Tag;
+
+/// A client's `n`: a decimal number of tags, at most [`PageSize::MAX`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageSize(usize);
+
+impl PageSize {
+    /// Larger requests get pages of this size (with a `Link` to the rest,
+    /// which the distribution spec allows): the whole listing is held in
+    /// memory and serialised per request.
+    pub const MAX: usize = 10_000;
+
+    /// `1*DIGIT`; numbers above the maximum (however long) are clamped to it.
+    /// Signs, spaces, hex and empty values are refused.
+    pub fn parse(digits: &str) -> Option<PageSize> {
+        if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let n = digits.parse::<usize>().unwrap_or(usize::MAX);
+        Some(PageSize(n.min(Self::MAX)))
+    }
+
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
 
 /// A page of tags for the client.
 #[derive(Debug, Clone)]
@@ -28,7 +54,10 @@ struct ClientTags<'a> {
 
 impl Proxy {
     /// `GET /v2/<name>/tags/list[?n=&last=]`.
-    pub async fn tags(&self, target: &Target, n: Option<usize>, last: Option<&str>) -> Result<TagsServed, Error> {
+    pub async fn tags(&self, target: &Target, n: Option<PageSize>, last: Option<&Tag>) -> Result<TagsServed, Error> {
+        // Both are validated, ASCII-only values: forwarding them re-encodes
+        // exactly what the client asked for.
+        let (n, last) = (n.map(PageSize::get), last.map(Tag::as_str));
         let page = target.registry.tags(&target.repo, n, last).await?;
         let parsed: UpstreamTags = serde_json::from_slice(&page.body).map_err(|e| Error::BadListing {
             what: "tag list",
@@ -62,5 +91,24 @@ impl Proxy {
             body: body.into(),
             next_last,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PageSize;
+
+    #[test]
+    fn page_sizes() {
+        assert_eq!(PageSize::parse("0").map(PageSize::get), Some(0));
+        assert_eq!(PageSize::parse("25").map(PageSize::get), Some(25));
+        assert_eq!(PageSize::parse("10001").map(PageSize::get), Some(PageSize::MAX));
+        assert_eq!(
+            PageSize::parse("99999999999999999999999999").map(PageSize::get),
+            Some(PageSize::MAX)
+        );
+        for refused in ["", "-1", "+1", " 1", "1 ", "0x10", "1e3", "1.0", "١"] {
+            assert_eq!(PageSize::parse(refused), None, "{refused:?}");
+        }
     }
 }

@@ -37,7 +37,7 @@ pub async fn serve<B>(
     };
     record.cache = served.cache;
     let (status, len) = match served.range {
-        Some((start, end)) => (StatusCode::PARTIAL_CONTENT, end - start),
+        Some(slice) => (StatusCode::PARTIAL_CONTENT, slice.length()),
         None => (StatusCode::OK, served.size),
     };
     let mut resp = Response::builder()
@@ -47,8 +47,9 @@ pub async fn serve<B>(
         .header(ACCEPT_RANGES, HeaderValue::from_static("bytes"))
         .header(DOCKER_CONTENT_DIGEST, header_value(&digest.to_string())?)
         .header(ETAG, header_value(&format!("\"{digest}\""))?);
-    if let Some((start, end)) = served.range {
-        resp = resp.header(CONTENT_RANGE, format!("bytes {start}-{}/{}", end - 1, served.size));
+    if let Some(slice) = served.range {
+        let content_range = format!("bytes {}-{}/{}", slice.start(), slice.last(), served.size);
+        resp = resp.header(CONTENT_RANGE, content_range);
     }
     let body = match served.body {
         Some(b) => b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),

@@ -130,6 +130,21 @@ impl ApiError {
     }
 }
 
+/// A refused `tags/list` query is `400`. The distribution spec's error
+/// table has no code for a bad query parameter (Distribution's own
+/// `PAGINATION_NUMBER_INVALID` is not in it): a bad `n` is `UNSUPPORTED`,
+/// a `last` that is not a tag is `NAME_INVALID`, as a bad tag is elsewhere.
+impl From<super::tags::TagsQueryError> for ApiError {
+    fn from(e: super::tags::TagsQueryError) -> ApiError {
+        use super::tags::TagsQueryError as Q;
+        let code = match e {
+            Q::PageSize(_) => "UNSUPPORTED",
+            Q::Last(_) => "NAME_INVALID",
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+    }
+}
+
 impl From<proxy::Error> for ApiError {
     fn from(e: proxy::Error) -> ApiError {
         let message = e.to_string();
@@ -150,9 +165,20 @@ impl From<proxy::Error> for ApiError {
                 ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "UNSUPPORTED", message)
             }
             proxy::Error::BadListing { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message),
-            proxy::Error::Busy { .. } => {
+            proxy::Error::Overloaded { .. } => {
                 let mut a = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
                 a.retry_after = Some(HeaderValue::from_static("5"));
+                a.warn = true;
+                a
+            }
+            // 429, not 503: containerd retries 408/429 on the same host but
+            // moves on to the next one (possibly the origin, bypassing the
+            // proxy's verification) after a 5xx; `TOOMANYREQUESTS` is the
+            // spec's code for 429 and clients honour `Retry-After`.
+            proxy::Error::Busy(busy) => {
+                let mut a = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
+                let seconds = busy.waited.as_secs().max(1);
+                a.retry_after = Some(HeaderValue::from(seconds));
                 a.warn = true;
                 a
             }

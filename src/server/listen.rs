@@ -1,5 +1,11 @@
 //! Accepting connections: TCP, optional TLS (rustls, ALPN h2 + http/1.1),
 //! HTTP/1.1 and HTTP/2 via hyper-util's auto builder, graceful shutdown.
+//!
+//! Every connection is bounded (`server:` in the configuration): a cap on
+//! open connections in total and per client address (over it, the
+//! connection is closed at once), a deadline for the first bytes and for
+//! the request headers (which also closes idle keep-alive connections),
+//! bounded header bytes, HTTP/2 keep-alive pings and a stream limit.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
@@ -15,7 +21,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, TlsFiles};
+use super::conn_limit::ConnectionLimiter;
+use super::preface_deadline::PrefaceDeadline;
+use crate::config::{Config, ServerLimits, TlsFiles};
 use crate::proxy::{Proxy, StartError};
 
 /// How long in-flight requests may finish after a shutdown signal.
@@ -37,6 +45,7 @@ pub struct Server {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     proxy: Arc<Proxy>,
+    limiter: ConnectionLimiter,
 }
 
 impl std::fmt::Debug for Server {
@@ -58,8 +67,14 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        let limits = config.server_limits;
         let proxy = Proxy::new(config)?;
-        Ok(Server { listener, tls, proxy })
+        Ok(Server {
+            listener,
+            tls,
+            proxy,
+            limiter: ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_client),
+        })
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -69,7 +84,8 @@ impl Server {
     /// Serve until `shutdown` resolves, then drain in-flight requests.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let graceful = GracefulShutdown::new();
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let limits = self.proxy.config().server_limits;
+        let builder = connection_builder(&limits);
         let reloader = tokio::spawn(super::reload::watch(self.proxy.clone()));
         tokio::pin!(shutdown);
         loop {
@@ -84,10 +100,21 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
+            // Over a cap the connection is dropped here, before any byte is
+            // read: closing is the cheapest answer to a flood.
+            let slot = match self.limiter.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    crate::telemetry::metrics::global().connection_refused(refusal);
+                    tracing::debug!(%peer, cap = refusal.as_str(), "connection refused: too many open connections");
+                    continue;
+                }
+            };
             let _ = stream.set_nodelay(true);
             let proxy = self.proxy.clone();
             let client = peer.to_string();
             let service = service_fn(move |req| crate::server::handle(proxy.clone(), req, client.clone()));
+            let stream = PrefaceDeadline::new(stream, limits.header_read_timeout);
             match &self.tls {
                 None => {
                     let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
@@ -96,6 +123,7 @@ impl Server {
                         if let Err(e) = conn.await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
+                        drop(slot);
                     });
                 }
                 Some(acceptor) => {
@@ -103,15 +131,20 @@ impl Server {
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
-                        let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                        };
+                        let tls =
+                            match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                            };
+                        // The handshake consumed the first deadline; the
+                        // HTTP bytes get their own.
+                        let tls = PrefaceDeadline::new(tls, limits.header_read_timeout);
                         let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
                         if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
+                        drop(slot);
                     });
                 }
             }
@@ -123,6 +156,27 @@ impl Server {
             tracing::warn!("drain timed out; closing remaining connections");
         }
     }
+}
+
+/// hyper's HTTP/1 and HTTP/2 settings from `server:`. Both sides get a
+/// timer: without one hyper silently drops its header read timeout (and
+/// panics if one is configured explicitly).
+fn connection_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.http2_keep_alive_interval)
+        .keep_alive_timeout(limits.http2_keep_alive_timeout)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
 }
 
 fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ListenError> {

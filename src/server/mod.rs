@@ -6,9 +6,11 @@
 
 mod blobs;
 pub mod body;
+mod conn_limit;
 mod error;
 mod listen;
 mod manifests;
+mod preface_deadline;
 mod referrers;
 mod reload;
 pub mod route;

@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use super::write_atomic;
+use super::io_err;
 use crate::oci::material::MaterialKind;
 use crate::oci::{Algorithm, Digest, RegistryHost, RepoName};
 
@@ -22,6 +22,15 @@ pub enum GrantScope {
     /// A blob verification material references: served only once its bytes
     /// are shown to be material of this kind (`oci::material::check_blob`).
     Material(MaterialKind),
+}
+
+/// A grant: what it lets the repository serve, and the size the granting
+/// descriptor states (covered by the admitted manifest's digest; `None`
+/// where no descriptor vouches, as in integrity-only mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Grant {
+    pub scope: GrantScope,
+    pub size: Option<u64>,
 }
 
 impl GrantScope {
@@ -49,7 +58,8 @@ struct GrantRecord {
     #[serde(flatten)]
     key: GrantKey,
     manifest: Digest,
-    scope: GrantScope,
+    #[serde(flatten)]
+    grant: Grant,
 }
 
 #[derive(Debug)]
@@ -79,10 +89,10 @@ impl GrantStore {
     }
 
     /// The grant persisted for exactly `key`, if any.
-    pub fn get(&self, key: &GrantKey) -> Option<GrantScope> {
+    pub fn get(&self, key: &GrantKey) -> Option<Grant> {
         let bytes = std::fs::read(self.path(key)?).ok()?;
         let record = serde_json::from_slice::<GrantRecord>(&bytes).ok()?;
-        (&record.key == key).then_some(record.scope)
+        (&record.key == key).then_some(record.grant)
     }
 
     /// Whether a grant for exactly `key` is on disk.
@@ -92,23 +102,42 @@ impl GrantStore {
 
     /// Best effort: a grant that cannot be persisted still holds in memory.
     /// A content grant replaces a material one, never the reverse.
-    pub fn put(&self, key: &GrantKey, manifest: &Digest, scope: GrantScope) {
+    pub fn put(&self, key: &GrantKey, manifest: &Digest, grant: Grant) {
         let Some(path) = self.path(key) else { return };
-        if self.get(key).is_some_and(|existing| existing.wider(scope) == existing) {
+        if self
+            .get(key)
+            .is_some_and(|existing| existing.scope.wider(grant.scope) == existing.scope)
+        {
             return;
         }
         let record = GrantRecord {
             key: key.clone(),
             manifest: manifest.clone(),
-            scope,
+            grant,
         };
         let written = serde_json::to_vec(&record)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| write_atomic(&self.tmp, &path, &bytes).map_err(|e| e.to_string()));
+            .and_then(|bytes| write_unsynced(&self.tmp, &path, &bytes).map_err(|e| e.to_string()));
         if let Err(e) = written {
             tracing::warn!(error = %e, blob = %key.blob, "cannot persist a blob grant");
         }
     }
+}
+
+/// Temp file and rename, without fsync: admissions wait for their grants
+/// to be written (so a restart right after finds them), and a grant lost in
+/// a crash costs only a new manifest request, which grants again.
+fn write_unsynced(tmp_dir: &std::path::Path, path: &std::path::Path, bytes: &[u8]) -> Result<(), super::StoreError> {
+    let tmp = tmp_dir.join(format!("g.{}.{}", std::process::id(), fastrand::u64(..)));
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let result = std::fs::create_dir_all(dir)
+        .map_err(io_err("create directory", dir))
+        .and_then(|()| std::fs::write(&tmp, bytes).map_err(io_err("write", &tmp)))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io_err("rename into", path)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -131,7 +160,11 @@ mod tests {
         std::fs::create_dir_all(&tmp).expect("tmp");
         let store = GrantStore::new(dir.path().join("grants"), tmp);
         let manifest = Digest::of(Algorithm::Sha256, b"manifest");
-        store.put(&key("abc123"), &manifest, GrantScope::Content);
+        let content = Grant {
+            scope: GrantScope::Content,
+            size: Some(5),
+        };
+        store.put(&key("abc123"), &manifest, content);
         assert!(store.contains(&key("abc123")));
         assert!(!store.contains(&key("def456")), "another revision");
         let mut other_repo = key("abc123");
@@ -147,9 +180,12 @@ mod tests {
         assert!(!store.contains(&other_repo));
         assert!(store.path(&key("../x")).is_none());
         // Material never narrows content.
-        let material = GrantScope::Material(MaterialKind::LegacySignature);
+        let material = Grant {
+            scope: GrantScope::Material(MaterialKind::LegacySignature),
+            size: Some(5),
+        };
         store.put(&key("abc123"), &manifest, material);
-        assert_eq!(store.get(&key("abc123")), Some(GrantScope::Content));
+        assert_eq!(store.get(&key("abc123")), Some(content));
         store.put(&key("fff000"), &manifest, material);
         assert_eq!(store.get(&key("fff000")), Some(material));
     }

@@ -23,8 +23,8 @@ pub mod verdicts;
 use std::path::{Path, PathBuf};
 
 pub use blobs::{BlobStore, BlobWriter};
-pub use flight::{Flights, Join};
-pub use grants::{GrantKey, GrantScope, GrantStore};
+pub use flight::{Busy, Flights, Join};
+pub use grants::{Grant, GrantKey, GrantScope, GrantStore};
 pub use manifests::ManifestStore;
 pub use spool::{Spool, SpoolState};
 pub use tags::TagStore;
@@ -99,6 +99,12 @@ impl Store {
     /// Open (creating) the store under `data_dir`, discarding partial files
     /// left by an earlier run.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with_tag_memory(data_dir, tags::DEFAULT_MEMORY_ENTRIES)
+    }
+
+    /// Like [`Store::open`], keeping at most `tag_entries` tag observations
+    /// in memory.
+    pub fn open_with_tag_memory(data_dir: &Path, tag_entries: u64) -> Result<Store, StoreError> {
         let tmp = data_dir.join("tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io_err("clean", &tmp))?;
@@ -107,7 +113,7 @@ impl Store {
         Ok(Store {
             blobs: BlobStore::new(data_dir.join("blobs"), tmp.clone()),
             manifests: ManifestStore::new(data_dir.join("manifests"), tmp.clone()),
-            tags: TagStore::new(data_dir.join("tags"), tmp.clone()),
+            tags: TagStore::new(data_dir.join("tags"), tmp.clone(), tag_entries),
             grants: GrantStore::new(data_dir.join("grants"), tmp),
         })
     }

@@ -1,29 +1,41 @@
 //! Tag observations: the digest each (upstream, repository, tag) last
 //! resolved to. Used to serve the last verified digest when the upstream is
 //! unreachable and to notice tags that move.
+//!
+//! The disk holds every observation; memory holds a bounded cache of the
+//! recent ones, since anonymous clients choose how many distinct tags they
+//! ask for.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use super::{StoreError, io_err, write_atomic};
 use crate::oci::{Digest, RegistryHost, RepoName, Tag};
 
 type Key = (RegistryHost, RepoName, Tag);
 
-#[derive(Debug)]
+/// Tag observations kept in memory unless configured otherwise.
+pub const DEFAULT_MEMORY_ENTRIES: u64 = 100_000;
+
 pub struct TagStore {
     root: PathBuf,
     tmp: PathBuf,
-    recent: Mutex<HashMap<Key, Digest>>,
+    recent: moka::sync::Cache<Key, Digest>,
+}
+
+impl std::fmt::Debug for TagStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TagStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TagStore {
-    pub(super) fn new(root: PathBuf, tmp: PathBuf) -> TagStore {
+    pub(super) fn new(root: PathBuf, tmp: PathBuf, memory_entries: u64) -> TagStore {
         TagStore {
             root,
             tmp,
-            recent: Mutex::new(HashMap::new()),
+            recent: moka::sync::Cache::new(memory_entries),
         }
     }
 
@@ -47,23 +59,21 @@ impl TagStore {
         digest: &Digest,
     ) -> Result<Option<Digest>, StoreError> {
         let key = (host.clone(), repo.clone(), tag.clone());
-        let previous = match self.recent.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        let previous = match self.recent.get(&key) {
             Some(d) => Some(d),
             None => self.last(host, repo, tag)?,
         };
         if previous.as_ref() != Some(digest) {
             write_atomic(&self.tmp, &self.path(host, repo, tag), digest.to_string().as_bytes())?;
         }
-        if let Ok(mut m) = self.recent.lock() {
-            m.insert(key, digest.clone());
-        }
+        self.recent.insert(key, digest.clone());
         Ok(previous.filter(|p| p != digest))
     }
 
     /// The digest the tag last resolved to, if ever seen.
     pub fn last(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StoreError> {
         let key = (host.clone(), repo.clone(), tag.clone());
-        if let Some(d) = self.recent.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        if let Some(d) = self.recent.get(&key) {
             return Ok(Some(d));
         }
         let path = self.path(host, repo, tag);
@@ -71,6 +81,44 @@ impl TagStore {
             Ok(s) => Ok(s.trim().parse().ok()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("read", &path)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> (RegistryHost, RepoName, Tag) {
+        (
+            "registry.test".parse().expect("host"),
+            "app".parse().expect("repo"),
+            format!("t{i}").parse().expect("tag"),
+        )
+    }
+
+    /// Memory is bounded whatever the number of tags; evicted observations
+    /// are still read back from disk.
+    #[test]
+    fn memory_is_bounded_and_the_disk_remembers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("tmp");
+        let store = TagStore::new(dir.path().join("tags"), tmp, 10);
+        let digest = |i: usize| Digest::of(crate::oci::Algorithm::Sha256, format!("{i}").as_bytes());
+        for i in 0..500 {
+            let (h, r, t) = key(i);
+            store.record(&h, &r, &t, &digest(i)).expect("record");
+        }
+        store.recent.run_pending_tasks();
+        assert!(
+            store.recent.entry_count() <= 10,
+            "{} in memory",
+            store.recent.entry_count()
+        );
+        for i in [0, 250, 499] {
+            let (h, r, t) = key(i);
+            assert_eq!(store.last(&h, &r, &t).expect("read"), Some(digest(i)));
         }
     }
 }

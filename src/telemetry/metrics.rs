@@ -18,6 +18,27 @@ pub struct Metrics {
     cache_stale: AtomicU64,
     integrity_failures: AtomicU64,
     bytes_served: AtomicU64,
+    connections_refused_global: AtomicU64,
+    connections_refused_per_client: AtomicU64,
+    cold_downloads_refused: AtomicU64,
+}
+
+/// Which cap refused a client connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    /// `server.maxConnections` connections are open.
+    Global,
+    /// This client address holds `server.maxConnectionsPerClient` already.
+    PerClient,
+}
+
+impl ConnectionRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionRefusal::Global => "global",
+            ConnectionRefusal::PerClient => "per-client",
+        }
+    }
 }
 
 /// An admission outcome.
@@ -56,6 +77,22 @@ impl Metrics {
 
     pub fn bytes_served(&self, n: u64) {
         self.bytes_served.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn connection_refused(&self, cap: ConnectionRefusal) {
+        self.refusals(cap).fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn refusals(&self, cap: ConnectionRefusal) -> &AtomicU64 {
+        match cap {
+            ConnectionRefusal::Global => &self.connections_refused_global,
+            ConnectionRefusal::PerClient => &self.connections_refused_per_client,
+        }
+    }
+
+    /// A blob request refused because every download slot stayed busy.
+    pub fn cold_download_refused(&self) {
+        self.cold_downloads_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -108,6 +145,29 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE portcullis_bytes_served_total counter");
         let _ = writeln!(out, "portcullis_bytes_served_total {}", get(&self.bytes_served));
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_connections_refused_total Client connections closed at once by a connection cap."
+        );
+        let _ = writeln!(out, "# TYPE portcullis_connections_refused_total counter");
+        for cap in [ConnectionRefusal::Global, ConnectionRefusal::PerClient] {
+            let _ = writeln!(
+                out,
+                "portcullis_connections_refused_total{{cap=\"{}\"}} {}",
+                cap.as_str(),
+                get(self.refusals(cap))
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_cold_downloads_refused_total Blob requests answered 429 because every upstream download slot stayed busy."
+        );
+        let _ = writeln!(out, "# TYPE portcullis_cold_downloads_refused_total counter");
+        let _ = writeln!(
+            out,
+            "portcullis_cold_downloads_refused_total {}",
+            get(&self.cold_downloads_refused)
+        );
         out
     }
 }

@@ -27,10 +27,19 @@ async fn blob_ranges_cold_and_cached() {
         (format!("bytes={size}-"), Err(())),
         (format!("bytes={}-{}", size, size + 10), Err(())),
         ("bytes=-0".into(), Err(())),
+        // At the edges of u64 (RFC 9110: a last-byte-pos past the end is the
+        // end; a first-byte-pos past it is unsatisfiable). No overflow.
+        ("bytes=0-18446744073709551615".into(), Ok(Some((0, size)))),
+        ("bytes=18446744073709551615-".into(), Err(())),
+        ("bytes=18446744073709551615-18446744073709551615".into(), Err(())),
+        ("bytes=-18446744073709551615".into(), Ok(Some((0, size)))),
+        ("bytes=1-99999999999999999999999".into(), Ok(Some((1, size)))),
+        ("bytes=99999999999999999999999-".into(), Err(())),
         // Not a single satisfiable byte range: ignored, 200 with everything.
         ("bytes=0-1,3-4".into(), Ok(None)),
         ("bytes=9-0".into(), Ok(None)),
         ("items=0-1".into(), Ok(None)),
+        ("bytes=+1-2".into(), Ok(None)),
     ];
     for (range, expect) in &cases {
         // A new proxy per case: the first request meets a cold blob.
