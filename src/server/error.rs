@@ -134,7 +134,7 @@ impl From<proxy::Error> for ApiError {
     fn from(e: proxy::Error) -> ApiError {
         let message = e.to_string();
         match e {
-            proxy::Error::Upstream(u) => from_upstream(u, message),
+            proxy::Error::Upstream(u) => from_upstream(u),
             proxy::Error::Integrity { .. } => {
                 let mut a = ApiError::new(
                     StatusCode::BAD_GATEWAY,
@@ -155,8 +155,13 @@ impl From<proxy::Error> for ApiError {
     }
 }
 
-fn from_upstream(e: upstream::Error, message: String) -> ApiError {
+/// An upstream failure as the client sees it: the status and OCI code of its
+/// kind and the message of its [`upstream::FailureClass`], never the
+/// connection error, address or redirect target (no port-scan oracle). The
+/// detail was logged where the failure happened, in `upstream`.
+fn from_upstream(e: upstream::Error) -> ApiError {
     use upstream::Error as U;
+    let message = e.class().to_string();
     match e {
         U::NotFound { what, .. } => {
             let code = match what {
@@ -178,9 +183,13 @@ fn from_upstream(e: upstream::Error, message: String) -> ApiError {
             a
         }
         U::Timeout { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", message),
-        U::Connect { .. } | U::Status { .. } | U::Protocol { .. } | U::Body { .. } | U::TooLarge { .. } => {
-            ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message)
-        }
+        U::Connect { .. }
+        | U::Tls { .. }
+        | U::RefusedDestination { .. }
+        | U::Status { .. }
+        | U::Protocol { .. }
+        | U::Body { .. }
+        | U::TooLarge { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message),
         U::Setup { .. } => ApiError::internal(message),
     }
 }
