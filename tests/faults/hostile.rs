@@ -179,3 +179,20 @@ async fn unreachable_upstream_error_names_only_the_class() {
         }
     }
 }
+
+/// An upstream configured as HTTPS that does not speak TLS: the client is
+/// told "upstream TLS failure", not the TLS library's alert text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_failure_is_named_by_its_class() {
+    let fake = FakeRegistry::start().await;
+    let host = fake.host();
+    let yaml = format!(
+        "defaultUpstream: {host}\nupstreams:\n  - host: {host}\n    url: https://{host}\nupstreamDefaults:\n{FAST}"
+    );
+    let proxy = TestProxy::start(&yaml).await;
+
+    let resp = client::get(&manifest_url(&proxy, "v1")).await;
+    assert_error(&resp, StatusCode::BAD_GATEWAY, "UNAVAILABLE");
+    assert_eq!(resp.json()["errors"][0]["message"], "upstream TLS failure", "{resp:?}");
+    assert_eq!(fake.total_requests(), 0, "no request got through without TLS");
+}
