@@ -162,6 +162,19 @@ impl Auth {
         fetched.map(|t| t.header).map_err(|e| (*e).clone())
     }
 
+    /// Ask `realm` for a token: checked URL, credentials only if allowed.
+    async fn fetch_token(
+        &self,
+        reg: &Registry,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<CachedToken, Error> {
+        let realm_uri = checked_realm(reg, realm)?;
+        let authorization = self.realm_authorization(reg, &realm_uri)?;
+        request_token(reg, realm, service, scope, authorization).await
+    }
+
     /// The `Authorization` for the token request to `realm`: Basic when the
     /// realm may receive the credentials, none for an anonymous upstream, and
     /// a refusal when the upstream has credentials the realm may not have.
@@ -213,20 +226,6 @@ struct TokenResponse {
     token: Option<String>,
     access_token: Option<String>,
     expires_in: Option<u64>,
-}
-
-impl Auth {
-    async fn fetch_token(
-        &self,
-        reg: &Registry,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-    ) -> Result<CachedToken, Error> {
-        let realm_uri = checked_realm(reg, realm)?;
-        let authorization = self.realm_authorization(reg, &realm_uri)?;
-        request_token(reg, realm, service, scope, authorization).await
-    }
 }
 
 /// The realm as a URL the proxy may ask: absolute, http(s), and HTTPS when
