@@ -97,7 +97,10 @@ impl Registry {
     ) -> Result<Response<Incoming>, Error> {
         let mut attempt = 1;
         loop {
-            let result = self.request_once(&method, path_and_query, scope, &headers).await;
+            // Boxed: the authentication and token flow make this future
+            // several KiB, and every caller up to the server handler would
+            // otherwise carry it inline (debug builds ran out of stack).
+            let result = Box::pin(self.request_once(&method, path_and_query, scope, &headers)).await;
             let retry = match &result {
                 Ok(resp) => is_retryable_status(resp.status()),
                 Err(e) => e.is_retryable(),
