@@ -196,3 +196,41 @@ async fn tls_failure_is_named_by_its_class() {
     assert_eq!(resp.json()["errors"][0]["message"], "upstream TLS failure", "{resp:?}");
     assert_eq!(fake.total_requests(), 0, "no request got through without TLS");
 }
+
+/// Names are checked on the addresses they resolve to: with the upstream
+/// configured by name (`localhost`, so its own address class is unknown),
+/// redirects to other spellings of a loopback address that only the resolver
+/// understands (`127.1`, `2130706433`) are refused before connecting. The
+/// control: the named weakening switch lets the same redirect through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolved_addresses_are_checked_for_names_too() {
+    let origin = FakeRegistry::start().await;
+    let cdn = FakeRegistry::start().await;
+    let image = oci_image(&[5000], 95);
+    let layer = &image.layers[0];
+    origin.put_image(REPO, "v1", &image);
+    cdn.put_blob(REPO, layer);
+    let port = |fake: &FakeRegistry| fake.host().rsplit_once(':').map(|(_, p)| p.to_owned()).expect("port");
+    let (origin_port, cdn_port) = (port(&origin), port(&cdn));
+    let config = |extra: &str| {
+        format!(
+            "defaultUpstream: localhost:{origin_port}\nupstreams:\n  - host: localhost:{origin_port}\n    url: http://localhost:{origin_port}\n    insecurePlainHttp: true\n{extra}upstreamDefaults:\n{FAST}"
+        )
+    };
+    let strict = TestProxy::start(&config("")).await;
+    let switched = TestProxy::start(&config("    insecureAllowPrivateAddresses: true\n")).await;
+
+    for target in [
+        format!("http://127.1:{cdn_port}"),
+        format!("http://2130706433:{cdn_port}"),
+    ] {
+        origin.clear_faults();
+        origin.set_fault(&layer.digest, Fault::RedirectTo(target.clone()));
+        let resp = client::get(&blob_url(&strict, &layer.digest)).await;
+        assert_refused_destination(&resp);
+        assert_eq!(cdn.total_requests(), 0, "{target}: never connected");
+        assert_blob_not_stored(&strict, &layer.digest).await;
+    }
+    assert_good_blob(&switched, layer).await;
+    assert_eq!(cdn.blob_gets(REPO, &layer.digest), 1, "the switch allows the redirect");
+}
