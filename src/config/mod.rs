@@ -63,6 +63,11 @@ pub struct Upstream {
     pub url: UpstreamUrl,
     pub credentials: Option<Credentials>,
     pub ca_file: Option<PathBuf>,
+    /// Extra token realm hosts that may receive the credentials (besides the
+    /// upstream's own host and the built-in registries' token hosts).
+    pub token_realms: Vec<RegistryHost>,
+    /// Weakening switch: redirects and realms may point at private addresses.
+    pub insecure_allow_private_addresses: bool,
 }
 
 impl Upstream {
@@ -261,6 +266,8 @@ impl Config {
                 url: u.url,
                 credentials,
                 ca_file: u.ca_file.map(|p| resolve_path(origin, p)),
+                token_realms: u.token_realms,
+                insecure_allow_private_addresses: u.insecure_allow_private_addresses,
             });
             for (j, alias) in u.aliases.into_iter().enumerate() {
                 let alias_at = format!("{at}.aliases[{j}]");
@@ -315,6 +322,8 @@ impl Config {
                         url: url.clone(),
                         credentials: None,
                         ca_file: None,
+                        token_realms: Vec::new(),
+                        insecure_allow_private_addresses: false,
                     });
                     upstreams.push(u.clone());
                     u
@@ -434,6 +443,13 @@ impl Config {
                 None => {
                     let _ = write!(out, ", anonymous");
                 }
+            }
+            if !u.token_realms.is_empty() {
+                let realms: Vec<&str> = u.token_realms.iter().map(RegistryHost::as_str).collect();
+                let _ = write!(out, ", also token realms: {}", realms.join(", "));
+            }
+            if u.insecure_allow_private_addresses {
+                let _ = write!(out, " (INSECURE: redirects and realms may point at private addresses)");
             }
             let _ = writeln!(out);
             let example = if u.is_docker_hub() { "library/alpine" } else { "org/app" };
@@ -647,5 +663,34 @@ mod tests {
         let text = c.describe();
         assert!(text.contains("bob") && !text.contains("hunter2"), "{text}");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn token_realms_and_the_private_address_switch() {
+        let c = Config::from_yaml(
+            "upstreams:\n  - host: registry.gitlab.com\n    url: https://registry.gitlab.com\n    tokenRealms: [gitlab.com]\n    insecureAllowPrivateAddresses: true\n",
+            "t.yaml",
+            &Overrides::default(),
+        )
+        .expect("config");
+        let u = &c.upstreams[0];
+        assert_eq!(
+            u.token_realms.iter().map(RegistryHost::as_str).collect::<Vec<_>>(),
+            ["gitlab.com"]
+        );
+        assert!(u.insecure_allow_private_addresses);
+        let text = c.describe();
+        assert!(
+            text.contains("token realms: gitlab.com") && text.contains("INSECURE"),
+            "{text}"
+        );
+        let err = Config::from_yaml(
+            "upstreams:\n  - host: a.io\n    url: https://a.io\n    tokenRealms: [\"https://a b\"]\n",
+            "t.yaml",
+            &Overrides::default(),
+        )
+        .expect_err("a realm entry is host[:port]");
+        let msg = err.to_string();
+        assert!(msg.contains("tokenRealms") && msg.contains("line 4"), "{msg}");
     }
 }

@@ -80,6 +80,15 @@ pub struct RawUpstream {
     pub credentials: Option<RawCredentials>,
     /// Extra PEM CA certificates trusted for this upstream only.
     pub ca_file: Option<PathBuf>,
+    /// Hosts (`host[:port]`) besides the upstream's own whose token realms may
+    /// receive its credentials (e.g. `gitlab.com` for `registry.gitlab.com`).
+    #[serde(default)]
+    pub token_realms: Vec<RegistryHost>,
+    /// Weakening switch: redirects and token realms may point at loopback,
+    /// private, link-local, CGNAT or unspecified addresses (never at cloud
+    /// metadata). Off by default.
+    #[serde(default)]
+    pub insecure_allow_private_addresses: bool,
 }
 
 /// Credentials for one upstream. Secrets are named by file or environment

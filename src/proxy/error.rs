@@ -8,9 +8,12 @@ use crate::store::StoreError;
 use crate::upstream;
 use crate::verify::IntegrityError;
 
+/// `Display` is what clients may read (error bodies, denial reasons, the
+/// `Warning` header): an upstream failure shows only its class; the detail
+/// stays in `source()` and in the upstream module's log line.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    #[error(transparent)]
+    #[error("{}", .0.class())]
     Upstream(#[from] upstream::Error),
     #[error("upstream content for {digest} failed verification: {source}")]
     Integrity { digest: Digest, source: IntegrityError },

@@ -149,7 +149,7 @@ impl From<proxy::Error> for ApiError {
     fn from(e: proxy::Error) -> ApiError {
         let message = e.to_string();
         match e {
-            proxy::Error::Upstream(u) => from_upstream(u, message),
+            proxy::Error::Upstream(u) => from_upstream(u),
             proxy::Error::Integrity { .. } => {
                 let mut a = ApiError::new(
                     StatusCode::BAD_GATEWAY,
@@ -187,8 +187,13 @@ impl From<proxy::Error> for ApiError {
     }
 }
 
-fn from_upstream(e: upstream::Error, message: String) -> ApiError {
+/// An upstream failure as the client sees it: the status and OCI code of its
+/// kind and the message of its [`upstream::FailureClass`], never the
+/// connection error, address or redirect target (no port-scan oracle). The
+/// detail was logged where the failure happened, in `upstream`.
+fn from_upstream(e: upstream::Error) -> ApiError {
     use upstream::Error as U;
+    let message = e.class().to_string();
     match e {
         U::NotFound { what, .. } => {
             let code = match what {
@@ -210,9 +215,149 @@ fn from_upstream(e: upstream::Error, message: String) -> ApiError {
             a
         }
         U::Timeout { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", message),
-        U::Connect { .. } | U::Status { .. } | U::Protocol { .. } | U::Body { .. } | U::TooLarge { .. } => {
-            ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message)
-        }
+        U::Connect { .. }
+        | U::Tls { .. }
+        | U::RefusedDestination { .. }
+        | U::Status { .. }
+        | U::Protocol { .. }
+        | U::Body { .. }
+        | U::TooLarge { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message),
         U::Setup { .. } => ApiError::internal(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every upstream failure reaches clients as its class only: never the
+    /// host, address, port or the connection error text.
+    #[test]
+    fn upstream_failures_render_without_detail() {
+        let host = "10.0.0.5:22".to_owned();
+        let message = "tcp connect error: Connection refused (os error 111)".to_owned();
+        let failures = [
+            upstream::Error::Setup {
+                host: host.clone(),
+                message: message.clone(),
+            },
+            upstream::Error::Connect {
+                host: host.clone(),
+                message: message.clone(),
+            },
+            upstream::Error::Tls {
+                host: host.clone(),
+                message: message.clone(),
+            },
+            upstream::Error::RefusedDestination {
+                host: host.clone(),
+                message: message.clone(),
+            },
+            upstream::Error::Timeout {
+                host: host.clone(),
+                phase: "connect",
+                seconds: 10,
+            },
+            upstream::Error::Status {
+                host: host.clone(),
+                status: StatusCode::BAD_GATEWAY,
+            },
+            upstream::Error::NotFound {
+                host: host.clone(),
+                what: "manifest",
+            },
+            upstream::Error::TooManyRequests {
+                host: host.clone(),
+                retry_after: None,
+            },
+            upstream::Error::Unauthorized {
+                host: host.clone(),
+                message: message.clone(),
+            },
+            upstream::Error::Forbidden { host: host.clone() },
+            upstream::Error::Protocol {
+                host: host.clone(),
+                message: message.clone(),
+            },
+            upstream::Error::Body {
+                host: host.clone(),
+                message: message.clone(),
+            },
+            upstream::Error::TooLarge {
+                host: host.clone(),
+                limit: 4096,
+            },
+        ];
+        for failure in failures {
+            let class = failure.class().to_string();
+            let api = ApiError::from(proxy::Error::from(failure));
+            assert_eq!(api.message(), class);
+            let body = String::from_utf8(api.body()).expect("utf-8");
+            for leak in ["10.0.0.5", ":22", "os error", "refused (", "tcp"] {
+                assert!(!body.contains(leak), "`{leak}` in {body}");
+            }
+        }
+    }
+
+    #[test]
+    fn statuses_and_codes_are_kept() {
+        let render = |e: upstream::Error| {
+            let a = ApiError::from(proxy::Error::from(e));
+            (a.status(), a.code(), a.message().to_owned())
+        };
+        let host = String::from("h");
+        assert_eq!(
+            render(upstream::Error::Connect {
+                host: host.clone(),
+                message: String::new()
+            }),
+            (
+                StatusCode::BAD_GATEWAY,
+                "UNAVAILABLE",
+                "upstream unreachable".to_owned()
+            )
+        );
+        assert_eq!(
+            render(upstream::Error::Timeout {
+                host: host.clone(),
+                phase: "response headers",
+                seconds: 20
+            }),
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                "UNAVAILABLE",
+                "upstream timed out".to_owned()
+            )
+        );
+        assert_eq!(
+            render(upstream::Error::Unauthorized {
+                host: host.clone(),
+                message: String::new()
+            }),
+            (
+                StatusCode::FORBIDDEN,
+                "DENIED",
+                "upstream refused the credentials".to_owned()
+            )
+        );
+        assert_eq!(
+            render(upstream::Error::Status {
+                host: host.clone(),
+                status: StatusCode::SERVICE_UNAVAILABLE
+            }),
+            (
+                StatusCode::BAD_GATEWAY,
+                "UNAVAILABLE",
+                "upstream answered 503 Service Unavailable".to_owned()
+            )
+        );
+        assert_eq!(
+            render(upstream::Error::NotFound { host, what: "blob" }),
+            (
+                StatusCode::NOT_FOUND,
+                "BLOB_UNKNOWN",
+                "upstream has no such blob".to_owned()
+            )
+        );
     }
 }

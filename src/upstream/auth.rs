@@ -1,6 +1,15 @@
 //! Upstream authentication: the `WWW-Authenticate` challenge, the anonymous
 //! or credentialed bearer-token flow (distribution `token.md`), Basic, and a
-//! token cache keyed by scope that expires tokens before the registry does.
+//! token cache keyed by (realm, service, scope) that expires tokens before
+//! the registry does.
+//!
+//! Credentials go only to realms on the upstream's [`RealmAllowList`]. A
+//! challenge naming another realm is refused when the upstream has
+//! credentials (the operator expects them to be used, and a silent anonymous
+//! fallback would hide a misconfiguration or an attack behind confusing
+//! 401s; the log names `tokenRealms`), and answered anonymously when it has
+//! none (there is nothing to leak, as with a redirect to a CDN). Either way
+//! the connector refuses realms at private or metadata addresses.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -9,8 +18,9 @@ use base64::Engine as _;
 use http::header::ACCEPT;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
+use super::realms::RealmAllowList;
 use super::{Error, Registry, client};
-use crate::config::{Credentials, Secret};
+use crate::config::{Credentials, Secret, Upstream};
 
 /// Registries default to 60 s when `expires_in` is absent, and never less.
 const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
@@ -29,10 +39,30 @@ struct CachedToken {
     lifetime: Duration,
 }
 
+/// What a token was issued for. A token is only ever reused for the same
+/// realm, service and scope: a challenge naming another realm or service
+/// never receives a token another one issued.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TokenKey {
+    realm: String,
+    service: Option<String>,
+    scope: String,
+}
+
+impl TokenKey {
+    fn new(realm: &str, service: Option<&str>, scope: &str) -> TokenKey {
+        TokenKey {
+            realm: realm.to_owned(),
+            service: service.map(str::to_owned),
+            scope: scope.to_owned(),
+        }
+    }
+}
+
 struct TokenExpiry;
 
-impl moka::Expiry<String, CachedToken> for TokenExpiry {
-    fn expire_after_create(&self, _key: &String, value: &CachedToken, _now: Instant) -> Option<Duration> {
+impl moka::Expiry<TokenKey, CachedToken> for TokenExpiry {
+    fn expire_after_create(&self, _key: &TokenKey, value: &CachedToken, _now: Instant) -> Option<Duration> {
         Some(value.lifetime)
     }
 }
@@ -40,16 +70,18 @@ impl moka::Expiry<String, CachedToken> for TokenExpiry {
 /// Per-upstream authentication state.
 pub(super) struct Auth {
     credentials: Option<Credentials>,
+    realms: RealmAllowList,
     /// The scheme the upstream asked for last, so later requests can
     /// authenticate up front instead of collecting a 401 first.
     challenge: Mutex<Option<Challenge>>,
-    tokens: moka::future::Cache<String, CachedToken>,
+    tokens: moka::future::Cache<TokenKey, CachedToken>,
 }
 
 impl Auth {
-    pub(super) fn new(credentials: Option<Credentials>) -> Auth {
+    pub(super) fn new(upstream: &Upstream) -> Auth {
         Auth {
-            credentials,
+            credentials: upstream.credentials.clone(),
+            realms: RealmAllowList::for_upstream(upstream),
             challenge: Mutex::new(None),
             tokens: moka::future::Cache::builder()
                 .max_capacity(10_000)
@@ -69,12 +101,7 @@ impl Auth {
         }
         match self.known_challenge() {
             Some(Challenge::Basic) => self.basic_header(reg).map(Some),
-            Some(c @ Challenge::Bearer { .. }) => {
-                if let Some(t) = self.tokens.get(scope).await {
-                    return Ok(Some(t.header));
-                }
-                self.token(reg, &c, scope, None).await.map(Some)
-            }
+            Some(c @ Challenge::Bearer { .. }) => self.token(reg, &c, scope).await.map(Some),
             None => Ok(None),
         }
     }
@@ -91,17 +118,23 @@ impl Auth {
             host: reg.host().to_string(),
             message: format!("unsupported WWW-Authenticate challenge `{value}`"),
         })?;
-        if let Ok(mut c) = self.challenge.lock() {
-            *c = Some(challenge.clone());
-        }
-        match challenge {
-            Challenge::Basic => self.basic_header(reg),
-            bearer @ Challenge::Bearer { .. } => {
+        let header = match &challenge {
+            Challenge::Basic => self.basic_header(reg)?,
+            Challenge::Bearer { realm, service } => {
+                let scope = challenge_scope.as_deref().unwrap_or(scope);
                 // A rejected cached token must not be reused.
-                self.tokens.invalidate(scope).await;
-                self.token(reg, &bearer, scope, challenge_scope.as_deref()).await
+                self.tokens
+                    .invalidate(&TokenKey::new(realm, service.as_deref(), scope))
+                    .await;
+                self.token(reg, &challenge, scope).await?
             }
+        };
+        // Remembered only once answered: a refused challenge must not make
+        // every later request fail before it reaches the upstream.
+        if let Ok(mut c) = self.challenge.lock() {
+            *c = Some(challenge);
         }
+        Ok(header)
     }
 
     fn basic_header(&self, reg: &Registry) -> Result<HeaderValue, Error> {
@@ -114,28 +147,57 @@ impl Auth {
         }
     }
 
-    /// A bearer token for `scope`, from the cache or the token endpoint;
-    /// concurrent requests for one scope share one token fetch.
-    async fn token(
-        &self,
-        reg: &Registry,
-        challenge: &Challenge,
-        scope: &str,
-        challenge_scope: Option<&str>,
-    ) -> Result<HeaderValue, Error> {
+    /// A bearer token for `scope` from `challenge`'s realm, from the cache
+    /// or the token endpoint; concurrent requests for one key share one
+    /// token fetch.
+    async fn token(&self, reg: &Registry, challenge: &Challenge, scope: &str) -> Result<HeaderValue, Error> {
+        let Challenge::Bearer { realm, service } = challenge else {
+            return self.basic_header(reg);
+        };
+        let key = TokenKey::new(realm, service.as_deref(), scope);
         let fetched = self
             .tokens
-            .try_get_with(
-                scope.to_owned(),
-                fetch_token(
-                    reg,
-                    challenge,
-                    challenge_scope.unwrap_or(scope),
-                    self.credentials.as_ref(),
-                ),
-            )
+            .try_get_with(key, self.fetch_token(reg, realm, service.as_deref(), scope))
             .await;
         fetched.map(|t| t.header).map_err(|e| (*e).clone())
+    }
+
+    /// Ask `realm` for a token: checked URL, credentials only if allowed.
+    async fn fetch_token(
+        &self,
+        reg: &Registry,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<CachedToken, Error> {
+        let realm_uri = checked_realm(reg, realm)?;
+        let authorization = self.realm_authorization(reg, &realm_uri)?;
+        request_token(reg, realm, service, scope, authorization).await
+    }
+
+    /// The `Authorization` for the token request to `realm`: Basic when the
+    /// realm may receive the credentials, none for an anonymous upstream, and
+    /// a refusal when the upstream has credentials the realm may not have.
+    fn realm_authorization(&self, reg: &Registry, realm: &Uri) -> Result<Option<HeaderValue>, Error> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(None);
+        };
+        if !self.realms.permits(realm) {
+            return Err(Error::RefusedDestination {
+                host: reg.host().to_string(),
+                message: format!(
+                    "token realm `{}` may not receive this upstream's credentials (allowed: {}); \
+                     add its host to `tokenRealms` if it is the registry's token service",
+                    realm.authority().map_or("", |a| a.as_str()),
+                    self.realms.describe()
+                ),
+            });
+        }
+        match credentials {
+            Credentials::Basic { username, password } => basic(username, password).map(Some),
+            // A static token is for the registry, not for a token service.
+            Credentials::Bearer(_) => Ok(None),
+        }
     }
 }
 
@@ -166,29 +228,41 @@ struct TokenResponse {
     expires_in: Option<u64>,
 }
 
-async fn fetch_token(
+/// The realm as a URL the proxy may ask: absolute, http(s), and HTTPS when
+/// the upstream is HTTPS (no downgrade of the token exchange).
+fn checked_realm(reg: &Registry, realm: &str) -> Result<Uri, Error> {
+    let refused = |message: String| Error::RefusedDestination {
+        host: reg.host().to_string(),
+        message,
+    };
+    let realm_uri: Uri = realm
+        .parse()
+        .map_err(|_| refused(format!("token realm `{realm}` is not a URL")))?;
+    let scheme_ok = match realm_uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => !reg.upstream().url.https,
+        _ => false,
+    };
+    if !scheme_ok || realm_uri.host().is_none() {
+        return Err(refused(format!(
+            "token realm `{realm}` must be an http(s) URL, and HTTPS for an HTTPS upstream"
+        )));
+    }
+    Ok(realm_uri)
+}
+
+async fn request_token(
     reg: &Registry,
-    challenge: &Challenge,
+    realm: &str,
+    service: Option<&str>,
     scope: &str,
-    credentials: Option<&Credentials>,
+    authorization: Option<HeaderValue>,
 ) -> Result<CachedToken, Error> {
     let host = reg.host().to_string();
     let unauthorized = |message: String| Error::Unauthorized {
         host: host.clone(),
         message,
     };
-    let Challenge::Bearer { realm, service } = challenge else {
-        return Err(unauthorized("not a bearer challenge".into()));
-    };
-    let realm_uri: Uri = realm
-        .parse()
-        .map_err(|_| unauthorized(format!("token realm `{realm}` is not a URL")))?;
-    let realm_https = realm_uri.scheme_str() == Some("https");
-    if !realm_https && (realm_uri.scheme_str() != Some("http") || reg.upstream().url.https) {
-        return Err(unauthorized(format!(
-            "token realm `{realm}` must be HTTPS for an HTTPS upstream"
-        )));
-    }
     let query = {
         let mut q = form_urlencoded::Serializer::new(String::new());
         if let Some(service) = service {
@@ -203,10 +277,6 @@ async fn fetch_token(
     let url: Uri = format!("{realm}{sep}{query}")
         .parse()
         .map_err(|_| unauthorized(format!("cannot build a token URL from realm `{realm}`")))?;
-    let authorization = match credentials {
-        Some(Credentials::Basic { username, password }) => Some(basic(username, password)?),
-        _ => None,
-    };
     let mut headers = HeaderMap::new();
     headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
     let mut policy = reg.policy;
@@ -340,5 +410,100 @@ mod tests {
         );
         assert_eq!(parse_challenge("Negotiate abc"), None);
         assert_eq!(parse_challenge("Bearer service=x"), None);
+    }
+
+    fn registry(entry: &str) -> Registry {
+        let yaml = format!("upstreams:\n{entry}");
+        let config = crate::config::Config::from_yaml(&yaml, "t.yaml", &Default::default()).expect("config");
+        Registry::new(config.upstreams[0].clone(), config.upstream_policy).expect("registry")
+    }
+
+    fn realm_authorization(reg: &Registry, realm: &str) -> Result<Option<HeaderValue>, Error> {
+        let uri = checked_realm(reg, realm)?;
+        reg.auth.realm_authorization(reg, &uri)
+    }
+
+    const HUB_WITH_CREDENTIALS: &str = "  - host: docker.io\n    url: https://registry-1.docker.io\n    credentials: { username: bob, password: hunter2 }\n";
+
+    #[test]
+    fn credentials_go_only_to_allowed_realms() {
+        let hub = registry(HUB_WITH_CREDENTIALS);
+        let sent = realm_authorization(&hub, "https://auth.docker.io/token").expect("allowed realm");
+        assert_eq!(sent, Some(basic("bob", &Secret::new("hunter2")).expect("header")));
+        for foreign in [
+            "https://evil.example/token",
+            "https://auth.docker.io.evil.example/token",
+        ] {
+            let refused = realm_authorization(&hub, foreign).expect_err(foreign);
+            assert!(matches!(refused, Error::RefusedDestination { .. }), "{refused:?}");
+            let detail = refused.to_string();
+            assert!(
+                detail.contains("tokenRealms") && !detail.contains("hunter2"),
+                "{detail}"
+            );
+        }
+    }
+
+    #[test]
+    fn anonymous_upstreams_ask_any_realm_without_credentials() {
+        let ghcr = registry("  - host: ghcr.io\n    url: https://ghcr.io\n");
+        assert_eq!(
+            realm_authorization(&ghcr, "https://elsewhere.example/token").ok(),
+            Some(None)
+        );
+    }
+
+    #[test]
+    fn realms_must_be_http_urls_and_https_for_https_upstreams() {
+        let hub = registry(HUB_WITH_CREDENTIALS);
+        for bad in [
+            "http://auth.docker.io/token",
+            "ftp://auth.docker.io/token",
+            "file:///etc/passwd",
+            "/token",
+            "not a url",
+        ] {
+            let err = realm_authorization(&hub, bad).expect_err(bad);
+            assert!(matches!(err, Error::RefusedDestination { .. }), "{bad}: {err:?}");
+        }
+        let plain = registry("  - host: 127.0.0.1:5001\n    url: http://127.0.0.1:5001\n    insecurePlainHttp: true\n");
+        assert!(realm_authorization(&plain, "http://127.0.0.1:5001/token").is_ok());
+    }
+
+    /// The cache serves a token only for the realm, service and scope it was
+    /// issued for; anything else goes to its own realm (here a closed
+    /// loopback port, so asking fails instead of reusing the token).
+    #[tokio::test]
+    async fn a_token_is_never_reused_for_another_realm_service_or_scope() {
+        let reg = registry("  - host: 127.0.0.1:1\n    url: http://127.0.0.1:1\n    insecurePlainHttp: true\n");
+        let (realm, service, scope) = ("http://127.0.0.1:1/a", Some("svc"), "repository:x:pull");
+        let issued = HeaderValue::from_static("Bearer issued-by-a");
+        let cached = CachedToken {
+            header: issued.clone(),
+            lifetime: Duration::from_secs(60),
+        };
+        reg.auth
+            .tokens
+            .insert(TokenKey::new(realm, service, scope), cached)
+            .await;
+        let challenge = |realm: &str, service: Option<&str>| Challenge::Bearer {
+            realm: realm.to_owned(),
+            service: service.map(str::to_owned),
+        };
+
+        let same = reg.auth.token(&reg, &challenge(realm, service), scope).await;
+        assert_eq!(same.ok(), Some(issued.clone()));
+        for (realm, service, scope) in [
+            ("http://127.0.0.1:1/b", service, scope),
+            (realm, Some("other"), scope),
+            (realm, None, scope),
+            (realm, service, "repository:y:pull"),
+        ] {
+            let other = reg.auth.token(&reg, &challenge(realm, service), scope).await;
+            assert!(
+                matches!(other, Err(Error::Connect { .. })),
+                "{realm} {service:?} {scope}: {other:?}"
+            );
+        }
     }
 }

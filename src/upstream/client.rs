@@ -1,6 +1,9 @@
 //! The HTTP client for one upstream: rustls with webpki and native roots
 //! (plus an optional per-upstream CA), header timeouts, and redirects that
 //! the proxy follows itself, dropping `Authorization` on cross-host hops.
+//! Every connection goes through the upstream's
+//! [`GuardedConnector`](super::destination::GuardedConnector), so redirects
+//! and token realms cannot reach private or metadata addresses.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -12,16 +15,16 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use super::Error;
+use super::destination::{DestinationGuard, DestinationRefused, GuardedConnector};
 use crate::config::{Upstream, UpstreamPolicy};
 
-pub(super) type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+pub(super) type HttpClient = Client<HttpsConnector<GuardedConnector>, Empty<Bytes>>;
 
 /// HTTP/1 read buffer for upstream responses.
 const READ_BUFFER: usize = 256 * 1024;
@@ -64,10 +67,11 @@ pub(super) fn build(upstream: &Upstream, policy: &UpstreamPolicy) -> Result<Http
         .map_err(|e| setup(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(policy.connect_timeout));
-    http.set_nodelay(true);
+    let http = GuardedConnector::new(DestinationGuard::for_upstream(upstream), |http| {
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(policy.connect_timeout));
+        http.set_nodelay(true);
+    });
     let https = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -84,7 +88,8 @@ pub(super) fn build(upstream: &Upstream, policy: &UpstreamPolicy) -> Result<Http
 
 /// Send one request and follow redirects. `authorization` goes only to the
 /// original authority; a redirect to another host (a blob CDN with a signed
-/// URL) never sees it. HTTPS → HTTP downgrades are refused.
+/// URL) never sees it. Redirects to schemes other than http(s) and HTTPS →
+/// HTTP downgrades are refused; the connector refuses private addresses.
 pub(super) async fn send(
     http: &HttpClient,
     host: &str,
@@ -115,10 +120,7 @@ pub(super) async fn send(
                 phase: "response headers",
                 seconds: policy.response_header_timeout.as_secs(),
             })?
-            .map_err(|e| Error::Connect {
-                host: host.to_owned(),
-                message: error_chain(&e),
-            })?;
+            .map_err(|e| classify(host, policy, &e))?;
         if !resp.status().is_redirection() || resp.status() == http::StatusCode::NOT_MODIFIED {
             return Ok(resp);
         }
@@ -127,10 +129,13 @@ pub(super) async fn send(
             .get(LOCATION)
             .and_then(|l| l.to_str().ok())
             .ok_or_else(|| protocol(host, format!("{} without a Location", resp.status())))?;
+        if let Some(scheme) = foreign_scheme(location) {
+            return Err(refused(host, format!("redirect to a `{scheme}:` URL")));
+        }
         let next = resolve_location(&url, location)
             .ok_or_else(|| protocol(host, format!("unusable redirect Location `{location}`")))?;
         if url.scheme_str() == Some("https") && next.scheme_str() != Some("https") {
-            return Err(protocol(host, "refusing a redirect from HTTPS to plain HTTP".into()));
+            return Err(refused(host, "a redirect from HTTPS to plain HTTP".into()));
         }
         tracing::debug!(upstream = host, to = %redact_query(&next), "following upstream redirect");
         url = next;
@@ -143,6 +148,65 @@ fn protocol(host: &str, message: String) -> Error {
         host: host.to_owned(),
         message,
     }
+}
+
+fn refused(host: &str, message: String) -> Error {
+    Error::RefusedDestination {
+        host: host.to_owned(),
+        message,
+    }
+}
+
+/// The scheme of an absolute `Location` when it is neither http nor https
+/// (`ftp:`, `file:`, `gopher:`, ...).
+fn foreign_scheme(location: &str) -> Option<&str> {
+    let (scheme, _) = location.split_once(':')?;
+    let is_scheme = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    let web = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+    (is_scheme && !web).then_some(scheme)
+}
+
+/// A failed request as its [`Error`] class: a refused destination, a TLS
+/// failure, a connect timeout, or unreachable. The whole chain stays in the
+/// message for the log.
+fn classify(host: &str, policy: &UpstreamPolicy, e: &hyper_util::client::legacy::Error) -> Error {
+    let host = host.to_owned();
+    let message = error_chain(e);
+    if find_cause::<DestinationRefused>(e).is_some() {
+        Error::RefusedDestination { host, message }
+    } else if find_cause::<rustls::Error>(e).is_some() {
+        Error::Tls { host, message }
+    } else if find_cause::<std::io::Error>(e).is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+        Error::Timeout {
+            host,
+            phase: "connect",
+            seconds: policy.connect_timeout.as_secs(),
+        }
+    } else {
+        Error::Connect { host, message }
+    }
+}
+
+/// The first error of type `T` in `e`'s source chain, looking inside
+/// `io::Error`s too (their `source()` skips the error they wrap; hyper-rustls
+/// reports TLS failures as an `io::Error` wrapping a `rustls::Error`).
+fn find_cause<'a, T: std::error::Error + 'static>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| find_cause::<T>(inner))
+        {
+            return Some(inner);
+        }
+        current = err.source();
+    }
+    None
 }
 
 /// Resolve a `Location` value against the URL that returned it.
@@ -200,6 +264,10 @@ mod tests {
             Some("https://cdn.example/blob?sig=1".into())
         );
         assert_eq!(resolve_location(&base, "relative"), None);
+        assert_eq!(foreign_scheme("ftp://10.0.0.5/x"), Some("ftp"));
+        assert_eq!(foreign_scheme("file:///etc/passwd"), Some("file"));
+        assert_eq!(foreign_scheme("HTTPS://cdn.example/x"), None);
+        assert_eq!(foreign_scheme("/v2/a/blobs/x?a=b:c"), None);
         let cdn: Uri = "https://cdn.example/b?sig=secret".parse().expect("uri");
         assert_eq!(redact_query(&cdn), "https://cdn.example/b");
     }

@@ -51,10 +51,12 @@ impl BlobResponse {
             match frame {
                 None => return Ok(None),
                 Some(Err(e)) => {
-                    return Err(Error::Body {
+                    let e = Error::Body {
                         host: self.host.clone(),
                         message: client::error_chain(&e),
-                    });
+                    };
+                    log_failure(&e, "blob body");
+                    return Err(e);
                 }
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
@@ -95,12 +97,18 @@ impl Registry {
     ) -> Result<Response<Incoming>, Error> {
         let mut attempt = 1;
         loop {
-            let result = self.request_once(&method, path_and_query, scope, &headers).await;
+            // Boxed: the authentication and token flow make this future
+            // several KiB, and every caller up to the server handler would
+            // otherwise carry it inline (debug builds ran out of stack).
+            let result = Box::pin(self.request_once(&method, path_and_query, scope, &headers)).await;
             let retry = match &result {
                 Ok(resp) => is_retryable_status(resp.status()),
                 Err(e) => e.is_retryable(),
             };
             if !retry || attempt >= self.policy.retry_attempts {
+                if let Err(e) = &result {
+                    log_failure(e, path_and_query);
+                }
                 return result;
             }
             let backoff = self.policy.retry_backoff * 2u32.saturating_pow(attempt - 1);
@@ -342,6 +350,15 @@ impl Registry {
     }
 }
 
+/// The one log line with an upstream failure's detail (addresses, OS error
+/// text, redirect hosts): clients only see its class. "Not found" is an
+/// answer, not a failure.
+fn log_failure(e: &Error, during: &str) {
+    if !e.is_not_found() {
+        tracing::warn!(during, class = %e.class(), error = %e, "upstream request failed");
+    }
+}
+
 fn pull_scope(repo: &RepoName) -> String {
     format!("repository:{repo}:pull")
 }
@@ -382,10 +399,12 @@ pub(crate) async fn read_body(host: &str, mut body: Incoming, limit: usize, idle
         match frame {
             None => return Ok(buf.freeze()),
             Some(Err(e)) => {
-                return Err(Error::Body {
+                let e = Error::Body {
                     host: host.to_owned(),
                     message: client::error_chain(&e),
-                });
+                };
+                log_failure(&e, "response body");
+                return Err(e);
             }
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {

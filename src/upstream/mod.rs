@@ -5,13 +5,15 @@
 
 mod auth;
 mod client;
+mod destination;
 mod error;
 mod fetch;
+mod realms;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use error::Error;
+pub use error::{Error, FailureClass};
 pub use fetch::{BlobResponse, ManifestHead, TagsPage};
 
 use crate::config::{Config, Upstream, UpstreamPolicy};
@@ -37,7 +39,7 @@ impl Registry {
     pub fn new(upstream: Arc<Upstream>, policy: UpstreamPolicy) -> Result<Registry, Error> {
         let http = client::build(&upstream, &policy)?;
         Ok(Registry {
-            auth: auth::Auth::new(upstream.credentials.clone()),
+            auth: auth::Auth::new(&upstream),
             upstream,
             http,
             policy,

@@ -10,5 +10,6 @@ mod common;
 mod access;
 mod blobs;
 mod fake_self_check;
+mod hostile;
 mod manifests;
 mod upstream;

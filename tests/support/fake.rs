@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -113,7 +113,13 @@ pub struct FakeRegistry {
 
 impl FakeRegistry {
     pub async fn start() -> FakeRegistry {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("fake registry binds");
+        Self::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST)).await
+    }
+
+    /// Listen on `ip` (another loopback address such as 127.0.0.2 is
+    /// "another host" to the proxy: a foreign token realm or CDN).
+    pub async fn start_on(ip: IpAddr) -> FakeRegistry {
+        let listener = TcpListener::bind((ip, 0)).await.expect("fake registry binds");
         let addr = listener.local_addr().expect("fake registry addr");
         let state = Arc::new(State::new(addr));
         let task = tokio::spawn(accept_loop(listener, state.clone()));
@@ -124,12 +130,12 @@ impl FakeRegistry {
         }
     }
 
-    /// `http://127.0.0.1:port`.
+    /// `http://ip:port`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// `127.0.0.1:port`.
+    /// `ip:port`.
     pub fn host(&self) -> String {
         self.addr.to_string()
     }
@@ -191,6 +197,12 @@ impl FakeRegistry {
     /// Require the bearer-token flow on every `/v2/` request.
     pub fn require_token(&self) {
         self.state.token_auth.store(true, Ordering::SeqCst);
+    }
+
+    /// Name `realm` (a full URL) in the bearer challenge instead of this
+    /// fake's own `/token`: a hostile upstream sending the proxy elsewhere.
+    pub fn set_token_realm(&self, realm: &str) {
+        *lock(&self.state.realm) = Some(realm.to_owned());
     }
 
     /// Serve `GET /v2/<name>/referrers/<digest>` (off: 404, as on Docker Hub).
@@ -278,6 +290,8 @@ struct State {
     token_auth: AtomicBool,
     referrers_api: AtomicBool,
     challenges: AtomicUsize,
+    /// The realm named in challenges, when not this fake's own `/token`.
+    realm: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -294,6 +308,7 @@ impl State {
             token_auth: AtomicBool::new(false),
             referrers_api: AtomicBool::new(false),
             challenges: AtomicUsize::new(0),
+            realm: Mutex::default(),
         }
     }
 
@@ -498,7 +513,10 @@ fn auth_challenge<B>(state: &State, req: &Request<B>, route: &Route) -> Option<R
         return None;
     }
     state.challenges.fetch_add(1, Ordering::SeqCst);
-    let mut challenge = format!("Bearer realm=\"http://{}/token\",service=\"{SERVICE}\"", state.addr);
+    let realm = lock(&state.realm)
+        .clone()
+        .unwrap_or_else(|| format!("http://{}/token", state.addr));
+    let mut challenge = format!("Bearer realm=\"{realm}\",service=\"{SERVICE}\"");
     if let Some(scope) = scope {
         challenge.push_str(&format!(",scope=\"{scope}\""));
     }
