@@ -20,6 +20,8 @@ const SCHEMAS: [(&str, &Schema); 5] = [
     ("Sigstore bundle", &json::SIGSTORE_BUNDLE),
 ];
 
+const DIGEST: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 #[derive(Debug, Default)]
 struct Tally {
     documents: usize,
@@ -50,6 +52,10 @@ fn run(schema: &'static Schema, seed: u64, n: usize) -> Tally {
         }
         if std::ptr::eq(schema, &json::SIMPLE_SIGNING) {
             outcome.manifest_parsed |= reference::assert_simple_signing_agrees(doc.as_bytes());
+        }
+        if std::ptr::eq(schema, &json::IN_TOTO_STATEMENT) {
+            let image = DIGEST.parse().expect("digest");
+            outcome.manifest_parsed |= reference::assert_statement_agrees(doc.as_bytes(), &image);
         }
         tally.add(outcome);
     }
@@ -92,6 +98,16 @@ fn simple_signing_payloads_are_read_the_same_by_go() {
     assert!(
         tally.manifests_parsed >= tally.documents / 20,
         "too few accepted payloads: {tally:?}"
+    );
+}
+
+#[test]
+fn in_toto_statements_are_read_the_same_by_go() {
+    let tally = run(&json::IN_TOTO_STATEMENT, 0x1_2070, 2000);
+    eprintln!("statements: {tally:?}");
+    assert!(
+        tally.manifests_parsed >= tally.documents / 20,
+        "too few accepted statements: {tally:?}"
     );
 }
 

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::oci::Digest;
+use crate::oci::{Digest, json};
 
 /// `critical.type` of a cosign image signature.
 pub const COSIGN_SIGNATURE_TYPE: &str = "cosign container image signature";
@@ -43,6 +43,7 @@ pub struct CriticalImage {
 
 /// Decode a simple-signing payload strictly.
 pub fn simple_signing(bytes: &[u8]) -> Result<SimpleSigning, String> {
+    json::check(bytes, &json::SIMPLE_SIGNING).map_err(|e| format!("simple-signing payload: {e}"))?;
     let payload: SimpleSigning = serde_json::from_slice(bytes).map_err(|e| format!("simple-signing payload: {e}"))?;
     if payload.critical.kind != COSIGN_SIGNATURE_TYPE {
         return Err(format!("simple-signing payload type is `{}`", payload.critical.kind));
@@ -78,6 +79,9 @@ pub const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 
 /// Decode a statement and require that one of its subjects is `image`.
 pub fn statement_for(bytes: &[u8], image: &Digest) -> Result<(Statement, serde_json::Value), String> {
+    // `Subject` keeps unknown members (in-toto allows them), so a `Digest`
+    // beside `digest` would be the subject Go clients read: one reading.
+    json::check(bytes, &json::IN_TOTO_STATEMENT).map_err(|e| format!("in-toto statement: {e}"))?;
     let statement: Statement = serde_json::from_slice(bytes).map_err(|e| format!("in-toto statement: {e}"))?;
     if !matches!(
         statement.statement_type.as_str(),
