@@ -70,7 +70,7 @@ impl ByteRange {
     /// unsatisfiable (→ 416).
     pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
         match self {
-            ByteRange::FromTo(a, b) if a < size => Some((a, (b + 1).min(size))),
+            ByteRange::FromTo(a, b) if a < size => Some((a, b.saturating_add(1).min(size))),
             ByteRange::From(a) if a < size => Some((a, size)),
             ByteRange::Suffix(n) if n > 0 && size > 0 => Some((size - n.min(size), size)),
             _ => None,
