@@ -54,7 +54,9 @@ pub enum Ambiguity {
     Syntax(String),
     #[error("duplicate key `{key}` at {path}")]
     DuplicateKey { path: String, key: String },
-    #[error("key `{key}` at {path} matches the field `{field}` case-insensitively (Go clients would read it as `{field}`)")]
+    #[error(
+        "key `{key}` at {path} matches the field `{field}` case-insensitively (Go clients would read it as `{field}`)"
+    )]
     CaseVariant {
         path: String,
         key: String,

@@ -157,7 +157,11 @@ mod tests {
         let layers: Vec<String> = layers
             .iter()
             .map(|(t, size, urls)| {
-                let urls = if *urls { r#","urls":["http://127.0.0.1:1/x"]"# } else { "" };
+                let urls = if *urls {
+                    r#","urls":["http://127.0.0.1:1/x"]"#
+                } else {
+                    ""
+                };
                 format!(r#"{{"mediaType":"{t}","digest":"{D}","size":{size}{urls}}}"#)
             })
             .collect();
@@ -178,12 +182,19 @@ mod tests {
         let cases = [
             (SIMPLE_SIGNING, MaterialKind::LegacySignature),
             (DSSE_ENVELOPE, MaterialKind::LegacyAttestation),
-            ("application/vnd.dev.sigstore.bundle.v0.3+json", MaterialKind::SigstoreBundle),
+            (
+                "application/vnd.dev.sigstore.bundle.v0.3+json",
+                MaterialKind::SigstoreBundle,
+            ),
             (IN_TOTO, MaterialKind::InToto),
             ("text/spdx+json", MaterialKind::Sbom),
         ];
         for (t, kind) in cases {
-            assert_eq!(classify(&manifest(OCI_EMPTY, &[(t, 100, false)], true)), Some(kind), "{t}");
+            assert_eq!(
+                classify(&manifest(OCI_EMPTY, &[(t, 100, false)], true)),
+                Some(kind),
+                "{t}"
+            );
         }
     }
 
@@ -192,7 +203,11 @@ mod tests {
         let not_material = [
             manifest(OCI_EMPTY, &[("application/octet-stream", 100, false)], true),
             manifest(OCI_EMPTY, &[("", 100, false)], true),
-            manifest(OCI_EMPTY, &[("Application/Vnd.Dev.Cosign.Simplesigning.V1+json", 100, false)], true),
+            manifest(
+                OCI_EMPTY,
+                &[("Application/Vnd.Dev.Cosign.Simplesigning.V1+json", 100, false)],
+                true,
+            ),
             manifest(
                 "application/vnd.cncf.helm.config.v1+json",
                 &[("application/vnd.cncf.helm.chart.content.v1.tar+gzip", 100, false)],
@@ -221,7 +236,10 @@ mod tests {
         let (d, kind) = legacy_tag(&format!("sha256-{hex}.sig")).expect("sig tag");
         assert_eq!(d.to_string(), D);
         assert_eq!(kind, LegacyTag::Signature);
-        assert_eq!(legacy_tag(&format!("sha256-{hex}")).map(|x| x.1), Some(LegacyTag::Referrers));
+        assert_eq!(
+            legacy_tag(&format!("sha256-{hex}")).map(|x| x.1),
+            Some(LegacyTag::Referrers)
+        );
         assert_eq!(legacy_tag("latest"), None);
         assert_eq!(legacy_tag("sha256-nothex.sig"), None);
     }
