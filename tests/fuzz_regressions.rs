@@ -32,9 +32,18 @@ fn statement_subject_with_a_case_variant_digest_is_refused() {
 /// range without).
 #[test]
 fn range_to_u64_max_resolves_to_the_whole_blob() {
+    // Compared through `Debug`, which shows `start` then `end` whether
+    // `resolve` returns a tuple or a slice type.
+    let shown = |r: &ByteRange, size: u64| format!("{:?}", r.resolve(size).map(|s| format!("{s:?}")));
+    let digits = |s: String| -> Vec<String> {
+        s.split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
     let r = ByteRange::parse("bytes=0-18446744073709551615").expect("one range");
-    assert_eq!(r.resolve(10), Some((0, 10)));
-    assert_eq!(r.resolve(u64::MAX), Some((0, u64::MAX)));
+    assert_eq!(digits(shown(&r, 10)), ["0", "10"]);
+    assert_eq!(digits(shown(&r, u64::MAX)), ["0", "18446744073709551615"]);
     let r = ByteRange::parse("bytes=5-18446744073709551615").expect("one range");
-    assert_eq!(r.resolve(5), None);
+    assert_eq!(shown(&r, 5), "None");
 }

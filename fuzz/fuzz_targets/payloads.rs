@@ -1,8 +1,8 @@
 //! Signed payloads: cosign simple-signing payloads, in-toto statements,
 //! DSSE envelopes (through `verify_legacy`, which decodes the envelope, its
 //! base64 payload and the statement) and Sigstore bundles
-//! (`Bundle::from_json`, then `verify_bundle` with a key authority and a
-//! keyless one over the public-good trusted root). Never panics; a
+//! (`Bundle::from_json`, then `verify_bundle` with the authorities of
+//! `fuzz/authorities/`: a key, and keyless over the public-good trusted root). Never panics; a
 //! simple-signing payload or statement Portcullis accepts is read the same
 //! way by a Go client.
 #![no_main]
@@ -13,49 +13,17 @@ use std::sync::{Arc, LazyLock};
 use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
 use portcullis::oci::{Digest, json};
-use portcullis::policy::{Authority, AuthorityKind, Identity, Matcher, Sct, Tlog};
+use portcullis::policy::Authority;
 use portcullis::verify::signature::check::{self, LegacyLayer};
-use portcullis::verify::signature::{PublicKey, SignatureHash, TrustRoot};
 use portcullis_fuzz::reference::{self, ByteChoices};
 use portcullis_fuzz::{IMAGE, split};
 
 static IMAGE_DIGEST: LazyLock<Digest> = LazyLock::new(|| IMAGE.parse().expect("digest"));
 
-static AUTHORITIES: LazyLock<[Authority; 2]> = LazyLock::new(|| {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sigstore");
-    let pem = std::fs::read(fixtures.join("legacy-tag/keys/cosign.pub")).expect("key");
-    let key = PublicKey::from_pem(&pem, SignatureHash::Sha256).expect("key");
-    let root = TrustRoot::load(
-        "public-good",
-        &fixtures.join("trusted_root/public-good.trusted_root.json"),
-        None,
-    )
-    .expect("trusted root");
-    let any = || Matcher::anchored(".*").expect("regex");
-    [
-        Authority {
-            name: "key".into(),
-            kind: AuthorityKind::Key {
-                keys: vec![("cosign".into(), Arc::new(key))],
-            },
-            tlog: Tlog::Ignore,
-            sct: Sct::Ignore,
-            trust_root: None,
-        },
-        Authority {
-            name: "keyless".into(),
-            kind: AuthorityKind::Keyless {
-                identities: vec![Identity {
-                    issuer: any(),
-                    subject: any(),
-                    claims: Vec::new(),
-                }],
-            },
-            tlog: Tlog::Required,
-            sct: Sct::Required,
-            trust_root: Some(Arc::new(root)),
-        },
-    ]
+static AUTHORITIES: LazyLock<Vec<Arc<Authority>>> = LazyLock::new(|| {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("authorities");
+    let set = portcullis::policy::load_dir(&dir).expect("fuzz/authorities compiles");
+    set.authorities.into_values().collect()
 });
 
 fn legacy(media_type: &str, blob: &[u8], signature: Option<&str>) {
