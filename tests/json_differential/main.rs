@@ -4,7 +4,9 @@
 //! `Digest`, `OS`), near misses, duplicates and nesting. On every document
 //! `oci::json::check` accepts, the serde reading and the Go reading agree;
 //! every document on which they differ was refused; manifests that
-//! `ManifestInfo::parse` accepts are read the same way by a Go client.
+//! `ManifestInfo::parse` accepts, and simple-signing payloads and in-toto
+//! statements the payload decoders accept, are read the same way by a Go
+//! client.
 //! The fuzz targets (`fuzz/`) check the same properties on mutated input.
 
 mod reference;
@@ -27,7 +29,7 @@ struct Tally {
     documents: usize,
     accepted: usize,
     refused_with_differing_readings: usize,
-    manifests_parsed: usize,
+    typed_accepted: usize,
 }
 
 impl Tally {
@@ -35,7 +37,7 @@ impl Tally {
         self.documents += 1;
         self.accepted += usize::from(o.accepted);
         self.refused_with_differing_readings += usize::from(o.readings_differ);
-        self.manifests_parsed += usize::from(o.manifest_parsed);
+        self.typed_accepted += usize::from(o.typed_accepted);
     }
 }
 
@@ -47,15 +49,15 @@ fn run(schema: &'static Schema, seed: u64, n: usize) -> Tally {
         let mut outcome = reference::assert_one_reading(doc.as_bytes(), schema);
         if std::ptr::eq(schema, &json::IMAGE_DOCUMENT) {
             for ct in reference::CONTENT_TYPES {
-                outcome.manifest_parsed |= reference::assert_manifest_agrees(doc.as_bytes(), ct);
+                outcome.typed_accepted |= reference::assert_manifest_agrees(doc.as_bytes(), ct);
             }
         }
         if std::ptr::eq(schema, &json::SIMPLE_SIGNING) {
-            outcome.manifest_parsed |= reference::assert_simple_signing_agrees(doc.as_bytes());
+            outcome.typed_accepted |= reference::assert_simple_signing_agrees(doc.as_bytes());
         }
         if std::ptr::eq(schema, &json::IN_TOTO_STATEMENT) {
             let image = DIGEST.parse().expect("digest");
-            outcome.manifest_parsed |= reference::assert_statement_agrees(doc.as_bytes(), &image);
+            outcome.typed_accepted |= reference::assert_statement_agrees(doc.as_bytes(), &image);
         }
         tally.add(outcome);
     }
@@ -86,7 +88,7 @@ fn parsed_manifests_are_read_the_same_by_go() {
     let tally = run(&json::IMAGE_DOCUMENT, 0x0C1_0000, 3000);
     eprintln!("manifests: {tally:?}");
     assert!(
-        tally.manifests_parsed >= tally.documents / 20,
+        tally.typed_accepted >= tally.documents / 20,
         "too few parseable manifests: {tally:?}"
     );
 }
@@ -96,7 +98,7 @@ fn simple_signing_payloads_are_read_the_same_by_go() {
     let tally = run(&json::SIMPLE_SIGNING, 0x515_0000, 2000);
     eprintln!("simple signing: {tally:?}");
     assert!(
-        tally.manifests_parsed >= tally.documents / 20,
+        tally.typed_accepted >= tally.documents / 20,
         "too few accepted payloads: {tally:?}"
     );
 }
@@ -106,7 +108,7 @@ fn in_toto_statements_are_read_the_same_by_go() {
     let tally = run(&json::IN_TOTO_STATEMENT, 0x1_2070, 2000);
     eprintln!("statements: {tally:?}");
     assert!(
-        tally.manifests_parsed >= tally.documents / 20,
+        tally.typed_accepted >= tally.documents / 20,
         "too few accepted statements: {tally:?}"
     );
 }

@@ -10,7 +10,9 @@
 //! - when [`ManifestInfo::parse`] accepts an image document, what it reports
 //!   (kind, media type, config, layers or children, subject, artifact type)
 //!   is what a Go client reads from the same bytes;
-//! - the same for the cosign simple-signing payload.
+//! - the same for cosign simple-signing payloads (`payload::simple_signing`)
+//!   and in-toto statements (`payload::statement_for`: Go's subjects must
+//!   name the image too).
 //!
 //! Go's rules modelled here (golang/go `src/encoding/json/decode.go`,
 //! `fold.go`, `unicode/tables.go`):
@@ -110,8 +112,10 @@ pub struct Outcome {
     pub accepted: bool,
     /// Go's reading differs from serde's (so `check` must have refused).
     pub readings_differ: bool,
-    /// `ManifestInfo::parse` accepted it for at least one `Content-Type`.
-    pub manifest_parsed: bool,
+    /// The typed parser accepted it (`ManifestInfo::parse` for at least one
+    /// `Content-Type`, `simple_signing`, `statement_for`), and Go's reading
+    /// agreed with what it returned.
+    pub typed_accepted: bool,
 }
 
 /// The differential on one document: accepted ⇒ all three readings agree.
