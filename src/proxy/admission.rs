@@ -132,7 +132,7 @@ type VouchKey = (RegistryHost, RepoName, Digest, String);
 pub struct Gate {
     policy: Option<RwLock<Arc<PolicySet>>>,
     policy_dir: Option<PathBuf>,
-    verdicts: moka::future::Cache<VerdictKey, Arc<Decision>>,
+    verdicts: moka::future::Cache<VerdictKey, Arc<CachedVerdict>>,
     persisted: Option<Arc<VerdictStore>>,
     vouched: moka::sync::Cache<VouchKey, Arc<Vouch>>,
     grants: moka::sync::Cache<GrantKey, Grant>,
@@ -156,9 +156,36 @@ impl std::fmt::Debug for Gate {
 
 struct VerdictExpiry;
 
-impl moka::Expiry<VerdictKey, Arc<Decision>> for VerdictExpiry {
-    fn expire_after_create(&self, _k: &VerdictKey, v: &Arc<Decision>, _now: std::time::Instant) -> Option<Duration> {
-        (v.verdict() == Verdict::Deny).then_some(DENIAL_TTL)
+impl moka::Expiry<VerdictKey, Arc<CachedVerdict>> for VerdictExpiry {
+    fn expire_after_create(
+        &self,
+        _k: &VerdictKey,
+        v: &Arc<CachedVerdict>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        (v.decision.verdict() == Verdict::Deny).then_some(DENIAL_TTL)
+    }
+}
+
+/// A verdict in the memory cache. One computed by speculation (while the
+/// manifest was still being fetched) is unclaimed until an admission uses
+/// it: that admission reports it as fresh, not cached, and persists it.
+struct CachedVerdict {
+    decision: Decision,
+    unclaimed: std::sync::atomic::AtomicBool,
+}
+
+impl CachedVerdict {
+    fn new(decision: Decision, unclaimed: bool) -> Arc<CachedVerdict> {
+        Arc::new(CachedVerdict {
+            decision,
+            unclaimed: std::sync::atomic::AtomicBool::new(unclaimed),
+        })
+    }
+
+    /// Whether this call is the first admission to use a speculative verdict.
+    fn claim(&self) -> bool {
+        self.unclaimed.swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 }
 
@@ -639,31 +666,38 @@ impl Proxy {
             registry: target.registry.host().clone(),
             repository: target.repo.clone(),
         };
-        if let Some(d) = self.gate.verdicts.get(&key).await {
-            return Ok(((*d).clone(), true));
+        if let Some(entry) = self.gate.verdicts.get(&key).await {
+            let fresh = persist == Persist::Allows && entry.claim();
+            if fresh {
+                self.persist_verdict(&key, &entry.decision);
+            }
+            return Ok((entry.decision.clone(), !fresh));
         }
         if let Some(d) = self.persisted_verdict(&key).await {
-            let d = Arc::new(d);
-            self.gate.verdicts.insert(key, d.clone()).await;
-            return Ok(((*d).clone(), true));
+            self.gate
+                .verdicts
+                .insert(key, CachedVerdict::new(d.clone(), false))
+                .await;
+            return Ok((d, true));
         }
         let started = Instant::now();
         let verified = self
             .gate
             .verdicts
-            .try_get_with(key.clone(), self.verify_now(target, digest, rule, policy))
+            .try_get_with(key.clone(), async {
+                let d = self.verify_now(target, digest, rule, policy).await?;
+                Ok::<_, Error>(CachedVerdict::new(d, persist == Persist::No))
+            })
             .await;
         match verified {
-            Ok(d) => {
-                if persist == Persist::Allows
-                    && d.verdict() == Verdict::Allow
-                    && let Some(store) = &self.gate.persisted
-                {
-                    let (store, key, decision) = (store.clone(), key.clone(), (*d).clone());
-                    tokio::task::spawn_blocking(move || store.put(&key, &decision));
+            Ok(entry) => {
+                // Computed here, or joined a speculation still running.
+                if persist == Persist::Allows {
+                    entry.claim();
+                    self.persist_verdict(&key, &entry.decision);
                 }
-                tracing::debug!(%digest, rule = %rule.name, ms = started.elapsed().as_millis() as u64, verdict = ?d.verdict(), "verified");
-                Ok(((*d).clone(), false))
+                tracing::debug!(%digest, rule = %rule.name, ms = started.elapsed().as_millis() as u64, verdict = ?entry.decision.verdict(), "verified");
+                Ok((entry.decision.clone(), false))
             }
             Err(e) if matches!(*e, Error::Overloaded { .. }) => Err((*e).clone()),
             // No definitive verdict: deny, and cache nothing.
@@ -674,6 +708,18 @@ impl Proxy {
                 ),
                 false,
             )),
+        }
+    }
+
+    /// Write an allow verdict to the store (off the workers); denials stay
+    /// in memory only, briefly.
+    fn persist_verdict(&self, key: &VerdictKey, decision: &Decision) {
+        if decision.verdict() != Verdict::Allow {
+            return;
+        }
+        if let Some(store) = &self.gate.persisted {
+            let (store, key, decision) = (store.clone(), key.clone(), decision.clone());
+            tokio::task::spawn_blocking(move || store.put(&key, &decision));
         }
     }
 
@@ -693,7 +739,7 @@ impl Proxy {
         digest: &Digest,
         rule: &Rule,
         policy: &PolicySet,
-    ) -> Result<Arc<Decision>, Error> {
+    ) -> Result<Decision, Error> {
         let _slot = tokio::time::timeout(DISCOVERY_SLOT_WAIT, self.gate.discoveries.acquire())
             .await
             .map_err(|_| Error::Overloaded {
@@ -702,12 +748,11 @@ impl Proxy {
             .map_err(|_| Error::Internal("discovery limiter closed".into()))?;
         let (evidence, notes) = Box::pin(self.collect_evidence(target, digest, rule, policy)).await?;
         let d = policy::eval::evaluate(policy, Some(rule), &evidence);
-        let d = if d.verdict() == Verdict::Deny {
+        Ok(if d.verdict() == Verdict::Deny {
             d.with_notes(notes)
         } else {
             d
-        };
-        Ok(Arc::new(d))
+        })
     }
 
     fn audit(&self, ask: &Ask<'_>, digest: &Digest, d: &Decision, revision: Option<&str>, cached: bool) {

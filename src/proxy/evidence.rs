@@ -224,6 +224,7 @@ impl Proxy {
     /// A legacy material tag, fetched fresh with one GET and verified by
     /// the digest of its bytes. Never stored: it is not admitted.
     async fn material_by_tag(&self, target: &Target, tag: &Tag) -> Result<VerifiedManifest, Error> {
+        let _slot = self.manifest_load_slot().await?;
         let accept = HeaderValue::from_static(DEFAULT_ACCEPT);
         let unverified = target
             .registry

@@ -372,6 +372,7 @@ impl Proxy {
             }
         }
         fetched.store(true, Ordering::Relaxed);
+        let _slot = self.manifest_load_slot().await?;
         let accept = HeaderValue::from_static(DEFAULT_ACCEPT);
         let reference = Reference::Digest(digest.clone());
         let unverified = target
@@ -400,6 +401,27 @@ fn upstream_accept(client: Option<&HeaderValue>) -> HeaderValue {
         _ => HeaderValue::from_static(DEFAULT_ACCEPT),
     }
 }
+
+impl Proxy {
+    /// One of the bounded slots for upstream manifest loads (client pulls,
+    /// referrer enrichment and signature discovery alike): anonymous
+    /// clients asking for many unknown digests cannot open unbounded
+    /// upstream requests. Waits a while, then answers busy (429).
+    pub(super) async fn manifest_load_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+        match tokio::time::timeout(MANIFEST_LOAD_SLOT_WAIT, self.manifest_loads.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(Error::Internal("manifest load limiter closed".into())),
+            Err(_) => Err(Error::Overloaded {
+                what: "upstream manifest loads",
+            }),
+        }
+    }
+}
+
+/// Upstream manifest loads at once (each ≤ 4 MiB).
+pub(super) const MAX_CONCURRENT_MANIFEST_LOADS: usize = 64;
+/// How long a load waits for a slot before the client is told to retry.
+const MANIFEST_LOAD_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn integrity_failure(target: &Target, digest: Digest, source: verify::IntegrityError) -> Error {
     crate::telemetry::metrics::global().integrity_failure();

@@ -45,6 +45,8 @@ pub struct Proxy {
     registries: Registries,
     store: Arc<Store>,
     manifests: moka::future::Cache<Digest, VerifiedManifest>,
+    /// Bounds concurrent upstream manifest loads (`manifest::manifest_load_slot`).
+    manifest_loads: tokio::sync::Semaphore,
     /// Digests of admitted manifests already written to the store.
     persisted: moka::sync::Cache<Digest, ()>,
     flights: Flights<Error>,
@@ -120,6 +122,7 @@ impl Proxy {
             registries,
             store,
             manifests,
+            manifest_loads: tokio::sync::Semaphore::new(manifest::MAX_CONCURRENT_MANIFEST_LOADS),
             persisted: moka::sync::Cache::new(1_000_000),
             flights: Flights::new(limits.max_cold_downloads, limits.cold_download_wait),
             gate,
