@@ -346,7 +346,7 @@ diff_cpu() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.1f", a - b }'; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.1f%%", 100 * (a - b) / b }'; }
 
 CMD=""
-for v in BENCH_COLD_IMAGES BENCH_FORMATS BENCH_RPS_SECONDS BENCH_RPS_CONNS BENCH_RPS_REPEAT BENCH_LOADGEN; do
+for v in BENCH_COLD_IMAGES BENCH_FORMATS BENCH_RPS_SECONDS BENCH_RPS_CONNS BENCH_RPS_REPEAT BENCH_LOADGEN BENCH_UPSTREAM_DELAY_MS; do
     [[ -n ${!v:-} ]] && CMD+="$v='${!v}' "
 done
 CMD+="bench/verify.sh"

@@ -160,19 +160,7 @@ fn rootfs_image() -> Image {
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
         "config": { "Cmd": ["/hello.txt"] }
     });
-    let config = Blob::new(OCI_CONFIG, serde_json::to_vec(&config).expect("json"));
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": config.descriptor(),
-        "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
-    });
-    let manifest = Blob::new(OCI_MANIFEST, serde_json::to_vec(&manifest).expect("json"));
-    Image {
-        manifest,
-        config,
-        layers,
-    }
+    image_from(&config, layers)
 }
 
 // ------------------------------------------------------------- commands

@@ -286,7 +286,13 @@ pub fn runnable_image(layers: &[&[(&str, &[u8])]], seed: u64) -> Image {
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
         "config": { "Cmd": ["/bin/true"], "Labels": { "seed": seed.to_string() } }
     });
-    let config = Blob::new(OCI_CONFIG, serde_json::to_vec(&config).expect("json"));
+    image_from(&config, layers)
+}
+
+/// An OCI image manifest over `config` (JSON, stored as an OCI config blob)
+/// and `layers`, in that order.
+pub fn image_from(config: &serde_json::Value, layers: Vec<Blob>) -> Image {
+    let config = Blob::new(OCI_CONFIG, serde_json::to_vec(config).expect("json"));
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
