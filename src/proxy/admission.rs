@@ -279,6 +279,8 @@ enum Role {
 /// would have.
 pub(super) enum Granted {
     Yes(Grant),
+    /// Integrity-only mode: no grants; any content matching its digest.
+    AnyContent,
     No(GrantKey),
 }
 
@@ -516,6 +518,10 @@ impl Proxy {
     pub(super) async fn blob_grant(&self, target: &Target, digest: &Digest) -> Result<Option<Grant>, Error> {
         match self.granted_now(target, digest).await? {
             Granted::Yes(grant) => Ok(Some(grant)),
+            Granted::AnyContent => Ok(Some(Grant {
+                scope: GrantScope::Content,
+                size: None,
+            })),
             Granted::No(key) => Ok(self.regrant(target, key).await),
         }
     }
@@ -523,12 +529,7 @@ impl Proxy {
     /// The grant under the current revision (memory or store), if any.
     pub(super) async fn granted_now(&self, target: &Target, digest: &Digest) -> Result<Granted, Error> {
         let policy = match self.gate.enforcement()? {
-            Enforcement::IntegrityOnly => {
-                return Ok(Granted::Yes(Grant {
-                    scope: GrantScope::Content,
-                    size: None,
-                }));
-            }
+            Enforcement::IntegrityOnly => return Ok(Granted::AnyContent),
             Enforcement::Policy(p) => p,
         };
         let key = GrantKey {
@@ -632,6 +633,12 @@ impl Proxy {
             (target.registry.host().clone(), target.repo.clone(), digest.clone()),
             (),
         );
+    }
+
+    /// Whether the proxy runs without a policy (no grants: presence per
+    /// repository is then confirmed upstream instead).
+    pub(super) fn integrity_only(&self) -> bool {
+        self.gate.policy.is_none()
     }
 
     /// Whether (registry, repository) is known to have `digest` upstream.

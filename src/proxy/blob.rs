@@ -152,6 +152,7 @@ impl Proxy {
         let store = self.store.clone();
         let d = digest.clone();
         if let Some((file, size)) = blocking(move || store.blobs.open(&d)).await? {
+            self.ensure_blob_present(target, digest).await?;
             let spool = Arc::new(Spool::completed(file, size));
             if let GrantScope::Material(kind) = grant.scope {
                 check_material(&spool, digest, size, kind).await?;
@@ -174,9 +175,39 @@ impl Proxy {
         serve(&spool, size, range, false, cache)
     }
 
+    /// Integrity-only mode has no grants tying a blob to the repositories
+    /// whose admitted manifests reference it, so content cached (or being
+    /// downloaded) for one repository is served for another only once the
+    /// upstream confirms that repository has it too (one `HEAD`): private
+    /// content never leaks into another route by digest. With a policy,
+    /// the grant is that proof.
+    async fn ensure_blob_present(&self, target: &Target, digest: &Digest) -> Result<(), Error> {
+        if !self.integrity_only() || self.known_present(target, digest) {
+            return Ok(());
+        }
+        target.registry.head_blob(&target.repo, digest).await?;
+        self.record_presence(target, digest);
+        Ok(())
+    }
+
     /// Follow the running download of `digest`, or start one (bounded by
-    /// the download slots: `Error::Busy` when none frees up in time).
+    /// the download slots: `Error::Busy` when none frees up in time). A
+    /// leader fetches from this repository; a follower of another
+    /// repository's download must show the blob is here too.
     async fn download(&self, target: &Target, digest: &Digest) -> Result<(Arc<Spool<Error>>, CacheOutcome), Error> {
+        let (spool, cache) = self.join_download(target, digest).await?;
+        match cache {
+            CacheOutcome::Miss => self.record_presence(target, digest),
+            _ => self.ensure_blob_present(target, digest).await?,
+        }
+        Ok((spool, cache))
+    }
+
+    async fn join_download(
+        &self,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<(Arc<Spool<Error>>, CacheOutcome), Error> {
         let joined = self.flights.join(digest).await.inspect_err(|busy| {
             crate::telemetry::metrics::global().cold_download_refused();
             tracing::warn!(%digest, error = %busy, "blob request refused: no download slot");

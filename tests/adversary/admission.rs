@@ -122,11 +122,30 @@ rules:
 "#,
     )
     .await;
+    presence_checks(&mut f, &scene.registry, &scene.proxy).await;
+    f.finish();
+}
+
+/// The same with no policy at all (`--integrity-only`): there are no
+/// grants, so the upstream must confirm that the other repository has the
+/// manifest and each blob before the cached copies are served there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_per_repository_in_integrity_only_mode() {
+    let mut f = Findings::new("presence_integrity_only");
+    let registry = Distribution::start().await;
+    let proxy = TestProxy::with_default_upstream(&registry.url()).await;
+    presence_checks(&mut f, &registry, &proxy).await;
+    f.finish();
+}
+
+/// P is pulled from `private/app`; `public/other` lacks it, so it answers
+/// 404 for P's manifest and does not serve P's blobs; once P is pushed there
+/// too, it is served there.
+async fn presence_checks(f: &mut Findings, registry: &Distribution, p: &TestProxy) {
     let private = benign(70);
-    scene.registry.push_image("private/app", "v1", &private).await;
+    registry.push_image("private/app", "v1", &private).await;
     let other = benign(71);
-    scene.registry.push_image("public/other", "v1", &other).await;
-    let p = &scene.proxy;
+    registry.push_image("public/other", "v1", &other).await;
     f.skopeo_copies(p, "private/app:v1", &private.manifest.digest, &image_blobs(&private))
         .await;
     let digest = private.manifest.digest.to_string();
@@ -153,7 +172,7 @@ rules:
     f.skopeo_fails(p, &format!("public/other@{digest}"), UNKNOWN).await;
 
     // Control: once public/other has P too, it is served there.
-    scene.registry.push_image("public/other", "", &private).await;
+    registry.push_image("public/other", "", &private).await;
     f.serves(
         &get_manifest(p, "public/other", &digest).await,
         &private.manifest,
@@ -166,7 +185,6 @@ rules:
         &image_blobs(&private),
     )
     .await;
-    f.finish();
 }
 
 const AUDIT_APPS: &str = r#"
