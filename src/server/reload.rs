@@ -72,15 +72,22 @@ async fn observe(proxy: &Arc<Proxy>, dir: &Path) -> Option<Fingerprint> {
 
 /// Run until the process ends (the caller aborts the task on shutdown).
 pub async fn watch(proxy: Arc<Proxy>) {
-    let Some(dir) = proxy.gate().policy_dir().cloned() else {
-        return;
-    };
+    // The handler is installed in every mode: SIGHUP's default action ends
+    // the process, and logrotate-style tooling sends it to anything.
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for SIGHUP; policy reload on file change only");
             None
         }
+    };
+    let Some(dir) = proxy.gate().policy_dir().cloned() else {
+        if let Some(hup) = hup.as_mut() {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: no signature policy to reload (integrity-only mode)");
+            }
+        }
+        return;
     };
     let mut seen = observe(&proxy, &dir).await;
     loop {

@@ -206,36 +206,9 @@ async fn sighup_reloads_the_policy() {
     };
     let file = dir.path().join("policy.yaml");
     std::fs::write(&file, policy("allow", "")).expect("write policy");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let data = tempfile::tempdir().expect("data dir");
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["serve", "--listen", &listen, "--default-upstream", &registry.url()])
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--policies")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run portcullis serve");
+    let policies = dir.path().to_string_lossy().into_owned();
+    let (mut child, listen, _data) = serve_binary(&registry, &["--policies", &policies]).await;
     let url = format!("http://{listen}/v2/test/app/manifests/v1");
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), reachable(&listen)).await
-            && s
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "portcullis did not start listening");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert_eq!(client::get(&url).await.status, StatusCode::OK, "static allow");
 
     // The watcher sees the new document, which fails to load (its key is
@@ -253,12 +226,7 @@ async fn sighup_reloads_the_policy() {
         "no reload without the signal"
     );
 
-    let pid = child.id().expect("pid").to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
+    send_sighup(&child);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = client::get(&url).await;
@@ -274,6 +242,73 @@ async fn sighup_reloads_the_policy() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     child.kill().await.expect("stop portcullis");
+}
+
+/// SIGHUP never ends the process: logrotate-style tooling sends it to
+/// whatever runs, and a proxy with no policy to reload (`--integrity-only`)
+/// used to die of the signal's default action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_does_not_end_an_integrity_only_proxy() {
+    let registry = Distribution::start().await;
+    let image = oci_image(&[1024], 902);
+    registry.push_image("test/app", "v1", &image).await;
+    let (mut child, listen, _data) = serve_binary(&registry, &["--integrity-only"]).await;
+    let url = format!("http://{listen}/v2/test/app/manifests/v1");
+    assert_eq!(client::get(&url).await.status, StatusCode::OK, "before the signal");
+    for _ in 0..2 {
+        send_sighup(&child);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        child.try_wait().expect("child status").is_none(),
+        "SIGHUP ended the integrity-only proxy"
+    );
+    assert_eq!(client::get(&url).await.status, StatusCode::OK, "after the signal");
+    child.kill().await.expect("stop portcullis");
+}
+
+/// `portcullis serve` on a free loopback port in front of `registry`, with
+/// `extra` arguments, once it listens. Returns the child, its address and
+/// its data directory (removed when dropped).
+async fn serve_binary(registry: &Distribution, extra: &[&str]) -> (tokio::process::Child, String, tempfile::TempDir) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let data = tempfile::tempdir().expect("data dir");
+    let listen = format!("127.0.0.1:{port}");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--listen", &listen, "--default-upstream", &registry.url()])
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run portcullis serve");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), reachable(&listen)).await
+            && s
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "portcullis did not start listening");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (child, listen, data)
+}
+
+fn send_sighup(child: &tokio::process::Child) {
+    let pid = child.id().expect("pid").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "kill -HUP {pid}");
 }
 
 async fn reachable(addr: &str) -> std::io::Result<bool> {
