@@ -152,9 +152,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = Server::bind(config).await?;
-        if let Some(addr) = server.local_addr() {
-            tracing::info!(%addr, "portcullis listening");
-        }
+        server.log_startup();
         server.run(shutdown_signal()).await;
         Ok(())
     })

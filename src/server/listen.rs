@@ -81,6 +81,48 @@ impl Server {
         self.listener.local_addr().ok()
     }
 
+    /// One line that says what this server will do: where it listens, which
+    /// upstreams it fronts, what it enforces (naming every rule that only
+    /// audits), where it stores, and who may pull.
+    pub fn log_startup(&self) {
+        let config = self.proxy.config();
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let listen = self
+            .local_addr()
+            .map_or_else(|| config.listen.to_string(), |a| a.to_string());
+        let upstreams: Vec<String> = config
+            .upstreams
+            .iter()
+            .map(|u| format!("{}={}", u.host, u.url))
+            .collect();
+        let default_upstream = config.default_upstream.as_ref().map(|u| u.host.to_string());
+        let (policy, audit_only) = match self.proxy.gate().policy() {
+            None => ("integrity-only (no signature policy)".to_owned(), Vec::new()),
+            Some(p) => {
+                let audit: Vec<String> = p
+                    .rules
+                    .iter()
+                    .filter(|r| r.mode == crate::policy::Mode::Audit)
+                    .map(|r| r.name.clone())
+                    .collect();
+                (
+                    format!("revision {} ({} rules)", p.short_revision(), p.rules.len()),
+                    audit,
+                )
+            }
+        };
+        tracing::info!(
+            listen = %format!("{scheme}://{listen}"),
+            upstreams = %upstreams.join(", "),
+            default_upstream = default_upstream.as_deref().unwrap_or("none"),
+            policy = %policy,
+            audit_only_rules = %if audit_only.is_empty() { "none".to_owned() } else { audit_only.join(", ") },
+            storage = %config.data_dir.display(),
+            clients = "anonymous (no client authentication configured)",
+            "portcullis listening"
+        );
+    }
+
     /// Serve until `shutdown` resolves, then drain in-flight requests.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let graceful = GracefulShutdown::new();
