@@ -34,6 +34,10 @@ enum Command {
         /// Address to listen on (overrides the file).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Address of the admin listener: /metrics, /healthz, /readyz
+        /// (overrides `admin.listen`; default 127.0.0.1:5001).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
         /// Cache directory (overrides the file).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -42,7 +46,7 @@ enum Command {
         #[arg(long)]
         default_upstream: Option<UpstreamUrl>,
         /// Signature policy directory (overrides the file; default ./policies).
-        #[arg(long)]
+        #[arg(long, env = "PORTCULLIS_POLICIES")]
         policies: Option<PathBuf>,
         /// Serve whatever matches its digests, with no signature policy.
         #[arg(long)]
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
         Command::Serve {
             config,
             listen,
+            admin_listen,
             data_dir,
             default_upstream,
             policies,
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
             telemetry::init(log_format);
             let overrides = Overrides {
                 listen,
+                admin_listen,
                 data_dir,
                 default_upstream,
                 policies,

@@ -45,6 +45,8 @@ pub struct Overrides {
     pub policies: Option<PathBuf>,
     /// Serve whatever matches its digests, with no signature policy.
     pub integrity_only: bool,
+    /// Address of the admin listener (overrides `admin.listen`).
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Credentials presented to one upstream.
@@ -127,6 +129,8 @@ pub struct ServerLimits {
     pub max_connections: usize,
     pub max_connections_per_client: usize,
     pub tls_handshake_timeout: Duration,
+    /// After SIGTERM: how long in-flight responses may take to finish.
+    pub drain_timeout: Duration,
 }
 
 /// hyper refuses an HTTP/1 read buffer below this (it asserts).
@@ -143,6 +147,7 @@ impl Default for ServerLimits {
             max_connections: 8192,
             max_connections_per_client: 512,
             tls_handshake_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -178,6 +183,10 @@ pub enum Admission {
     IntegrityOnly,
 }
 
+/// Where the admin listener binds unless configured: loopback only, as
+/// metrics name upstreams and rules.
+pub const DEFAULT_ADMIN_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 5001);
+
 /// The policy directory used when neither the file nor the flags name one.
 pub const DEFAULT_POLICY_DIR: &str = "./policies";
 
@@ -192,6 +201,10 @@ pub struct TlsFiles {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`. Separate from
+    /// the registry port so that probes and scrapes never compete with
+    /// pulls and metrics are not exposed to registry clients.
+    pub admin_listen: SocketAddr,
     pub data_dir: PathBuf,
     /// How pulls are admitted: by a signature policy, or integrity only.
     pub admission: Admission,
@@ -351,6 +364,10 @@ impl Config {
                 .listen
                 .or(raw.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5000))),
+            admin_listen: ov
+                .admin_listen
+                .or(raw.admin.listen)
+                .unwrap_or_else(|| SocketAddr::from(DEFAULT_ADMIN_LISTEN)),
             data_dir: ov
                 .data_dir
                 .clone()
@@ -398,6 +415,7 @@ impl Config {
         let _ = writeln!(out, "configuration: {}", self.origin);
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let _ = writeln!(out, "listen: {scheme}://{}", self.listen);
+        let _ = writeln!(out, "admin (metrics, /healthz, /readyz): http://{}", self.admin_listen);
         let _ = writeln!(out, "data directory: {}", self.data_dir.display());
         match &self.admission {
             Admission::Policies(dir) => {
@@ -511,6 +529,7 @@ fn server_limits(raw: &raw::RawServerLimits) -> Result<ServerLimits, (&'static s
         max_connections: raw.max_connections.unwrap_or(d.max_connections),
         max_connections_per_client: raw.max_connections_per_client.unwrap_or(d.max_connections_per_client),
         tls_handshake_timeout: raw.tls_handshake_timeout.map_or(d.tls_handshake_timeout, |x| x.0),
+        drain_timeout: raw.drain_timeout.map_or(d.drain_timeout, |x| x.0),
     };
     if limits.max_header_bytes < MIN_HEADER_BYTES {
         return Err(("maxHeaderBytes", format!("must be at least {MIN_HEADER_BYTES}")));

@@ -56,6 +56,15 @@ pub struct RawConfig {
     /// Limits of the client-facing HTTP server (anonymous clients).
     #[serde(default)]
     pub server: RawServerLimits,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+/// The admin listener (metrics and probes).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAdmin {
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +147,8 @@ pub struct RawServerLimits {
     pub max_connections_per_client: Option<usize>,
     /// Time for a client to complete the TLS handshake.
     pub tls_handshake_timeout: Option<HumanDuration>,
+    /// After SIGTERM: how long in-flight responses may take to finish.
+    pub drain_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

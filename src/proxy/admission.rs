@@ -36,7 +36,7 @@ use crate::policy::{self, Decision, Evidence, Mode, Mutability, PolicySet, Rule,
 use crate::store::verdicts::{VerdictKey, VerdictStore};
 use crate::store::{Grant, GrantKey, GrantScope};
 use crate::telemetry::audit::{self, AuditEvent, AuditSink};
-use crate::telemetry::metrics::{self, AdmissionOutcome};
+use crate::telemetry::metrics::{AdmissionMode, AdmissionOutcome};
 use crate::verify::VerifiedManifest;
 
 /// How long a denial is remembered (so a newly signed image is admitted soon).
@@ -763,11 +763,17 @@ impl Proxy {
     }
 
     fn audit(&self, ask: &Ask<'_>, digest: &Digest, d: &Decision, revision: Option<&str>, cached: bool) {
-        let verdict = match (d.verdict(), d.mode()) {
-            (Verdict::Allow, _) => "allow",
-            (Verdict::Deny, Mode::Audit) => "would-deny",
-            (Verdict::Deny, Mode::Enforce) => "deny",
+        let outcome = match (d.verdict(), d.mode()) {
+            (Verdict::Allow, _) => AdmissionOutcome::Allow,
+            (Verdict::Deny, Mode::Audit) => AdmissionOutcome::WouldDeny,
+            (Verdict::Deny, Mode::Enforce) => AdmissionOutcome::Deny,
         };
+        let mode = match (revision, d.mode()) {
+            (None, _) => AdmissionMode::IntegrityOnly,
+            (Some(_), Mode::Enforce) => AdmissionMode::Enforce,
+            (Some(_), Mode::Audit) => AdmissionMode::Audit,
+        };
+        let verdict = outcome.as_str();
         let event = AuditEvent {
             time: audit::now(),
             client: ask.client.to_owned(),
@@ -788,11 +794,7 @@ impl Proxy {
             integrity_only: revision.is_none(),
             cached,
         };
-        metrics::global().admission(match verdict {
-            "allow" => AdmissionOutcome::Allow,
-            "would-deny" => AdmissionOutcome::WouldDeny,
-            _ => AdmissionOutcome::Deny,
-        });
+        self.metrics.admission(outcome, d.rule(), mode);
         if verdict != "allow" {
             tracing::warn!(repo = %event.repository, digest = %event.digest, verdict, rule = ?event.rule,
                 revision = ?event.policy_revision, reason = %event.reason, "admission");

@@ -14,6 +14,7 @@
 //! The download continues if clients disconnect, so a large blob is never
 //! fetched twice because an impatient client gave up.
 
+use crate::telemetry::metrics::IntegrityKind;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -172,7 +173,13 @@ impl Proxy {
                 size
             }
         };
-        serve(&spool, size, range, false, cache)
+        let mut served = serve(&spool, size, range, false, cache)?;
+        if cache == CacheOutcome::Joined
+            && let Some(body) = served.body.as_mut()
+        {
+            body.following = Some(self.metrics.follower_joined());
+        }
+        Ok(served)
     }
 
     /// Integrity-only mode has no grants tying a blob to the repositories
@@ -209,7 +216,7 @@ impl Proxy {
         digest: &Digest,
     ) -> Result<(Arc<Spool<Error>>, CacheOutcome), Error> {
         let joined = self.flights.join(digest).await.inspect_err(|busy| {
-            crate::telemetry::metrics::global().cold_download_refused();
+            self.metrics.cold_download_refused();
             tracing::warn!(%digest, error = %busy, "blob request refused: no download slot");
         })?;
         Ok(match joined {
@@ -219,10 +226,13 @@ impl Proxy {
                     store: self.store.clone(),
                     target: target.clone(),
                     digest: digest.clone(),
+                    metrics: self.metrics.clone(),
                 };
-                tokio::spawn(async move {
+                let in_flight = self.metrics.download_started();
+                self.downloads.spawn(async move {
                     downloader.run(lead.spool()).await;
                     drop(lead); // ends the flight after the verdict is published
+                    drop(in_flight);
                 });
                 (spool, CacheOutcome::Miss)
             }
@@ -342,6 +352,7 @@ struct Downloader {
     store: Arc<crate::store::Store>,
     target: Target,
     digest: Digest,
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl Downloader {
@@ -354,14 +365,18 @@ impl Downloader {
                 spool.complete(&proof);
                 let len = proof.length();
                 match blocking(move || writer.commit(proof)).await {
-                    Ok(_) => tracing::debug!(digest = %self.digest, bytes = len, "blob verified and stored"),
+                    Ok(added) => {
+                        self.metrics
+                            .store_bytes_changed(i64::try_from(added).unwrap_or(i64::MAX));
+                        tracing::debug!(digest = %self.digest, bytes = len, "blob verified and stored");
+                    }
                     // Served verified, but not kept: the next request downloads again.
                     Err(e) => tracing::warn!(digest = %self.digest, error = %e, "verified blob could not be stored"),
                 }
             }
             Err(e) => {
                 if let Error::Integrity { source, .. } = &e {
-                    crate::telemetry::metrics::global().integrity_failure();
+                    self.metrics.integrity_failure(IntegrityKind::Blob);
                     let (expected, actual) = match source {
                         IntegrityError::DigestMismatch { expected, actual } => {
                             (expected.to_string(), actual.to_string())
@@ -494,6 +509,9 @@ pub struct BlobBody {
     /// response at all; one `Pending` in between lets hyper flush them, so
     /// the response visibly starts and is then aborted.
     deferred: Option<ReadError<Error>>,
+    /// Held while this response follows another request's download
+    /// (`portcullis_download_followers`).
+    following: Option<crate::telemetry::metrics::GaugeGuard>,
 }
 
 impl std::fmt::Debug for BlobBody {
@@ -508,6 +526,7 @@ impl BlobBody {
             rx,
             remaining: len,
             deferred: None,
+            following: None,
         }
     }
 }

@@ -8,6 +8,8 @@
 //! descriptor. A 404 means "none"; any other failure aborts, and so denies
 //! without caching.
 
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::SignatureFormat;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,9 +74,11 @@ impl Proxy {
             .collect();
         let image = digest.clone();
         let found = candidates.len();
-        let (evidence, mut notes) = tokio::task::spawn_blocking(move || verify_all(&candidates, &image, &authorities))
-            .await
-            .map_err(|e| Error::Internal(format!("verification task failed: {e}")))?;
+        let metrics = self.metrics.clone();
+        let (evidence, mut notes) =
+            tokio::task::spawn_blocking(move || verify_all(&candidates, &image, &authorities, &metrics))
+                .await
+                .map_err(|e| Error::Internal(format!("verification task failed: {e}")))?;
         if found == 0 {
             notes.insert(0, "no signatures or attestations found".into());
         }
@@ -328,12 +332,14 @@ fn verify_all(
     candidates: &[Candidate],
     image: &Digest,
     authorities: &[Arc<policy::Authority>],
+    metrics: &Metrics,
 ) -> (Evidence, Vec<String>) {
     let mut evidence = Evidence::default();
     let mut notes = Vec::new();
     for c in candidates {
         for a in authorities {
-            let (source, result) = match c {
+            let started = std::time::Instant::now();
+            let (format, source, result) = match c {
                 Candidate::Legacy {
                     source,
                     media_type,
@@ -345,10 +351,13 @@ fn verify_all(
                         blob,
                         annotations,
                     };
-                    (source, check::verify_legacy(&layer, image, a))
+                    (SignatureFormat::Legacy, source, check::verify_legacy(&layer, image, a))
                 }
-                Candidate::Bundle { source, json } => (source, check::verify_bundle(json, image, a)),
+                Candidate::Bundle { source, json } => {
+                    (SignatureFormat::Bundle, source, check::verify_bundle(json, image, a))
+                }
             };
+            metrics.signature_checked(format, started.elapsed());
             // Each proof is recorded with its signer: thresholds count
             // distinct signers, not the authorities that accepted them.
             match result {

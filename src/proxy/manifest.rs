@@ -281,7 +281,7 @@ impl Proxy {
                 let bytes = unverified.bytes.clone();
                 let m = check_computed(unverified).map_err(|source| {
                     let digest = named.unwrap_or_else(|| Digest::of(crate::oci::Algorithm::Sha256, &bytes));
-                    integrity_failure(target, digest, source)
+                    integrity_failure(&self.metrics, target, digest, source)
                 })?;
                 (m.digest().clone(), Some(m))
             }
@@ -380,7 +380,7 @@ impl Proxy {
             .get_manifest(&target.repo, &reference, &accept, MAX_MANIFEST_BYTES)
             .await?;
         let m = verify::manifest::check(unverified, digest)
-            .map_err(|source| integrity_failure(target, digest.clone(), source))?;
+            .map_err(|source| integrity_failure(&self.metrics, target, digest.clone(), source))?;
         // Fetched from this repository: it has it. Written to disk only
         // once admitted (`persist`).
         self.record_presence(target, digest);
@@ -423,8 +423,19 @@ pub(super) const MAX_CONCURRENT_MANIFEST_LOADS: usize = 64;
 /// How long a load waits for a slot before the client is told to retry.
 const MANIFEST_LOAD_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
-fn integrity_failure(target: &Target, digest: Digest, source: verify::IntegrityError) -> Error {
-    crate::telemetry::metrics::global().integrity_failure();
+fn integrity_failure(
+    metrics: &crate::telemetry::Metrics,
+    target: &Target,
+    digest: Digest,
+    source: verify::IntegrityError,
+) -> Error {
+    use crate::telemetry::metrics::IntegrityKind;
+    metrics.integrity_failure(match &source {
+        verify::IntegrityError::DigestMismatch { .. } | verify::IntegrityError::ClaimedDigestMismatch { .. } => {
+            IntegrityKind::Manifest
+        }
+        _ => IntegrityKind::Document,
+    });
     match &source {
         verify::IntegrityError::DigestMismatch { expected, actual } => {
             tracing::warn!(upstream = %target.registry.host(), repo = %target.repo, %expected, %actual, "manifest integrity failure: bytes do not match the digest");

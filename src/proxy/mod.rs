@@ -23,6 +23,7 @@ pub use tags::{PageSize, TagsServed};
 use crate::config::Config;
 use crate::oci::{Digest, RepoName};
 use crate::store::{Flights, Store};
+use crate::telemetry::Metrics;
 use crate::upstream::{Registries, Registry};
 use crate::verify::VerifiedManifest;
 
@@ -50,7 +51,11 @@ pub struct Proxy {
     /// Digests of admitted manifests already written to the store.
     persisted: moka::sync::Cache<Digest, ()>,
     flights: Flights<Error>,
+    /// Blob downloads (and their commits) still running: a shutdown waits
+    /// for them so that verified bytes already sent are also kept.
+    downloads: tokio_util::task::TaskTracker,
     gate: Gate,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -96,7 +101,8 @@ impl Proxy {
             &config.data_dir,
             config.proxy_limits.tag_memory_entries,
         )?);
-        let registries = Registries::from_config(&config)?;
+        let metrics = Arc::new(Metrics::new());
+        let registries = Registries::from_config(&config, &metrics)?;
         let manifests = moka::future::Cache::builder()
             .max_capacity(config.manifest_memory_bytes)
             .weigher(|_k: &Digest, v: &VerifiedManifest| u32::try_from(v.bytes().len()).unwrap_or(u32::MAX))
@@ -115,6 +121,11 @@ impl Proxy {
         } else {
             tracing::warn!("INTEGRITY-ONLY mode: no signature policy; content is served when it matches its digests");
         }
+        let revision = gate.policy().map(|p| p.revision.clone());
+        metrics.policy_in_force(revision.as_deref());
+        // Counted once, before any commit can race the walk; commits keep
+        // the gauge current from here on.
+        metrics.store_bytes_changed(i64::try_from(store.blob_bytes()).unwrap_or(i64::MAX));
         let limits = config.proxy_limits;
         Ok(Arc::new_cyclic(|me| Proxy {
             me: me.clone(),
@@ -125,7 +136,9 @@ impl Proxy {
             manifest_loads: tokio::sync::Semaphore::new(manifest::MAX_CONCURRENT_MANIFEST_LOADS),
             persisted: moka::sync::Cache::new(1_000_000),
             flights: Flights::new(limits.max_cold_downloads, limits.cold_download_wait),
+            downloads: tokio_util::task::TaskTracker::new(),
             gate,
+            metrics,
         }))
     }
 
@@ -135,6 +148,32 @@ impl Proxy {
 
     pub fn registries(&self) -> &Registries {
         &self.registries
+    }
+
+    /// The metrics this proxy records (rendered by the admin listener).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Whether the store can take new content (readiness).
+    pub async fn store_writable(&self) -> Result<(), Error> {
+        let store = self.store.clone();
+        blocking(move || store.check_writable()).await
+    }
+
+    /// Refresh the gauges read at scrape time (the filesystem's free space).
+    pub async fn refresh_scrape_gauges(&self) {
+        let store = self.store.clone();
+        if let Ok(available) = blocking(move || store.available_bytes()).await {
+            self.metrics.store_available(available);
+        }
+    }
+
+    /// Wait until every running blob download has finished and committed
+    /// (or failed), or `deadline` passes; `false` if some were still running.
+    pub async fn finish_downloads(&self, deadline: std::time::Duration) -> bool {
+        self.downloads.close();
+        tokio::time::timeout(deadline, self.downloads.wait()).await.is_ok()
     }
 }
 
@@ -186,6 +225,7 @@ impl Proxy {
         }
         let revision = new.revision.clone();
         self.gate.replace_policy(new);
+        self.metrics.policy_in_force(Some(&revision));
         Ok(Some(revision))
     }
 }

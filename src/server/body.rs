@@ -2,6 +2,7 @@
 //! actually sent and writes the request's one log line when it ends.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
-use crate::telemetry::AccessRecord;
+use crate::telemetry::{AccessRecord, Metrics};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -30,6 +31,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: ResponseBody,
         record: AccessRecord,
+        metrics: Arc<Metrics>,
         started: Instant,
         bytes: u64,
         failed: bool,
@@ -39,16 +41,17 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             let complete = !*this.failed && this.inner.is_end_stream();
-            this.record.emit(*this.bytes, complete, this.started.elapsed());
+            this.record.emit(this.metrics, *this.bytes, complete, this.started.elapsed());
         }
     }
 }
 
 impl Logged {
-    pub fn new(inner: ResponseBody, record: AccessRecord, started: Instant) -> Logged {
+    pub fn new(inner: ResponseBody, record: AccessRecord, metrics: Arc<Metrics>, started: Instant) -> Logged {
         Logged {
             inner,
             record,
+            metrics,
             started,
             bytes: 0,
             failed: false,

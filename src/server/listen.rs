@@ -21,13 +21,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::admin::{AdminListener, Readiness};
 use super::conn_limit::ConnectionLimiter;
 use super::preface_deadline::PrefaceDeadline;
 use crate::config::{Config, ServerLimits, TlsFiles};
 use crate::proxy::{Proxy, StartError};
-
-/// How long in-flight requests may finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +41,8 @@ pub enum ListenError {
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
+    admin: AdminListener,
+    readiness: Arc<Readiness>,
     tls: Option<TlsAcceptor>,
     proxy: Arc<Proxy>,
     limiter: ConnectionLimiter,
@@ -67,10 +67,18 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        let admin = AdminListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| ListenError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?;
         let limits = config.server_limits;
         let proxy = Proxy::new(config)?;
         Ok(Server {
             listener,
+            admin,
+            readiness: Arc::new(Readiness::default()),
             tls,
             proxy,
             limiter: ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_client),
@@ -79,6 +87,11 @@ impl Server {
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr()
     }
 
     /// One line that says what this server will do: where it listens, which
@@ -111,8 +124,12 @@ impl Server {
                 )
             }
         };
+        let admin = self
+            .admin_addr()
+            .map_or_else(|| config.admin_listen.to_string(), |a| a.to_string());
         tracing::info!(
             listen = %format!("{scheme}://{listen}"),
+            admin = %format!("http://{admin}"),
             upstreams = %upstreams.join(", "),
             default_upstream = default_upstream.as_deref().unwrap_or("none"),
             policy = %policy,
@@ -123,12 +140,16 @@ impl Server {
         );
     }
 
-    /// Serve until `shutdown` resolves, then drain in-flight requests.
+    /// Serve until `shutdown` resolves, then drain: `/readyz` fails at once,
+    /// the listener closes, in-flight responses get `server.drainTimeout`
+    /// to finish, and the downloads they started get what is left of it to
+    /// commit.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let graceful = GracefulShutdown::new();
         let limits = self.proxy.config().server_limits;
         let builder = connection_builder(&limits);
         let reloader = tokio::spawn(super::reload::watch(self.proxy.clone()));
+        let admin = tokio::spawn(self.admin.run(self.proxy.clone(), self.readiness.clone()));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -147,7 +168,7 @@ impl Server {
             let slot = match self.limiter.admit(peer.ip()) {
                 Ok(slot) => slot,
                 Err(refusal) => {
-                    crate::telemetry::metrics::global().connection_refused(refusal);
+                    self.proxy.metrics().connection_refused(refusal);
                     tracing::debug!(%peer, cap = refusal.as_str(), "connection refused: too many open connections");
                     continue;
                 }
@@ -191,12 +212,25 @@ impl Server {
                 }
             }
         }
+        self.readiness.start_draining();
         drop(self.listener);
         reloader.abort();
-        tracing::info!("shutting down: draining in-flight requests");
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        let deadline = tokio::time::Instant::now() + limits.drain_timeout;
+        tracing::info!(
+            seconds = limits.drain_timeout.as_secs_f64(),
+            "shutting down: not ready, listener closed, draining in-flight requests"
+        );
+        if tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_err() {
             tracing::warn!("drain timed out; closing remaining connections");
         }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !self.proxy.finish_downloads(left).await {
+            tracing::warn!(
+                "drain timed out with blob downloads running; their partial files are discarded at the next start"
+            );
+        }
+        admin.abort();
+        tracing::info!("drained; exiting");
     }
 }
 

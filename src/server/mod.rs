@@ -4,6 +4,7 @@
 //! Imports: `oci`, `config`, `telemetry`, `proxy` (and the error enums it
 //! re-exports).
 
+mod admin;
 mod blobs;
 pub mod body;
 mod conn_limit;
@@ -30,6 +31,7 @@ use body::{Logged, ResponseBody, empty, full};
 use route::{Endpoint, Route};
 
 use crate::proxy::Proxy;
+use crate::telemetry::metrics::RouteKind;
 use crate::telemetry::{AccessRecord, CacheOutcome};
 
 pub(crate) const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
@@ -40,9 +42,9 @@ const API_VERSION: &str = "docker-distribution-api-version";
 pub async fn handle<B>(proxy: Arc<Proxy>, req: Request<B>, client: String) -> Result<Response<Logged>, Infallible> {
     let started = Instant::now();
     let mut record = AccessRecord {
-        method: req.method().to_string(),
+        method: req.method().clone(),
         path: req.uri().path().chars().take(512).collect(),
-        route: "-",
+        route: RouteKind::Unrouted,
         upstream: None,
         digest: None,
         cache: CacheOutcome::None,
@@ -63,7 +65,8 @@ pub async fn handle<B>(proxy: Arc<Proxy>, req: Request<B>, client: String) -> Re
     resp.headers_mut()
         .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     record.status = resp.status().as_u16();
-    Ok(resp.map(|b| Logged::new(b, record, started)))
+    let metrics = proxy.metrics().clone();
+    Ok(resp.map(|b| Logged::new(b, record, metrics, started)))
 }
 
 async fn dispatch<B>(
@@ -80,24 +83,8 @@ async fn dispatch<B>(
         proxy.config(),
         proxy.registries(),
     )? {
-        Route::Health => {
-            record.route = "health";
-            Ok(simple(
-                StatusCode::OK,
-                "text/plain",
-                "ok\n",
-                req.method() == Method::HEAD,
-            ))
-        }
-        Route::Metrics => {
-            record.route = "metrics";
-            let mut resp = Response::new(full(crate::telemetry::metrics::global().render()));
-            resp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
-            Ok(resp)
-        }
         Route::Base => {
-            record.route = "base";
+            record.route = RouteKind::Base;
             Ok(simple(
                 StatusCode::OK,
                 "application/json",
@@ -110,7 +97,7 @@ async fn dispatch<B>(
             target,
             namespace,
         } => {
-            record.route = endpoint.as_str();
+            record.route = endpoint.kind();
             record.upstream = Some(target.registry.host().to_string());
             let mut resp = match &endpoint {
                 Endpoint::Manifest(reference) => {

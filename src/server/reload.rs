@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::oci::{Algorithm, Digest};
 use crate::proxy::Proxy;
+use crate::telemetry::metrics::ReloadOutcome;
 
 const POLL: Duration = Duration::from_secs(2);
 
@@ -107,10 +108,19 @@ pub async fn watch(proxy: Arc<Proxy>) {
         // Reading and compiling (trust roots included) is blocking work.
         let p = proxy.clone();
         match tokio::task::spawn_blocking(move || p.reload_policy()).await {
-            Ok(Ok(Some(revision))) => tracing::info!(%revision, "policy reloaded"),
+            Ok(Ok(Some(revision))) => {
+                proxy.metrics().policy_reload(ReloadOutcome::Applied);
+                tracing::info!(%revision, "policy reloaded");
+            }
             Ok(Ok(None)) => tracing::debug!("policy unchanged"),
-            Ok(Err(e)) => tracing::error!(error = %e, "new policy refused; the previous policy stays in force"),
-            Err(e) => tracing::error!(error = %e, "policy reload task failed"),
+            Ok(Err(e)) => {
+                proxy.metrics().policy_reload(ReloadOutcome::Refused);
+                tracing::error!(error = %e, "new policy refused; the previous policy stays in force");
+            }
+            Err(e) => {
+                proxy.metrics().policy_reload(ReloadOutcome::Refused);
+                tracing::error!(error = %e, "policy reload task failed");
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ use super::error::ApiError;
 use crate::config::Config;
 use crate::oci::{Digest, Reference, RegistryHost, RepoName};
 use crate::proxy::Target;
+use crate::telemetry::metrics::RouteKind;
 use crate::upstream::Registries;
 
 /// Which pull-API endpoint a request addresses.
@@ -27,12 +28,13 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub fn as_str(&self) -> &'static str {
+    /// The route as metrics and the access log name it.
+    pub fn kind(&self) -> RouteKind {
         match self {
-            Endpoint::Manifest(_) => "manifest",
-            Endpoint::Blob(_) => "blob",
-            Endpoint::TagsList => "tags",
-            Endpoint::Referrers(_) => "referrers",
+            Endpoint::Manifest(_) => RouteKind::Manifest,
+            Endpoint::Blob(_) => RouteKind::Blob,
+            Endpoint::TagsList => RouteKind::Tags,
+            Endpoint::Referrers(_) => RouteKind::Referrers,
         }
     }
 }
@@ -42,10 +44,6 @@ impl Endpoint {
 pub enum Route {
     /// `GET /v2/`: API version check.
     Base,
-    /// `/healthz`: liveness for orchestrators.
-    Health,
-    /// `/metrics`: Prometheus counters.
-    Metrics,
     /// A repository endpoint with its resolved upstream.
     Repo {
         endpoint: Endpoint,
@@ -119,12 +117,6 @@ pub fn parse(
     config: &Config,
     registries: &Registries,
 ) -> Result<Route, ApiError> {
-    if path == "/healthz" {
-        return Ok(Route::Health);
-    }
-    if path == "/metrics" {
-        return Ok(Route::Metrics);
-    }
     let Some(rest) = path.strip_prefix("/v2") else {
         return Err(ApiError::not_found_route(path));
     };
@@ -223,7 +215,7 @@ mod tests {
             ..Default::default()
         };
         let config = Config::load(None, &ov).expect("config");
-        let registries = Registries::from_config(&config).expect("registries");
+        let registries = Registries::from_config(&config, &Default::default()).expect("registries");
         (config, registries)
     }
 

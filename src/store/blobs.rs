@@ -17,6 +17,11 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
+    /// The directory content is stored under.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     pub(super) fn new(root: PathBuf, tmp: PathBuf) -> BlobStore {
         BlobStore { root, tmp }
     }
@@ -89,7 +94,9 @@ impl BlobWriter {
 
     /// fsync and rename into the content-addressed path. The proof must be
     /// for this writer's digest.
-    pub fn commit(mut self, proof: DigestMatched) -> Result<PathBuf, StoreError> {
+    /// Returns the bytes the store grew by: the blob's length, or 0 when an
+    /// identical blob was already in place (another replica or a race).
+    pub fn commit(mut self, proof: DigestMatched) -> Result<u64, StoreError> {
         if proof.digest() != &self.digest {
             return Err(StoreError::WrongProof {
                 proof: proof.digest().clone(),
@@ -100,12 +107,13 @@ impl BlobWriter {
             Some(f) => f.sync_all().map_err(io_err("fsync", &self.tmp_path)),
             None => Ok(()),
         };
+        let added = if self.final_path.exists() { 0 } else { proof.length() };
         let published = synced.and_then(|()| publish(&self.tmp_path, &self.final_path));
         if published.is_err() {
             // `Drop` no longer sees the file: clean up here.
             let _ = std::fs::remove_file(&self.tmp_path);
         }
-        published.map(|()| self.final_path.clone())
+        published.map(|()| added)
     }
 }
 

@@ -93,6 +93,8 @@ pub struct Store {
     pub manifests: ManifestStore,
     pub tags: TagStore,
     pub grants: GrantStore,
+    /// Partial downloads (emptied at start).
+    tmp: PathBuf,
 }
 
 impl Store {
@@ -114,7 +116,54 @@ impl Store {
             blobs: BlobStore::new(data_dir.join("blobs"), tmp.clone()),
             manifests: ManifestStore::new(data_dir.join("manifests"), tmp.clone()),
             tags: TagStore::new(data_dir.join("tags"), tmp.clone(), tag_entries),
-            grants: GrantStore::new(data_dir.join("grants"), tmp),
+            grants: GrantStore::new(data_dir.join("grants"), tmp.clone()),
+            tmp,
         })
     }
+
+    /// Whether a file can be created, written and removed where downloads
+    /// are spooled (readiness: a full or read-only disk fails here).
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        use std::io::Write as _;
+        let probe = self
+            .tmp
+            .join(format!("ready.{}.{}", std::process::id(), fastrand::u64(..)));
+        let result = std::fs::File::create(&probe)
+            .and_then(|mut f| f.write_all(b"ready"))
+            .map_err(io_err("write a probe file in", &self.tmp));
+        let _ = std::fs::remove_file(&probe);
+        result
+    }
+
+    /// Free bytes (for unprivileged writers) on the store's filesystem.
+    pub fn available_bytes(&self) -> Result<u64, StoreError> {
+        let stat = rustix::fs::statvfs(&self.tmp).map_err(|e| StoreError::Io {
+            action: "statvfs",
+            path: self.tmp.clone(),
+            source: e.into(),
+        })?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    /// Bytes of stored blobs (a walk of their directory: run once at
+    /// start, then kept current by commits). Manifests, tags and verdicts
+    /// are small beside them and not counted.
+    pub fn blob_bytes(&self) -> u64 {
+        directory_bytes(self.blobs.root())
+    }
+}
+
+/// Total size of the regular files under `dir` (unreadable entries count 0).
+fn directory_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => directory_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }

@@ -5,6 +5,8 @@
 pub mod audit;
 pub mod metrics;
 
+pub use metrics::Metrics;
+
 use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
@@ -34,7 +36,7 @@ pub fn init(format: LogFormat) {
 }
 
 /// How a request was served with respect to the local cache.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum CacheOutcome {
     /// Not a cacheable request (errors, `/v2/`, tag lists).
     None,
@@ -63,9 +65,9 @@ impl CacheOutcome {
 /// Everything the access log says about one request.
 #[derive(Clone, Debug)]
 pub struct AccessRecord {
-    pub method: String,
+    pub method: http::Method,
     pub path: String,
-    pub route: &'static str,
+    pub route: metrics::RouteKind,
     pub upstream: Option<String>,
     pub digest: Option<Digest>,
     pub cache: CacheOutcome,
@@ -76,17 +78,18 @@ pub struct AccessRecord {
 impl AccessRecord {
     /// Emit the line. `bytes` is what was actually sent; `complete` is false
     /// when the body was aborted (integrity failure, client gone).
-    pub fn emit(&self, bytes: u64, complete: bool, elapsed: Duration) {
-        let m = metrics::global();
-        m.bytes_served(bytes);
-        m.cache(self.cache);
+    pub fn emit(&self, metrics: &metrics::Metrics, bytes: u64, complete: bool, elapsed: Duration) {
+        let registry = self.upstream.as_deref().unwrap_or("-");
+        metrics.request(self.route, metrics::MethodKind::of(&self.method), self.status, elapsed);
+        metrics.bytes_served(registry, bytes);
+        metrics.cache(self.route, self.cache);
         let digest = self.digest.as_ref().map(ToString::to_string);
         tracing::info!(
             target: "portcullis::access",
             method = %self.method,
             path = %self.path,
-            route = self.route,
-            upstream = self.upstream.as_deref().unwrap_or("-"),
+            route = self.route.as_str(),
+            upstream = registry,
             digest = digest.as_deref().unwrap_or("-"),
             cache = self.cache.as_str(),
             status = self.status,

@@ -415,7 +415,7 @@ mod tests {
     fn registry(entry: &str) -> Registry {
         let yaml = format!("upstreams:\n{entry}");
         let config = crate::config::Config::from_yaml(&yaml, "t.yaml", &Default::default()).expect("config");
-        Registry::new(config.upstreams[0].clone(), config.upstream_policy).expect("registry")
+        Registry::new(config.upstreams[0].clone(), config.upstream_policy, Default::default()).expect("registry")
     }
 
     fn realm_authorization(reg: &Registry, realm: &str) -> Result<Option<HeaderValue>, Error> {

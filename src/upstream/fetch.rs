@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use super::error::is_retryable_status;
 use super::{Error, Registry, client};
 use crate::oci::{Digest, Reference, RepoName};
+use crate::telemetry::metrics::UpstreamOutcome;
 use crate::verify::UnverifiedManifest;
 
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
@@ -34,6 +35,8 @@ pub struct BlobResponse {
     pub length: Option<u64>,
     body: Incoming,
     idle_timeout: Duration,
+    /// Bytes received from this upstream (`portcullis_upstream_fetched_bytes_total`).
+    fetched: prometheus_client::metrics::counter::Counter,
 }
 
 impl BlobResponse {
@@ -60,6 +63,7 @@ impl BlobResponse {
                 }
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
+                        self.fetched.inc_by(data.len() as u64);
                         return Ok(Some(data));
                     }
                 }
@@ -142,7 +146,8 @@ impl Registry {
             headers,
             auth.as_ref(),
         )
-        .await?;
+        .await;
+        let resp = self.counted(resp)?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -153,7 +158,8 @@ impl Registry {
             });
         };
         let auth = self.auth.answer(self, &challenge, scope).await?;
-        let resp = client::send(&self.http, &host, &self.policy, method, uri, headers, Some(&auth)).await?;
+        let resp = client::send(&self.http, &host, &self.policy, method, uri, headers, Some(&auth)).await;
+        let resp = self.counted(resp)?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(Error::Unauthorized {
                 host,
@@ -161,6 +167,16 @@ impl Registry {
             });
         }
         Ok(resp)
+    }
+
+    /// Count one upstream exchange by its outcome.
+    fn counted(&self, resp: Result<Response<Incoming>, Error>) -> Result<Response<Incoming>, Error> {
+        let outcome = match &resp {
+            Ok(r) => UpstreamOutcome::of(r.status()),
+            Err(_) => UpstreamOutcome::Failed,
+        };
+        self.metrics.upstream_request(self.host().as_str(), outcome);
+        resp
     }
 
     /// Map a non-success status to its error.
@@ -239,6 +255,7 @@ impl Registry {
             self.policy.body_idle_timeout,
         )
         .await?;
+        self.metrics.bytes_fetched(self.host().as_str(), bytes.len() as u64);
         Ok(UnverifiedManifest {
             bytes,
             content_type,
@@ -264,6 +281,7 @@ impl Registry {
             length: header_u64(resp.headers(), CONTENT_LENGTH),
             body: resp.into_body(),
             idle_timeout: self.policy.body_idle_timeout,
+            fetched: self.metrics.fetched_counter(self.host().as_str()),
         })
     }
 
@@ -346,6 +364,7 @@ impl Registry {
             self.policy.body_idle_timeout,
         )
         .await?;
+        self.metrics.bytes_fetched(self.host().as_str(), body.len() as u64);
         Ok(TagsPage { body, link })
     }
 }

@@ -1,7 +1,8 @@
 //! Talking to real registries: one [`Registry`] per allow-listed upstream,
 //! with its own HTTP client (rustls), token cache, timeouts and retries.
 //!
-//! Imports: `oci`, `config`, `verify` (the `UnverifiedManifest` type only).
+//! Imports: `oci`, `config`, `telemetry` (metrics), `verify` (the
+//! `UnverifiedManifest` type only).
 
 mod auth;
 mod client;
@@ -18,6 +19,7 @@ pub use fetch::{BlobResponse, ManifestHead, TagsPage};
 
 use crate::config::{Config, Upstream, UpstreamPolicy};
 use crate::oci::RegistryHost;
+use crate::telemetry::Metrics;
 
 /// A client for one upstream registry.
 pub struct Registry {
@@ -25,6 +27,7 @@ pub struct Registry {
     http: client::HttpClient,
     auth: auth::Auth,
     policy: UpstreamPolicy,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -36,13 +39,14 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub fn new(upstream: Arc<Upstream>, policy: UpstreamPolicy) -> Result<Registry, Error> {
+    pub fn new(upstream: Arc<Upstream>, policy: UpstreamPolicy, metrics: Arc<Metrics>) -> Result<Registry, Error> {
         let http = client::build(&upstream, &policy)?;
         Ok(Registry {
             auth: auth::Auth::new(&upstream),
             upstream,
             http,
             policy,
+            metrics,
         })
     }
 
@@ -62,12 +66,12 @@ pub struct Registries {
 }
 
 impl Registries {
-    pub fn from_config(config: &Config) -> Result<Registries, Error> {
+    pub fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Result<Registries, Error> {
         let mut by_host = HashMap::new();
         for u in &config.upstreams {
             by_host.insert(
                 u.host.clone(),
-                Arc::new(Registry::new(u.clone(), config.upstream_policy)?),
+                Arc::new(Registry::new(u.clone(), config.upstream_policy, metrics.clone())?),
             );
         }
         Ok(Registries {

@@ -1,6 +1,7 @@
 //! The built binary: `policy check`, `verify`, and SIGHUP reload of `serve`.
 
 use super::common::*;
+use crate::support::binary;
 
 // ============================================================= CLI
 
@@ -207,7 +208,8 @@ async fn sighup_reloads_the_policy() {
     let file = dir.path().join("policy.yaml");
     std::fs::write(&file, policy("allow", "")).expect("write policy");
     let policies = dir.path().to_string_lossy().into_owned();
-    let (mut child, listen, _data) = serve_binary(&registry, &["--policies", &policies]).await;
+    let mut served = binary::serve(&registry.url(), &["--policies", &policies]).await;
+    let listen = served.listen.clone();
     let url = format!("http://{listen}/v2/test/app/manifests/v1");
     assert_eq!(client::get(&url).await.status, StatusCode::OK, "static allow");
 
@@ -226,7 +228,7 @@ async fn sighup_reloads_the_policy() {
         "no reload without the signal"
     );
 
-    send_sighup(&child);
+    served.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = client::get(&url).await;
@@ -241,7 +243,7 @@ async fn sighup_reloads_the_policy() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    child.kill().await.expect("stop portcullis");
+    served.child.kill().await.expect("stop portcullis");
 }
 
 /// SIGHUP never ends the process: logrotate-style tooling sends it to
@@ -252,65 +254,18 @@ async fn sighup_does_not_end_an_integrity_only_proxy() {
     let registry = Distribution::start().await;
     let image = oci_image(&[1024], 902);
     registry.push_image("test/app", "v1", &image).await;
-    let (mut child, listen, _data) = serve_binary(&registry, &["--integrity-only"]).await;
+    let mut served = binary::serve(&registry.url(), &["--integrity-only"]).await;
+    let listen = served.listen.clone();
     let url = format!("http://{listen}/v2/test/app/manifests/v1");
     assert_eq!(client::get(&url).await.status, StatusCode::OK, "before the signal");
     for _ in 0..2 {
-        send_sighup(&child);
+        served.signal("HUP");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(
-        child.try_wait().expect("child status").is_none(),
+        served.child.try_wait().expect("child status").is_none(),
         "SIGHUP ended the integrity-only proxy"
     );
     assert_eq!(client::get(&url).await.status, StatusCode::OK, "after the signal");
-    child.kill().await.expect("stop portcullis");
-}
-
-/// `portcullis serve` on a free loopback port in front of `registry`, with
-/// `extra` arguments, once it listens. Returns the child, its address and
-/// its data directory (removed when dropped).
-async fn serve_binary(registry: &Distribution, extra: &[&str]) -> (tokio::process::Child, String, tempfile::TempDir) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let data = tempfile::tempdir().expect("data dir");
-    let listen = format!("127.0.0.1:{port}");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["serve", "--listen", &listen, "--default-upstream", &registry.url()])
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run portcullis serve");
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), reachable(&listen)).await
-            && s
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "portcullis did not start listening");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    (child, listen, data)
-}
-
-fn send_sighup(child: &tokio::process::Child) {
-    let pid = child.id().expect("pid").to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill");
-    assert!(sent.success(), "kill -HUP {pid}");
-}
-
-async fn reachable(addr: &str) -> std::io::Result<bool> {
-    Ok(tokio::net::TcpStream::connect(addr).await.is_ok())
+    served.child.kill().await.expect("stop portcullis");
 }

@@ -329,6 +329,7 @@ async fn no_policy_refuses_to_start_unless_integrity_only() {
     let config = |policies: &Path, integrity_only: bool| {
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".parse().expect("addr")),
+            admin_listen: Some("127.0.0.1:0".parse().expect("addr")),
             data_dir: Some(data.path().to_owned()),
             default_upstream: Some("http://127.0.0.1:1".parse().expect("url")),
             policies: Some(policies.to_owned()),

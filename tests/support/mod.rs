@@ -1,6 +1,7 @@
 //! Shared helpers for the integration test binaries.
 //!
 //! - `proxy`: run Portcullis in-process on a free loopback port.
+//! - `binary`: run the built `portcullis serve` as a child process.
 //! - `admission`: policies with fresh keys, signed images, pulls and their
 //!   admission assertions (skopeo included).
 //! - `client`: a minimal HTTP client for assertions on exact bytes/headers.
@@ -11,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod admission;
+pub mod binary;
 pub mod client;
 pub mod containerd;
 pub mod cosign;

@@ -10,6 +10,8 @@ use tokio::sync::oneshot;
 
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+    pub admin: SocketAddr,
     pub data_dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
 }
@@ -21,6 +23,7 @@ impl TestProxy {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".parse().expect("addr")),
+            admin_listen: Some("127.0.0.1:0".parse().expect("addr")),
             data_dir: Some(data_dir.path().to_owned()),
             default_upstream: None,
             policies: None,
@@ -35,6 +38,7 @@ impl TestProxy {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".parse().expect("addr")),
+            admin_listen: Some("127.0.0.1:0".parse().expect("addr")),
             data_dir: Some(data_dir.path().to_owned()),
             default_upstream: Some(url.parse().expect("upstream url")),
             policies: None,
@@ -72,6 +76,7 @@ impl TestProxy {
         let yaml = format!("auditLog: {}\n", data_dir.path().join("audit.jsonl").display());
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".parse().expect("addr")),
+            admin_listen: Some("127.0.0.1:0".parse().expect("addr")),
             data_dir: Some(data_dir.path().to_owned()),
             default_upstream: Some(url.parse().expect("upstream url")),
             policies: Some(dir.to_owned()),
@@ -93,12 +98,14 @@ impl TestProxy {
     async fn start_config(config: Config, data_dir: tempfile::TempDir) -> TestProxy {
         let server = Server::bind(config).await.expect("proxy binds");
         let addr = server.local_addr().expect("addr");
+        let admin = server.admin_addr().expect("admin addr");
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(server.run(async move {
             let _ = rx.await;
         }));
         TestProxy {
             addr,
+            admin,
             data_dir,
             shutdown: Some(tx),
         }
@@ -107,6 +114,11 @@ impl TestProxy {
     /// `http://127.0.0.1:port` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// `http://<admin listener>` + `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
     }
 
     /// Where a committed blob would be.

@@ -1,0 +1,86 @@
+//! The built `portcullis` binary as a child process: `serve` on free
+//! loopback ports (registry and admin), its log kept in a file, signals
+//! sent with `kill`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// How long the binary gets to start listening.
+const START_LIMIT: Duration = Duration::from_secs(60);
+
+/// A running `portcullis serve`, killed when dropped.
+pub struct Served {
+    pub child: tokio::process::Child,
+    /// `127.0.0.1:port` of the registry listener.
+    pub listen: String,
+    /// `127.0.0.1:port` of the admin listener.
+    pub admin: String,
+    pub data: tempfile::TempDir,
+    /// Standard error (the log).
+    pub log: PathBuf,
+}
+
+/// A port free at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `portcullis serve --default-upstream upstream` plus `extra`, once its
+/// registry port accepts connections.
+pub async fn serve(upstream: &str, extra: &[&str]) -> Served {
+    let data = tempfile::tempdir().expect("data dir");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let log = data.path().join("portcullis.log");
+    let stderr = std::fs::File::create(&log).expect("log file");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--listen", &listen, "--admin-listen", &admin])
+        .args(["--default-upstream", upstream])
+        .arg("--data-dir")
+        .arg(data.path().join("store"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run portcullis serve");
+    let deadline = Instant::now() + START_LIMIT;
+    while tokio::net::TcpStream::connect(&listen).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "portcullis did not start listening; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Served {
+        child,
+        listen,
+        admin,
+        data,
+        log,
+    }
+}
+
+impl Served {
+    /// Send a signal by name (`HUP`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("pid").to_string();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
