@@ -4,6 +4,7 @@
 //! `oci` → `telemetry`, `verify` → `config` → `upstream`, `store` → `proxy` → `server`.
 //! See `docs/ARCHITECTURE.md` for the request flow.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod oci;
