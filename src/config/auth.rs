@@ -112,10 +112,10 @@ pub(super) fn auth_config(raw: RawAuth, resolve: impl Fn(PathBuf) -> PathBuf) ->
             "must be an http(s) URL without `\"` or `\\`".to_owned(),
         ));
     }
-    for (group, _) in raw
+    if let Some(group) = raw
         .groups
-        .iter()
-        .filter(|(g, _)| g.is_empty() || g.contains(char::is_whitespace))
+        .keys()
+        .find(|g| g.is_empty() || g.contains(char::is_whitespace))
     {
         return Err((format!("auth.groups.{group}"), "not a group name".to_owned()));
     }

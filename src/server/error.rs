@@ -17,8 +17,9 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after: Option<HeaderValue>,
-    /// `WWW-Authenticate` of a `401`.
-    challenge: Option<HeaderValue>,
+    /// `WWW-Authenticate` of a `401` (boxed: rare, and `ApiError` travels
+    /// in every `Result` of the request path).
+    challenge: Option<Box<HeaderValue>>,
     warn: bool,
 }
 
@@ -60,7 +61,7 @@ impl ApiError {
             F::TokenOutOfScope => "the token does not cover this repository",
         };
         let mut a = ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message);
-        a.challenge = Some(challenge);
+        a.challenge = Some(Box::new(challenge));
         a
     }
 
@@ -70,11 +71,11 @@ impl ApiError {
     }
 
     pub fn challenge(&self) -> Option<&HeaderValue> {
-        self.challenge.as_ref()
+        self.challenge.as_deref()
     }
 
     pub fn challenge_header(&self) -> Option<(http::header::HeaderName, HeaderValue)> {
-        self.challenge.clone().map(|v| (WWW_AUTHENTICATE, v))
+        self.challenge.as_deref().map(|v| (WWW_AUTHENTICATE, v.clone()))
     }
 
     pub fn status(&self) -> StatusCode {
