@@ -1,8 +1,9 @@
-//! The registry HTTP surface: accept (plain or TLS), route, dispatch to the
-//! proxy, render errors as OCI JSON, and log one line per request.
+//! The registry HTTP surface: accept (plain or TLS), route, authenticate and
+//! authorize (`gate`, `/token`), dispatch to the proxy, render errors as OCI
+//! JSON, and log one line per request.
 //!
-//! Imports: `oci`, `config`, `telemetry`, `proxy` (and the error enums it
-//! re-exports).
+//! Imports: `oci`, `config`, `telemetry`, `auth`, `proxy` (and the error
+//! enums it re-exports).
 
 mod blobs;
 pub mod body;
