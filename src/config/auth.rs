@@ -189,6 +189,22 @@ mod tests {
     }
 
     #[test]
+    fn config_check_names_the_auth_mode() {
+        let c = load(
+            "tls: { cert: c.pem, key: k.pem }\nauth:\n  htpasswd: htpasswd\n  clientCA: ca.pem\n  rules:\n    - identities: [alice]\n      match: {}\n",
+        )
+        .expect("valid");
+        let text = c.describe();
+        assert!(
+            text.contains("clients: htpasswd /etc/portcullis/htpasswd, client certificates from /etc/portcullis/ca.pem, issued tokens (300s, a per-process key); anonymous refused; 1 authorization rules"),
+            "{text}"
+        );
+        let err =
+            load("auth:\n  clientCA: ca.pem\n  rules:\n    - identities: [a]\n      match: {}\n").expect_err("no tls");
+        assert!(err.contains("auth.clientCA"), "{err}");
+    }
+
+    #[test]
     fn identity_patterns() {
         assert!(matches!(
             IdentityPattern::parse("anonymous"),
