@@ -1,9 +1,10 @@
 //! Portcullis: a verifying pull-through OCI registry proxy.
 //!
 //! Module map (imports point downward only):
-//! `oci` → `telemetry`, `verify` → `config` → `upstream`, `store` → `proxy` → `server`.
+//! `oci` → `telemetry`, `verify` → `config` → `auth`, `upstream`, `store` → `proxy` → `server`.
 //! See `docs/ARCHITECTURE.md` for the request flow.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod oci;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::oci::{Reference, RegistryHost};
 use crate::proxy::{self, Proxy, Target};
+use crate::telemetry::Requester;
 use crate::telemetry::audit::{AuditEvent, AuditSink};
 
 /// The outcome of `portcullis verify`.
@@ -76,7 +77,11 @@ pub async fn run(config: Config, image: &str) -> Result<Report, VerifyError> {
         repo: upstream.upstream_repo(&repo),
         client_name: repo.to_string(),
     };
-    let result = proxy.manifest(&target, &reference, None, "portcullis verify").await;
+    let who = Requester {
+        client: "portcullis verify".to_owned(),
+        identity: "-".to_owned(),
+    };
+    let result = proxy.manifest(&target, &reference, None, &who).await;
     Ok(Report {
         allowed: result.is_ok(),
         events: proxy.gate().audit_sink().kept(),

@@ -3,6 +3,7 @@
 //!
 //! Imports: `oci`.
 
+mod auth;
 pub mod raw;
 mod secret;
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use auth::{AuthConfig, AuthRule, DEFAULT_TOKEN_TTL, IdentityPattern};
 pub use raw::{DEFAULT_CONFIG_YAML, UpstreamUrl};
 pub use secret::Secret;
 
@@ -211,6 +213,9 @@ pub struct Config {
     /// Audit events go here (JSON lines); `None` means standard output.
     pub audit_log: Option<PathBuf>,
     pub tls: Option<TlsFiles>,
+    /// Client authentication and authorization; `None`: anonymous pulls of
+    /// everything.
+    pub auth: Option<AuthConfig>,
     pub upstreams: Vec<Arc<Upstream>>,
     pub default_upstream: Option<Arc<Upstream>>,
     aliases: HashMap<String, Arc<Upstream>>,
@@ -356,6 +361,14 @@ impl Config {
             retry_backoff: p.retry_backoff.map_or(d.retry_backoff, |x| x.0),
         };
 
+        let auth = raw
+            .auth
+            .map(|a| auth::auth_config(a, |p| resolve_path(origin, p)))
+            .transpose()
+            .map_err(|(at, m)| invalid(&at, m))?;
+        if auth.as_ref().is_some_and(|a| a.client_ca.is_some()) && raw.tls.is_none() {
+            return Err(invalid("auth.clientCA", "client certificates need `tls:`".to_owned()));
+        }
         let server_limits = server_limits(&raw.server).map_err(|(at, m)| invalid(&format!("server.{at}"), m))?;
         let proxy_limits = proxy_limits(&raw.cache).map_err(|(at, m)| invalid(&format!("cache.{at}"), m))?;
 
@@ -388,6 +401,7 @@ impl Config {
                 cert: resolve_path(origin, t.cert),
                 key: resolve_path(origin, t.key),
             }),
+            auth,
             upstreams,
             default_upstream,
             aliases,
@@ -435,6 +449,7 @@ impl Config {
                 .as_ref()
                 .map_or("standard output".to_owned(), |p| p.display().to_string())
         );
+        let _ = writeln!(out, "clients: {}", describe_auth(self.auth.as_ref()));
         let _ = writeln!(out, "upstreams (allow-list; any other registry host is refused):");
         for u in &self.upstreams {
             let mut aliases: Vec<&str> = self
@@ -510,6 +525,34 @@ impl Config {
         );
         out
     }
+}
+
+/// Who may pull, for `config check` (file names only, never contents).
+fn describe_auth(auth: Option<&AuthConfig>) -> String {
+    let Some(a) = auth else {
+        return "anonymous (no client authentication configured)".to_owned();
+    };
+    let mut methods = Vec::new();
+    if let Some(p) = &a.htpasswd {
+        methods.push(format!("htpasswd {}", p.display()));
+    }
+    if let Some(p) = &a.tokens {
+        methods.push(format!("static tokens {}", p.display()));
+    }
+    if let Some(p) = &a.client_ca {
+        methods.push(format!("client certificates from {}", p.display()));
+    }
+    let key = match &a.token_key {
+        Some(p) => format!("key {}", p.display()),
+        None => "a per-process key".to_owned(),
+    };
+    methods.push(format!("issued tokens ({}s, {key})", a.token_ttl.as_secs()));
+    format!(
+        "{}; anonymous {}; {} authorization rules",
+        methods.join(", "),
+        if a.anonymous { "allowed" } else { "refused" },
+        a.rules.len()
+    )
 }
 
 /// `server:` with defaults; a zero count (which would refuse everything)

@@ -58,6 +58,63 @@ pub struct RawConfig {
     pub server: RawServerLimits,
     #[serde(default)]
     pub admin: RawAdmin,
+    /// Client authentication and per-repository authorization; absent:
+    /// every client is anonymous and may pull everything.
+    pub auth: Option<RawAuth>,
+}
+
+/// `auth:`. The names `htpasswd` and `anonymous` are fixed (operators
+/// script against them).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAuth {
+    /// `user:bcrypt-hash` lines (`$2y$`, `$2b$`, `$2a$`), as Distribution
+    /// and zot read them.
+    pub htpasswd: Option<PathBuf>,
+    /// Companion group file: `group: user1 user2` lines.
+    pub groups_file: Option<PathBuf>,
+    /// Inline groups: `{ ci: [robot1, alice] }` (merged with `groupsFile`).
+    #[serde(default)]
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Static bearer tokens: `NAME TOKEN` lines (TOKEN may be `sha256:<hex>`).
+    pub tokens: Option<PathBuf>,
+    /// PEM bundle of CAs whose client certificates are identities.
+    #[serde(rename = "clientCA")]
+    pub client_ca: Option<PathBuf>,
+    /// `true`: clients without credentials are the identity `anonymous`.
+    #[serde(default)]
+    pub anonymous: bool,
+    /// HMAC key (at least 32 bytes) signing issued tokens, shared by
+    /// replicas; absent: a random key per process.
+    pub token_key: Option<PathBuf>,
+    /// Lifetime of issued tokens (default 5m).
+    pub token_ttl: Option<HumanDuration>,
+    /// The `service` of the challenge and of issued tokens (default `portcullis`).
+    pub service: Option<String>,
+    /// The token endpoint URL announced in challenges (default: the
+    /// request's scheme and `Host` + `/token`).
+    pub realm: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<RawAuthRule>,
+}
+
+/// One authorization rule: these identities may pull what `match` names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAuthRule {
+    pub identities: Vec<String>,
+    #[serde(rename = "match")]
+    pub matches: RawAuthMatch,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAuthMatch {
+    /// Registry host glob (as clients name the upstream); absent: any.
+    pub registry: Option<String>,
+    /// Repository globs (upstream names); absent or empty: all.
+    #[serde(default)]
+    pub repositories: Vec<String>,
 }
 
 /// The admin listener (metrics and probes).

@@ -4,6 +4,7 @@
 //! these types, and request text is parsed into them exactly once.
 
 pub mod digest;
+pub mod glob;
 pub mod json;
 pub mod manifest;
 pub mod material;
@@ -11,6 +12,7 @@ pub mod name;
 pub mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, DigestHasher};
+pub use glob::{Glob, GlobError};
 pub use manifest::{Descriptor, ManifestError, ManifestInfo, ManifestMediaType};
 pub use name::{NameError, RegistryHost, RepoName, Tag};
 pub use reference::{Reference, ReferenceError};

@@ -7,7 +7,9 @@
 
 pub mod compile;
 pub mod eval;
-pub mod glob;
+/// The glob language lives in `oci` (pure), shared with client authorization
+/// rules (`auth`); re-exported here where policies have always named it.
+pub use crate::oci::glob;
 pub mod schema;
 mod signers;
 

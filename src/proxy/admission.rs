@@ -35,6 +35,7 @@ use crate::oci::{Digest, ManifestInfo, ManifestMediaType, RegistryHost, RepoName
 use crate::policy::{self, Decision, Evidence, Mode, Mutability, PolicySet, Rule, RuleAction, Verdict};
 use crate::store::verdicts::{VerdictKey, VerdictStore};
 use crate::store::{Grant, GrantKey, GrantScope};
+use crate::telemetry::Requester;
 use crate::telemetry::audit::{self, AuditEvent, AuditSink};
 use crate::telemetry::metrics::{AdmissionMode, AdmissionOutcome};
 use crate::verify::VerifiedManifest;
@@ -261,7 +262,7 @@ impl Gate {
 struct Ask<'a> {
     target: &'a Target,
     tag: Option<&'a Tag>,
-    client: &'a str,
+    who: &'a Requester,
 }
 
 /// How an admitted manifest relates to what it references.
@@ -321,9 +322,9 @@ impl Proxy {
         target: &Target,
         tag: Option<&Tag>,
         manifest: VerifiedManifest,
-        client: &str,
+        who: &Requester,
     ) -> Result<Admitted, Error> {
-        let ask = Ask { target, tag, client };
+        let ask = Ask { target, tag, who };
         let policy = match self.gate.enforcement()? {
             Enforcement::IntegrityOnly => return Ok(self.admit_integrity_only(&ask, manifest)),
             Enforcement::Policy(p) => p,
@@ -566,15 +567,11 @@ impl Proxy {
         let (target_owned, manifest_digest) = (target.clone(), manifest.clone());
         let readmission = tokio::spawn(async move {
             let (verified, _) = proxy.manifest_by_digest(&target_owned, &manifest_digest).await?;
-            proxy
-                .admit(
-                    &target_owned,
-                    None,
-                    verified,
-                    "portcullis (re-admission after a policy change)",
-                )
-                .await
-                .map(drop)
+            let who = Requester {
+                client: "portcullis (re-admission after a policy change)".to_owned(),
+                identity: "-".to_owned(),
+            };
+            proxy.admit(&target_owned, None, verified, &who).await.map(drop)
         });
         match readmission.await {
             Ok(Ok(())) => self.gate.grants.get(&key),
@@ -776,7 +773,8 @@ impl Proxy {
         let verdict = outcome.as_str();
         let event = AuditEvent {
             time: audit::now(),
-            client: ask.client.to_owned(),
+            client: ask.who.client.clone(),
+            identity: ask.who.identity.clone(),
             registry: ask.target.registry.host().to_string(),
             repository: ask.target.repo.to_string(),
             tag: ask.tag.map(|t| t.to_string()),

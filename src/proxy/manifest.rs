@@ -23,7 +23,7 @@ use super::{Error, Proxy, Target, blocking};
 use crate::oci::manifest::{DEFAULT_ACCEPT, MAX_MANIFEST_BYTES, accepts};
 use crate::oci::{Digest, ManifestMediaType, Reference, Tag};
 use crate::policy::Mutability;
-use crate::telemetry::CacheOutcome;
+use crate::telemetry::{CacheOutcome, Requester};
 use crate::upstream;
 use crate::verify::{self, VerifiedManifest, manifest::check_computed};
 
@@ -65,7 +65,7 @@ impl Proxy {
         target: &Target,
         reference: &Reference,
         accept: Option<&HeaderValue>,
-        client: &str,
+        who: &Requester,
     ) -> Result<ManifestServed, Error> {
         let mut fetched = self
             .fetch_manifest(target, reference, accept, Staleness::AllowLastKnown)
@@ -89,7 +89,7 @@ impl Proxy {
         } = fetched;
         // Boxed: an admission's future (discovery, verification) is large,
         // and debug builds poll it on a 2 MiB worker stack.
-        let admitted = Box::pin(self.admit(target, tag, manifest, client)).await?;
+        let admitted = Box::pin(self.admit(target, tag, manifest, who)).await?;
         self.persist(&admitted).await?;
         // Only an admitted digest may become the tag's last-known digest
         // (the outage fallback and the pin for immutable tags).

@@ -2,9 +2,10 @@
 //! Every failure below the HTTP edge arrives here typed and is mapped by one
 //! exhaustive `match`, so the compiler finds unmapped variants.
 
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, StatusCode};
 
+use crate::auth::AuthFailure;
 use crate::oci::{DigestError, NameError, ReferenceError, RegistryHost};
 use crate::proxy;
 use crate::upstream;
@@ -16,6 +17,9 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after: Option<HeaderValue>,
+    /// `WWW-Authenticate` of a `401` (boxed: rare, and `ApiError` travels
+    /// in every `Result` of the request path).
+    challenge: Option<Box<HeaderValue>>,
     warn: bool,
 }
 
@@ -26,8 +30,52 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            challenge: None,
             warn: false,
         }
+    }
+
+    /// A refused authentication or authorization. `401 UNAUTHORIZED` with
+    /// the challenge, so clients (re)authenticate; `403 DENIED` when an
+    /// authenticated identity is not allowed the repository (an anonymous
+    /// client is asked to log in instead). The message names the reason
+    /// class, never a credential.
+    pub fn from_auth(failure: AuthFailure, identity: Option<&str>, challenge: HeaderValue) -> ApiError {
+        use AuthFailure as F;
+        let message = match failure {
+            F::NotAllowed => match identity {
+                Some(id) if id != "anonymous" => {
+                    return ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "DENIED",
+                        format!("`{id}` is not allowed to pull this repository"),
+                    );
+                }
+                _ => "authentication required: anonymous clients may not pull this repository",
+            },
+            F::MissingCredentials => "authentication required",
+            F::MalformedCredentials | F::UnsupportedScheme => "unreadable credentials",
+            F::UnknownUser | F::BadPassword => "invalid user name or password",
+            F::BadToken => "invalid token",
+            F::ExpiredToken => "token expired",
+            F::TokenOutOfScope => "the token does not cover this repository",
+        };
+        let mut a = ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message);
+        a.challenge = Some(Box::new(challenge));
+        a
+    }
+
+    /// A `/token` request that cannot be served (`400`).
+    pub fn bad_token_request(message: &str) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", message)
+    }
+
+    pub fn challenge(&self) -> Option<&HeaderValue> {
+        self.challenge.as_deref()
+    }
+
+    pub fn challenge_header(&self) -> Option<(http::header::HeaderName, HeaderValue)> {
+        self.challenge.as_deref().map(|v| (WWW_AUTHENTICATE, v.clone()))
     }
 
     pub fn status(&self) -> StatusCode {

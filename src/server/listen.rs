@@ -16,15 +16,17 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::Peer;
 use super::admin::{AdminListener, Readiness};
 use super::conn_limit::ConnectionLimiter;
 use super::preface_deadline::PrefaceDeadline;
-use crate::config::{Config, ServerLimits, TlsFiles};
+use super::tls::RotatingCert;
+use super::watch::{self, Watcher};
+use crate::auth::{Auth, AuthError};
+use crate::config::{Config, ServerLimits};
 use crate::proxy::{Proxy, StartError};
 
 /// Why the server could not start.
@@ -36,6 +38,8 @@ pub enum ListenError {
     Tls(String),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error("auth: {0}")]
+    Auth(#[from] AuthError),
 }
 
 /// A bound, not yet running server.
@@ -44,7 +48,11 @@ pub struct Server {
     admin: AdminListener,
     readiness: Arc<Readiness>,
     tls: Option<TlsAcceptor>,
+    /// The server certificate in force (reloaded when its files change).
+    cert: Option<Arc<RotatingCert>>,
     proxy: Arc<Proxy>,
+    /// Client authentication; `None`: every client is anonymous.
+    auth: Option<Arc<Auth>>,
     limiter: ConnectionLimiter,
 }
 
@@ -60,7 +68,15 @@ impl Server {
     /// Open the store, build the upstream clients and bind the listener.
     pub async fn bind(config: Config) -> Result<Server, ListenError> {
         let config = Arc::new(config);
-        let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+        let client_ca = config.auth.as_ref().and_then(|a| a.client_ca.as_deref());
+        let (tls, cert) = match config.tls.as_ref() {
+            Some(files) => {
+                let (acceptor, cert) = super::tls::acceptor(files, client_ca)?;
+                (Some(acceptor), Some(cert))
+            }
+            None => (None, None),
+        };
+        let auth = config.auth.as_ref().map(Auth::new).transpose()?.map(Arc::new);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| ListenError::Bind {
@@ -80,7 +96,9 @@ impl Server {
             admin,
             readiness: Arc::new(Readiness::default()),
             tls,
+            cert,
             proxy,
+            auth,
             limiter: ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_client),
         })
     }
@@ -135,7 +153,10 @@ impl Server {
             policy = %policy,
             audit_only_rules = %if audit_only.is_empty() { "none".to_owned() } else { audit_only.join(", ") },
             storage = %config.data_dir.display(),
-            clients = "anonymous (no client authentication configured)",
+            clients = %self.auth.as_ref().map_or_else(
+                || "anonymous (no client authentication configured)".to_owned(),
+                |a| a.describe()
+            ),
             "portcullis listening"
         );
     }
@@ -149,6 +170,7 @@ impl Server {
         let limits = self.proxy.config().server_limits;
         let builder = connection_builder(&limits);
         let reloader = tokio::spawn(super::reload::watch(self.proxy.clone()));
+        let _watchers = self.watchers();
         let admin = tokio::spawn(self.admin.run(self.proxy.clone(), self.readiness.clone()));
         tokio::pin!(shutdown);
         loop {
@@ -174,12 +196,10 @@ impl Server {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let proxy = self.proxy.clone();
-            let client = peer.to_string();
-            let service = service_fn(move |req| crate::server::handle(proxy.clone(), req, client.clone()));
             let stream = PrefaceDeadline::new(stream, limits.header_read_timeout);
             match &self.tls {
                 None => {
+                    let service = service(self.proxy.clone(), self.auth.clone(), Peer::plain(peer));
                     let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
@@ -192,6 +212,7 @@ impl Server {
                 Some(acceptor) => {
                     let acceptor = acceptor.clone();
                     let builder = builder.clone();
+                    let (proxy, auth) = (self.proxy.clone(), self.auth.clone());
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
                         let tls =
@@ -202,6 +223,8 @@ impl Server {
                             };
                         // The handshake consumed the first deadline; the
                         // HTTP bytes get their own.
+                        let peer_info = Peer::tls(peer, tls.get_ref().1.peer_certificates());
+                        let service = service(proxy, auth, peer_info);
                         let tls = PrefaceDeadline::new(tls, limits.header_read_timeout);
                         let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
                         if let Err(e) = watcher.watch(conn).await {
@@ -234,6 +257,36 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Reloaders of the server certificate and the client credentials,
+    /// stopped when dropped.
+    fn watchers(&self) -> Vec<Watcher> {
+        let mut out = Vec::new();
+        if let Some(cert) = &self.cert {
+            out.push(watch::spawn(cert.clone()));
+        }
+        if let Some(auth) = &self.auth {
+            out.push(watch::spawn(auth.clone()));
+        }
+        out
+    }
+}
+
+fn service(
+    proxy: Arc<Proxy>,
+    auth: Option<Arc<Auth>>,
+    peer: Peer,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<super::body::Logged>,
+    Error = std::convert::Infallible,
+    Future: Send,
+> + Clone
++ use<> {
+    let peer = Arc::new(peer);
+    service_fn(move |req| crate::server::handle(proxy.clone(), auth.clone(), req, peer.clone()))
+}
+
 /// hyper's HTTP/1 and HTTP/2 settings from `server:`. Both sides get a
 /// timer: without one hyper silently drops its header read timeout (and
 /// panics if one is configured explicitly).
@@ -253,21 +306,4 @@ fn connection_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
-}
-
-fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ListenError> {
-    let certs = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ListenError::Tls(format!("certificate {}: {e}", files.cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| ListenError::Tls(format!("key {}: {e}", files.key.display())))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ListenError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ListenError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -13,18 +13,18 @@ use super::error::ApiError;
 use super::{DOCKER_CONTENT_DIGEST, header_value};
 use crate::oci::Reference;
 use crate::proxy::{Proxy, Target};
-use crate::telemetry::AccessRecord;
+use crate::telemetry::{AccessRecord, Requester};
 
 pub async fn serve<B>(
     proxy: &Proxy,
     req: &Request<B>,
     target: &Target,
     reference: &Reference,
-    client: &str,
+    who: &Requester,
     record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let accept = combined_accept(req);
-    let served = proxy.manifest(target, reference, accept.as_ref(), client).await?;
+    let served = proxy.manifest(target, reference, accept.as_ref(), who).await?;
     let m = &served.manifest;
     record.digest = Some(m.digest().clone());
     record.cache = served.cache;

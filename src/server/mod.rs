@@ -1,14 +1,16 @@
-//! The registry HTTP surface: accept (plain or TLS), route, dispatch to the
-//! proxy, render errors as OCI JSON, and log one line per request.
+//! The registry HTTP surface: accept (plain or TLS), route, authenticate and
+//! authorize (`gate`, `/token`), dispatch to the proxy, render errors as OCI
+//! JSON, and log one line per request.
 //!
-//! Imports: `oci`, `config`, `telemetry`, `proxy` (and the error enums it
-//! re-exports).
+//! Imports: `oci`, `config`, `telemetry`, `auth`, `proxy` (and the error
+//! enums it re-exports).
 
 mod admin;
 mod blobs;
 pub mod body;
 mod conn_limit;
 mod error;
+mod gate;
 mod listen;
 mod manifests;
 mod preface_deadline;
@@ -16,20 +18,26 @@ mod referrers;
 mod reload;
 pub mod route;
 mod tags;
+mod tls;
+mod token;
+mod watch;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use rustls_pki_types::CertificateDer;
 
 pub use error::ApiError;
 pub use listen::{ListenError, Server};
 
-use body::{Logged, ResponseBody, empty, full};
+use body::{BoxError, Logged, ResponseBody, empty, full};
 use route::{Endpoint, Route};
 
+use crate::auth::{Auth, Identity};
 use crate::proxy::Proxy;
 use crate::telemetry::metrics::RouteKind;
 use crate::telemetry::{AccessRecord, CacheOutcome};
@@ -37,11 +45,61 @@ use crate::telemetry::{AccessRecord, CacheOutcome};
 pub(crate) const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 const API_VERSION: &str = "docker-distribution-api-version";
 
+/// One client connection: its address, whether it is TLS, and the identity
+/// of the client certificate it presented (verified against
+/// `auth.clientCA` during the handshake).
+#[derive(Debug)]
+pub struct Peer {
+    pub addr: String,
+    pub tls: bool,
+    pub cert: Option<Identity>,
+}
+
+impl Peer {
+    pub fn plain(addr: SocketAddr) -> Peer {
+        Peer {
+            addr: addr.to_string(),
+            tls: false,
+            cert: None,
+        }
+    }
+
+    /// A TLS peer; `certs` is the verified chain, end entity first.
+    pub fn tls(addr: SocketAddr, certs: Option<&[CertificateDer<'_>]>) -> Peer {
+        Peer {
+            addr: addr.to_string(),
+            tls: true,
+            cert: certs
+                .and_then(|c| c.first())
+                .and_then(|c| crate::auth::cert_identity(c)),
+        }
+    }
+}
+
+/// What a request is handled with.
+struct Ctx<'a> {
+    proxy: &'a Proxy,
+    auth: Option<&'a Arc<Auth>>,
+    peer: &'a Peer,
+}
+
 /// Handle one request. Never fails: every error becomes an OCI error body.
-/// `client` is the peer address, for audit events.
-pub async fn handle<B>(proxy: Arc<Proxy>, req: Request<B>, client: String) -> Result<Response<Logged>, Infallible> {
+pub async fn handle<B>(
+    proxy: Arc<Proxy>,
+    auth: Option<Arc<Auth>>,
+    req: Request<B>,
+    peer: Arc<Peer>,
+) -> Result<Response<Logged>, Infallible>
+where
+    B: http_body::Body + Send,
+    B::Error: Into<BoxError>,
+{
     let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let req = Request::from_parts(parts, ());
     let mut record = AccessRecord {
+        client: peer.addr.clone(),
+        identity: "-".to_owned(),
         method: req.method().clone(),
         path: req.uri().path().chars().take(512).collect(),
         route: RouteKind::Unrouted,
@@ -52,7 +110,12 @@ pub async fn handle<B>(proxy: Arc<Proxy>, req: Request<B>, client: String) -> Re
         error: None,
     };
     let head = req.method() == Method::HEAD;
-    let mut resp = match dispatch(&proxy, &req, &client, &mut record).await {
+    let ctx = Ctx {
+        proxy: &proxy,
+        auth: auth.as_ref(),
+        peer: &peer,
+    };
+    let mut resp = match dispatch(&ctx, &req, body, &mut record).await {
         Ok(r) => r,
         Err(e) => {
             if e.is_warning() {
@@ -70,11 +133,16 @@ pub async fn handle<B>(proxy: Arc<Proxy>, req: Request<B>, client: String) -> Re
 }
 
 async fn dispatch<B>(
-    proxy: &Proxy,
-    req: &Request<B>,
-    client: &str,
+    ctx: &Ctx<'_>,
+    req: &Request<()>,
+    body: B,
     record: &mut AccessRecord,
-) -> Result<Response<ResponseBody>, ApiError> {
+) -> Result<Response<ResponseBody>, ApiError>
+where
+    B: http_body::Body + Send,
+    B::Error: Into<BoxError>,
+{
+    let proxy = ctx.proxy;
     let query = req.uri().query();
     match route::parse(
         req.method(),
@@ -83,8 +151,13 @@ async fn dispatch<B>(
         proxy.config(),
         proxy.registries(),
     )? {
+        Route::Token => {
+            record.route = RouteKind::Token;
+            token::serve(ctx, req, body, record).await
+        }
         Route::Base => {
             record.route = RouteKind::Base;
+            gate::base(ctx, req, record).await?;
             Ok(simple(
                 StatusCode::OK,
                 "application/json",
@@ -99,10 +172,9 @@ async fn dispatch<B>(
         } => {
             record.route = endpoint.kind();
             record.upstream = Some(target.registry.host().to_string());
+            let who = gate::repository(ctx, req, &target, namespace.as_ref(), record).await?;
             let mut resp = match &endpoint {
-                Endpoint::Manifest(reference) => {
-                    manifests::serve(proxy, req, &target, reference, client, record).await?
-                }
+                Endpoint::Manifest(reference) => manifests::serve(proxy, req, &target, reference, &who, record).await?,
                 Endpoint::Blob(digest) => blobs::serve(proxy, req, &target, digest, record).await?,
                 Endpoint::TagsList => tags::serve(proxy, query, &target, namespace.as_ref()).await?,
                 Endpoint::Referrers(digest) => referrers::serve(proxy, query, &target, digest, record).await?,
@@ -134,6 +206,9 @@ pub(crate) fn render_error(e: &ApiError, head: bool) -> Response<ResponseBody> {
     resp.headers_mut().insert(name, value);
     resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
     if let Some((name, value)) = e.retry_after_header() {
+        resp.headers_mut().insert(name, value);
+    }
+    if let Some((name, value)) = e.challenge_header() {
         resp.headers_mut().insert(name, value);
     }
     resp

@@ -44,6 +44,8 @@ impl Endpoint {
 pub enum Route {
     /// `GET /v2/`: API version check.
     Base,
+    /// `/token`: the registry token endpoint (with `auth:`).
+    Token,
     /// A repository endpoint with its resolved upstream.
     Repo {
         endpoint: Endpoint,
@@ -109,6 +111,18 @@ pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Every value of a repeated query parameter (percent-decoded).
+pub fn query_params(query: Option<&str>, key: &str) -> Vec<String> {
+    query
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .filter(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Parse method, path and query into a route, or the OCI error to send.
 pub fn parse(
     method: &Method,
@@ -117,6 +131,9 @@ pub fn parse(
     config: &Config,
     registries: &Registries,
 ) -> Result<Route, ApiError> {
+    if path == "/token" {
+        return Ok(Route::Token);
+    }
     let Some(rest) = path.strip_prefix("/v2") else {
         return Err(ApiError::not_found_route(path));
     };
@@ -160,7 +177,7 @@ fn read_only(method: &Method) -> Result<(), ApiError> {
     }
 }
 
-fn resolve_target(
+pub(super) fn resolve_target(
     name: &str,
     ns: Option<&str>,
     config: &Config,

@@ -13,6 +13,8 @@ pub struct AuditEvent {
     pub time: String,
     /// The client's address.
     pub client: String,
+    /// The client's identity (`user:NAME`, `cert:DN`, `anonymous`).
+    pub identity: String,
     pub registry: String,
     pub repository: String,
     pub tag: Option<String>,

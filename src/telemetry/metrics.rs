@@ -744,7 +744,7 @@ mod tests {
         m.store_bytes_changed(1);
         m.store_available(1);
         m.store_evicted();
-        m.auth_failure("bad-password");
+        m.auth_failure("bad_password");
         m.connection_refused(ConnectionRefusal::Global);
         m.policy_in_force(None);
         m.policy_reload(ReloadOutcome::Refused);

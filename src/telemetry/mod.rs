@@ -62,9 +62,19 @@ impl CacheOutcome {
     }
 }
 
+/// Who made a request: the peer address and the authenticated identity
+/// (`user:NAME`, `cert:DN`, `anonymous`; `-` when none was established).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requester {
+    pub client: String,
+    pub identity: String,
+}
+
 /// Everything the access log says about one request.
 #[derive(Clone, Debug)]
 pub struct AccessRecord {
+    pub client: String,
+    pub identity: String,
     pub method: http::Method,
     pub path: String,
     pub route: metrics::RouteKind,
@@ -86,6 +96,8 @@ impl AccessRecord {
         let digest = self.digest.as_ref().map(ToString::to_string);
         tracing::info!(
             target: "portcullis::access",
+            client = %self.client,
+            identity = %self.identity,
             method = %self.method,
             path = %self.path,
             route = self.route.as_str(),

@@ -93,6 +93,16 @@ impl Glob {
         path_matches(&self.segments, &parts)
     }
 
+    /// For single-segment globs, whether `text` matches with `/` an
+    /// ordinary character (certificate names, identities); path globs
+    /// match as [`matches`](Self::matches).
+    pub fn matches_text(&self, text: &str) -> bool {
+        match self.segments.as_slice() {
+            [Segment::One(p)] => segment_matches(p, text),
+            _ => self.matches(text),
+        }
+    }
+
     /// Whether every string this glob matches is also matched by `other`
     /// (conservative: `true` only when certain). Used to warn about
     /// shadowed rules.
