@@ -23,7 +23,7 @@ use super::Peer;
 use super::admin::{AdminListener, Readiness};
 use super::conn_limit::ConnectionLimiter;
 use super::preface_deadline::PrefaceDeadline;
-use super::tls::RotatingCert;
+use super::tls::Rotating;
 use super::watch::{self, Watcher};
 use crate::auth::{Auth, AuthError};
 use crate::config::{Config, ServerLimits};
@@ -48,8 +48,9 @@ pub struct Server {
     admin: AdminListener,
     readiness: Arc<Readiness>,
     tls: Option<TlsAcceptor>,
-    /// The server certificate in force (reloaded when its files change).
-    cert: Option<Arc<RotatingCert>>,
+    /// The server certificate and client CA bundle in force (reloaded
+    /// when their files change).
+    rotating: Option<Rotating>,
     proxy: Arc<Proxy>,
     /// Client authentication; `None`: every client is anonymous.
     auth: Option<Arc<Auth>>,
@@ -69,10 +70,10 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, ListenError> {
         let config = Arc::new(config);
         let client_ca = config.auth.as_ref().and_then(|a| a.client_ca.as_deref());
-        let (tls, cert) = match config.tls.as_ref() {
+        let (tls, rotating) = match config.tls.as_ref() {
             Some(files) => {
-                let (acceptor, cert) = super::tls::acceptor(files, client_ca)?;
-                (Some(acceptor), Some(cert))
+                let (acceptor, rotating) = super::tls::acceptor(files, client_ca)?;
+                (Some(acceptor), Some(rotating))
             }
             None => (None, None),
         };
@@ -96,7 +97,7 @@ impl Server {
             admin,
             readiness: Arc::new(Readiness::default()),
             tls,
-            cert,
+            rotating,
             proxy,
             auth,
             limiter: ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_client),
@@ -258,12 +259,16 @@ impl Server {
 }
 
 impl Server {
-    /// Reloaders of the server certificate and the client credentials,
+    /// Reloaders of the server certificate, the client CA bundle and the
+    /// client credentials,
     /// stopped when dropped.
     fn watchers(&self) -> Vec<Watcher> {
         let mut out = Vec::new();
-        if let Some(cert) = &self.cert {
-            out.push(watch::spawn(cert.clone()));
+        if let Some(rotating) = &self.rotating {
+            out.push(watch::spawn(rotating.cert.clone()));
+            if let Some(ca) = &rotating.client_ca {
+                out.push(watch::spawn(ca.clone()));
+            }
         }
         if let Some(auth) = &self.auth {
             out.push(watch::spawn(auth.clone()));

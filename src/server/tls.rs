@@ -2,15 +2,20 @@
 //! (cert-manager style rotation: re-read when their content changes and on
 //! SIGHUP; an invalid new pair is refused and the old one kept), and, with
 //! `auth.clientCA`, client certificates verified by rustls'
-//! `WebPkiClientVerifier`. Clients without a certificate are still
-//! accepted at the TLS layer, so the other authentication methods work.
+//! `WebPkiClientVerifier`, whose bundle follows its file the same way.
+//! Clients without a certificate are still accepted at the TLS layer, so
+//! the other authentication methods work.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::UnixTime;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
@@ -111,43 +116,183 @@ impl Reloadable for RotatingCert {
     }
 }
 
-/// The acceptor (ALPN h2 + http/1.1) and its rotating certificate.
-pub(super) fn acceptor(
-    files: &TlsFiles,
-    client_ca: Option<&Path>,
-) -> Result<(TlsAcceptor, Arc<RotatingCert>), ListenError> {
+/// What the listener's TLS reloads: the server certificate, and the
+/// client CA bundle when `auth.clientCA` is set.
+pub(super) struct Rotating {
+    pub cert: Arc<RotatingCert>,
+    pub client_ca: Option<Arc<RotatingClientCa>>,
+}
+
+/// The acceptor (ALPN h2 + http/1.1) and what rotates under it.
+pub(super) fn acceptor(files: &TlsFiles, client_ca: Option<&Path>) -> Result<(TlsAcceptor, Rotating), ListenError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let cert = Arc::new(RotatingCert::new(files, provider.clone()).map_err(ListenError::Tls)?);
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ListenError::Tls(e.to_string()))?;
-    let builder = match client_ca {
+    let client_ca = client_ca
+        .map(|path| RotatingClientCa::new(path, provider).map(Arc::new))
+        .transpose()
+        .map_err(ListenError::Tls)?;
+    let builder = match &client_ca {
         None => builder.with_no_client_auth(),
-        Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
+        Some(verifier) => builder.with_client_cert_verifier(verifier.clone()),
     };
     let mut config = builder.with_cert_resolver(cert.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((TlsAcceptor::from(Arc::new(config)), cert))
+    Ok((TlsAcceptor::from(Arc::new(config)), Rotating { cert, client_ca }))
 }
 
 /// Client certificates chaining to the bundle are verified; clients
 /// without one are accepted (they authenticate otherwise, or not at all).
 fn client_verifier(
     path: &Path,
+    bundle: &[u8],
     provider: Arc<CryptoProvider>,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ListenError> {
-    let tls = |m: String| ListenError::Tls(format!("clientCA {}: {m}", path.display()));
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let err = |m: String| format!("clientCA {}: {m}", path.display());
     let mut roots = rustls::RootCertStore::empty();
-    for der in CertificateDer::pem_file_iter(path).map_err(|e| tls(e.to_string()))? {
+    for der in CertificateDer::pem_slice_iter(bundle) {
         roots
-            .add(der.map_err(|e| tls(e.to_string()))?)
-            .map_err(|e| tls(e.to_string()))?;
+            .add(der.map_err(|e| err(e.to_string()))?)
+            .map_err(|e| err(e.to_string()))?;
     }
     if roots.is_empty() {
-        return Err(tls("no CA certificate in the file".to_owned()));
+        return Err(err("no CA certificate in the file".to_owned()));
     }
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .allow_unauthenticated()
         .build()
-        .map_err(|e| tls(e.to_string()))
+        .map_err(|e| err(e.to_string()))
+}
+
+/// The client CA bundle in force, and the content hash it was read at.
+struct LoadedCa {
+    verifier: Arc<dyn ClientCertVerifier>,
+    fingerprint: Digest,
+}
+
+/// A `ClientCertVerifier` over the `auth.clientCA` file that follows it
+/// like [`RotatingCert`] follows the server's: a CA added or removed in the
+/// bundle applies to the next handshake, with no restart. It sends no CA
+/// names in its certificate request (the names would have to outlive a
+/// reload); clients send the one certificate they are configured with.
+pub struct RotatingClientCa {
+    path: std::path::PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<LoadedCa>,
+}
+
+impl std::fmt::Debug for RotatingClientCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotatingClientCa")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RotatingClientCa {
+    fn new(path: &Path, provider: Arc<CryptoProvider>) -> Result<RotatingClientCa, String> {
+        let (loaded, _) = Self::read(path, &provider, None)?;
+        let loaded = loaded.ok_or_else(|| format!("clientCA {}: not read", path.display()))?;
+        Ok(RotatingClientCa {
+            path: path.to_owned(),
+            provider,
+            current: RwLock::new(loaded),
+        })
+    }
+
+    /// The bundle as a verifier, unless its content hash is `unchanged`.
+    fn read(
+        path: &Path,
+        provider: &Arc<CryptoProvider>,
+        unchanged: Option<&Digest>,
+    ) -> Result<(Option<LoadedCa>, Digest), String> {
+        let bundle = std::fs::read(path).map_err(|e| format!("clientCA {}: {e}", path.display()))?;
+        let fingerprint = Digest::of(Algorithm::Sha256, &bundle);
+        if unchanged == Some(&fingerprint) {
+            return Ok((None, fingerprint));
+        }
+        let verifier = client_verifier(path, &bundle, provider.clone())?;
+        Ok((
+            Some(LoadedCa {
+                verifier,
+                fingerprint: fingerprint.clone(),
+            }),
+            fingerprint,
+        ))
+    }
+
+    fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        self.current
+            .read()
+            .map(|c| c.verifier.clone())
+            .map_err(|_| rustls::Error::General("client CA lock poisoned".into()))
+    }
+}
+
+impl Reloadable for RotatingClientCa {
+    fn what(&self) -> &'static str {
+        "client CA bundle"
+    }
+
+    fn reload(&self, force: bool) -> Result<bool, String> {
+        let known = if force {
+            None
+        } else {
+            self.current.read().ok().map(|c| c.fingerprint.clone())
+        };
+        let (loaded, _) = Self::read(&self.path, &self.provider, known.as_ref())?;
+        let Some(loaded) = loaded else {
+            return Ok(false);
+        };
+        let mut slot = self.current.write().map_err(|_| "client CA lock poisoned".to_owned())?;
+        *slot = loaded;
+        Ok(true)
+    }
+}
+
+impl ClientCertVerifier for RotatingClientCa {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.verifier()?.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }

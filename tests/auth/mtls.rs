@@ -191,3 +191,71 @@ async fn containerd_with_a_client_certificate() {
             .is_err()
     );
 }
+
+/// The client CA bundle follows its file like the server certificate: a CA
+/// added to the bundle is trusted at the next handshake, one removed is no
+/// longer, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_ca_bundle_follows_its_file() {
+    let up = upstream().await;
+    let s = tls_setup();
+    let rotated = Ca::new("Portcullis rotated client CA");
+    write_pair(s.files.dir.path(), "old-node", &s.client_ca.leaf("node-1", &[], true));
+    write_pair(s.files.dir.path(), "new-node", &rotated.leaf("node-3", &[], true));
+    let proxy = proxy(&tls_config(&s, &up)).await;
+    let url = format!("https://127.0.0.1:{}/v2/apps/web/manifests/v1", proxy.addr.port());
+    assert_eq!(curl(&s, &url, Some("old-node")).await.0, 200);
+    assert!(handshake_refused(&s, &url, "new-node").await, "not trusted yet");
+
+    // Both CAs during the rotation, then only the new one.
+    s.files
+        .write("client-ca.pem", &format!("{}{}", s.client_ca.pem(), rotated.pem()));
+    eventually_accepted(&s, &url, "new-node").await;
+    assert_eq!(curl(&s, &url, Some("old-node")).await.0, 200, "both trusted");
+    s.files.write("client-ca.pem", &rotated.pem());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !handshake_refused(&s, &url, "old-node").await {
+        assert!(std::time::Instant::now() < deadline, "the removed CA is still trusted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(curl(&s, &url, Some("new-node")).await.0, 200);
+}
+
+/// Whether a TLS handshake with the `name` certificate fails.
+async fn handshake_refused(s: &TlsSetup, url: &str, name: &str) -> bool {
+    let (c, k, ca) = (
+        s.files.path(&format!("{name}.pem")).display().to_string(),
+        s.files.path(&format!("{name}.key")).display().to_string(),
+        s.files.path("server-ca.pem").display().to_string(),
+    );
+    crate::support::try_run(
+        "curl",
+        &[
+            "-sS",
+            "--cacert",
+            &ca,
+            "--cert",
+            &c,
+            "--key",
+            &k,
+            "-o",
+            "/dev/null",
+            url,
+        ],
+        Duration::from_secs(30),
+    )
+    .await
+    .is_err()
+}
+
+async fn eventually_accepted(s: &TlsSetup, url: &str, name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if !handshake_refused(s, url, name).await {
+            assert_eq!(curl(s, url, Some(name)).await.0, 200);
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the added CA is not trusted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -146,6 +146,31 @@ async fn token_scope_expiry_tampering_and_denials() {
     assert!(log.contains("identity=user:bob"), "the access log names the identity");
     assert!(log.contains("reason=\"bad_password\"") || log.contains("reason=bad_password"));
     assert_no_secrets(&[&files.audit_log()], &[&t_web, &t_robot, &access]);
+
+    // Each failure is counted once, by reason, on the admin listener.
+    let before = (
+        auth_failures(&proxy, "bad_password").await,
+        auth_failures(&proxy, "unknown_user").await,
+    );
+    let r = get_manifest(&proxy, "apps/web", Some(&basic(ALICE.0, "wrong-again"))).await;
+    assert_eq!(r.status.as_u16(), 401);
+    let r = get_manifest(&proxy, "apps/web", Some(&basic("eve", "x"))).await;
+    assert_eq!(r.status.as_u16(), 401);
+    let after = (
+        auth_failures(&proxy, "bad_password").await,
+        auth_failures(&proxy, "unknown_user").await,
+    );
+    assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1));
+}
+
+/// `portcullis_auth_failures_total{reason}` from the admin listener.
+async fn auth_failures(proxy: &crate::support::proxy::TestProxy, reason: &str) -> u64 {
+    let text =
+        String::from_utf8_lossy(&request(Method::GET, &proxy.admin_url("/metrics"), &[]).await.bytes()).into_owned();
+    let series = format!("portcullis_auth_failures_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().expect("a counter value"))
 }
 
 async fn post_form(proxy: &crate::support::proxy::TestProxy, form: &str) -> crate::support::client::Resp {
