@@ -76,6 +76,26 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The cache on disk: stats, verify (re-hash, quarantine), gc (evict to the cap).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Cache directory (overrides the file).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum StoreCommand {
+    /// Size, counts, pins, hit ratio.
+    Stats,
+    /// Re-hash every blob and manifest; move mismatches to quarantine/ (exit 1 if any).
+    Verify,
+    /// Evict least recently served blobs down to storage.maxBytes now.
+    Gc,
 }
 
 #[derive(Subcommand)]
@@ -144,6 +164,20 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Check { dir },
         } => report(policy_check(&dir)),
+        Command::Store {
+            command,
+            config,
+            data_dir,
+        } => {
+            let overrides = Overrides {
+                data_dir,
+                ..Default::default()
+            };
+            match Config::load(config.as_deref(), &overrides).map_err(anyhow::Error::from) {
+                Ok(config) => store(command, &config),
+                Err(e) => report(Err(e)),
+            }
+        }
         Command::Config {
             command: ConfigCommand::Check { file },
         } => report(
@@ -177,6 +211,62 @@ fn verify(config: Config, image: &str) -> anyhow::Result<bool> {
         (None, false) => println!("DENY {image}"),
     }
     Ok(report.allowed)
+}
+
+fn store(command: StoreCommand, config: &Config) -> ExitCode {
+    use portcullis::cli::store;
+    let size = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
+    let outcome = match command {
+        StoreCommand::Stats => store::stats(config).map(|s| {
+            println!("store: {}", s.data_dir.display());
+            println!("blobs: {} ({})", s.usage.blobs, size(s.usage.bytes));
+            match s.max_bytes {
+                Some(cap) => println!(
+                    "cap: {} ({:.1}% used)",
+                    size(cap),
+                    s.usage.bytes as f64 * 100.0 / cap.max(1) as f64
+                ),
+                None => println!("cap: none"),
+            }
+            println!("pinned: {} ({})", s.usage.pinned, size(s.usage.pinned_bytes));
+            match s.hit_ratio() {
+                Some(r) => println!(
+                    "hit ratio: {:.1}% ({} served from the store, {} downloaded)",
+                    r * 100.0,
+                    s.usage.hits,
+                    s.usage.downloads
+                ),
+                None => println!("hit ratio: - (nothing served yet)"),
+            }
+            ExitCode::SUCCESS
+        }),
+        StoreCommand::Verify => store::verify(config).map(|r| {
+            println!("checked: {} files", r.checked);
+            for path in &r.quarantined {
+                println!("MISMATCH: moved to {}", path.display());
+            }
+            if r.quarantined.is_empty() {
+                println!("ok: every file hashes to its digest");
+                ExitCode::SUCCESS
+            } else {
+                println!("{} files did not match their digest", r.quarantined.len());
+                ExitCode::from(1)
+            }
+        }),
+        StoreCommand::Gc => store::gc(config).map(|(evicted, left)| {
+            println!(
+                "evicted: {} blobs ({}); held now: {}",
+                evicted.blobs.len(),
+                size(evicted.bytes),
+                size(left)
+            );
+            ExitCode::SUCCESS
+        }),
+    };
+    outcome.unwrap_or_else(|e| {
+        eprintln!("portcullis: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn policy_check(dir: &std::path::Path) -> anyhow::Result<()> {

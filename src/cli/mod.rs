@@ -1,6 +1,8 @@
-//! Command-line tools beyond `serve`: `verify` and `policy check`.
+//! Command-line tools beyond `serve`: `verify`, `policy check` and the
+//! `store` commands.
 //!
-//! Imports: `oci`, `config`, `policy`, `proxy`, `server::route` (reference
-//! parsing shares the proxy's routing).
+//! Imports: `oci`, `config`, `policy`, `store`, `proxy`, `server::route`
+//! (reference parsing shares the proxy's routing).
 
+pub mod store;
 pub mod verify;

@@ -185,6 +185,13 @@ pub enum Admission {
     IntegrityOnly,
 }
 
+/// `storage:` validated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Storage {
+    /// Cap on blob bytes; `None`: unbounded.
+    pub max_bytes: Option<u64>,
+}
+
 /// Where the admin listener binds unless configured: loopback only, as
 /// metrics name upstreams and rules.
 pub const DEFAULT_ADMIN_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 5001);
@@ -207,6 +214,8 @@ pub struct Config {
     /// the registry port so that probes and scrapes never compete with
     /// pulls and metrics are not exposed to registry clients.
     pub admin_listen: SocketAddr,
+    /// `storage:`: the cap on cached content.
+    pub storage: Storage,
     pub data_dir: PathBuf,
     /// How pulls are admitted: by a signature policy, or integrity only.
     pub admission: Admission,
@@ -377,6 +386,9 @@ impl Config {
                 .listen
                 .or(raw.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5000))),
+            storage: Storage {
+                max_bytes: raw.storage.max_bytes.map(|b| b.as_u64()),
+            },
             admin_listen: ov
                 .admin_listen
                 .or(raw.admin.listen)
@@ -431,6 +443,14 @@ impl Config {
         let _ = writeln!(out, "listen: {scheme}://{}", self.listen);
         let _ = writeln!(out, "admin (metrics, /healthz, /readyz): http://{}", self.admin_listen);
         let _ = writeln!(out, "data directory: {}", self.data_dir.display());
+        let _ = match self.storage.max_bytes {
+            Some(cap) => writeln!(
+                out,
+                "storage cap: {} (least recently served blobs are evicted past it)",
+                bytesize::ByteSize(cap).display().iec()
+            ),
+            None => writeln!(out, "storage cap: none (the cache grows without bound)"),
+        };
         match &self.admission {
             Admission::Policies(dir) => {
                 let _ = writeln!(out, "admission: signature policies in {}", dir.display());

@@ -58,6 +58,8 @@ pub struct RawConfig {
     pub server: RawServerLimits,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub storage: RawStorage,
     /// Client authentication and per-repository authorization; absent:
     /// every client is anonymous and may pull everything.
     pub auth: Option<RawAuth>,
@@ -115,6 +117,15 @@ pub struct RawAuthMatch {
     /// Repository globs (upstream names); absent or empty: all.
     #[serde(default)]
     pub repositories: Vec<String>,
+}
+
+/// `storage:`: how much the cache may hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawStorage {
+    /// Cap on cached blob bytes (`50GiB`, `500MB`, or a number of bytes);
+    /// least recently served blobs are evicted past it. Absent: no cap.
+    pub max_bytes: Option<bytesize::ByteSize>,
 }
 
 /// The admin listener (metrics and probes).

@@ -152,13 +152,17 @@ impl Proxy {
         };
         let store = self.store.clone();
         let d = digest.clone();
-        if let Some((file, size)) = blocking(move || store.blobs.open(&d)).await? {
+        if let Some((file, size, held)) = blocking(move || store.open_blob(&d, !head)).await? {
             self.ensure_blob_present(target, digest).await?;
             let spool = Arc::new(Spool::completed(file, size));
             if let GrantScope::Material(kind) = grant.scope {
                 check_material(&spool, digest, size, kind).await?;
             }
-            return serve(&spool, size, range, head, CacheOutcome::Hit);
+            let mut served = serve(&spool, size, range, head, CacheOutcome::Hit)?;
+            if let Some(body) = served.body.as_mut() {
+                body.held = Some(held);
+            }
+            return Ok(served);
         }
         if head {
             return self.head_missing_blob(target, digest).await;
@@ -356,6 +360,17 @@ struct Downloader {
 }
 
 impl Downloader {
+    /// The store grew by `added` bytes and `evicted` left it.
+    fn record_store_change(&self, added: u64, evicted: &crate::store::Evicted) {
+        let delta = i128::from(added) - i128::from(evicted.bytes);
+        self.metrics
+            .store_bytes_changed(i64::try_from(delta).unwrap_or(if delta < 0 { i64::MIN } else { i64::MAX }));
+        for digest in &evicted.blobs {
+            self.metrics.store_evicted();
+            tracing::info!(%digest, cap = ?self.store.max_bytes(), "blob evicted (least recently served)");
+        }
+    }
+
     async fn run(self, spool: &Arc<Spool<Error>>) {
         match self.fetch(spool).await {
             Ok((proof, writer)) => {
@@ -364,10 +379,14 @@ impl Downloader {
                 // keeping them, and takes longer than the last chunk did.
                 spool.complete(&proof);
                 let len = proof.length();
-                match blocking(move || writer.commit(proof)).await {
-                    Ok(added) => {
-                        self.metrics
-                            .store_bytes_changed(i64::try_from(added).unwrap_or(i64::MAX));
+                let (store, digest) = (self.store.clone(), self.digest.clone());
+                let committed = blocking(move || {
+                    let added = writer.commit(proof)?;
+                    Ok((added, store.record_commit(&digest, len, added)?))
+                });
+                match committed.await {
+                    Ok((added, evicted)) => {
+                        self.record_store_change(added, &evicted);
                         tracing::debug!(digest = %self.digest, bytes = len, "blob verified and stored");
                     }
                     // Served verified, but not kept: the next request downloads again.
@@ -512,6 +531,8 @@ pub struct BlobBody {
     /// Held while this response follows another request's download
     /// (`portcullis_download_followers`).
     following: Option<crate::telemetry::metrics::GaugeGuard>,
+    /// Keeps a stored blob from eviction while this response reads it.
+    held: Option<crate::store::InUse>,
 }
 
 impl std::fmt::Debug for BlobBody {
@@ -527,6 +548,7 @@ impl BlobBody {
             remaining: len,
             deferred: None,
             following: None,
+            held: None,
         }
     }
 }

@@ -97,9 +97,13 @@ impl Proxy {
         config: Arc<Config>,
         audit: crate::telemetry::audit::AuditSink,
     ) -> Result<Arc<Proxy>, StartError> {
-        let store = Arc::new(Store::open_with_tag_memory(
+        let store = Arc::new(Store::open_with(
             &config.data_dir,
-            config.proxy_limits.tag_memory_entries,
+            crate::store::StoreOptions {
+                tag_memory_entries: config.proxy_limits.tag_memory_entries,
+                max_bytes: config.storage.max_bytes,
+                clean_tmp: true,
+            },
         )?);
         let metrics = Arc::new(Metrics::new());
         let registries = Registries::from_config(&config, &metrics)?;
@@ -173,7 +177,28 @@ impl Proxy {
     /// (or failed), or `deadline` passes; `false` if some were still running.
     pub async fn finish_downloads(&self, deadline: std::time::Duration) -> bool {
         self.downloads.close();
-        tokio::time::timeout(deadline, self.downloads.wait()).await.is_ok()
+        let finished = tokio::time::timeout(deadline, self.downloads.wait()).await.is_ok();
+        self.flush_usage().await;
+        finished
+    }
+
+    /// Write the store's access times every minute while the server runs
+    /// (the caller aborts the task; shutdown writes them once more).
+    pub async fn flush_usage_periodically(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush_usage().await;
+        }
+    }
+
+    /// Write the store's access times if they changed (off the workers).
+    pub async fn flush_usage(&self) {
+        let usage = self.store.usage.clone();
+        if let Err(e) = blocking(move || usage.flush()).await {
+            tracing::warn!(error = %e, "cannot write the store's access index");
+        }
     }
 }
 

@@ -153,7 +153,10 @@ impl Server {
             default_upstream = default_upstream.as_deref().unwrap_or("none"),
             policy = %policy,
             audit_only_rules = %if audit_only.is_empty() { "none".to_owned() } else { audit_only.join(", ") },
-            storage = %config.data_dir.display(),
+            storage = %match config.storage.max_bytes {
+                Some(cap) => format!("{} (cap {})", config.data_dir.display(), bytesize::ByteSize(cap).display().iec()),
+                None => format!("{} (no cap)", config.data_dir.display()),
+            },
             clients = %self.auth.as_ref().map_or_else(
                 || "anonymous (no client authentication configured)".to_owned(),
                 |a| a.describe()
@@ -171,6 +174,7 @@ impl Server {
         let limits = self.proxy.config().server_limits;
         let builder = connection_builder(&limits);
         let reloader = tokio::spawn(super::reload::watch(self.proxy.clone()));
+        let usage_flusher = tokio::spawn(self.proxy.clone().flush_usage_periodically());
         let _watchers = self.watchers();
         let admin = tokio::spawn(self.admin.run(self.proxy.clone(), self.readiness.clone()));
         tokio::pin!(shutdown);
@@ -239,6 +243,7 @@ impl Server {
         self.readiness.start_draining();
         drop(self.listener);
         reloader.abort();
+        usage_flusher.abort();
         let deadline = tokio::time::Instant::now() + limits.drain_timeout;
         tracing::info!(
             seconds = limits.drain_timeout.as_secs_f64(),

@@ -4,7 +4,9 @@
 //! Layout under the data directory:
 //! `blobs/<alg>/<hh>/<hex>`, `manifests/<alg>/<hh>/<hex>`,
 //! `tags/<upstream>/<repo>/<tag>`, `grants/<revision>/…` (blob grants),
-//! `verdicts/<revision>/…` (allow verdicts), `tmp/` (partial downloads; emptied at start).
+//! `verdicts/<revision>/…` (allow verdicts), `index/` (access times, pins,
+//! counters: `usage`), `quarantine/` (files `store verify` found wrong),
+//! `tmp/` (partial downloads; emptied at start).
 //! Every path is derived from validated types, never from request text.
 //!
 //! All functions here do blocking file I/O; async callers run them with
@@ -18,9 +20,11 @@ pub mod grants;
 pub mod manifests;
 pub mod spool;
 pub mod tags;
+pub mod usage;
 pub mod verdicts;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use blobs::{BlobStore, BlobWriter};
 pub use flight::{Busy, Flights, Join};
@@ -28,6 +32,7 @@ pub use grants::{Grant, GrantKey, GrantScope, GrantStore};
 pub use manifests::ManifestStore;
 pub use spool::{Spool, SpoolState};
 pub use tags::TagStore;
+pub use usage::{Evicted, InUse, Usage, UsageStats};
 
 use crate::oci::Digest;
 
@@ -93,32 +98,134 @@ pub struct Store {
     pub manifests: ManifestStore,
     pub tags: TagStore,
     pub grants: GrantStore,
+    /// Sizes, access order, pins and readers of the blobs.
+    pub usage: Arc<Usage>,
+    /// `storage.maxBytes`: the cap on blob bytes, if any.
+    max_bytes: Option<u64>,
     /// Partial downloads (emptied at start).
     tmp: PathBuf,
+    data_dir: PathBuf,
+}
+
+/// How to open the store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// Tag observations kept in memory.
+    pub tag_memory_entries: u64,
+    /// Cap on blob bytes; least recently served blobs are evicted past it.
+    pub max_bytes: Option<u64>,
+    /// Discard partial downloads left in `tmp/` by an earlier run: the
+    /// server does at start; the `store` commands, which may run beside a
+    /// live server, must not.
+    pub clean_tmp: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            tag_memory_entries: tags::DEFAULT_MEMORY_ENTRIES,
+            max_bytes: None,
+            clean_tmp: true,
+        }
+    }
+}
+
+/// What `store verify` found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Files checked (blobs and manifests).
+    pub checked: usize,
+    /// Files whose bytes did not hash to their name, moved to `quarantine/`.
+    pub quarantined: Vec<PathBuf>,
 }
 
 impl Store {
     /// Open (creating) the store under `data_dir`, discarding partial files
     /// left by an earlier run.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        Self::open_with_tag_memory(data_dir, tags::DEFAULT_MEMORY_ENTRIES)
+        Self::open_with(data_dir, StoreOptions::default())
     }
 
-    /// Like [`Store::open`], keeping at most `tag_entries` tag observations
-    /// in memory.
-    pub fn open_with_tag_memory(data_dir: &Path, tag_entries: u64) -> Result<Store, StoreError> {
+    /// Like [`Store::open`], with a tag memory size and a cap. Walks the
+    /// blob directory once (sizes for the cap).
+    pub fn open_with(data_dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         let tmp = data_dir.join("tmp");
-        if tmp.exists() {
+        if options.clean_tmp && tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io_err("clean", &tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
+        let usage = Usage::load(&data_dir.join("blobs"), &data_dir.join("index"), &tmp)?;
         Ok(Store {
             blobs: BlobStore::new(data_dir.join("blobs"), tmp.clone()),
             manifests: ManifestStore::new(data_dir.join("manifests"), tmp.clone()),
-            tags: TagStore::new(data_dir.join("tags"), tmp.clone(), tag_entries),
+            tags: TagStore::new(data_dir.join("tags"), tmp.clone(), options.tag_memory_entries),
             grants: GrantStore::new(data_dir.join("grants"), tmp.clone()),
+            usage: Arc::new(usage),
+            max_bytes: options.max_bytes,
             tmp,
+            data_dir: data_dir.to_owned(),
         })
+    }
+
+    pub fn max_bytes(&self) -> Option<u64> {
+        self.max_bytes
+    }
+
+    /// Open a committed blob for a response, held against eviction until
+    /// the returned guard drops; `served` (a GET) moves it to the back of
+    /// the eviction order.
+    pub fn open_blob(&self, digest: &Digest, served: bool) -> Result<Option<(std::fs::File, u64, InUse)>, StoreError> {
+        let held = self.usage.hold(digest, served);
+        Ok(self.blobs.open(digest)?.map(|(file, len)| (file, len, held)))
+    }
+
+    /// A verified blob of `len` bytes was committed (`added` bytes new on
+    /// disk): count it, and evict past the cap.
+    pub fn record_commit(&self, digest: &Digest, len: u64, added: u64) -> Result<Evicted, StoreError> {
+        self.usage.added(digest, len, added > 0);
+        match self.max_bytes {
+            Some(cap) => self.usage.evict_over(cap, false),
+            None => Ok(Evicted::default()),
+        }
+    }
+
+    /// Evict down to the cap now (`store gc`).
+    pub fn gc(&self) -> Result<Evicted, StoreError> {
+        let evicted = match self.max_bytes {
+            Some(cap) => self.usage.evict_over(cap, true)?,
+            None => Evicted::default(),
+        };
+        self.usage.flush()?;
+        Ok(evicted)
+    }
+
+    /// Re-hash every blob and manifest; a file whose bytes do not hash to
+    /// its name is moved to `quarantine/` (never served again, kept for
+    /// inspection).
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let quarantine = self.data_dir.join("quarantine");
+        let mut report = VerifyReport::default();
+        for root in [self.blobs.root().to_owned(), self.data_dir.join("manifests")] {
+            for (digest, _, _) in usage::walk_blobs(&root) {
+                report.checked += 1;
+                let path = content_path(&root, &digest);
+                if hash_file(&path, &digest)? {
+                    continue;
+                }
+                std::fs::create_dir_all(&quarantine).map_err(io_err("create directory", &quarantine))?;
+                let to = quarantine.join(format!(
+                    "{}-{}.{}",
+                    digest.algorithm().as_str(),
+                    digest.hex(),
+                    fastrand::u32(..)
+                ));
+                std::fs::rename(&path, &to).map_err(io_err("quarantine", &path))?;
+                self.usage.forget(&digest);
+                report.quarantined.push(to);
+            }
+        }
+        self.usage.flush()?;
+        Ok(report)
     }
 
     /// Whether a file can be created, written and removed where downloads
@@ -145,25 +252,26 @@ impl Store {
         Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
-    /// Bytes of stored blobs (a walk of their directory: run once at
-    /// start, then kept current by commits). Manifests, tags and verdicts
-    /// are small beside them and not counted.
+    /// Bytes of stored blobs (walked once at open, then kept current by
+    /// commits and evictions). Manifests, tags and verdicts are small
+    /// beside them and not counted.
     pub fn blob_bytes(&self) -> u64 {
-        directory_bytes(self.blobs.root())
+        self.usage.total()
     }
 }
 
-/// Total size of the regular files under `dir` (unreadable entries count 0).
-fn directory_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => directory_bytes(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
-            _ => 0,
-        })
-        .sum()
+/// Whether the file at `path` hashes to `digest` (streamed).
+fn hash_file(path: &Path, digest: &Digest) -> Result<bool, StoreError> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).map_err(io_err("open", path))?;
+    let mut hasher = crate::oci::DigestHasher::new(digest.algorithm());
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err("read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(&hasher.finish() == digest)
 }
