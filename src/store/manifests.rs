@@ -17,6 +17,16 @@ pub struct ManifestStore {
     tmp: PathBuf,
 }
 
+/// Whether a stored manifest file's bytes (after the media type line) hash
+/// to `digest` (`store verify`).
+pub(super) fn file_matches(path: &std::path::Path, digest: &Digest) -> Result<bool, StoreError> {
+    let raw = std::fs::read(path).map_err(io_err("read", path))?;
+    Ok(raw
+        .iter()
+        .position(|b| *b == b'\n')
+        .is_some_and(|nl| &Digest::of(digest.algorithm(), &raw[nl + 1..]) == digest))
+}
+
 impl ManifestStore {
     pub(super) fn new(root: PathBuf, tmp: PathBuf) -> ManifestStore {
         ManifestStore { root, tmp }

@@ -175,8 +175,12 @@ impl Store {
     /// the returned guard drops; `served` (a GET) moves it to the back of
     /// the eviction order.
     pub fn open_blob(&self, digest: &Digest, served: bool) -> Result<Option<(std::fs::File, u64, InUse)>, StoreError> {
-        let held = self.usage.hold(digest, served);
-        Ok(self.blobs.open(digest)?.map(|(file, len)| (file, len, held)))
+        let held = self.usage.hold(digest);
+        let opened = self.blobs.open(digest)?;
+        if opened.is_some() && served {
+            self.usage.served(digest);
+        }
+        Ok(opened.map(|(file, len)| (file, len, held)))
     }
 
     /// A verified blob of `len` bytes was committed (`added` bytes new on
@@ -205,11 +209,20 @@ impl Store {
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let quarantine = self.data_dir.join("quarantine");
         let mut report = VerifyReport::default();
-        for root in [self.blobs.root().to_owned(), self.data_dir.join("manifests")] {
+        let roots = [
+            (self.blobs.root().to_owned(), false),
+            (self.data_dir.join("manifests"), true),
+        ];
+        for (root, is_manifest) in roots {
             for (digest, _, _) in usage::walk_blobs(&root) {
                 report.checked += 1;
                 let path = content_path(&root, &digest);
-                if hash_file(&path, &digest)? {
+                let matches = if is_manifest {
+                    manifests::file_matches(&path, &digest)?
+                } else {
+                    hash_file(&path, &digest)?
+                };
+                if matches {
                     continue;
                 }
                 std::fs::create_dir_all(&quarantine).map_err(io_err("create directory", &quarantine))?;

@@ -129,22 +129,24 @@ impl Usage {
     }
 
     /// A response is about to read `digest` from the store: it is not
-    /// evicted until the guard drops, and (when `served`) it moves to the
-    /// back of the eviction order.
-    pub fn hold(self: &Arc<Self>, digest: &Digest, served: bool) -> InUse {
+    /// evicted until the guard drops.
+    pub fn hold(self: &Arc<Self>, digest: &Digest) -> InUse {
         let mut s = self.state();
         *s.in_use.entry(digest.clone()).or_insert(0) += 1;
-        if served {
-            // In memory only: the index is written by the periodic flush.
-            s.hits += 1;
-            s.dirty = true;
-            if let Some(e) = s.blobs.get_mut(digest) {
-                e.last_served = now_millis();
-            }
-        }
         InUse {
             usage: self.clone(),
             digest: digest.clone(),
+        }
+    }
+
+    /// `digest` was served from the store: it moves to the back of the
+    /// eviction order (in memory; the periodic flush writes the index).
+    pub fn served(&self, digest: &Digest) {
+        let mut s = self.state();
+        s.hits += 1;
+        s.dirty = true;
+        if let Some(e) = s.blobs.get_mut(digest) {
+            e.last_served = now_millis();
         }
     }
 
@@ -385,7 +387,7 @@ mod tests {
             set_served(&u, digest, t);
         }
         u.pin(&a, "imported").expect("pin");
-        let reading = u.hold(&b, false);
+        let reading = u.hold(&b);
 
         // Cap 250: over by 150, low watermark 225: two blobs must go; the
         // oldest two (a pinned, b being read) stay, so c and d go.
@@ -411,7 +413,7 @@ mod tests {
             let u = Arc::new(Usage::load(&blobs, &index, &tmp).expect("load"));
             set_served(&u, &a, 5);
             set_served(&u, &b, 0);
-            drop(u.hold(&b, true)); // served now
+            u.served(&b);
             u.pin(&a, "air gap").expect("pin");
             u.flush().expect("flush");
         }

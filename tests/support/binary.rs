@@ -34,15 +34,22 @@ pub fn free_port() -> u16 {
 /// registry port accepts connections.
 pub async fn serve(upstream: &str, extra: &[&str]) -> Served {
     let data = tempfile::tempdir().expect("data dir");
+    let store = data.path().join("store");
+    serve_in(upstream, data, &store, extra).await
+}
+
+/// Like [`serve`], with the store in `store` (kept across restarts); the
+/// log goes to `data`.
+pub async fn serve_in(upstream: &str, data: tempfile::TempDir, store: &std::path::Path, extra: &[&str]) -> Served {
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
-    let log = data.path().join("portcullis.log");
+    let log = data.path().join(format!("portcullis-{}.log", free_port()));
     let stderr = std::fs::File::create(&log).expect("log file");
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["serve", "--listen", &listen, "--admin-listen", &admin])
         .args(["--default-upstream", upstream])
         .arg("--data-dir")
-        .arg(data.path().join("store"))
+        .arg(store)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

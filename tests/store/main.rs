@@ -1,0 +1,14 @@
+//! The store (issue 10, local backend): a size cap that evicts the least
+//! recently served blobs and keeps serving (evicted content is fetched and
+//! verified again), the `store stats|verify|gc` commands on the built
+//! binary, and crash safety: `kill -9` of the real binary at many points
+//! of downloads, commits and evictions never leaves wrong content behind.
+//!
+//! Upstream: the real CNCF Distribution registry.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cap;
+mod cli;
+mod crash;
