@@ -257,7 +257,8 @@ impl Proxy {
     }
 
     /// Resolve a tag to a digest with one upstream HEAD (free under Docker
-    /// Hub's pull limit). An upstream that omits `Docker-Content-Digest` (or
+    /// Hub's pull limit), shared by the requests resolving the same tag at
+    /// the same time. An upstream that omits `Docker-Content-Digest` (or
     /// refuses HEAD) is asked with GET instead, and the digest is computed
     /// from the bytes, which are then returned already verified.
     async fn resolve_tag(
@@ -267,7 +268,24 @@ impl Proxy {
         accept: &HeaderValue,
     ) -> Result<(Digest, Option<VerifiedManifest>), Error> {
         let reference = Reference::Tag(tag.clone());
-        let head = target.registry.head_manifest(&target.repo, &reference, accept).await;
+        let key = (
+            target.registry.host().clone(),
+            target.repo.clone(),
+            tag.clone(),
+            accept.as_bytes().to_vec(),
+        );
+        let (registry, repo, asked, accept_owned) = (
+            target.registry.clone(),
+            target.repo.clone(),
+            reference.clone(),
+            accept.clone(),
+        );
+        let head = self
+            .tag_heads
+            .run(key, move || async move {
+                registry.head_manifest(&repo, &asked, &accept_owned).await
+            })
+            .await;
         let (digest, fetched) = match head {
             Ok(upstream::ManifestHead { digest: Some(d), .. }) => (d, None),
             Ok(_) | Err(upstream::Error::Status { .. }) => {

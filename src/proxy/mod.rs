@@ -5,6 +5,7 @@
 
 mod admission;
 mod blob;
+mod coalesce;
 mod error;
 mod evidence;
 mod manifest;
@@ -38,6 +39,12 @@ pub struct Target {
     pub client_name: String,
 }
 
+/// What makes two tag resolutions the same upstream request.
+type TagHeadKey = (crate::oci::RegistryHost, RepoName, crate::oci::Tag, HeaderValueKey);
+
+/// An `Accept` header value as a map key.
+type HeaderValueKey = Vec<u8>;
+
 /// The proxy: configuration, upstream clients, caches.
 pub struct Proxy {
     /// This proxy, for background work that outlives a request's borrow.
@@ -51,6 +58,8 @@ pub struct Proxy {
     /// Digests of admitted manifests already written to the store.
     persisted: moka::sync::Cache<Digest, ()>,
     flights: Flights<Error>,
+    /// Concurrent resolutions of the same tag share one upstream HEAD.
+    tag_heads: coalesce::Coalesce<TagHeadKey, Result<crate::upstream::ManifestHead, crate::upstream::Error>>,
     /// Blob downloads (and their commits) still running: a shutdown waits
     /// for them so that verified bytes already sent are also kept.
     downloads: tokio_util::task::TaskTracker,
@@ -140,6 +149,7 @@ impl Proxy {
             manifest_loads: tokio::sync::Semaphore::new(manifest::MAX_CONCURRENT_MANIFEST_LOADS),
             persisted: moka::sync::Cache::new(1_000_000),
             flights: Flights::new(limits.max_cold_downloads, limits.cold_download_wait),
+            tag_heads: coalesce::Coalesce::new(),
             downloads: tokio_util::task::TaskTracker::new(),
             gate,
             metrics,

@@ -150,3 +150,36 @@ async fn tag_moving_before_get_by_tag_is_served_consistently() {
     assert!(proxy.has_manifest(&b.manifest.digest));
     assert!(!proxy.has_manifest(&a.manifest.digest));
 }
+
+/// Clients resolving the same tag at the same time share one upstream
+/// `HEAD`; a resolution after it answered asks again (tags are never
+/// cached).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resolutions_of_a_tag_share_one_head() {
+    let (fake, proxy, image) = setup(&[1000], 31).await;
+    let m = &image.manifest;
+    fake.set_fault(
+        "v1",
+        Fault::SlowHeaders {
+            delay: Duration::from_millis(300),
+        },
+    );
+    let url = manifest_url(&proxy, "v1");
+    let pulls = (0..8).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { client::get(&url).await })
+    });
+    for r in futures_util::future::join_all(pulls).await {
+        let r = r.expect("task");
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.bytes(), m.bytes);
+    }
+    assert_eq!(fake.manifest_requests("HEAD", REPO, "v1"), 1, "one HEAD for eight");
+    fake.clear_faults();
+    assert_good_manifest(&proxy, "v1", m).await;
+    assert_eq!(
+        fake.manifest_requests("HEAD", REPO, "v1"),
+        2,
+        "a later resolution asks again"
+    );
+}
