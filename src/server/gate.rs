@@ -31,13 +31,22 @@ async fn authenticate(ctx: &Ctx<'_>, auth: &std::sync::Arc<Auth>, req: &Request<
     auth.authenticate(header, ctx.peer.cert.as_ref()).await
 }
 
-/// `GET /v2/`: how clients discover the challenge. Open when anonymous
-/// clients are allowed and none sent credentials.
+/// `GET /v2/`: how clients discover the challenge. A request without
+/// credentials (no `Authorization`, no client certificate) is always
+/// challenged, even where anonymous pulls are allowed, as Docker Hub and
+/// Harbor do: `podman login` and `docker login` take a `200` here as "no
+/// password needed" and would report success without checking one.
+/// Anonymous clients that ask first get a token from `/token` without
+/// credentials; repository requests without credentials pass as
+/// `anonymous` where a rule allows it.
 pub(super) async fn base(ctx: &Ctx<'_>, req: &Request<()>, record: &mut AccessRecord) -> Result<(), ApiError> {
     let Some(auth) = ctx.auth else {
         record.identity = "anonymous".to_owned();
         return Ok(());
     };
+    if req.headers().get(AUTHORIZATION).is_none() && ctx.peer.cert.is_none() {
+        return Err(refuse(ctx, auth, req, AuthFailure::MissingCredentials, None, None));
+    }
     let principal = authenticate(ctx, auth, req)
         .await
         .map_err(|f| refuse(ctx, auth, req, f, None, None))?;

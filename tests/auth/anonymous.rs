@@ -14,13 +14,20 @@ async fn anonymous_pulls_only_what_a_rule_allows() {
     );
     let proxy = proxy(&yaml).await;
 
-    // /v2/ is open, and so is the repository a rule names for anonymous.
+    // /v2/ challenges a client without credentials even here (a 200 would
+    // let `podman login` succeed without checking the password); the
+    // repository a rule names for anonymous is open.
     let r = crate::support::client::get(&proxy.url("/v2/")).await;
-    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(r.status.as_u16(), 401);
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|c| c.starts_with("Bearer realm="))
+    );
     let r = get_manifest(&proxy, "apps/web", None).await;
     assert_eq!(r.status.as_u16(), 200, "{:?}", r.body);
     assert_eq!(r.bytes(), up.web.manifest.bytes);
-    // skopeo without credentials, through the token flow's absence.
+    // skopeo without credentials: challenged at /v2/, it fetches an
+    // anonymous token and pulls with it.
     let work = tempfile::tempdir().expect("tempdir");
     let dest = format!("dir:{}", work.path().join("web").display());
     crate::support::skopeo_copy_exact(
@@ -30,6 +37,27 @@ async fn anonymous_pulls_only_what_a_rule_allows() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    // A login checks the password although anonymous pulls are allowed.
+    let authfile = work.path().join("auth.json").display().to_string();
+    let login = |password: &'static str| {
+        let (authfile, host) = (authfile.clone(), proxy.addr.to_string());
+        async move {
+            let args = [
+                "login",
+                "--tls-verify=false",
+                "--authfile",
+                authfile.as_str(),
+                "-u",
+                ALICE.0,
+                "-p",
+                password,
+                host.as_str(),
+            ];
+            crate::support::try_run("skopeo", &args, std::time::Duration::from_secs(60)).await
+        }
+    };
+    assert!(login("wrong").await.is_err(), "a wrong password must not log in");
+    login(ALICE.1).await.unwrap_or_else(|e| panic!("login: {e}"));
     // Another repository: anonymous is asked to log in (401), not denied.
     let r = get_manifest(&proxy, "apps/rootfs", None).await;
     assert_eq!((r.status.as_u16(), r.error_code().as_str()), (401, "UNAUTHORIZED"));
