@@ -428,27 +428,8 @@ async fn podman_pull_by_proxy_name() {
     let s = seed(false).await;
     let proxy = TestProxy::start(&Distribution::routing_config(&s.registry)).await;
     let p = tempfile::tempdir().expect("tempdir");
-    let root = p.path().join("root").display().to_string();
-    let runroot = p.path().join("run").display().to_string();
-    let tmpdir = p.path().join("tmp").display().to_string();
     let podman = |args: Vec<String>| {
-        let mut all: Vec<String> = [
-            "--root",
-            &root,
-            "--runroot",
-            &runroot,
-            "--tmpdir",
-            &tmpdir,
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "none",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        let mut all = support::isolated_podman_flags(p.path());
         all.extend(args);
         async move {
             let refs: Vec<&str> = all.iter().map(String::as_str).collect();

@@ -17,29 +17,10 @@ async fn podman_login_and_pull() {
     let proxy = proxy(&files.config(&up.registry, "", "")).await;
     let p = tempfile::tempdir().expect("tempdir");
     let authfile = p.path().join("auth.json").display().to_string();
-    let (root, runroot, tmp) = (
-        p.path().join("root").display().to_string(),
-        p.path().join("run").display().to_string(),
-        p.path().join("tmp").display().to_string(),
-    );
+    let tmp = p.path().join("tmp").display().to_string();
     let env = [("REGISTRY_AUTH_FILE", authfile.as_str()), ("TMPDIR", tmp.as_str())];
-    std::fs::create_dir_all(&tmp).expect("tmp");
     let podman = |args: Vec<String>| {
-        let mut all: Vec<String> = [
-            "--root",
-            &root,
-            "--runroot",
-            &runroot,
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "none",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        let mut all = crate::support::isolated_podman_flags(p.path());
         all.extend(args);
         async move {
             let refs: Vec<&str> = all.iter().map(String::as_str).collect();

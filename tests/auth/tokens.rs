@@ -174,27 +174,13 @@ async fn auth_failures(proxy: &crate::support::proxy::TestProxy, reason: &str) -
 }
 
 async fn post_form(proxy: &crate::support::proxy::TestProxy, form: &str) -> crate::support::client::Resp {
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let req = http::Request::builder()
-        .method(Method::POST)
-        .uri(proxy.url("/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from(form.to_owned())))
-        .expect("request");
-    let resp = client.request(req).await.expect("response");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| e.to_string());
-    crate::support::client::Resp { status, headers, body }
+    crate::support::client::request_with_body(
+        Method::POST,
+        &proxy.url("/token"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        bytes::Bytes::from(form.to_owned()),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

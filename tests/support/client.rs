@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -44,12 +44,26 @@ impl Resp {
 }
 
 pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Resp {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    send(method, url, headers, Empty::<Bytes>::new()).await
+}
+
+/// A request with a body (e.g. a form POST).
+pub async fn request_with_body(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {
+    send(method, url, headers, Full::new(body)).await
+}
+
+async fn send<B>(method: Method, url: &str, headers: &[(&str, &str)], body: B) -> Resp
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client: Client<_, B> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Empty::new()).expect("request");
+    let req = req.body(body).expect("request");
     let resp = client.request(req).await.expect("response headers");
     let status = resp.status();
     let headers = resp.headers().clone();

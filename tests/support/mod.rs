@@ -85,3 +85,33 @@ pub async fn try_run(program: &str, args: &[&str], limit: std::time::Duration) -
         ))
     }
 }
+
+/// podman's global flags for a throwaway instance in `dir`: its own root,
+/// run root and temp dir, vfs storage, no systemd (cgroups, events), so
+/// tests run as root in a sandbox without touching the machine's podman.
+pub fn isolated_podman_flags(dir: &std::path::Path) -> Vec<String> {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let tmpdir = path("tmp");
+    let _ = std::fs::create_dir_all(&tmpdir);
+    [
+        "--root".to_owned(),
+        path("root"),
+        "--runroot".to_owned(),
+        path("run"),
+        "--tmpdir".to_owned(),
+        tmpdir,
+    ]
+    .into_iter()
+    .chain(
+        [
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "none",
+        ]
+        .map(str::to_owned),
+    )
+    .collect()
+}
