@@ -5,6 +5,7 @@
 
 pub mod raw;
 mod secret;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 pub use raw::{DEFAULT_CONFIG_YAML, UpstreamUrl};
 pub use secret::Secret;
+pub use watch::{EventFormat, WatchConfig, WatchTarget, WebhookSink};
 
 use crate::oci::{RegistryHost, RepoName};
 
@@ -220,6 +222,8 @@ pub struct Config {
     pub proxy_limits: ProxyLimits,
     /// Where this configuration came from (a path or "built-in default").
     pub origin: String,
+    /// The registry watch (`None`: no `watch:` section).
+    pub watch: Option<WatchConfig>,
 }
 
 impl Config {
@@ -356,6 +360,19 @@ impl Config {
             retry_backoff: p.retry_backoff.map_or(d.retry_backoff, |x| x.0),
         };
 
+        let watch = match raw.watch {
+            None => None,
+            Some(w) => {
+                let find = |name: &str| {
+                    upstreams
+                        .iter()
+                        .find(|u| u.host.as_str() == name)
+                        .or_else(|| aliases.get(name))
+                        .cloned()
+                };
+                Some(watch::validate(w, find, origin_dir(origin)).map_err(|(at, m)| invalid(&at, m))?)
+            }
+        };
         let server_limits = server_limits(&raw.server).map_err(|(at, m)| invalid(&format!("server.{at}"), m))?;
         let proxy_limits = proxy_limits(&raw.cache).map_err(|(at, m)| invalid(&format!("cache.{at}"), m))?;
 
@@ -396,6 +413,7 @@ impl Config {
             server_limits,
             proxy_limits,
             origin: origin.to_owned(),
+            watch,
         })
     }
 

@@ -58,6 +58,8 @@ pub struct RawConfig {
     pub server: RawServerLimits,
     #[serde(default)]
     pub admin: RawAdmin,
+    /// Registry watch: tags re-resolved and verified on a schedule.
+    pub watch: Option<super::watch::RawWatch>,
 }
 
 /// The admin listener (metrics and probes).

@@ -258,10 +258,10 @@ impl Gate {
 }
 
 /// Who asked and for what, for the audit event.
-struct Ask<'a> {
-    target: &'a Target,
-    tag: Option<&'a Tag>,
-    client: &'a str,
+pub(super) struct Ask<'a> {
+    pub(super) target: &'a Target,
+    pub(super) tag: Option<&'a Tag>,
+    pub(super) client: &'a str,
 }
 
 /// How an admitted manifest relates to what it references.
@@ -740,7 +740,7 @@ impl Proxy {
     }
 
     /// Discover and verify now, holding one of the bounded discovery slots.
-    async fn verify_now(
+    pub(super) async fn verify_now(
         &self,
         target: &Target,
         digest: &Digest,
@@ -762,7 +762,7 @@ impl Proxy {
         })
     }
 
-    fn audit(&self, ask: &Ask<'_>, digest: &Digest, d: &Decision, revision: Option<&str>, cached: bool) {
+    pub(super) fn audit(&self, ask: &Ask<'_>, digest: &Digest, d: &Decision, revision: Option<&str>, cached: bool) {
         let outcome = match (d.verdict(), d.mode()) {
             (Verdict::Allow, _) => AdmissionOutcome::Allow,
             (Verdict::Deny, Mode::Audit) => AdmissionOutcome::WouldDeny,

@@ -4,7 +4,8 @@
 //! Layout under the data directory:
 //! `blobs/<alg>/<hh>/<hex>`, `manifests/<alg>/<hh>/<hex>`,
 //! `tags/<upstream>/<repo>/<tag>`, `grants/<revision>/…` (blob grants),
-//! `verdicts/<revision>/…` (allow verdicts), `tmp/` (partial downloads; emptied at start).
+//! `verdicts/<revision>/…` (allow verdicts), `watch/` (watch
+//! observations and event queues), `tmp/` (partial downloads; emptied at start).
 //! Every path is derived from validated types, never from request text.
 //!
 //! All functions here do blocking file I/O; async callers run them with
@@ -19,6 +20,7 @@ pub mod manifests;
 pub mod spool;
 pub mod tags;
 pub mod verdicts;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,7 @@ pub use grants::{Grant, GrantKey, GrantScope, GrantStore};
 pub use manifests::ManifestStore;
 pub use spool::{Spool, SpoolState};
 pub use tags::TagStore;
+pub use watch::{EventQueue, Observation, Observations, WatchStore};
 
 use crate::oci::Digest;
 
@@ -93,6 +96,7 @@ pub struct Store {
     pub manifests: ManifestStore,
     pub tags: TagStore,
     pub grants: GrantStore,
+    pub watch: WatchStore,
     /// Partial downloads (emptied at start).
     tmp: PathBuf,
 }
@@ -117,6 +121,7 @@ impl Store {
             manifests: ManifestStore::new(data_dir.join("manifests"), tmp.clone()),
             tags: TagStore::new(data_dir.join("tags"), tmp.clone(), tag_entries),
             grants: GrantStore::new(data_dir.join("grants"), tmp.clone()),
+            watch: WatchStore::new(data_dir.join("watch"), tmp.clone()),
             tmp,
         })
     }
