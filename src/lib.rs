@@ -14,3 +14,4 @@ pub mod store;
 pub mod telemetry;
 pub mod upstream;
 pub mod verify;
+pub mod watch;

@@ -36,6 +36,8 @@ pub enum ListenError {
     Tls(String),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
 }
 
 /// A bound, not yet running server.
@@ -46,6 +48,8 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     proxy: Arc<Proxy>,
     limiter: ConnectionLimiter,
+    /// The registry watch (`watch:` configured), run beside the server.
+    watcher: Option<Arc<crate::watch::Watcher>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -75,7 +79,9 @@ impl Server {
             })?;
         let limits = config.server_limits;
         let proxy = Proxy::new(config)?;
+        let watcher = crate::watch::Watcher::new(proxy.clone())?;
         Ok(Server {
+            watcher,
             listener,
             admin,
             readiness: Arc::new(Readiness::default()),
@@ -149,7 +155,15 @@ impl Server {
         let limits = self.proxy.config().server_limits;
         let builder = connection_builder(&limits);
         let reloader = tokio::spawn(super::reload::watch(self.proxy.clone()));
-        let admin = tokio::spawn(self.admin.run(self.proxy.clone(), self.readiness.clone()));
+        let watch_health = self.watcher.as_ref().map(|w| w.health());
+        let watch = self.watcher.clone().map(|w| {
+            tokio::spawn(async move {
+                if let Err(e) = w.run().await {
+                    tracing::error!(error = %e, "registry watch stopped");
+                }
+            })
+        });
+        let admin = tokio::spawn(self.admin.run(self.proxy.clone(), self.readiness.clone(), watch_health));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -215,6 +229,10 @@ impl Server {
         self.readiness.start_draining();
         drop(self.listener);
         reloader.abort();
+        if let Some(w) = watch {
+            // Queued events stay on disk and are delivered after a restart.
+            w.abort();
+        }
         let deadline = tokio::time::Instant::now() + limits.drain_timeout;
         tracing::info!(
             seconds = limits.drain_timeout.as_secs_f64(),
