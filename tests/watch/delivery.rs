@@ -88,3 +88,65 @@ async fn events_queued_while_the_receiver_is_down_survive_a_restart_and_arrive_i
     }
     assert_eq!(s.receiver.accepted(CLOUDEVENTS).len(), 4);
 }
+
+/// An upstream that cannot be reached: one `watch.failed` per outage (not
+/// one per round), counted in the failures metric.
+#[tokio::test]
+async fn an_unreachable_upstream_is_reported_once_as_watch_failed() {
+    let registry = Distribution::start().await;
+    let receiver = Receiver::start().await;
+    let a = SigningKey::generate_p256();
+    let policy = policy_dir(&[("a", &a)], APPS);
+    let dead = format!("127.0.0.1:{}", crate::support::distribution::free_port());
+    let yaml = format!(
+        r#"upstreams:
+  - {{ host: "{dead}", url: "http://{dead}", insecurePlainHttp: true }}
+upstreamDefaults: {{ retryAttempts: 2, retryBackoff: 10ms, connectTimeout: 1s }}
+watch:
+  interval: 200ms
+  targets:
+    - {{ registry: "{dead}", repository: {REPO}, tags: [{TAG}] }}
+  sinks:
+    - webhook: {{ name: soc, url: "{ce}" }}
+"#,
+        ce = receiver.url(CLOUDEVENTS)
+    );
+    let proxy = TestProxy::with_policies_and_yaml(
+        &registry.url(),
+        policy.path(),
+        tempfile::tempdir().expect("tempdir"),
+        &yaml,
+    )
+    .await;
+    let got = receiver.wait_for(CLOUDEVENTS, WAIT, |r| !r.is_empty()).await;
+    let failed = got[0].json();
+    assert_eq!(failed["type"], "dev.portcullis.watch.failed");
+    assert_eq!(failed["subject"], format!("{dead}/{REPO}:{TAG}"));
+    assert!(
+        !failed["data"]["reasons"][0].as_str().unwrap_or("").is_empty(),
+        "{failed}"
+    );
+    assert_eq!(
+        got[0].header("x-portcullis-signature-256"),
+        None,
+        "no secret, no signature"
+    );
+
+    // Several more failing rounds: counted, not re-sent.
+    let metric = format!("portcullis_watch_failures_total{{registry=\"{dead}\",repository=\"{REPO}\"}}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = String::from_utf8_lossy(&client::get(&proxy.admin_url("/metrics")).await.bytes()).into_owned();
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{metric} ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if count >= 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "failures not counted:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(receiver.accepted(CLOUDEVENTS).len(), 1);
+}

@@ -139,3 +139,22 @@ async fn mutable_deny_says_the_pinned_digest_stays_served_and_a_pull_confirms_it
     let after = get_manifest(&s.proxy, REPO, TAG).await;
     assert_manifest(&after, &v1.manifest, "pull after the move");
 }
+
+#[tokio::test]
+async fn a_tag_that_appears_is_reported_created_with_its_verdict() {
+    let v1 = small_image(1441);
+    let s = Scenario::start(APPS, 10_000, &v1).await;
+    s.wait_observed(&v1.manifest.digest, "allowed").await;
+    s.delete_manifest(&v1.manifest.digest).await;
+    let got = s.receiver.wait_for(CLOUDEVENTS, WAIT, |r| !r.is_empty()).await;
+    assert_eq!(assert_cloudevent(&got[0])["event"], "tag.deleted");
+
+    let v2 = small_image(1442);
+    s.push(&v2, &[]).await;
+    let got = s.receiver.wait_for(CLOUDEVENTS, WAIT, |r| r.len() >= 2).await;
+    let created = assert_cloudevent(&got[1]);
+    assert_eq!(created["event"], "tag.created");
+    assert_eq!(created["oldDigest"], serde_json::Value::Null);
+    assert_eq!(created["newDigest"], v2.manifest.digest.to_string());
+    assert_eq!(created["verdict"], "denied");
+}
