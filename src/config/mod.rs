@@ -453,6 +453,9 @@ impl Config {
                 .as_ref()
                 .map_or("standard output".to_owned(), |p| p.display().to_string())
         );
+        if let Some(w) = &self.watch {
+            let _ = writeln!(out, "{}", w.describe());
+        }
         let _ = writeln!(out, "upstreams (allow-list; any other registry host is refused):");
         for u in &self.upstreams {
             let mut aliases: Vec<&str> = self

@@ -83,6 +83,32 @@ pub struct WatchConfig {
     pub sinks: Vec<WebhookSink>,
 }
 
+impl WatchConfig {
+    /// One line for `config check` and the startup log (secrets elided).
+    pub fn describe(&self) -> String {
+        let tags: usize = self.targets.iter().map(|t| t.tags.len()).sum();
+        let sinks: Vec<String> = self
+            .sinks
+            .iter()
+            .map(|s| {
+                let signed = if s.secret.is_some() { ", HMAC-signed" } else { "" };
+                format!("{} ({:?}{signed}) -> {}", s.name, s.format, s.url)
+            })
+            .collect();
+        format!(
+            "watch: {tags} tags in {} repositories every {:?} (+ jitter), re-verified every {:?}; sinks: {}",
+            self.targets.len(),
+            self.interval,
+            self.reverify,
+            if sinks.is_empty() {
+                "audit log only".to_owned()
+            } else {
+                sinks.join(", ")
+            }
+        )
+    }
+}
+
 /// One watched repository: its upstream (from the allow-list) and tags.
 #[derive(Clone, Debug)]
 pub struct WatchTarget {
@@ -244,6 +270,10 @@ mod tests {
         assert_eq!(w.reverify, DEFAULT_REVERIFY);
         assert_eq!(w.targets[0].tags.len(), 2);
         assert!(w.sinks.is_empty());
+        assert_eq!(
+            w.describe(),
+            "watch: 2 tags in 1 repositories every 300s (+ jitter), re-verified every 3600s; sinks: audit log only"
+        );
     }
 
     #[test]

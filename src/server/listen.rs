@@ -142,6 +142,7 @@ impl Server {
             audit_only_rules = %if audit_only.is_empty() { "none".to_owned() } else { audit_only.join(", ") },
             storage = %config.data_dir.display(),
             clients = "anonymous (no client authentication configured)",
+            watch = %config.watch.as_ref().map_or("off".to_owned(), |w| w.describe()),
             "portcullis listening"
         );
     }
