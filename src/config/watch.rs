@@ -22,6 +22,8 @@ pub const DEFAULT_REVERIFY: Duration = Duration::from_secs(3600);
 pub const DEFAULT_QUEUE_LIMIT: usize = 10_000;
 /// Most tags one configuration may watch.
 pub const MAX_WATCHED_TAGS: usize = 10_000;
+/// Default bound of an `allTags` target.
+pub const DEFAULT_MAX_TAGS: usize = 1_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -42,7 +44,13 @@ pub struct RawWatchTarget {
     /// An allow-listed upstream host or alias.
     pub registry: String,
     pub repository: String,
+    /// Explicit tags; or `allTags: true`.
+    #[serde(default)]
     pub tags: Vec<String>,
+    /// Watch every tag the upstream lists (`tags/list`), at most `maxTags`.
+    #[serde(default)]
+    pub all_tags: bool,
+    pub max_tags: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,7 +94,7 @@ pub struct WatchConfig {
 impl WatchConfig {
     /// One line for `config check` and the startup log (secrets elided).
     pub fn describe(&self) -> String {
-        let tags: usize = self.targets.iter().map(|t| t.tags.len()).sum();
+        let tags: usize = self.targets.iter().map(|t| t.tags.bound()).sum();
         let sinks: Vec<String> = self
             .sinks
             .iter()
@@ -96,7 +104,7 @@ impl WatchConfig {
             })
             .collect();
         format!(
-            "watch: {tags} tags in {} repositories every {:?} (+ jitter), re-verified every {:?}; sinks: {}",
+            "watch: up to {tags} tags in {} repositories every {:?} (+ jitter), re-verified every {:?}; sinks: {}",
             self.targets.len(),
             self.interval,
             self.reverify,
@@ -116,7 +124,27 @@ pub struct WatchTarget {
     /// The repository as configured (`library/` is added for Docker Hub
     /// when the request is made).
     pub repository: RepoName,
-    pub tags: Vec<Tag>,
+    pub tags: TagSelection,
+}
+
+/// Which tags of a repository are watched.
+#[derive(Clone, Debug)]
+pub enum TagSelection {
+    Listed(Vec<Tag>),
+    /// Every tag the upstream lists, the first `max` in lexical order.
+    All {
+        max: usize,
+    },
+}
+
+impl TagSelection {
+    /// The most tags this selection watches.
+    pub fn bound(&self) -> usize {
+        match self {
+            TagSelection::Listed(t) => t.len(),
+            TagSelection::All { max } => *max,
+        }
+    }
 }
 
 /// A webhook receiving events.
@@ -141,7 +169,7 @@ pub fn validate(
     for (i, t) in raw.targets.into_iter().enumerate() {
         let at = format!("watch.targets[{i}]");
         let target = target(t, &upstream).map_err(|(f, m)| (format!("{at}.{f}"), m))?;
-        watched += target.tags.len();
+        watched += target.tags.bound();
         if watched > MAX_WATCHED_TAGS {
             return Err((at, format!("more than {MAX_WATCHED_TAGS} watched tags")));
         }
@@ -186,14 +214,20 @@ fn target(
         .repository
         .parse()
         .map_err(|_| ("repository", format!("`{}` is not a repository name", t.repository)))?;
-    if t.tags.is_empty() {
-        return Err(("tags", "name at least one tag".to_owned()));
-    }
-    let tags = t
-        .tags
-        .iter()
-        .map(|s| s.parse().map_err(|_| ("tags", format!("`{s}` is not a tag"))))
-        .collect::<Result<Vec<Tag>, _>>()?;
+    let tags = match (t.all_tags, t.tags.is_empty(), t.max_tags) {
+        (true, true, max) => TagSelection::All {
+            max: max.unwrap_or(DEFAULT_MAX_TAGS).clamp(1, MAX_WATCHED_TAGS),
+        },
+        (true, false, _) => return Err(("tags", "give `tags` or `allTags: true`, not both".to_owned())),
+        (false, _, Some(_)) => return Err(("maxTags", "applies to `allTags: true` only".to_owned())),
+        (false, true, None) => return Err(("tags", "name at least one tag, or set `allTags: true`".to_owned())),
+        (false, false, None) => TagSelection::Listed(
+            t.tags
+                .iter()
+                .map(|s| s.parse().map_err(|_| ("tags", format!("`{s}` is not a tag"))))
+                .collect::<Result<Vec<Tag>, _>>()?,
+        ),
+    };
     Ok(WatchTarget {
         upstream: up,
         repository,
@@ -268,11 +302,14 @@ mod tests {
         let w = parse("targets:\n  - { registry: r.test, repository: app, tags: [stable, '1.2'] }\n").expect("valid");
         assert_eq!(w.interval, DEFAULT_INTERVAL);
         assert_eq!(w.reverify, DEFAULT_REVERIFY);
-        assert_eq!(w.targets[0].tags.len(), 2);
+        assert!(matches!(&w.targets[0].tags, TagSelection::Listed(t) if t.len() == 2));
+        let w =
+            parse("targets:\n  - { registry: r.test, repository: app, allTags: true, maxTags: 50 }\n").expect("valid");
+        assert!(matches!(w.targets[0].tags, TagSelection::All { max: 50 }));
         assert!(w.sinks.is_empty());
         assert_eq!(
             w.describe(),
-            "watch: 2 tags in 1 repositories every 300s (+ jitter), re-verified every 3600s; sinks: audit log only"
+            "watch: up to 2 tags in 1 repositories every 300s (+ jitter), re-verified every 3600s; sinks: audit log only"
         );
     }
 
@@ -308,6 +345,14 @@ mod tests {
                 "watch.sinks[0].webhook.secretFile",
             ),
             ("interval: 0s\n", "watch.interval"),
+            (
+                "targets:\n  - { registry: r.test, repository: app, tags: [a], allTags: true }\n",
+                "watch.targets[0].tags",
+            ),
+            (
+                "targets:\n  - { registry: r.test, repository: app, tags: [a], maxTags: 3 }\n",
+                "watch.targets[0].maxTags",
+            ),
         ];
         for (yaml, at) in cases {
             let (path, _) = parse(yaml).expect_err(yaml);

@@ -18,6 +18,7 @@
 
 mod deliver;
 pub mod event;
+mod list;
 pub mod render;
 mod round;
 
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 
 pub use event::WatchEvent;
 
-use crate::config::WatchConfig;
+use crate::config::{TagSelection, WatchConfig};
 use crate::proxy::{Judgement, Proxy, Target};
 use crate::store::{EventQueue, StoreError};
 use crate::telemetry::watch_metrics::WatchEventKind;
@@ -43,6 +44,8 @@ pub enum WatchError {
     Upstream(#[from] crate::upstream::Error),
     #[error("the upstream answered HEAD without a Docker-Content-Digest")]
     NoDigest,
+    #[error("the upstream sent an invalid tag list: {0}")]
+    BadListing(String),
     #[error("{0}")]
     Proxy(#[from] crate::proxy::Error),
     #[error("store: {0}")]
@@ -298,7 +301,21 @@ pub async fn once(proxy: &Proxy) -> Result<Vec<TagReport>, WatchError> {
             repo: t.upstream.upstream_repo(&t.repository),
             client_name: t.repository.to_string(),
         };
-        for tag in &t.tags {
+        let tags = match &t.tags {
+            TagSelection::Listed(tags) => tags.clone(),
+            TagSelection::All { max } => match list::all_tags(&target, *max).await {
+                Ok(tags) => tags,
+                Err(e) => {
+                    let subject = format!("{}/{}:*", t.upstream.host, t.repository);
+                    reports.push(TagReport {
+                        subject,
+                        outcome: Outcome::Failed(format!("tag list: {e}")),
+                    });
+                    continue;
+                }
+            },
+        };
+        for tag in &tags {
             let subject = format!("{}/{}:{tag}", t.upstream.host, t.repository);
             let outcome = match round::resolve(&target, tag).await {
                 Ok(None) => Outcome::Missing,

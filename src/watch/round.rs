@@ -3,7 +3,8 @@
 //! re-verification) through the gate, and emit what changed.
 //!
 //! ```text
-//! no observation      absent → record absent │ present → judge, record (baseline, no event)
+//! no observation      absent → record absent │ present → judge, record (baseline, no event;
+//!                     for allTags after the repository's first round: tag.created)
 //! was absent          present → tag.created (+ verdict)
 //! was present         absent → tag.deleted
 //!                     other digest → tag.moved (+ verdict); mutable: deny and
@@ -21,7 +22,7 @@ use http::HeaderValue;
 
 use super::event::{About, WatchEvent};
 use super::{WatchError, Watcher, blocking};
-use crate::config::WatchTarget;
+use crate::config::{TagSelection, WatchTarget};
 use crate::oci::manifest::DEFAULT_ACCEPT;
 use crate::oci::{Digest, Reference, Tag};
 use crate::policy::Mutability;
@@ -62,9 +63,25 @@ impl Watcher {
                 return false;
             }
         };
+        // For `allTags`, a tag first seen after the repository's first
+        // round was created; for listed tags, absence is recorded instead.
+        let announce_new = matches!(t.tags, TagSelection::All { .. }) && !observations.is_empty();
+        let tags = match self.tags_of(t, &target, &observations).await {
+            Ok(tags) => tags,
+            Err(e) => {
+                self.failed(t, "*", e).await;
+                return false;
+            }
+        };
         let mut all_ok = true;
-        for tag in &t.tags {
-            all_ok &= self.check_and_emit(t, &target, tag, &mut observations).await;
+        for tag in &tags {
+            all_ok &= self
+                .check_and_emit(t, &target, tag, announce_new, &mut observations)
+                .await;
+        }
+        if matches!(t.tags, TagSelection::All { .. }) {
+            // Deleted tags were reported; unlisted, they need no record.
+            observations.retain(|_, o| o.digest.is_some());
         }
         let store = self.proxy.store().clone();
         let (h, r) = (host.clone(), t.repository.clone());
@@ -75,7 +92,53 @@ impl Watcher {
         all_ok
     }
 
-    async fn check_and_emit(&self, t: &WatchTarget, target: &Target, tag: &Tag, obs: &mut Observations) -> bool {
+    /// The tags to check this round: the listed ones, or the upstream's
+    /// listing plus every tag last seen present (so deletions are noticed).
+    async fn tags_of(&self, t: &WatchTarget, target: &Target, obs: &Observations) -> Result<Vec<Tag>, WatchError> {
+        let max = match &t.tags {
+            TagSelection::Listed(tags) => return Ok(tags.clone()),
+            TagSelection::All { max } => *max,
+        };
+        let mut tags = super::list::all_tags(target, max).await?;
+        for (name, o) in obs {
+            if o.digest.is_some()
+                && let Ok(tag) = name.parse::<Tag>()
+                && !tags.contains(&tag)
+            {
+                tags.push(tag);
+            }
+        }
+        Ok(tags)
+    }
+
+    /// Count a failed check of `tag` (`*`: the tag list) and send
+    /// `watch.failed` once per outage.
+    async fn failed(&self, t: &WatchTarget, tag: &str, e: WatchError) {
+        let (registry, repository) = (t.upstream.host.to_string(), t.repository.to_string());
+        let key = format!("{registry}/{repository}:{tag}");
+        tracing::warn!(tag = %key, error = %e, "watch check failed");
+        self.proxy.metrics().watch.failure(&registry, &repository);
+        if self.lock_failing().insert(key) {
+            let about = About {
+                registry: &registry,
+                repository: &repository,
+                tag,
+            };
+            let event = WatchEvent::failed(about, e.to_string());
+            if let Err(e) = self.emit(WatchEventKind::WatchFailed, &event).await {
+                tracing::error!(error = %e, "cannot queue a watch.failed event");
+            }
+        }
+    }
+
+    async fn check_and_emit(
+        &self,
+        t: &WatchTarget,
+        target: &Target,
+        tag: &Tag,
+        announce_new: bool,
+        obs: &mut Observations,
+    ) -> bool {
         let (registry, repository) = (t.upstream.host.to_string(), t.repository.to_string());
         let about = About {
             registry: &registry,
@@ -83,7 +146,10 @@ impl Watcher {
             tag: tag.as_str(),
         };
         let key = format!("{registry}/{repository}:{tag}");
-        match self.check_tag(about, target, tag, obs.get(tag.as_str())).await {
+        match self
+            .check_tag(about, target, tag, announce_new, obs.get(tag.as_str()))
+            .await
+        {
             Ok(checked) => {
                 for (kind, event) in checked.events {
                     if let Err(e) = self.emit(kind, &event).await {
@@ -96,14 +162,7 @@ impl Watcher {
                 true
             }
             Err(e) => {
-                tracing::warn!(tag = %key, error = %e, "watch check failed");
-                self.proxy.metrics().watch.failure(&registry, &repository);
-                if self.lock_failing().insert(key) {
-                    let event = WatchEvent::failed(about, e.to_string());
-                    if let Err(e) = self.emit(WatchEventKind::WatchFailed, &event).await {
-                        tracing::error!(error = %e, "cannot queue a watch.failed event");
-                    }
-                }
+                self.failed(t, tag.as_str(), e).await;
                 false
             }
         }
@@ -114,6 +173,7 @@ impl Watcher {
         about: About<'_>,
         target: &Target,
         tag: &Tag,
+        announce_new: bool,
         previous: Option<&Observation>,
     ) -> Result<Checked, WatchError> {
         let now = resolve(target, tag).await?;
@@ -121,6 +181,7 @@ impl Watcher {
         match (was, now) {
             (_, None) => Ok(self.absent(about, previous)),
             (Some(Some(old)), Some(new)) if *old == new => self.unmoved(about, target, tag, previous, new).await,
+            (None, Some(new)) if announce_new => self.changed(about, target, tag, None, new).await,
             (None, Some(new)) => {
                 let a = self.proxy.assess(target, tag, &new).await?;
                 Ok(Checked {

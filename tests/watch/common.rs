@@ -54,6 +54,8 @@ pub struct Scenario {
     /// accept for `test/**` (`key-b`).
     pub a: SigningKey,
     pub b: SigningKey,
+    /// The target's tag selection (`tags: [stable]` or `allTags: true`).
+    pub selection: String,
 }
 
 impl Scenario {
@@ -61,6 +63,11 @@ impl Scenario {
     /// (answering 200), policy `rules` with keys a and b, and the proxy
     /// watching the tag (queue bound `queue_limit`).
     pub async fn start(rules: &str, queue_limit: usize, first: &Image) -> Scenario {
+        Self::start_selecting(rules, queue_limit, first, &format!("tags: [{TAG}]")).await
+    }
+
+    /// [`Scenario::start`] watching the tags `selection` names.
+    pub async fn start_selecting(rules: &str, queue_limit: usize, first: &Image, selection: &str) -> Scenario {
         let registry = Distribution::start().await;
         let receiver = Receiver::start().await;
         let (a, b) = (SigningKey::generate_p256(), SigningKey::generate_ed25519());
@@ -68,7 +75,7 @@ impl Scenario {
         let policy = policy_dir(&[("a", &a), ("b", &b)], rules);
         let secret_dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(secret_dir.path().join("hook"), format!("{SECRET}\n")).expect("secret");
-        let yaml = watch_yaml(&registry, &receiver, secret_dir.path(), queue_limit);
+        let yaml = watch_yaml(&registry, &receiver, secret_dir.path(), queue_limit, selection);
         let proxy = TestProxy::with_policies_and_yaml(
             &registry.url(),
             policy.path(),
@@ -84,6 +91,7 @@ impl Scenario {
             proxy,
             a,
             b,
+            selection: selection.to_owned(),
         }
     }
 
@@ -101,8 +109,30 @@ impl Scenario {
         // The watch task is aborted right after the listener closes; let an
         // in-flight queue write finish before another process opens it.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let yaml = watch_yaml(&self.registry, &self.receiver, self.secret_dir.path(), 2);
+        let yaml = watch_yaml(
+            &self.registry,
+            &self.receiver,
+            self.secret_dir.path(),
+            2,
+            &self.selection,
+        );
         self.proxy = TestProxy::with_policies_and_yaml(&self.registry.url(), self.policy.path(), data_dir, &yaml).await;
+    }
+
+    /// Every stored observation of `test/app`, by tag.
+    pub fn observations(&self) -> serde_json::Map<String, Value> {
+        let path = self
+            .proxy
+            .data_dir
+            .path()
+            .join("watch/observations")
+            .join(self.registry.host())
+            .join(REPO)
+            .join("_watch.json");
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
     }
 
     /// The watcher's stored observation of `test/app:stable`.
@@ -198,14 +228,20 @@ impl Scenario {
 
 /// The `watch:` section: both sinks on `receiver`, the CloudEvents one
 /// signed with the secret in `secret_dir/hook`.
-pub fn watch_yaml(registry: &Distribution, receiver: &Receiver, secret_dir: &Path, queue_limit: usize) -> String {
+pub fn watch_yaml(
+    registry: &Distribution,
+    receiver: &Receiver,
+    secret_dir: &Path,
+    queue_limit: usize,
+    selection: &str,
+) -> String {
     format!(
         r#"watch:
   interval: 200ms
   reverify: 0s
   queueLimit: {queue_limit}
   targets:
-    - {{ registry: "{host}", repository: {REPO}, tags: [{TAG}] }}
+    - {{ registry: "{host}", repository: {REPO}, {selection} }}
   sinks:
     - webhook: {{ name: soc, url: "{ce}", secretFile: "{secret}", format: cloudevents }}
     - webhook: {{ name: siem, url: "{ocsf}", format: ocsf }}
@@ -270,10 +306,14 @@ pub fn assert_cloudevent(r: &Received) -> Value {
         "time is RFC 3339: {ce}"
     );
     assert_eq!(ce["datacontenttype"], "application/json");
-    assert_eq!(
-        ce["subject"],
-        format!("{}/{REPO}:{TAG}", ce["data"]["registry"].as_str().unwrap_or(""))
+    let data = &ce["data"];
+    let subject = format!(
+        "{}/{}:{}",
+        data["registry"].as_str().unwrap_or(""),
+        data["repository"].as_str().unwrap_or(""),
+        data["tag"].as_str().unwrap_or("")
     );
+    assert_eq!(ce["subject"], subject);
     assert_eq!(ce["id"], ce["data"]["id"]);
     assert_eq!(
         ce["type"],

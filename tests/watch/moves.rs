@@ -158,3 +158,34 @@ async fn a_tag_that_appears_is_reported_created_with_its_verdict() {
     assert_eq!(created["newDigest"], v2.manifest.digest.to_string());
     assert_eq!(created["verdict"], "denied");
 }
+
+/// `allTags`: every listed tag is watched (cosign's `.sig` tags are not);
+/// a new tag is `tag.created`, a removed one `tag.deleted`.
+#[tokio::test]
+async fn all_tags_watches_new_tags_and_deleted_ones_but_not_signature_tags() {
+    let v1 = small_image(1451);
+    let s = Scenario::start_selecting(APPS, 10_000, &v1, "allTags: true, maxTags: 10").await;
+    s.wait_observed(&v1.manifest.digest, "allowed").await;
+
+    let v2 = small_image(1452);
+    push_signed(&s.registry, REPO, "other", &v2, &[&s.a]).await;
+    let got = s.receiver.wait_for(CLOUDEVENTS, WAIT, |r| !r.is_empty()).await;
+    let created = assert_cloudevent(&got[0]);
+    assert_eq!(created["event"], "tag.created");
+    assert_eq!(created["tag"], "other");
+    assert_eq!(created["verdict"], "allowed");
+
+    s.delete_manifest(&v2.manifest.digest).await;
+    let got = s.receiver.wait_for(CLOUDEVENTS, WAIT, |r| r.len() >= 2).await;
+    let deleted = assert_cloudevent(&got[1]);
+    assert_eq!(
+        (&deleted["event"], &deleted["tag"]),
+        (&"tag.deleted".into(), &"other".into())
+    );
+
+    // Only real tags were ever observed: no `.sig` tag, no other event.
+    let observed = s.observations();
+    let tags: Vec<&String> = observed.keys().collect();
+    assert_eq!(tags, [TAG], "{observed:?}");
+    assert_eq!(s.receiver.accepted(CLOUDEVENTS).len(), 2);
+}
