@@ -15,3 +15,4 @@ mod delivery;
 mod moves;
 mod once;
 mod receiver;
+mod upstream;
