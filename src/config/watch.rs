@@ -303,14 +303,14 @@ mod tests {
         assert_eq!(w.interval, DEFAULT_INTERVAL);
         assert_eq!(w.reverify, DEFAULT_REVERIFY);
         assert!(matches!(&w.targets[0].tags, TagSelection::Listed(t) if t.len() == 2));
-        let w =
-            parse("targets:\n  - { registry: r.test, repository: app, allTags: true, maxTags: 50 }\n").expect("valid");
-        assert!(matches!(w.targets[0].tags, TagSelection::All { max: 50 }));
-        assert!(w.sinks.is_empty());
         assert_eq!(
             w.describe(),
             "watch: up to 2 tags in 1 repositories every 300s (+ jitter), re-verified every 3600s; sinks: audit log only"
         );
+        let w =
+            parse("targets:\n  - { registry: r.test, repository: app, allTags: true, maxTags: 50 }\n").expect("valid");
+        assert!(matches!(w.targets[0].tags, TagSelection::All { max: 50 }));
+        assert!(w.sinks.is_empty());
     }
 
     #[test]

@@ -340,3 +340,46 @@ async fn blocking<T: Send + 'static>(
         Err(e) => Err(WatchError::Internal(format!("blocking task failed: {e}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(dir: &std::path::Path, limit: usize) -> (WatchHealth, Arc<EventQueue>) {
+        let store = crate::store::Store::open(dir).expect("store");
+        let queue = Arc::new(store.watch.queue("soc").expect("queue"));
+        let health = WatchHealth {
+            interval: Duration::from_secs(1),
+            queue_limit: limit,
+            queues: vec![("soc".to_owned(), queue.clone())],
+            last_round: Mutex::new(Instant::now()),
+        };
+        (health, queue)
+    }
+
+    #[test]
+    fn behind_names_a_queue_past_its_limit_and_a_stalled_round() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (h, q) = health(dir.path(), 1);
+        assert_eq!(h.behind(), None);
+        q.push(b"{}").expect("push");
+        assert_eq!(h.behind(), None, "at the limit is not past it");
+        q.push(b"{}").expect("push");
+        assert_eq!(
+            h.behind().as_deref(),
+            Some("watch sink `soc` has 2 undelivered events (limit 1)")
+        );
+        let (h, _) = health(dir.path(), 10);
+        if let Some(past) = Instant::now().checked_sub(Duration::from_secs(64))
+            && let Ok(mut t) = h.last_round.lock()
+        {
+            *t = past;
+        }
+        assert!(
+            h.behind()
+                .is_some_and(|b| b.starts_with("no watch round finished for 6")),
+            "{:?}",
+            h.behind()
+        );
+    }
+}
