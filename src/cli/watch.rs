@@ -17,6 +17,11 @@ pub enum WatchCliError {
     Start(#[from] proxy::StartError),
     #[error(transparent)]
     Watch(#[from] WatchError),
+    #[error("cannot create a scratch directory {path}: {source}")]
+    Scratch {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Exit status of `--once`: 0 every tag allowed, 1 some tag points to a
@@ -32,12 +37,39 @@ pub fn exit_code(reports: &[TagReport]) -> u8 {
 }
 
 /// Judge every watched tag once (audit events kept in memory, not printed).
-pub async fn once(config: Config) -> Result<Vec<TagReport>, WatchCliError> {
+/// Nothing is read from or written to the configured data directory (a
+/// server may be using it): the run gets a scratch directory of its own.
+pub async fn once(mut config: Config) -> Result<Vec<TagReport>, WatchCliError> {
     if config.watch.is_none() {
         return Err(WatchError::NotConfigured.into());
     }
+    let scratch = Scratch::create()?;
+    config.data_dir = scratch.0.clone();
     let proxy = Proxy::with_audit(Arc::new(config), AuditSink::memory())?;
-    Ok(watch::once(&proxy).await?)
+    let reports = watch::once(&proxy).await?;
+    drop(proxy);
+    drop(scratch);
+    Ok(reports)
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn create() -> Result<Scratch, WatchCliError> {
+        let dir = std::env::temp_dir().join(format!("portcullis-watch-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).map_err(|source| WatchCliError::Scratch {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Run the watch until `shutdown` completes.

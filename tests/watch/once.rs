@@ -82,4 +82,8 @@ async fn watch_once_prints_one_line_per_tag_and_fails_on_a_denied_digest() {
     let (code, stdout, stderr) = watch_once(&config(dir.path(), &registry, &["good", "absent"]), policy.path()).await;
     assert_eq!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains(&format!("MISSING {host}/{REPO}:absent")), "{stdout}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "--once leaves the data directory alone"
+    );
 }
