@@ -87,3 +87,66 @@ async fn watch_once_prints_one_line_per_tag_and_fails_on_a_denied_digest() {
         "--once leaves the data directory alone"
     );
 }
+
+/// `portcullis watch` without `--once`: runs rounds and delivers until
+/// SIGTERM, then exits 0.
+#[tokio::test]
+async fn watch_runs_until_sigterm_and_delivers() {
+    let registry = Distribution::start().await;
+    let receiver = Receiver::start().await;
+    let a = SigningKey::generate_p256();
+    let policy = policy_dir(&[("a", &a)], APPS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = small_image(1471);
+    push_signed(&registry, REPO, TAG, &v1, &[&a]).await;
+    let host = registry.host();
+    let yaml = format!(
+        "dataDir: {data}\nauditLog: {data}.audit.jsonl\nupstreams:\n  - host: \"{host}\"\n    url: {url}\n    insecurePlainHttp: true\nwatch:\n  interval: 200ms\n  targets:\n    - {{ registry: \"{host}\", repository: {REPO}, tags: [{TAG}] }}\n  sinks:\n    - webhook: {{ url: \"{hook}\" }}\n",
+        data = dir.path().join("data").display(),
+        url = registry.url(),
+        hook = receiver.url(CLOUDEVENTS),
+    );
+    let config = dir.path().join("watch.yaml");
+    std::fs::write(&config, yaml).expect("config");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["watch", "--config"])
+        .arg(&config)
+        .arg("--policies")
+        .arg(policy.path())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run portcullis watch");
+    let observations = dir
+        .path()
+        .join("data/watch/observations")
+        .join(&host)
+        .join(REPO)
+        .join("_watch.json");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !observations.is_file() {
+        assert!(tokio::time::Instant::now() < deadline, "no baseline recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let v2 = small_image(1472);
+    registry.push_image(REPO, TAG, &v2).await;
+    let got = receiver.wait_for(CLOUDEVENTS, WAIT, |r| !r.is_empty()).await;
+    let moved = got[0].json();
+    assert_eq!(moved["type"], "dev.portcullis.tag.moved");
+    assert_eq!(moved["data"]["verdict"], "denied");
+
+    let pid = child.id().expect("pid").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert_eq!(status.code(), Some(0));
+}
