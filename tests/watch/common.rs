@@ -13,7 +13,7 @@ use serde_json::Value;
 pub(crate) use crate::receiver::{Received, Receiver};
 pub(crate) use crate::support::admission::{ACCEPT, policy_dir, push_signed, small_image};
 pub(crate) use crate::support::client;
-pub(crate) use crate::support::cosign::{SigningKey, sig_tag};
+pub(crate) use crate::support::cosign::{SigningKey, push_legacy_signature, sig_tag};
 pub(crate) use crate::support::distribution::Distribution;
 pub(crate) use crate::support::images::Image;
 pub(crate) use crate::support::proxy::TestProxy;
@@ -197,11 +197,7 @@ impl Scenario {
 
     /// Push `image` as the watched tag, signed by `keys` (none: unsigned).
     pub async fn push(&self, image: &Image, keys: &[&SigningKey]) {
-        if keys.is_empty() {
-            self.registry.push_image(REPO, TAG, image).await;
-        } else {
-            push_signed(&self.registry, REPO, TAG, image, keys).await;
-        }
+        push_signed_first(&self.registry, TAG, image, keys).await;
     }
 
     /// Delete a manifest upstream by digest (Distribution also drops the
@@ -224,6 +220,16 @@ impl Scenario {
             .parse()
             .expect("digest")
     }
+}
+
+/// Push `image`'s signature by `keys` (if any), then the image as `tag`:
+/// a watcher never sees the tag on the digest before its signature exists
+/// (which it would rightly report as a denied move).
+pub async fn push_signed_first(registry: &Distribution, tag: &str, image: &Image, keys: &[&SigningKey]) {
+    if !keys.is_empty() {
+        push_legacy_signature(registry, REPO, &image.manifest, keys).await;
+    }
+    registry.push_image(REPO, tag, image).await;
 }
 
 /// The `watch:` section: both sinks on `receiver`, the CloudEvents one

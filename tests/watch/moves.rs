@@ -168,7 +168,7 @@ async fn all_tags_watches_new_tags_and_deleted_ones_but_not_signature_tags() {
     s.wait_observed(&v1.manifest.digest, "allowed").await;
 
     let v2 = small_image(1452);
-    push_signed(&s.registry, REPO, "other", &v2, &[&s.a]).await;
+    push_signed_first(&s.registry, "other", &v2, &[&s.a]).await;
     let got = s.receiver.wait_for(CLOUDEVENTS, WAIT, |r| !r.is_empty()).await;
     let created = assert_cloudevent(&got[0]);
     assert_eq!(created["event"], "tag.created");
