@@ -151,6 +151,16 @@ impl EventQueue {
         Ok(())
     }
 
+    /// Set event `seq` aside as `<seq>.json.unreadable` (kept for
+    /// inspection) so that the events behind it can be delivered.
+    pub fn quarantine(&self, seq: u64) -> Result<PathBuf, StoreError> {
+        let path = self.path(seq);
+        let aside = path.with_extension("json.unreadable");
+        std::fs::rename(&path, &aside).map_err(io_err("rename", &path))?;
+        self.locked().0.retain(|s| *s != seq);
+        Ok(aside)
+    }
+
     pub fn len(&self) -> usize {
         self.locked().0.len()
     }
@@ -204,6 +214,11 @@ mod tests {
                 .join(format!("{:020}.json", 3))
                 .is_file()
         );
+        let aside = q.quarantine(1).expect("quarantine");
+        assert!(aside.ends_with(format!("{:020}.json.unreadable", 1)), "{aside:?}");
+        assert_eq!(q.front().expect("read").expect("front").1, b"e2");
+        drop(q);
+        assert_eq!(s.queue("hook").expect("reopen").len(), 2, "set aside, not queued again");
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Delivery to one webhook: the oldest queued event is rendered, signed and
 //! POSTed; only a 2xx removes it from the queue. Anything else (refused
 //! connection, timeout, 5xx, other statuses) is retried with exponential
-//! backoff, so events arrive at least once and in queue order.
+//! backoff (or the receiver's longer `Retry-After`, within the cap), so
+//! events arrive at least once and in queue order.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Request};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -80,7 +81,14 @@ impl Deliverer {
                 self.wake.notified().await;
                 continue;
             };
-            match self.attempt(&client, &bytes).await {
+            let event: WatchEvent = match serde_json::from_slice(&bytes) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.set_aside(seq, &e.to_string()).await;
+                    continue;
+                }
+            };
+            match self.attempt(&client, &event).await {
                 Ok(()) => {
                     self.metrics.watch.delivery(&self.sink.name, DeliveryOutcome::Delivered);
                     let q = self.queue.clone();
@@ -89,11 +97,13 @@ impl Deliverer {
                     }
                     backoff = FIRST_BACKOFF;
                 }
-                Err(reason) => {
+                Err(Refused { reason, retry_after }) => {
                     self.metrics.watch.delivery(&self.sink.name, DeliveryOutcome::Failed);
-                    tracing::warn!(sink = %self.sink.name, queued = self.queue.len(), retry_in_ms = backoff.as_millis() as u64,
+                    // The receiver's `Retry-After` when longer, within the cap.
+                    let wait = retry_after.map_or(backoff, |r| r.max(backoff)).min(self.backoff_cap);
+                    tracing::warn!(sink = %self.sink.name, queued = self.queue.len(), retry_in_ms = wait.as_millis() as u64,
                         error = %reason, "watch event delivery failed; retrying");
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(self.backoff_cap);
                 }
             }
@@ -107,15 +117,28 @@ impl Deliverer {
             .queue(&self.sink.name, depth, depth > self.queue_limit);
     }
 
-    /// One POST of the queued event; `Err` names why it was not accepted.
-    async fn attempt(&self, client: &HookClient, queued: &[u8]) -> Result<(), String> {
-        let event: WatchEvent = match serde_json::from_slice(queued) {
-            Ok(e) => e,
-            // Only this process writes the queue: an unreadable entry is a
-            // bug or disk damage, and is kept (and reported) rather than lost.
-            Err(e) => return Err(format!("queued event unreadable: {e}")),
+    /// Only this process writes the queue: an unreadable entry is disk
+    /// damage or a bug. It is set aside (kept, and logged as an error) so
+    /// that it does not hold up the events behind it.
+    async fn set_aside(&self, seq: u64, error: &str) {
+        let q = self.queue.clone();
+        match blocking(move || q.quarantine(seq)).await {
+            Ok(path) => tracing::error!(sink = %self.sink.name, path = %path.display(), error,
+                "queued watch event unreadable; set aside, not delivered"),
+            Err(e) => {
+                tracing::error!(sink = %self.sink.name, error = %e, "cannot set an unreadable watch event aside");
+                tokio::time::sleep(self.backoff_cap).await;
+            }
+        }
+    }
+
+    /// One POST of the queued event.
+    async fn attempt(&self, client: &HookClient, event: &WatchEvent) -> Result<(), Refused> {
+        let refused = |reason: String| Refused {
+            reason,
+            retry_after: None,
         };
-        let (body, content_type) = render(self.sink.format, &event);
+        let (body, content_type) = render(self.sink.format, event);
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(self.sink.url.clone())
@@ -125,15 +148,30 @@ impl Deliverer {
         }
         let req = req
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| refused(format!("request: {e}")))?;
         let resp = tokio::time::timeout(REQUEST_TIMEOUT, client.request(req))
             .await
-            .map_err(|_| format!("no response within {REQUEST_TIMEOUT:?}"))?
-            .map_err(|e| format!("request failed: {e}"))?;
+            .map_err(|_| refused(format!("no response within {REQUEST_TIMEOUT:?}")))?
+            .map_err(|e| refused(format!("request failed: {e}")))?;
         if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("receiver answered {}", resp.status()))
+            return Ok(());
         }
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Err(Refused {
+            reason: format!("receiver answered {}", resp.status()),
+            retry_after,
+        })
     }
+}
+
+/// Why a delivery was not accepted, and when the receiver asked to be
+/// tried again (`Retry-After` in seconds).
+struct Refused {
+    reason: String,
+    retry_after: Option<Duration>,
 }

@@ -12,7 +12,7 @@ use crate::telemetry::watch_metrics::{WatchEventKind, WatchVerdict};
 /// One event. `id` is fixed when the event is created and never changes,
 /// so receivers de-duplicate re-deliveries by it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct WatchEvent {
     pub id: String,
     /// `tag.moved`, `tag.created`, `tag.deleted`, `signature.lost`,

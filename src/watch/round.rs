@@ -67,7 +67,11 @@ impl Watcher {
         // round was created; for listed tags, absence is recorded instead.
         let announce_new = matches!(t.tags, TagSelection::All { .. }) && !observations.is_empty();
         let tags = match self.tags_of(t, &target, &observations).await {
-            Ok(tags) => tags,
+            Ok(tags) => {
+                let listing = format!("{host}/{}:*", t.repository);
+                self.lock_failing().remove(&listing);
+                tags
+            }
             Err(e) => {
                 self.failed(t, "*", e).await;
                 return false;

@@ -97,7 +97,8 @@ impl Scenario {
 
     /// Stop the proxy and start another on the same data directory (queues
     /// and observations carry over), once the old one no longer listens.
-    pub async fn restart(&mut self) {
+    /// `prepare` is called with the data directory while no proxy runs on it.
+    pub async fn restart_after(&mut self, prepare: impl FnOnce(&Path)) {
         let addr = self.proxy.addr;
         let placeholder = TestProxy::with_default_upstream(&self.registry.url()).await;
         let data_dir = std::mem::replace(&mut self.proxy, placeholder).stop();
@@ -109,6 +110,7 @@ impl Scenario {
         // The watch task is aborted right after the listener closes; let an
         // in-flight queue write finish before another process opens it.
         tokio::time::sleep(Duration::from_millis(500)).await;
+        prepare(data_dir.path());
         let yaml = watch_yaml(
             &self.registry,
             &self.receiver,

@@ -44,8 +44,18 @@ async fn events_queued_while_the_receiver_is_down_survive_a_restart_and_arrive_i
         "{metrics}"
     );
 
-    // Restart with the events still queued; one more move afterwards.
-    s.restart().await;
+    // Restart with the events still queued (and, behind them, an entry the
+    // disk damaged); one more move afterwards.
+    let soc = std::path::PathBuf::from("watch/queues/soc");
+    let damaged = soc.join(format!("{:020}.json", 3));
+    s.restart_after(|data| {
+        assert!(
+            data.join(&soc).join(format!("{:020}.json", 2)).is_file(),
+            "three events queued on disk"
+        );
+        std::fs::write(data.join(&damaged), b"{ not an event").expect("damage");
+    })
+    .await;
     let last = small_image(1425);
     s.push(&last, &[&s.a]).await;
     s.wait_observed(&last.manifest.digest, "allowed").await;
@@ -71,6 +81,13 @@ async fn events_queued_while_the_receiver_is_down_survive_a_restart_and_arrive_i
         .collect();
     assert_eq!(new_digests, pushed.iter().collect::<Vec<_>>());
     s.receiver.wait_for(OCSF, WAIT, |r| r.len() >= 4).await;
+    let aside = s
+        .proxy
+        .data_dir
+        .path()
+        .join(&soc)
+        .join(format!("{:020}.json.unreadable", 3));
+    assert!(aside.is_file(), "the damaged entry is set aside, not lost or sent");
 
     // Nothing more arrives for the same ids, and readiness comes back.
     let deadline = tokio::time::Instant::now() + WAIT;
