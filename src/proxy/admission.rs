@@ -762,7 +762,26 @@ impl Proxy {
         })
     }
 
-    pub(super) fn audit(&self, ask: &Ask<'_>, digest: &Digest, d: &Decision, revision: Option<&str>, cached: bool) {
+    fn audit(&self, ask: &Ask<'_>, digest: &Digest, d: &Decision, revision: Option<&str>, cached: bool) {
+        let (event, outcome, mode) = audit_event(ask, digest, d, revision, cached);
+        self.metrics.admission(outcome, d.rule(), mode);
+        if event.verdict != "allow" {
+            tracing::warn!(repo = %event.repository, digest = %event.digest, verdict = event.verdict, rule = ?event.rule,
+                revision = ?event.policy_revision, reason = %event.reason, "admission");
+        }
+        self.gate.audit.emit(&event);
+    }
+}
+
+/// The audit event of a decision, and its metric labels.
+pub(super) fn audit_event(
+    ask: &Ask<'_>,
+    digest: &Digest,
+    d: &Decision,
+    revision: Option<&str>,
+    cached: bool,
+) -> (AuditEvent, AdmissionOutcome, AdmissionMode) {
+    {
         let outcome = match (d.verdict(), d.mode()) {
             (Verdict::Allow, _) => AdmissionOutcome::Allow,
             (Verdict::Deny, Mode::Audit) => AdmissionOutcome::WouldDeny,
@@ -794,12 +813,7 @@ impl Proxy {
             integrity_only: revision.is_none(),
             cached,
         };
-        self.metrics.admission(outcome, d.rule(), mode);
-        if verdict != "allow" {
-            tracing::warn!(repo = %event.repository, digest = %event.digest, verdict, rule = ?event.rule,
-                revision = ?event.policy_revision, reason = %event.reason, "admission");
-        }
-        self.gate.audit.emit(&event);
+        (event, outcome, mode)
     }
 }
 

@@ -1,10 +1,11 @@
 //! Assessment of a digest a watched tag points to: the gate's own decision
 //! (same policy in force, same rule lookup, same signature discovery and
 //! verification), computed afresh — never from a cached verdict, so a
-//! removed signature or revoked key shows up — and audited, but nothing is
+//! removed signature or revoked key shows up — and audited (client
+//! `portcullis watch`; not counted as an admission), but nothing is
 //! admitted, cached or served.
 
-use super::admission::Ask;
+use super::admission::{Ask, audit_event};
 use super::manifest::Staleness;
 use super::{Error, Proxy, Target, blocking};
 use crate::oci::{Digest, Reference, Tag};
@@ -62,7 +63,7 @@ impl Proxy {
         };
         let Some(policy) = self.gate.policy() else {
             let d = Decision::integrity_only();
-            self.audit(&ask, digest, &d, None, false);
+            self.audit_assessment(&ask, digest, &d, None);
             return Ok(assessment(&d, None, None, Judgement::Allowed, Mutability::Allow));
         };
         let rule = policy.rule_for(
@@ -71,7 +72,7 @@ impl Proxy {
             Some(tag.as_str()),
         );
         let (d, undecided) = self.fresh_decision(target, tag, digest, rule, &policy).await;
-        self.audit(&ask, digest, &d, Some(&policy.revision), false);
+        self.audit_assessment(&ask, digest, &d, Some(&policy.revision));
         let judgement = match (undecided, d.verdict()) {
             (true, _) => Judgement::Undecided,
             (false, Verdict::Allow) => Judgement::Allowed,
@@ -106,6 +107,13 @@ impl Proxy {
                 true,
             ),
         }
+    }
+
+    /// The audit event of an assessment. Not counted in the admission
+    /// metrics: nothing was admitted or refused to a client.
+    fn audit_assessment(&self, ask: &Ask<'_>, digest: &Digest, d: &Decision, revision: Option<&str>) {
+        let (event, _, _) = audit_event(ask, digest, d, revision, false);
+        self.gate.audit_sink().emit(&event);
     }
 
     /// The digest the proxy serves for `tag` (its last admitted one), which
