@@ -752,6 +752,12 @@ mod tests {
         m.connection_refused(ConnectionRefusal::Global);
         m.policy_in_force(None);
         m.policy_reload(ReloadOutcome::Refused);
+        use crate::telemetry::watch_metrics::{DeliveryOutcome, WatchEventKind, WatchVerdict};
+        m.watch.event("r", WatchEventKind::TagMoved, WatchVerdict::Denied);
+        m.watch.round_succeeded("r", "app", 1);
+        m.watch.failure("r", "app");
+        m.watch.queue("soc", 1, false);
+        m.watch.delivery("soc", DeliveryOutcome::Failed);
         m
     }
 
