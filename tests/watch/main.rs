@@ -11,6 +11,7 @@
 mod support;
 
 mod common;
+mod cost;
 mod delivery;
 mod moves;
 mod once;
