@@ -244,8 +244,9 @@ impl Watcher {
         })
     }
 
-    /// Same digest: re-verify when due; a digest allowed before and denied
-    /// now lost its signature (or its key, or the policy changed).
+    /// Same digest: re-verify when due (every round while undecided); a
+    /// digest allowed before and denied now lost its signature (or its key,
+    /// or the policy changed).
     async fn unmoved(
         &self,
         about: About<'_>,
@@ -257,7 +258,9 @@ impl Watcher {
         let Some(previous) = previous else {
             return Err(WatchError::Internal("unmoved tag without an observation".into()));
         };
-        let due = unix_now().saturating_sub(previous.verified_at) >= self.config.reverify.as_secs();
+        // An undecided verdict is no verdict: judged again every round.
+        let undecided = previous.verdict.as_deref() == Some(Judgement::Undecided.as_str());
+        let due = undecided || unix_now().saturating_sub(previous.verified_at) >= self.config.reverify.as_secs();
         if !due {
             return Ok(Checked {
                 observation: previous.clone(),
