@@ -81,6 +81,16 @@ pub enum EventFormat {
     Ocsf,
 }
 
+impl EventFormat {
+    /// The name as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventFormat::Cloudevents => "cloudevents",
+            EventFormat::Ocsf => "ocsf",
+        }
+    }
+}
+
 /// The validated `watch:` section.
 #[derive(Clone, Debug)]
 pub struct WatchConfig {
@@ -100,7 +110,7 @@ impl WatchConfig {
             .iter()
             .map(|s| {
                 let signed = if s.secret.is_some() { ", HMAC-signed" } else { "" };
-                format!("{} ({:?}{signed}) -> {}", s.name, s.format, s.url)
+                format!("{} ({}{signed}) -> {}", s.name, s.format.as_str(), s.url)
             })
             .collect();
         format!(
