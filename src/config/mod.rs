@@ -16,7 +16,7 @@ use std::time::Duration;
 
 pub use raw::{DEFAULT_CONFIG_YAML, UpstreamUrl};
 pub use secret::Secret;
-pub use watch::{EventFormat, TagSelection, WatchConfig, WatchTarget, WebhookSink};
+pub use watch::{EventFormat, RepoSelection, TagSelection, WatchConfig, WatchTarget, WebhookSink};
 
 use crate::oci::{RegistryHost, RepoName};
 

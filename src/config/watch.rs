@@ -24,6 +24,8 @@ pub const DEFAULT_QUEUE_LIMIT: usize = 10_000;
 pub const MAX_WATCHED_TAGS: usize = 10_000;
 /// Default bound of an `allTags` target.
 pub const DEFAULT_MAX_TAGS: usize = 1_000;
+/// Default bound of the repositories a glob target expands to.
+pub const DEFAULT_MAX_REPOSITORIES: usize = 100;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -43,7 +45,11 @@ pub struct RawWatch {
 pub struct RawWatchTarget {
     /// An allow-listed upstream host or alias.
     pub registry: String,
+    /// A repository name, or a glob (`org/*`, `org/**`) expanded through the
+    /// upstream's catalog (`/v2/_catalog`) every round.
     pub repository: String,
+    /// For a repository glob: at most this many matching repositories.
+    pub max_repositories: Option<usize>,
     /// Explicit tags; or `allTags: true`.
     #[serde(default)]
     pub tags: Vec<String>,
@@ -104,7 +110,11 @@ pub struct WatchConfig {
 impl WatchConfig {
     /// One line for `config check` and the startup log (secrets elided).
     pub fn describe(&self) -> String {
-        let tags: usize = self.targets.iter().map(|t| t.tags.bound()).sum();
+        let tags: usize = self
+            .targets
+            .iter()
+            .map(|t| t.tags.bound().saturating_mul(t.repository.bound()))
+            .sum();
         let sinks: Vec<String> = self
             .sinks
             .iter()
@@ -114,7 +124,7 @@ impl WatchConfig {
             })
             .collect();
         format!(
-            "watch: up to {tags} tags in {} repositories every {:?} (+ jitter), re-verified every {:?}; sinks: {}",
+            "watch: up to {tags} tags in {} targets every {:?} (+ jitter), re-verified every {:?}; sinks: {}",
             self.targets.len(),
             self.interval,
             self.reverify,
@@ -131,10 +141,37 @@ impl WatchConfig {
 #[derive(Clone, Debug)]
 pub struct WatchTarget {
     pub upstream: Arc<Upstream>,
-    /// The repository as configured (`library/` is added for Docker Hub
-    /// when the request is made).
-    pub repository: RepoName,
+    pub repository: RepoSelection,
     pub tags: TagSelection,
+}
+
+/// Which repositories a target watches.
+#[derive(Clone, Debug)]
+pub enum RepoSelection {
+    /// One repository as configured (`library/` is added for Docker Hub
+    /// when the request is made).
+    Name(RepoName),
+    /// The catalog's repositories matching `pattern` (policy glob syntax,
+    /// compiled by the watcher), the first `max` in catalog order.
+    Glob { pattern: String, max: usize },
+}
+
+impl RepoSelection {
+    /// The name or pattern as configured (a metric label).
+    pub fn label(&self) -> &str {
+        match self {
+            RepoSelection::Name(n) => n.as_str(),
+            RepoSelection::Glob { pattern, .. } => pattern,
+        }
+    }
+
+    /// The most repositories this selection watches.
+    pub fn bound(&self) -> usize {
+        match self {
+            RepoSelection::Name(_) => 1,
+            RepoSelection::Glob { max, .. } => *max,
+        }
+    }
 }
 
 /// Which tags of a repository are watched.
@@ -179,7 +216,7 @@ pub fn validate(
     for (i, t) in raw.targets.into_iter().enumerate() {
         let at = format!("watch.targets[{i}]");
         let target = target(t, &upstream).map_err(|(f, m)| (format!("{at}.{f}"), m))?;
-        watched += target.tags.bound();
+        watched += target.tags.bound().saturating_mul(target.repository.bound());
         if watched > MAX_WATCHED_TAGS {
             return Err((at, format!("more than {MAX_WATCHED_TAGS} watched tags")));
         }
@@ -220,10 +257,7 @@ fn target(
             format!("`{}` is not a configured upstream host or alias", t.registry),
         )
     })?;
-    let repository = t
-        .repository
-        .parse()
-        .map_err(|_| ("repository", format!("`{}` is not a repository name", t.repository)))?;
+    let repository = repository(&t.repository, t.max_repositories)?;
     let tags = match (t.all_tags, t.tags.is_empty(), t.max_tags) {
         (true, true, max) => TagSelection::All {
             max: max.unwrap_or(DEFAULT_MAX_TAGS).clamp(1, MAX_WATCHED_TAGS),
@@ -242,6 +276,26 @@ fn target(
         upstream: up,
         repository,
         tags,
+    })
+}
+
+fn repository(text: &str, max: Option<usize>) -> Result<RepoSelection, (&'static str, String)> {
+    if !text.contains('*') {
+        if max.is_some() {
+            return Err(("maxRepositories", "applies to a repository glob only".to_owned()));
+        }
+        return text
+            .parse()
+            .map(RepoSelection::Name)
+            .map_err(|_| ("repository", format!("`{text}` is not a repository name")));
+    }
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*".contains(c);
+    if text.is_empty() || !text.chars().all(allowed) {
+        return Err(("repository", format!("`{text}` is not a repository name or glob")));
+    }
+    Ok(RepoSelection::Glob {
+        pattern: text.to_owned(),
+        max: max.unwrap_or(DEFAULT_MAX_REPOSITORIES).clamp(1, MAX_WATCHED_TAGS),
     })
 }
 
@@ -315,11 +369,14 @@ mod tests {
         assert!(matches!(&w.targets[0].tags, TagSelection::Listed(t) if t.len() == 2));
         assert_eq!(
             w.describe(),
-            "watch: up to 2 tags in 1 repositories every 300s (+ jitter), re-verified every 3600s; sinks: audit log only"
+            "watch: up to 2 tags in 1 targets every 300s (+ jitter), re-verified every 3600s; sinks: audit log only"
         );
         let w =
             parse("targets:\n  - { registry: r.test, repository: app, allTags: true, maxTags: 50 }\n").expect("valid");
         assert!(matches!(w.targets[0].tags, TagSelection::All { max: 50 }));
+        let w = parse("targets:\n  - { registry: r.test, repository: 'org/**', maxRepositories: 5, tags: [a] }\n")
+            .expect("valid");
+        assert!(matches!(&w.targets[0].repository, RepoSelection::Glob { pattern, max: 5 } if pattern == "org/**"));
         assert!(w.sinks.is_empty());
     }
 
@@ -355,6 +412,18 @@ mod tests {
                 "watch.sinks[0].webhook.secretFile",
             ),
             ("interval: 0s\n", "watch.interval"),
+            (
+                "targets:\n  - { registry: r.test, repository: 'Org/*', tags: [a] }\n",
+                "watch.targets[0].repository",
+            ),
+            (
+                "targets:\n  - { registry: r.test, repository: app, maxRepositories: 2, tags: [a] }\n",
+                "watch.targets[0].maxRepositories",
+            ),
+            (
+                "targets:\n  - { registry: r.test, repository: 'o/*', maxRepositories: 1000, allTags: true, maxTags: 11 }\n",
+                "watch.targets[0]",
+            ),
             (
                 "targets:\n  - { registry: r.test, repository: app, tags: [a], allTags: true }\n",
                 "watch.targets[0].tags",

@@ -14,8 +14,10 @@
 //!   with backoff (at least once, in order)
 //! ```
 //!
-//! Imports: `oci`, `config`, `telemetry`, `upstream`, `store`, `proxy`.
+//! Imports: `oci`, `config`, `telemetry`, `upstream`, `store`, `policy`
+//! (`glob`, for repository globs), `proxy`.
 
+mod catalog;
 mod deliver;
 pub mod event;
 mod list;
@@ -28,7 +30,8 @@ use std::time::{Duration, Instant};
 
 pub use event::WatchEvent;
 
-use crate::config::{TagSelection, WatchConfig};
+use crate::config::{RepoSelection, TagSelection, WatchConfig};
+use crate::policy::glob::Glob;
 use crate::proxy::{Judgement, Proxy, Target};
 use crate::store::{EventQueue, StoreError};
 use crate::telemetry::watch_metrics::WatchEventKind;
@@ -66,6 +69,8 @@ pub struct Watcher {
     proxy: Arc<Proxy>,
     config: WatchConfig,
     sinks: Vec<SinkQueue>,
+    /// Each target's compiled repository glob (`None`: a single name).
+    globs: Vec<Option<Glob>>,
     health: Arc<WatchHealth>,
     /// Tags whose last check failed (one `watch.failed` per outage).
     failing: Mutex<HashSet<String>>,
@@ -132,6 +137,7 @@ impl Watcher {
                 wake: Arc::new(tokio::sync::Notify::new()),
             });
         }
+        let globs = compile_globs(&config)?;
         let health = Arc::new(WatchHealth {
             interval: config.interval,
             queue_limit: config.queue_limit,
@@ -142,6 +148,7 @@ impl Watcher {
             proxy,
             config,
             sinks,
+            globs,
             health,
             failing: Mutex::new(HashSet::new()),
         })))
@@ -186,14 +193,22 @@ impl Watcher {
 
     /// One round over every watched repository.
     pub async fn round(&self) {
-        for t in &self.config.targets {
-            if self.check_target(t).await {
-                let registry = t.upstream.host.to_string();
+        for (t, glob) in self.config.targets.iter().zip(&self.globs) {
+            let (registry, label) = (t.upstream.host.to_string(), t.repository.label());
+            let watched = match round::expand(&self.proxy, t, glob.as_ref()).await {
+                Ok(w) => w,
+                Err(e) => {
+                    self.failed(&registry, label, label, "*", e).await;
+                    continue;
+                }
+            };
+            let mut all_ok = true;
+            for w in &watched {
+                all_ok &= self.check_target(w).await;
+            }
+            if all_ok {
                 let now = i64::try_from(round::unix_now()).unwrap_or(i64::MAX);
-                self.proxy
-                    .metrics()
-                    .watch
-                    .round_succeeded(&registry, t.repository.as_str(), now);
+                self.proxy.metrics().watch.round_succeeded(&registry, label, now);
             }
         }
         self.health.round_finished();
@@ -289,8 +304,43 @@ impl TagReport {
 /// read or written, no events): one report per tag.
 pub async fn once(proxy: &Proxy) -> Result<Vec<TagReport>, WatchError> {
     let config = proxy.config().watch.as_ref().ok_or(WatchError::NotConfigured)?;
+    let globs = compile_globs(config)?;
     let mut reports = Vec::new();
-    for t in &config.targets {
+    for (t, glob) in config.targets.iter().zip(&globs) {
+        match round::expand(proxy, t, glob.as_ref()).await {
+            Ok(watched) => {
+                for w in &watched {
+                    reports.extend(once_repository(proxy, w).await?);
+                }
+            }
+            Err(e) => reports.push(TagReport {
+                subject: format!("{}/{}:*", t.upstream.host, t.repository.label()),
+                outcome: Outcome::Failed(format!("catalog: {e}")),
+            }),
+        }
+    }
+    Ok(reports)
+}
+
+/// Every repository glob compiled (policy glob syntax), by target.
+fn compile_globs(config: &WatchConfig) -> Result<Vec<Option<Glob>>, WatchError> {
+    config
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match &t.repository {
+            RepoSelection::Name(_) => Ok(None),
+            RepoSelection::Glob { pattern, .. } => Glob::path(pattern)
+                .map(Some)
+                .map_err(|e| WatchError::Setup(format!("watch.targets[{i}].repository: {e}"))),
+        })
+        .collect()
+}
+
+/// `--once` for one repository.
+async fn once_repository(proxy: &Proxy, t: &round::Watched) -> Result<Vec<TagReport>, WatchError> {
+    let mut reports = Vec::new();
+    {
         let registry = proxy
             .registries()
             .get(&t.upstream.host)
@@ -311,7 +361,7 @@ pub async fn once(proxy: &Proxy) -> Result<Vec<TagReport>, WatchError> {
                         subject,
                         outcome: Outcome::Failed(format!("tag list: {e}")),
                     });
-                    continue;
+                    return Ok(reports);
                 }
             },
         };

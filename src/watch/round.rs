@@ -16,17 +16,19 @@
 //! Events are queued before the observation is written, so a crash between
 //! the two repeats an event rather than losing one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
 
 use super::event::{About, WatchEvent};
 use super::{WatchError, Watcher, blocking};
-use crate::config::{TagSelection, WatchTarget};
+use crate::config::{RepoSelection, TagSelection, Upstream, WatchTarget};
 use crate::oci::manifest::DEFAULT_ACCEPT;
-use crate::oci::{Digest, Reference, Tag};
+use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::policy::Mutability;
-use crate::proxy::{Assessment, Judgement, Target};
+use crate::policy::glob::Glob;
+use crate::proxy::{Assessment, Judgement, Proxy, Target};
 use crate::store::{Observation, Observations};
 use crate::telemetry::watch_metrics::WatchEventKind;
 use crate::upstream;
@@ -36,6 +38,40 @@ const RATE_LIMIT_ATTEMPTS: u32 = 3;
 /// Longest `Retry-After` honoured within a round.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// One repository of a target, for this round.
+pub(super) struct Watched {
+    pub upstream: Arc<Upstream>,
+    pub repository: RepoName,
+    pub tags: TagSelection,
+    /// The target's repository as configured (name or glob): metric label.
+    pub label: String,
+}
+
+/// The repositories `t` watches this round: its one name, or the catalog's
+/// matches of its glob.
+pub(super) async fn expand(proxy: &Proxy, t: &WatchTarget, glob: Option<&Glob>) -> Result<Vec<Watched>, WatchError> {
+    let watched = |repository: RepoName| Watched {
+        upstream: t.upstream.clone(),
+        repository,
+        tags: t.tags.clone(),
+        label: t.repository.label().to_owned(),
+    };
+    match (&t.repository, glob) {
+        (RepoSelection::Name(name), _) => Ok(vec![watched(name.clone())]),
+        (RepoSelection::Glob { max, .. }, Some(glob)) => {
+            let registry = proxy
+                .registries()
+                .get(&t.upstream.host)
+                .ok_or_else(|| WatchError::Internal(format!("no client for {}", t.upstream.host)))?;
+            let repos = super::catalog::matching(registry, glob, *max).await?;
+            Ok(repos.into_iter().map(watched).collect())
+        }
+        (RepoSelection::Glob { pattern, .. }, None) => {
+            Err(WatchError::Internal(format!("glob `{pattern}` not compiled")))
+        }
+    }
+}
+
 /// What checking one tag produced.
 struct Checked {
     observation: Observation,
@@ -44,7 +80,7 @@ struct Checked {
 
 impl Watcher {
     /// Check every tag of `t`; `true` when all could be checked.
-    pub(super) async fn check_target(&self, t: &WatchTarget) -> bool {
+    pub(super) async fn check_target(&self, t: &Watched) -> bool {
         let host = t.upstream.host.clone();
         let Some(registry) = self.proxy.registries().get(&host).cloned() else {
             return false;
@@ -73,7 +109,8 @@ impl Watcher {
                 tags
             }
             Err(e) => {
-                self.failed(t, "*", e).await;
+                let repository = t.repository.to_string();
+                self.failed(&host.to_string(), &repository, &t.label, "*", e).await;
                 return false;
             }
         };
@@ -98,7 +135,7 @@ impl Watcher {
 
     /// The tags to check this round: the listed ones, or the upstream's
     /// listing plus every tag last seen present (so deletions are noticed).
-    async fn tags_of(&self, t: &WatchTarget, target: &Target, obs: &Observations) -> Result<Vec<Tag>, WatchError> {
+    async fn tags_of(&self, t: &Watched, target: &Target, obs: &Observations) -> Result<Vec<Tag>, WatchError> {
         let max = match &t.tags {
             TagSelection::Listed(tags) => return Ok(tags.clone()),
             TagSelection::All { max } => *max,
@@ -117,15 +154,15 @@ impl Watcher {
 
     /// Count a failed check of `tag` (`*`: the tag list) and send
     /// `watch.failed` once per outage.
-    async fn failed(&self, t: &WatchTarget, tag: &str, e: WatchError) {
-        let (registry, repository) = (t.upstream.host.to_string(), t.repository.to_string());
+    /// `label` is the target's configured repository (the metric label).
+    pub(super) async fn failed(&self, registry: &str, repository: &str, label: &str, tag: &str, e: WatchError) {
         let key = format!("{registry}/{repository}:{tag}");
         tracing::warn!(tag = %key, error = %e, "watch check failed");
-        self.proxy.metrics().watch.failure(&registry, &repository);
+        self.proxy.metrics().watch.failure(registry, label);
         if self.lock_failing().insert(key) {
             let about = About {
-                registry: &registry,
-                repository: &repository,
+                registry,
+                repository,
                 tag,
             };
             let event = WatchEvent::failed(about, e.to_string());
@@ -137,7 +174,7 @@ impl Watcher {
 
     async fn check_and_emit(
         &self,
-        t: &WatchTarget,
+        t: &Watched,
         target: &Target,
         tag: &Tag,
         announce_new: bool,
@@ -166,7 +203,7 @@ impl Watcher {
                 true
             }
             Err(e) => {
-                self.failed(t, tag.as_str(), e).await;
+                self.failed(&registry, &repository, &t.label, tag.as_str(), e).await;
                 false
             }
         }

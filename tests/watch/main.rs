@@ -10,6 +10,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod catalog;
 mod common;
 mod cost;
 mod delivery;
