@@ -15,3 +15,4 @@ pub mod store;
 pub mod telemetry;
 pub mod upstream;
 pub mod verify;
+pub mod watch;

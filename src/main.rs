@@ -66,6 +66,21 @@ enum Command {
         #[arg(long)]
         default_upstream: Option<UpstreamUrl>,
     },
+    /// Watch the tags of the configuration's `watch:` section (exit codes
+    /// with --once: 0 all allowed, 1 a tag points to a denied digest, 2 some
+    /// tag could not be judged).
+    Watch {
+        /// Judge every watched tag now, print one line per tag, and exit.
+        #[arg(long)]
+        once: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, env = "PORTCULLIS_POLICIES")]
+        policies: Option<PathBuf>,
+        /// Upstream for references that name no registry (as for `serve`).
+        #[arg(long)]
+        default_upstream: Option<UpstreamUrl>,
+    },
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -160,6 +175,26 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Watch {
+            once,
+            config,
+            policies,
+            default_upstream,
+        } => {
+            telemetry::init(LogFormat::Compact);
+            let overrides = Overrides {
+                policies,
+                default_upstream,
+                ..Default::default()
+            };
+            Config::load(config.as_deref(), &overrides)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| watch(c, once))
+                .unwrap_or_else(|e| {
+                    eprintln!("portcullis: {e:#}");
+                    ExitCode::from(2)
+                })
         }
         Command::Policy {
             command: PolicyCommand::Check { dir },
@@ -266,6 +301,23 @@ fn store(command: StoreCommand, config: &Config) -> ExitCode {
     outcome.unwrap_or_else(|e| {
         eprintln!("portcullis: {e}");
         ExitCode::FAILURE
+    })
+}
+
+/// `watch --once`: one line per tag and its exit status; otherwise run
+/// until a shutdown signal.
+fn watch(config: Config, once: bool) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        if !once {
+            portcullis::cli::watch::run(config, shutdown_signal()).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let reports = portcullis::cli::watch::once(config).await?;
+        for r in &reports {
+            println!("{}", r.line());
+        }
+        Ok(ExitCode::from(portcullis::cli::watch::exit_code(&reports)))
     })
 }
 

@@ -6,6 +6,7 @@
 mod auth;
 pub mod raw;
 mod secret;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -17,6 +18,7 @@ use std::time::Duration;
 pub use auth::{AuthConfig, AuthRule, DEFAULT_TOKEN_TTL, IdentityPattern};
 pub use raw::{DEFAULT_CONFIG_YAML, UpstreamUrl};
 pub use secret::Secret;
+pub use watch::{EventFormat, RepoSelection, TagSelection, WatchConfig, WatchTarget, WebhookSink};
 
 use crate::oci::{RegistryHost, RepoName};
 
@@ -234,6 +236,8 @@ pub struct Config {
     pub proxy_limits: ProxyLimits,
     /// Where this configuration came from (a path or "built-in default").
     pub origin: String,
+    /// The registry watch (`None`: no `watch:` section).
+    pub watch: Option<WatchConfig>,
 }
 
 impl Config {
@@ -378,6 +382,19 @@ impl Config {
         if auth.as_ref().is_some_and(|a| a.client_ca.is_some()) && raw.tls.is_none() {
             return Err(invalid("auth.clientCA", "client certificates need `tls:`".to_owned()));
         }
+        let watch = match raw.watch {
+            None => None,
+            Some(w) => {
+                let find = |name: &str| {
+                    upstreams
+                        .iter()
+                        .find(|u| u.host.as_str() == name)
+                        .or_else(|| aliases.get(name))
+                        .cloned()
+                };
+                Some(watch::validate(w, find, origin_dir(origin)).map_err(|(at, m)| invalid(&at, m))?)
+            }
+        };
         let server_limits = server_limits(&raw.server).map_err(|(at, m)| invalid(&format!("server.{at}"), m))?;
         let proxy_limits = proxy_limits(&raw.cache).map_err(|(at, m)| invalid(&format!("cache.{at}"), m))?;
 
@@ -422,6 +439,7 @@ impl Config {
             server_limits,
             proxy_limits,
             origin: origin.to_owned(),
+            watch,
         })
     }
 
@@ -470,6 +488,9 @@ impl Config {
                 .map_or("standard output".to_owned(), |p| p.display().to_string())
         );
         let _ = writeln!(out, "clients: {}", describe_auth(self.auth.as_ref()));
+        if let Some(w) = &self.watch {
+            let _ = writeln!(out, "{}", w.describe());
+        }
         let _ = writeln!(out, "upstreams (allow-list; any other registry host is refused):");
         for u in &self.upstreams {
             let mut aliases: Vec<&str> = self

@@ -63,6 +63,8 @@ pub struct RawConfig {
     /// Client authentication and per-repository authorization; absent:
     /// every client is anonymous and may pull everything.
     pub auth: Option<RawAuth>,
+    /// Registry watch: tags re-resolved and verified on a schedule.
+    pub watch: Option<super::watch::RawWatch>,
 }
 
 /// `auth:`. The names `htpasswd` and `anonymous` are fixed (operators

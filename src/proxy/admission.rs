@@ -259,10 +259,10 @@ impl Gate {
 }
 
 /// Who asked and for what, for the audit event.
-struct Ask<'a> {
-    target: &'a Target,
-    tag: Option<&'a Tag>,
-    who: &'a Requester,
+pub(super) struct Ask<'a> {
+    pub(super) target: &'a Target,
+    pub(super) tag: Option<&'a Tag>,
+    pub(super) who: &'a Requester,
 }
 
 /// How an admitted manifest relates to what it references.
@@ -737,7 +737,7 @@ impl Proxy {
     }
 
     /// Discover and verify now, holding one of the bounded discovery slots.
-    async fn verify_now(
+    pub(super) async fn verify_now(
         &self,
         target: &Target,
         digest: &Digest,
@@ -760,6 +760,25 @@ impl Proxy {
     }
 
     fn audit(&self, ask: &Ask<'_>, digest: &Digest, d: &Decision, revision: Option<&str>, cached: bool) {
+        let (event, outcome, mode) = audit_event(ask, digest, d, revision, cached);
+        self.metrics.admission(outcome, d.rule(), mode);
+        if event.verdict != "allow" {
+            tracing::warn!(repo = %event.repository, digest = %event.digest, verdict = event.verdict, rule = ?event.rule,
+                revision = ?event.policy_revision, reason = %event.reason, "admission");
+        }
+        self.gate.audit.emit(&event);
+    }
+}
+
+/// The audit event of a decision, and its metric labels.
+pub(super) fn audit_event(
+    ask: &Ask<'_>,
+    digest: &Digest,
+    d: &Decision,
+    revision: Option<&str>,
+    cached: bool,
+) -> (AuditEvent, AdmissionOutcome, AdmissionMode) {
+    {
         let outcome = match (d.verdict(), d.mode()) {
             (Verdict::Allow, _) => AdmissionOutcome::Allow,
             (Verdict::Deny, Mode::Audit) => AdmissionOutcome::WouldDeny,
@@ -792,12 +811,7 @@ impl Proxy {
             integrity_only: revision.is_none(),
             cached,
         };
-        self.metrics.admission(outcome, d.rule(), mode);
-        if verdict != "allow" {
-            tracing::warn!(repo = %event.repository, digest = %event.digest, verdict, rule = ?event.rule,
-                revision = ?event.policy_revision, reason = %event.reason, "admission");
-        }
-        self.gate.audit.emit(&event);
+        (event, outcome, mode)
     }
 }
 

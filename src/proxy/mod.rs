@@ -4,6 +4,7 @@
 //! Imports: `oci`, `config`, `telemetry`, `upstream`, `verify`, `store`.
 
 mod admission;
+mod assess;
 mod blob;
 mod coalesce;
 mod error;
@@ -15,6 +16,7 @@ mod tags;
 use std::sync::Arc;
 
 pub use admission::{Admitted, Gate};
+pub use assess::{Assessment, Judgement};
 pub use blob::{BlobBody, BlobServed, ByteRange, ByteSlice};
 pub use error::Error;
 pub use manifest::ManifestServed;
@@ -162,6 +164,11 @@ impl Proxy {
 
     pub fn registries(&self) -> &Registries {
         &self.registries
+    }
+
+    /// The on-disk store (the watcher keeps its observations and queues there).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     /// The metrics this proxy records (rendered by the admin listener).

@@ -4,7 +4,8 @@
 //!
 //! - `GET /healthz`: the process is alive (always `200` while it serves).
 //! - `GET /readyz`: `200` when the store is writable, a policy is loaded (or
-//!   integrity-only was asked for) and the server is not draining; `503`
+//!   integrity-only was asked for), the server is not draining and the
+//!   registry watch (if configured) keeps up; `503`
 //!   naming what is not ready otherwise. Turns false the moment SIGTERM
 //!   arrives, so a load balancer stops sending new pulls before the
 //!   listener closes.
@@ -27,6 +28,7 @@ use super::body::{ResponseBody, empty, full};
 use crate::config::Admission;
 use crate::proxy::Proxy;
 use crate::telemetry::metrics::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
+use crate::watch::WatchHealth;
 
 /// Probes and scrapes are small; a client that sends nothing is dropped.
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,7 +66,7 @@ impl AdminListener {
     }
 
     /// Serve until the task is aborted (after the registry port drained).
-    pub async fn run(self, proxy: Arc<Proxy>, readiness: Arc<Readiness>) {
+    pub async fn run(self, proxy: Arc<Proxy>, readiness: Arc<Readiness>, watch: Option<Arc<WatchHealth>>) {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -78,10 +80,14 @@ impl AdminListener {
                     continue;
                 }
             };
-            let (proxy, readiness) = (proxy.clone(), readiness.clone());
+            let state = Probes {
+                proxy: proxy.clone(),
+                readiness: readiness.clone(),
+                watch: watch.clone(),
+            };
             let service = service_fn(move |req| {
-                let (proxy, readiness) = (proxy.clone(), readiness.clone());
-                async move { Ok::<_, Infallible>(respond(&proxy, &readiness, &req).await) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(&state, &req).await) }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::spawn(async move {
@@ -93,14 +99,23 @@ impl AdminListener {
     }
 }
 
-async fn respond<B>(proxy: &Proxy, readiness: &Readiness, req: &Request<B>) -> Response<ResponseBody> {
+/// What the probes look at.
+#[derive(Clone)]
+struct Probes {
+    proxy: Arc<Proxy>,
+    readiness: Arc<Readiness>,
+    watch: Option<Arc<WatchHealth>>,
+}
+
+async fn respond<B>(state: &Probes, req: &Request<B>) -> Response<ResponseBody> {
+    let proxy = &state.proxy;
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n".into(), head);
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into(), head),
-        "/readyz" => match not_ready(proxy, readiness).await {
+        "/readyz" => match not_ready(state).await {
             None => text(StatusCode::OK, "ready\n".into(), head),
             Some(reasons) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -121,8 +136,12 @@ async fn respond<B>(proxy: &Proxy, readiness: &Readiness, req: &Request<B>) -> R
 }
 
 /// What keeps the server from taking new pulls, if anything.
-async fn not_ready(proxy: &Proxy, readiness: &Readiness) -> Option<Vec<String>> {
+async fn not_ready(state: &Probes) -> Option<Vec<String>> {
+    let (proxy, readiness) = (&state.proxy, &state.readiness);
     let mut reasons = Vec::new();
+    if let Some(behind) = state.watch.as_ref().and_then(|w| w.behind()) {
+        reasons.push(behind);
+    }
     if readiness.is_draining() {
         reasons.push("draining (shutting down)".to_owned());
     }

@@ -40,6 +40,8 @@ pub enum ListenError {
     Start(#[from] StartError),
     #[error("auth: {0}")]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
 }
 
 /// A bound, not yet running server.
@@ -55,6 +57,8 @@ pub struct Server {
     /// Client authentication; `None`: every client is anonymous.
     auth: Option<Arc<Auth>>,
     limiter: ConnectionLimiter,
+    /// The registry watch (`watch:` configured), run beside the server.
+    watcher: Option<Arc<crate::watch::Watcher>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -92,7 +96,9 @@ impl Server {
             })?;
         let limits = config.server_limits;
         let proxy = Proxy::new(config)?;
+        let watcher = crate::watch::Watcher::new(proxy.clone())?;
         Ok(Server {
+            watcher,
             listener,
             admin,
             readiness: Arc::new(Readiness::default()),
@@ -161,6 +167,7 @@ impl Server {
                 || "anonymous (no client authentication configured)".to_owned(),
                 |a| a.describe()
             ),
+            watch = %config.watch.as_ref().map_or("off".to_owned(), |w| w.describe()),
             "portcullis listening"
         );
     }
@@ -176,7 +183,15 @@ impl Server {
         let reloader = tokio::spawn(super::reload::watch(self.proxy.clone()));
         let usage_flusher = tokio::spawn(self.proxy.clone().flush_usage_periodically());
         let _watchers = self.watchers();
-        let admin = tokio::spawn(self.admin.run(self.proxy.clone(), self.readiness.clone()));
+        let watch_health = self.watcher.as_ref().map(|w| w.health());
+        let watch = self.watcher.clone().map(|w| {
+            tokio::spawn(async move {
+                if let Err(e) = w.run().await {
+                    tracing::error!(error = %e, "registry watch stopped");
+                }
+            })
+        });
+        let admin = tokio::spawn(self.admin.run(self.proxy.clone(), self.readiness.clone(), watch_health));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -244,6 +259,10 @@ impl Server {
         drop(self.listener);
         reloader.abort();
         usage_flusher.abort();
+        if let Some(w) = watch {
+            // Queued events stay on disk and are delivered after a restart.
+            w.abort();
+        }
         let deadline = tokio::time::Instant::now() + limits.drain_timeout;
         tracing::info!(
             seconds = limits.drain_timeout.as_secs_f64(),

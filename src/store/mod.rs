@@ -6,7 +6,8 @@
 //! `tags/<upstream>/<repo>/<tag>`, `grants/<revision>/…` (blob grants),
 //! `verdicts/<revision>/…` (allow verdicts), `index/` (access times, pins,
 //! counters: `usage`), `quarantine/` (files `store verify` found wrong),
-//! `tmp/` (partial downloads; emptied at start).
+//! `watch/` (watch observations and event queues), `tmp/` (partial
+//! downloads; emptied at start).
 //! Every path is derived from validated types, never from request text.
 //!
 //! All functions here do blocking file I/O; async callers run them with
@@ -22,6 +23,7 @@ pub mod spool;
 pub mod tags;
 pub mod usage;
 pub mod verdicts;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,6 +35,7 @@ pub use manifests::ManifestStore;
 pub use spool::{Spool, SpoolState};
 pub use tags::TagStore;
 pub use usage::{Evicted, InUse, Usage, UsageStats};
+pub use watch::{EventQueue, Observation, Observations, WatchStore};
 
 use crate::oci::Digest;
 
@@ -102,6 +105,7 @@ pub struct Store {
     pub usage: Arc<Usage>,
     /// `storage.maxBytes`: the cap on blob bytes, if any.
     max_bytes: Option<u64>,
+    pub watch: WatchStore,
     /// Partial downloads (emptied at start).
     tmp: PathBuf,
     data_dir: PathBuf,
@@ -162,6 +166,7 @@ impl Store {
             grants: GrantStore::new(data_dir.join("grants"), tmp.clone()),
             usage: Arc::new(usage),
             max_bytes: options.max_bytes,
+            watch: WatchStore::new(data_dir.join("watch"), tmp.clone()),
             tmp,
             data_dir: data_dir.to_owned(),
         })

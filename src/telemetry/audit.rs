@@ -86,7 +86,16 @@ impl AuditSink {
         {
             k.push(event.clone());
         }
-        let mut line = match serde_json::to_vec(event) {
+        self.write_line(event);
+    }
+
+    /// Write any other audit record (watch events) as one JSON line.
+    pub fn emit_record(&self, record: &impl Serialize) {
+        self.write_line(record);
+    }
+
+    fn write_line(&self, record: &impl Serialize) {
+        let mut line = match serde_json::to_vec(record) {
             Ok(l) => l,
             Err(e) => return tracing::error!(error = %e, "cannot encode an audit event"),
         };

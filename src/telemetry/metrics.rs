@@ -381,6 +381,8 @@ pub struct Metrics {
     connections_refused: Family<CapLabels, Counter>,
     policy_info: Family<PolicyLabels, Gauge>,
     policy_reloads: Family<ReloadLabels, Counter>,
+    /// The registry watch's families.
+    pub watch: super::watch_metrics::WatchMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -424,6 +426,7 @@ impl Metrics {
             connections_refused: Family::default(),
             policy_info: Family::default(),
             policy_reloads: Family::default(),
+            watch: Default::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -528,7 +531,8 @@ impl Metrics {
             "Policy reloads by outcome (refused: the previous policy stayed in force)",
             m.policy_reloads.clone(),
         );
-        Metrics { registry, ..m }
+        let watch = super::watch_metrics::WatchMetrics::register(r);
+        Metrics { registry, watch, ..m }
     }
 
     /// One finished client request.
@@ -748,6 +752,12 @@ mod tests {
         m.connection_refused(ConnectionRefusal::Global);
         m.policy_in_force(None);
         m.policy_reload(ReloadOutcome::Refused);
+        use crate::telemetry::watch_metrics::{DeliveryOutcome, WatchEventKind, WatchVerdict};
+        m.watch.event("r", WatchEventKind::TagMoved, WatchVerdict::Denied);
+        m.watch.round_succeeded("r", "app", 1);
+        m.watch.failure("r", "app");
+        m.watch.queue("soc", 1, false);
+        m.watch.delivery("soc", DeliveryOutcome::Failed);
         m
     }
 

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod metrics;
+pub mod watch_metrics;
 
 pub use metrics::Metrics;
 

@@ -319,6 +319,31 @@ impl Registry {
         self.read_page(resp).await
     }
 
+    /// `GET /v2/_catalog[?n=&last=]` (registry scope `catalog:*`): one page
+    /// of repository names, for the watch's repository globs.
+    pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<TagsPage, Error> {
+        let query = {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            if let Some(n) = n {
+                q.append_pair("n", &n.to_string());
+            }
+            if let Some(last) = last {
+                q.append_pair("last", last);
+            }
+            q.finish()
+        };
+        let path = if query.is_empty() {
+            "/v2/_catalog".to_owned()
+        } else {
+            format!("/v2/_catalog?{query}")
+        };
+        let resp = self
+            .request(Method::GET, &path, "registry:catalog:*", json_headers())
+            .await?;
+        let resp = self.expect_success(resp, "catalog")?;
+        self.read_page(resp).await
+    }
+
     /// `GET /v2/<repo>/referrers/<digest>`. `Ok(None)` when the upstream
     /// does not implement the API (404), so the caller uses the tag schema.
     pub async fn referrers(&self, repo: &RepoName, digest: &Digest) -> Result<Option<TagsPage>, Error> {

@@ -73,7 +73,18 @@ impl TestProxy {
     /// Start with `--default-upstream url` and the policies in `dir` on an
     /// existing data directory.
     pub async fn with_policies_in(url: &str, dir: &std::path::Path, data_dir: tempfile::TempDir) -> TestProxy {
-        let yaml = format!("auditLog: {}\n", data_dir.path().join("audit.jsonl").display());
+        Self::with_policies_and_yaml(url, dir, data_dir, "").await
+    }
+
+    /// [`with_policies_in`](Self::with_policies_in) with `extra` YAML
+    /// appended to the configuration (e.g. a `watch:` section).
+    pub async fn with_policies_and_yaml(
+        url: &str,
+        dir: &std::path::Path,
+        data_dir: tempfile::TempDir,
+        extra: &str,
+    ) -> TestProxy {
+        let yaml = format!("auditLog: {}\n{extra}", data_dir.path().join("audit.jsonl").display());
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".parse().expect("addr")),
             admin_listen: Some("127.0.0.1:0".parse().expect("addr")),

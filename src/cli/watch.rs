@@ -1,0 +1,84 @@
+//! `portcullis watch [--once]`: the registry watch without the server.
+//! `--once` judges every watched tag now and prints one line per tag (for
+//! CI gates and cron); without it the watch runs until SIGTERM/Ctrl-C.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::proxy::{self, Proxy};
+use crate::telemetry::audit::AuditSink;
+use crate::watch::{self, TagReport, WatchError, Watcher};
+
+/// Why the watch could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchCliError {
+    #[error(transparent)]
+    Start(#[from] proxy::StartError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error("cannot create a scratch directory {path}: {source}")]
+    Scratch {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Exit status of `--once`: 0 every tag allowed, 1 some tag points to a
+/// denied digest, 2 none denied but some could not be judged.
+pub fn exit_code(reports: &[TagReport]) -> u8 {
+    if reports.iter().any(TagReport::denied) {
+        1
+    } else if reports.iter().all(TagReport::allowed) {
+        0
+    } else {
+        2
+    }
+}
+
+/// Judge every watched tag once (audit events kept in memory, not printed).
+/// Nothing is read from or written to the configured data directory (a
+/// server may be using it): the run gets a scratch directory of its own.
+pub async fn once(mut config: Config) -> Result<Vec<TagReport>, WatchCliError> {
+    if config.watch.is_none() {
+        return Err(WatchError::NotConfigured.into());
+    }
+    let scratch = Scratch::create()?;
+    config.data_dir = scratch.0.clone();
+    let proxy = Proxy::with_audit(Arc::new(config), AuditSink::memory())?;
+    let reports = watch::once(&proxy).await?;
+    drop(proxy);
+    drop(scratch);
+    Ok(reports)
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn create() -> Result<Scratch, WatchCliError> {
+        let dir = std::env::temp_dir().join(format!("portcullis-watch-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).map_err(|source| WatchCliError::Scratch {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Run the watch until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), WatchCliError> {
+    let proxy = Proxy::new(Arc::new(config))?;
+    let watcher = Watcher::new(proxy)?.ok_or(WatchError::NotConfigured)?;
+    tokio::select! {
+        r = watcher.run() => r?,
+        () = shutdown => tracing::info!("watch stopping; undelivered events stay queued"),
+    }
+    Ok(())
+}

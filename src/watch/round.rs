@@ -1,0 +1,391 @@
+//! One round over one watched repository: resolve each tag with `HEAD`,
+//! compare with the last observation, judge what is new (or due for
+//! re-verification) through the gate, and emit what changed.
+//!
+//! ```text
+//! no observation      absent → record absent │ present → judge, record (baseline, no event;
+//!                     for allTags after the repository's first round: tag.created)
+//! was absent          present → tag.created (+ verdict)
+//! was present         absent → tag.deleted
+//!                     other digest → tag.moved (+ verdict); mutable: deny and
+//!                                    the proxy serves another digest → tag.pinned
+//!                     same digest, re-verification due → allowed before and
+//!                                    denied now → signature.lost
+//! cannot check        → watch.failed (once, until the tag can be checked again)
+//! ```
+//! Events are queued before the observation is written, so a crash between
+//! the two repeats an event rather than losing one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use super::event::{About, WatchEvent};
+use super::{WatchError, Watcher, blocking};
+use crate::config::{RepoSelection, TagSelection, Upstream, WatchTarget};
+use crate::oci::manifest::DEFAULT_ACCEPT;
+use crate::oci::{Digest, Reference, RepoName, Tag};
+use crate::policy::Mutability;
+use crate::policy::glob::Glob;
+use crate::proxy::{Assessment, Judgement, Proxy, Target};
+use crate::store::{Observation, Observations};
+use crate::telemetry::watch_metrics::WatchEventKind;
+use crate::upstream;
+
+/// `HEAD` attempts when the upstream answers 429.
+const RATE_LIMIT_ATTEMPTS: u32 = 3;
+/// Longest `Retry-After` honoured within a round.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// One repository of a target, for this round.
+pub(super) struct Watched {
+    pub upstream: Arc<Upstream>,
+    pub repository: RepoName,
+    pub tags: TagSelection,
+    /// The target's repository as configured (name or glob): metric label.
+    pub label: String,
+}
+
+/// The repositories `t` watches this round: its one name, or the catalog's
+/// matches of its glob.
+pub(super) async fn expand(proxy: &Proxy, t: &WatchTarget, glob: Option<&Glob>) -> Result<Vec<Watched>, WatchError> {
+    let watched = |repository: RepoName| Watched {
+        upstream: t.upstream.clone(),
+        repository,
+        tags: t.tags.clone(),
+        label: t.repository.label().to_owned(),
+    };
+    match (&t.repository, glob) {
+        (RepoSelection::Name(name), _) => Ok(vec![watched(name.clone())]),
+        (RepoSelection::Glob { max, .. }, Some(glob)) => {
+            let registry = proxy
+                .registries()
+                .get(&t.upstream.host)
+                .ok_or_else(|| WatchError::Internal(format!("no client for {}", t.upstream.host)))?;
+            let repos = super::catalog::matching(registry, glob, *max).await?;
+            Ok(repos.into_iter().map(watched).collect())
+        }
+        (RepoSelection::Glob { pattern, .. }, None) => {
+            Err(WatchError::Internal(format!("glob `{pattern}` not compiled")))
+        }
+    }
+}
+
+/// What checking one tag produced.
+struct Checked {
+    observation: Observation,
+    events: Vec<(WatchEventKind, WatchEvent)>,
+}
+
+impl Watcher {
+    /// Check every tag of `t`; `true` when all could be checked.
+    pub(super) async fn check_target(&self, t: &Watched) -> bool {
+        let host = t.upstream.host.clone();
+        let Some(registry) = self.proxy.registries().get(&host).cloned() else {
+            return false;
+        };
+        let target = Target {
+            registry,
+            repo: t.upstream.upstream_repo(&t.repository),
+            client_name: t.repository.to_string(),
+        };
+        let store = self.proxy.store().clone();
+        let (h, r) = (host.clone(), t.repository.clone());
+        let mut observations = match blocking(move || store.watch.observations(&h, &r)).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(registry = %host, repository = %t.repository, error = %e, "cannot read watch observations");
+                return false;
+            }
+        };
+        // For `allTags`, a tag first seen after the repository's first
+        // round was created; for listed tags, absence is recorded instead.
+        let announce_new = matches!(t.tags, TagSelection::All { .. }) && !observations.is_empty();
+        let tags = match self.tags_of(t, &target, &observations).await {
+            Ok(tags) => {
+                let listing = format!("{host}/{}:*", t.repository);
+                self.lock_failing().remove(&listing);
+                tags
+            }
+            Err(e) => {
+                let repository = t.repository.to_string();
+                self.failed(&host.to_string(), &repository, &t.label, "*", e).await;
+                return false;
+            }
+        };
+        let mut all_ok = true;
+        for tag in &tags {
+            all_ok &= self
+                .check_and_emit(t, &target, tag, announce_new, &mut observations)
+                .await;
+        }
+        if matches!(t.tags, TagSelection::All { .. }) {
+            // Deleted tags were reported; unlisted, they need no record.
+            observations.retain(|_, o| o.digest.is_some());
+        }
+        let store = self.proxy.store().clone();
+        let (h, r) = (host.clone(), t.repository.clone());
+        if let Err(e) = blocking(move || store.watch.put_observations(&h, &r, &observations)).await {
+            tracing::error!(registry = %host, repository = %t.repository, error = %e, "cannot write watch observations");
+            return false;
+        }
+        all_ok
+    }
+
+    /// The tags to check this round: the listed ones, or the upstream's
+    /// listing plus every tag last seen present (so deletions are noticed).
+    async fn tags_of(&self, t: &Watched, target: &Target, obs: &Observations) -> Result<Vec<Tag>, WatchError> {
+        let max = match &t.tags {
+            TagSelection::Listed(tags) => return Ok(tags.clone()),
+            TagSelection::All { max } => *max,
+        };
+        let mut tags = super::list::all_tags(target, max).await?;
+        for (name, o) in obs {
+            if o.digest.is_some()
+                && let Ok(tag) = name.parse::<Tag>()
+                && !tags.contains(&tag)
+            {
+                tags.push(tag);
+            }
+        }
+        Ok(tags)
+    }
+
+    /// Count a failed check of `tag` (`*`: the tag list) and send
+    /// `watch.failed` once per outage.
+    /// `label` is the target's configured repository (the metric label).
+    pub(super) async fn failed(&self, registry: &str, repository: &str, label: &str, tag: &str, e: WatchError) {
+        let key = format!("{registry}/{repository}:{tag}");
+        tracing::warn!(tag = %key, error = %e, "watch check failed");
+        self.proxy.metrics().watch.failure(registry, label);
+        if self.lock_failing().insert(key) {
+            let about = About {
+                registry,
+                repository,
+                tag,
+            };
+            let event = WatchEvent::failed(about, e.to_string());
+            if let Err(e) = self.emit(WatchEventKind::WatchFailed, &event).await {
+                tracing::error!(error = %e, "cannot queue a watch.failed event");
+            }
+        }
+    }
+
+    async fn check_and_emit(
+        &self,
+        t: &Watched,
+        target: &Target,
+        tag: &Tag,
+        announce_new: bool,
+        obs: &mut Observations,
+    ) -> bool {
+        let (registry, repository) = (t.upstream.host.to_string(), t.repository.to_string());
+        let about = About {
+            registry: &registry,
+            repository: &repository,
+            tag: tag.as_str(),
+        };
+        let key = format!("{registry}/{repository}:{tag}");
+        match self
+            .check_tag(about, target, tag, announce_new, obs.get(tag.as_str()))
+            .await
+        {
+            Ok(checked) => {
+                for (kind, event) in checked.events {
+                    if let Err(e) = self.emit(kind, &event).await {
+                        tracing::error!(tag = %key, error = %e, "cannot queue a watch event; the tag is checked again next round");
+                        return false;
+                    }
+                }
+                obs.insert(tag.as_str().to_owned(), checked.observation);
+                self.lock_failing().remove(&key);
+                true
+            }
+            Err(e) => {
+                self.failed(&registry, &repository, &t.label, tag.as_str(), e).await;
+                false
+            }
+        }
+    }
+
+    async fn check_tag(
+        &self,
+        about: About<'_>,
+        target: &Target,
+        tag: &Tag,
+        announce_new: bool,
+        previous: Option<&Observation>,
+    ) -> Result<Checked, WatchError> {
+        let now = resolve(target, tag).await?;
+        let was = previous.map(|p| p.digest.as_ref());
+        match (was, now) {
+            (_, None) => Ok(self.absent(about, previous)),
+            (Some(Some(old)), Some(new)) if *old == new => self.unmoved(about, target, tag, previous, new).await,
+            (None, Some(new)) if announce_new => self.changed(about, target, tag, None, new).await,
+            (None, Some(new)) => {
+                let a = self.proxy.assess(target, tag, &new).await?;
+                Ok(Checked {
+                    observation: observed(Some(new), &a),
+                    events: Vec::new(),
+                })
+            }
+            (Some(old), Some(new)) => self.changed(about, target, tag, old, new).await,
+        }
+    }
+
+    /// The tag does not exist (now): `tag.deleted` if it did.
+    fn absent(&self, about: About<'_>, previous: Option<&Observation>) -> Checked {
+        let events = match previous.and_then(|p| p.digest.as_ref()) {
+            Some(old) => vec![(
+                WatchEventKind::TagDeleted,
+                WatchEvent::new(WatchEventKind::TagDeleted, about, Some(old), None, None),
+            )],
+            None => Vec::new(),
+        };
+        Checked {
+            observation: Observation {
+                digest: None,
+                verdict: None,
+                verified_at: unix_now(),
+            },
+            events,
+        }
+    }
+
+    /// Created (`old` is `None`) or moved: judge the new digest.
+    async fn changed(
+        &self,
+        about: About<'_>,
+        target: &Target,
+        tag: &Tag,
+        old: Option<&Digest>,
+        new: Digest,
+    ) -> Result<Checked, WatchError> {
+        let a = self.proxy.assess(target, tag, &new).await?;
+        let kind = match old {
+            Some(_) => WatchEventKind::TagMoved,
+            None => WatchEventKind::TagCreated,
+        };
+        let mut events = vec![(kind, WatchEvent::new(kind, about, old, Some(&new), Some(&a)))];
+        if a.mutability == Mutability::Deny
+            && let Some(pinned) = self.proxy.served_digest(target, tag).await?
+            && pinned != new
+        {
+            let event = WatchEvent::new(WatchEventKind::TagPinned, about, Some(&pinned), Some(&new), Some(&a));
+            events.push((WatchEventKind::TagPinned, event));
+        }
+        Ok(Checked {
+            observation: observed(Some(new), &a),
+            events,
+        })
+    }
+
+    /// Same digest: re-verify when due (every round while undecided); a
+    /// digest allowed before and denied now lost its signature (or its key,
+    /// or the policy changed).
+    async fn unmoved(
+        &self,
+        about: About<'_>,
+        target: &Target,
+        tag: &Tag,
+        previous: Option<&Observation>,
+        digest: Digest,
+    ) -> Result<Checked, WatchError> {
+        let Some(previous) = previous else {
+            return Err(WatchError::Internal("unmoved tag without an observation".into()));
+        };
+        // An undecided verdict is no verdict: judged again every round.
+        let undecided = previous.verdict.as_deref() == Some(Judgement::Undecided.as_str());
+        let due = undecided || unix_now().saturating_sub(previous.verified_at) >= self.config.reverify.as_secs();
+        if !due {
+            return Ok(Checked {
+                observation: previous.clone(),
+                events: Vec::new(),
+            });
+        }
+        let a = self.proxy.assess(target, tag, &digest).await?;
+        if a.judgement == Judgement::Undecided {
+            // Not a verdict: keep the last one and try again next round.
+            return Ok(Checked {
+                observation: previous.clone(),
+                events: Vec::new(),
+            });
+        }
+        let mut events = Vec::new();
+        if previous.verdict.as_deref() == Some(Judgement::Allowed.as_str()) && a.judgement == Judgement::Denied {
+            let kind = WatchEventKind::SignatureLost;
+            events.push((
+                kind,
+                WatchEvent::new(kind, about, Some(&digest), Some(&digest), Some(&a)),
+            ));
+        }
+        Ok(Checked {
+            observation: observed(Some(digest), &a),
+            events,
+        })
+    }
+}
+
+fn observed(digest: Option<Digest>, a: &Assessment) -> Observation {
+    Observation {
+        digest,
+        verdict: Some(a.judgement.as_str().to_owned()),
+        verified_at: unix_now(),
+    }
+}
+
+pub(super) fn unix_now() -> u64 {
+    jiff::Timestamp::now().as_second().try_into().unwrap_or(0)
+}
+
+/// The tag's digest by `HEAD` through the proxy's upstream client (which
+/// retries transient failures itself); `None` when the upstream says it does
+/// not exist. A 429 is retried after its `Retry-After` (bounded).
+pub(super) async fn resolve(target: &Target, tag: &Tag) -> Result<Option<Digest>, WatchError> {
+    let accept = HeaderValue::from_static(DEFAULT_ACCEPT);
+    let reference = Reference::Tag(tag.clone());
+    let mut attempt = 1;
+    loop {
+        match target.registry.head_manifest(&target.repo, &reference, &accept).await {
+            Ok(upstream::ManifestHead { digest: Some(d), .. }) => return Ok(Some(d)),
+            Ok(_) => return Err(WatchError::NoDigest),
+            Err(upstream::Error::NotFound { .. }) => return Ok(None),
+            Err(upstream::Error::TooManyRequests { retry_after, .. }) if attempt < RATE_LIMIT_ATTEMPTS => {
+                let wait = retry_after_delay(retry_after.as_ref(), attempt);
+                tracing::info!(repo = %target.repo, %tag, wait_ms = wait.as_millis() as u64, "upstream rate-limits (429); waiting");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(WatchError::Upstream(e)),
+        }
+    }
+}
+
+/// `Retry-After` in seconds (an HTTP date or garbage falls back to an
+/// exponential delay), capped at [`MAX_RETRY_AFTER`].
+fn retry_after_delay(value: Option<&HeaderValue>, attempt: u32) -> Duration {
+    let fallback = Duration::from_secs(2u64.saturating_pow(attempt));
+    value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(fallback, Duration::from_secs)
+        .min(MAX_RETRY_AFTER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_honoured_and_bounded() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(retry_after_delay(Some(&v("3")), 1), Duration::from_secs(3));
+        assert_eq!(retry_after_delay(Some(&v("86400")), 1), MAX_RETRY_AFTER);
+        assert_eq!(
+            retry_after_delay(Some(&v("Wed, 21 Oct 2015 07:28:00 GMT")), 2),
+            Duration::from_secs(4)
+        );
+        assert_eq!(retry_after_delay(None, 1), Duration::from_secs(2));
+    }
+}

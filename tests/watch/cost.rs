@@ -1,0 +1,79 @@
+//! What a round costs: 1,000 watched tags against a local (in-process)
+//! upstream. The first round resolves each tag with one `HEAD` and judges
+//! each new digest (its manifest fetched once); a round where nothing moved
+//! and no re-verification is due costs exactly one `HEAD` per tag and
+//! nothing else. Time and memory are printed (not asserted); request
+//! counts are asserted exactly.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use portcullis::config::{Config, Overrides};
+use portcullis::proxy::Proxy;
+use portcullis::telemetry::audit::AuditSink;
+use portcullis::watch::Watcher;
+
+use crate::common::*;
+use crate::support::fake::FakeRegistry;
+
+const TAGS: usize = 1_000;
+/// Distinct images the tags point to (each judged once per round 1).
+const IMAGES: usize = 10;
+
+fn requests_by_method(fake: &FakeRegistry) -> (usize, usize) {
+    let log = fake.requests();
+    let heads = log.iter().filter(|r| r.method == "HEAD").count();
+    (heads, log.len() - heads)
+}
+
+/// Peak resident memory of this test process (Linux), for the printout.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_over_1000_tags_costs_one_head_each_when_nothing_changed() {
+    let fake = FakeRegistry::start().await;
+    let images: Vec<_> = (0..IMAGES).map(|i| small_image(1481 + i as u64)).collect();
+    let names: Vec<String> = (0..TAGS).map(|i| format!("t{i:04}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        fake.put_image(REPO, name, &images[i % IMAGES]);
+    }
+    let data = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "upstreams:\n  - {{ host: \"{host}\", url: \"{url}\", insecurePlainHttp: true }}\nwatch:\n  targets:\n    - {{ registry: \"{host}\", repository: {REPO}, tags: [{tags}] }}\n",
+        host = fake.host(),
+        url = fake.url(),
+        tags = names.join(", "),
+    );
+    let overrides = Overrides {
+        data_dir: Some(data.path().to_owned()),
+        integrity_only: true,
+        ..Default::default()
+    };
+    let config = Config::from_yaml(&yaml, "cost test", &overrides).expect("config");
+    let proxy = Proxy::with_audit(Arc::new(config), AuditSink::memory()).expect("proxy");
+    let watcher = Watcher::new(proxy).expect("watcher").expect("watch configured");
+
+    let started = Instant::now();
+    watcher.round().await;
+    let first = started.elapsed();
+    let (heads, others) = requests_by_method(&fake);
+    assert_eq!(heads, TAGS, "one HEAD per tag");
+    assert_eq!(others, IMAGES, "each distinct digest's manifest fetched once");
+
+    let started = Instant::now();
+    watcher.round().await;
+    let unchanged = started.elapsed();
+    let (heads, others) = requests_by_method(&fake);
+    assert_eq!(heads, 2 * TAGS, "an unchanged round: one HEAD per tag");
+    assert_eq!(others, IMAGES, "and nothing else");
+
+    eprintln!(
+        "watch cost: {TAGS} tags, {IMAGES} digests: first round {first:?} ({TAGS} HEAD + {IMAGES} GET), \
+         unchanged round {unchanged:?} ({TAGS} HEAD); peak RSS {} KiB",
+        peak_rss_kib().map_or("?".to_owned(), |k| k.to_string())
+    );
+}
