@@ -90,7 +90,7 @@ start_portcullis() { # fresh data dir every time
     PC_DATA=$W/portcullis-data-$PC_N
     PC_LOG=$W/portcullis-$PC_N.log
     mkdir -p "$PC_DATA"
-    "$BIN" serve --integrity-only --listen "127.0.0.1:$port" --data-dir "$PC_DATA" \
+    "$BIN" serve --integrity-only --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(free_port)" --data-dir "$PC_DATA" \
         --default-upstream "$UP_URL" --log-format json >"$PC_LOG" 2>&1 &
     PC_PID=$!
     PIDS+=("$PC_PID")

@@ -103,7 +103,7 @@ start_portcullis() {
     port=$(free_port)
     log=$W/portcullis-$name.log
     mkdir -p "$W/data-$name"
-    "$BIN" serve "$@" --listen "127.0.0.1:$port" --data-dir "$W/data-$name" \
+    "$BIN" serve "$@" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(free_port)" --data-dir "$W/data-$name" \
         --default-upstream "${PROXIED_UP_URL:-$UP_URL}" --log-format json >"$log" 2>&1 &
     pid=$!
     PIDS+=("$pid")

@@ -41,7 +41,7 @@ enum Command {
         /// Cache directory (overrides the file).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Upstream for paths that name no registry, e.g. http://127.0.0.1:5001
+        /// Upstream for paths that name no registry, e.g. http://127.0.0.1:5002 (the admin listener takes 5001)
         /// (http:// means plain HTTP; its host is allow-listed).
         #[arg(long)]
         default_upstream: Option<UpstreamUrl>,

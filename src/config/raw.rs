@@ -147,7 +147,7 @@ pub struct RawTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawUpstream {
-    /// The registry name clients use (`docker.io`, `ghcr.io`, `127.0.0.1:5001`).
+    /// The registry name clients use (`docker.io`, `ghcr.io`, `127.0.0.1:5002`).
     pub host: RegistryHost,
     /// Where to connect: `https://host[:port]`, or `http://` together with
     /// `insecurePlainHttp: true`.
