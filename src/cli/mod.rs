@@ -1,8 +1,9 @@
-//! Command-line tools beyond `serve`: `verify`, `policy check` and the
-//! `store` commands.
+//! Command-line tools beyond `serve`: `verify`, `promote`, `policy check`
+//! and the `store` commands.
 //!
-//! Imports: `oci`, `config`, `policy`, `store`, `proxy`, `server::route`
+//! Imports: `oci`, `config`, `policy`, `store`, `proxy`, `promote`, `server::route`
 //! (reference parsing shares the proxy's routing).
 
+pub mod promote;
 pub mod store;
 pub mod verify;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub use admission::{Admitted, Gate};
 pub use blob::{BlobBody, BlobServed, ByteRange, ByteSlice};
 pub use error::Error;
+pub use evidence::MaterialRefs;
 pub use manifest::ManifestServed;
 pub use referrers::ReferrersServed;
 pub use tags::{PageSize, TagsServed};

@@ -1,0 +1,358 @@
+//! `portcullis promote` end to end: two real CNCF Distribution registries
+//! (staging and production, plain HTTP on loopback, configured as
+//! upstreams), images signed in cosign's legacy format with the test
+//! signer, and the built binary. Every refusal checks that production's
+//! tag did not move and that no bad byte reached it.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use portcullis::oci::Digest;
+use support::admission::{policy_dir, push_signed, small_image};
+use support::cosign::{SigningKey, push_legacy_signature};
+use support::distribution::Distribution;
+use support::images::{Blob, Image, oci_image, oci_image_for, oci_index};
+
+const LIMIT: Duration = Duration::from_secs(120);
+const REPO: &str = "test/app";
+const RULES: &str = r#"
+rules:
+  - name: apps
+    match: { repositories: ["test/**"] }
+    require: { signatures: { anyOf: [key-a] } }
+"#;
+
+/// Staging and production registries, a config naming both, and a policy
+/// that requires key `a`.
+struct Setup {
+    staging: Distribution,
+    prod: Distribution,
+    work: tempfile::TempDir,
+    policies: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn start(a: &SigningKey) -> Setup {
+        let (staging, prod) = tokio::join!(Distribution::start(), Distribution::start());
+        let work = tempfile::tempdir().expect("tempdir");
+        let config = format!(
+            "dataDir: {}\nupstreams:\n  - host: staging.test\n    url: {}\n    insecurePlainHttp: true\n  - host: prod.test\n    url: {}\n    insecurePlainHttp: true\n",
+            work.path().join("data").display(),
+            staging.url(),
+            prod.url()
+        );
+        std::fs::write(work.path().join("portcullis.yaml"), config).expect("config");
+        let policies = policy_dir(&[("a", a)], RULES);
+        Setup {
+            staging,
+            prod,
+            work,
+            policies,
+        }
+    }
+
+    /// Run the built binary with the config and policies: (exit code, stdout, stderr).
+    async fn portcullis(&self, args: &[&str]) -> (i32, String, String) {
+        let config = self.work.path().join("portcullis.yaml");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .arg("--policies")
+            .arg(self.policies.path())
+            .current_dir(self.work.path())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run portcullis");
+        let output = tokio::time::timeout(LIMIT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("portcullis {args:?} did not finish within {LIMIT:?}"))
+            .expect("portcullis output");
+        (
+            output.status.code().expect("exit code"),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// `portcullis promote staging.test/REPO:src prod.test/REPO:dst --json …`:
+    /// (exit code, the JSON report).
+    async fn promote(&self, src: &str, dst: &str, extra: &[&str]) -> (i32, serde_json::Value) {
+        let src = format!("staging.test/{REPO}:{src}");
+        let dst = format!("prod.test/{REPO}:{dst}");
+        let mut args = vec!["promote", src.as_str(), dst.as_str(), "--json"];
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr) = self.portcullis(&args).await;
+        let report = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("not one JSON report ({e}):\n{stdout}\nstderr:\n{stderr}"));
+        (code, report)
+    }
+}
+
+/// The digest `repo:reference` names on `registry`, if it exists (a
+/// manifest `HEAD` through the registry API).
+async fn manifest_digest(registry: &Distribution, reference: &str) -> Option<Digest> {
+    let url = registry.url_for(&format!("/v2/{REPO}/manifests/{reference}"));
+    let out = tokio::process::Command::new("curl")
+        .args(["-sSI", "-H"])
+        .arg(format!("Accept: {}", support::admission::ACCEPT))
+        .arg(&url)
+        .output()
+        .await
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    head.lines()
+        .find_map(|l| {
+            l.strip_prefix("Docker-Content-Digest: ")
+                .or(l.strip_prefix("docker-content-digest: "))
+        })
+        .map(|d| d.trim().parse().expect("digest"))
+}
+
+/// The bytes of the `.sig` manifest's config and layers in `registry`.
+async fn sig_blob_bytes(registry: &Distribution, image: &Image) -> u64 {
+    let url = registry.url_for(&format!("/v2/{REPO}/manifests/{}", sig_tag(&image.manifest.digest)));
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .arg(&url)
+        .output()
+        .await
+        .expect("curl");
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("sig manifest");
+    let layers = m["layers"].as_array().expect("layers");
+    let sizes = layers.iter().chain(std::iter::once(&m["config"]));
+    sizes.map(|d| d["size"].as_u64().expect("size")).sum()
+}
+
+fn sig_tag(d: &Digest) -> String {
+    format!("{}.sig", d.tag_form())
+}
+
+fn copied(report: &serde_json::Value, field: &str) -> u64 {
+    report["promotion"]["copied"][field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no copied.{field} in {report}"))
+}
+
+/// Every blob of `image` is (or is not) in production.
+async fn assert_blobs(prod: &Distribution, image: &Image, present: bool) {
+    for blob in image.blobs() {
+        assert_eq!(prod.has_blob(REPO, blob).await, present, "blob {}", blob.digest);
+    }
+}
+
+/// The data file of `blob` in Distribution's filesystem storage.
+fn blob_file(registry: &Distribution, blob: &Blob) -> std::path::PathBuf {
+    let hex = blob.digest.hex();
+    registry
+        .storage()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex)
+        .join("data")
+}
+
+fn flip_first_byte(path: &Path) -> Vec<u8> {
+    let original = std::fs::read(path).expect("read blob file");
+    let mut bad = original.clone();
+    bad[0] ^= 0xff;
+    std::fs::write(path, bad).expect("write blob file");
+    original
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_image_promotes_with_its_signature_and_verifies_in_production() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    // The second layer (3000 bytes) is uploaded in PATCH chunks of 1000.
+    let image = oci_image(&[500, 3000], 301);
+    push_signed(&s.staging, REPO, "v1", &image, &[&a]).await;
+
+    let (code, report) = s.promote("v1", "stable", &["--chunk-bytes", "1000"]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["result"], "promoted");
+    assert_eq!(report["promotion"]["digest"], image.manifest.digest.to_string());
+    assert!(report["promotion"]["previous"].is_null(), "{report}");
+    // The image's config and two layers, the .sig manifest's config and layer.
+    assert_eq!(copied(&report, "blobsUploaded"), 5, "{report}");
+    assert_eq!(
+        copied(&report, "manifestsPut"),
+        4,
+        "image and .sig by digest, .sig tag, tag: {report}"
+    );
+    assert_eq!(report["promotion"]["materialManifests"], 1, "the .sig: {report}");
+
+    assert_eq!(
+        manifest_digest(&s.prod, "stable").await,
+        Some(image.manifest.digest.clone())
+    );
+    assert_blobs(&s.prod, &image, true).await;
+    let sig = sig_tag(&image.manifest.digest);
+    assert_eq!(
+        manifest_digest(&s.prod, &sig).await,
+        manifest_digest(&s.staging, &sig).await,
+        "the signature is in production with the same digest"
+    );
+    assert!(manifest_digest(&s.prod, &sig).await.is_some());
+
+    let (code, stdout, stderr) = s.portcullis(&["verify", &format!("prod.test/{REPO}:stable")]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains(&format!("ALLOW prod.test/{REPO}:stable")), "{stdout}");
+
+    // Promoting again changes nothing and copies nothing.
+    let current = image.manifest.digest.to_string();
+    let (code, report) = s.promote("v1", "stable", &["--expect-current", &current]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(copied(&report, "blobsUploaded"), 0, "{report}");
+    assert_eq!(copied(&report, "manifestsPut"), 1, "only the tag: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_multi_arch_index_promotes_with_every_child() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let amd = oci_image_for("amd64", &[1200], 311);
+    let arm = oci_image_for("arm64", &[1300], 312);
+    let index = oci_index(&[(&amd, "amd64"), (&arm, "arm64")]);
+    s.staging.push_index(REPO, "v2", &index, &[&amd, &arm]).await;
+    push_legacy_signature(&s.staging, REPO, &index, &[&a]).await;
+
+    let (code, report) = s.promote("v2", "stable", &["--expect-current", "none"]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(manifest_digest(&s.prod, "stable").await, Some(index.digest.clone()));
+    for child in [&amd, &arm] {
+        let d = child.manifest.digest.to_string();
+        assert_eq!(manifest_digest(&s.prod, &d).await, Some(child.manifest.digest.clone()));
+        assert_blobs(&s.prod, child, true).await;
+    }
+    assert!(manifest_digest(&s.prod, &sig_tag(&index.digest)).await.is_some());
+    let (code, stdout, stderr) = s.portcullis(&["verify", &format!("prod.test/{REPO}:stable")]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_and_wrongly_signed_sources_are_denied_and_production_is_untouched() {
+    let a = SigningKey::generate_p256();
+    let other = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let unsigned = small_image(321);
+    s.staging.push_image(REPO, "unsigned", &unsigned).await;
+    let wrong = small_image(322);
+    push_signed(&s.staging, REPO, "wrong", &wrong, &[&other]).await;
+
+    for (tag, image) in [("unsigned", &unsigned), ("wrong", &wrong)] {
+        let (code, report) = s.promote(tag, "stable", &[]).await;
+        assert_eq!(code, 1, "{tag}: {report}");
+        assert_eq!(report["result"], "denied", "{tag}");
+        let error = report["error"].as_str().expect("error");
+        assert!(error.contains("denied by policy"), "{tag}: {error}");
+        assert_eq!(manifest_digest(&s.prod, "stable").await, None, "{tag}");
+        assert_blobs(&s.prod, image, false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_tag_that_changed_is_refused_not_overwritten() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let old = small_image(331);
+    s.prod.push_image(REPO, "stable", &old).await;
+    let new = small_image(332);
+    push_signed(&s.staging, REPO, "v3", &new, &[&a]).await;
+
+    // The operator expected the tag not to exist (or to name another digest).
+    for expect in ["none", &new.manifest.digest.to_string()] {
+        let (code, report) = s.promote("v3", "stable", &["--expect-current", expect]).await;
+        assert_eq!(code, 2, "{expect}: {report}");
+        assert_eq!(report["result"], "failed");
+        let error = report["error"].as_str().expect("error");
+        assert!(
+            error.contains(&format!("names {}", old.manifest.digest)) && error.contains("refusing to overwrite"),
+            "{error}"
+        );
+        assert_eq!(
+            manifest_digest(&s.prod, "stable").await,
+            Some(old.manifest.digest.clone())
+        );
+    }
+    // With the right expectation the tag moves.
+    let expect = old.manifest.digest.to_string();
+    let (code, report) = s.promote("v3", "stable", &["--expect-current", &expect]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["promotion"]["previous"], expect);
+    assert_eq!(
+        manifest_digest(&s.prod, "stable").await,
+        Some(new.manifest.digest.clone())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_source_blob_aborts_the_copy_and_a_rerun_copies_only_what_is_missing() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let image = oci_image(&[700, 2500], 341);
+    push_signed(&s.staging, REPO, "v4", &image, &[&a]).await;
+    let bad = image.layers.last().expect("layer");
+    let file = blob_file(&s.staging, bad);
+    let original = flip_first_byte(&file);
+
+    let (code, report) = s.promote("v4", "stable", &["--chunk-bytes", "1000"]).await;
+    assert_eq!(code, 2, "{report}");
+    let error = report["error"].as_str().expect("error");
+    assert!(
+        error.contains(&bad.digest.to_string()) && error.contains("failed verification"),
+        "{error}"
+    );
+    assert!(!s.prod.has_blob(REPO, bad).await, "production never holds the bad blob");
+    assert_eq!(manifest_digest(&s.prod, "stable").await, None, "tag untouched");
+    assert_eq!(manifest_digest(&s.prod, &image.manifest.digest.to_string()).await, None);
+    let before: Vec<bool> =
+        futures_util::future::join_all(image.blobs().into_iter().map(|b| s.prod.has_blob(REPO, b))).await;
+    assert_eq!(
+        before,
+        vec![true, true, false],
+        "config and first layer copied before the failure"
+    );
+
+    std::fs::write(&file, original).expect("restore");
+    let (code, report) = s.promote("v4", "stable", &["--chunk-bytes", "1000"]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(copied(&report, "blobsPresent"), 2, "{report}");
+    // The missing layer, and the .sig's config and layer (the signature is
+    // copied after the image, so the first run never reached it).
+    assert_eq!(copied(&report, "blobsUploaded"), 3, "only what is missing: {report}");
+    assert_eq!(
+        copied(&report, "bytesUploaded"),
+        2500 + sig_blob_bytes(&s.staging, &image).await,
+        "{report}"
+    );
+    assert_eq!(
+        manifest_digest(&s.prod, "stable").await,
+        Some(image.manifest.digest.clone())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_writes_nothing() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let image = small_image(351);
+    push_signed(&s.staging, REPO, "v5", &image, &[&a]).await;
+    let (code, report) = s.promote("v5", "stable", &["--dry-run"]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["promotion"]["dryRun"], true);
+    assert_eq!(report["promotion"]["digest"], image.manifest.digest.to_string());
+    assert_eq!(manifest_digest(&s.prod, "stable").await, None);
+    assert_blobs(&s.prod, &image, false).await;
+}
