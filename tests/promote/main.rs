@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use portcullis::oci::Digest;
 use support::admission::{policy_dir, push_signed, small_image};
-use support::cosign::{SigningKey, push_legacy_signature};
+use support::cosign::{SigningKey, push_bundle_signature, push_legacy_signature};
 use support::distribution::Distribution;
 use support::images::{Blob, Image, oci_image, oci_image_for, oci_index};
 
@@ -161,6 +161,15 @@ fn blob_file(registry: &Distribution, blob: &Blob) -> std::path::PathBuf {
         .join(&hex[..2])
         .join(&hex)
         .join("data")
+}
+
+/// Wait until production holds `blob`: the copy has started.
+async fn copy_started(prod: &Distribution, blob: &Blob) {
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !prod.has_blob(REPO, blob).await {
+        assert!(std::time::Instant::now() < deadline, "the copy never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn flip_first_byte(path: &Path) -> Vec<u8> {
@@ -355,4 +364,110 @@ async fn a_dry_run_writes_nothing() {
     assert_eq!(report["promotion"]["digest"], image.manifest.digest.to_string());
     assert_eq!(manifest_digest(&s.prod, "stable").await, None);
     assert_blobs(&s.prod, &image, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_signed_image_promotes_with_its_referrer_and_fallback_index() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let image = small_image(361);
+    s.staging.push_image(REPO, "v6", &image).await;
+    let referrer = push_bundle_signature(&s.staging, REPO, &image.manifest, &a).await;
+
+    let (code, report) = s.promote("v6", "stable", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    let r = referrer.manifest.digest.to_string();
+    assert_eq!(
+        manifest_digest(&s.prod, &r).await,
+        Some(referrer.manifest.digest.clone())
+    );
+    assert!(s.prod.has_blob(REPO, &referrer.bundle).await, "the bundle");
+    let fallback = image.manifest.digest.tag_form();
+    assert!(
+        manifest_digest(&s.prod, &fallback).await.is_some(),
+        "the fallback index"
+    );
+    assert_eq!(
+        manifest_digest(&s.prod, &fallback).await,
+        manifest_digest(&s.staging, &fallback).await
+    );
+    let (code, stdout, stderr) = s.portcullis(&["verify", &format!("prod.test/{REPO}:stable")]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+}
+
+/// Large enough that the copy (256 KiB chunks) is still running when the
+/// concurrent change lands.
+const LARGE: usize = 32 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_tag_moved_during_the_copy_is_not_overwritten() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let image = oci_image(&[LARGE], 371);
+    push_signed(&s.staging, REPO, "v7", &image, &[&a]).await;
+    let other = small_image(372);
+
+    let promote = s.promote("v7", "stable", &["--chunk-bytes", "262144"]);
+    let intruder = async {
+        copy_started(&s.prod, &image.config).await;
+        s.prod.push_image(REPO, "stable", &other).await;
+    };
+    let ((code, report), ()) = tokio::join!(promote, intruder);
+    assert_eq!(code, 2, "{report}");
+    let error = report["error"].as_str().expect("error");
+    assert!(
+        error.contains(&format!("names {}, expected no tag", other.manifest.digest)),
+        "{error}"
+    );
+    assert_eq!(
+        manifest_digest(&s.prod, "stable").await,
+        Some(other.manifest.digest.clone())
+    );
+    // The copy itself completed (content-addressed, untagged).
+    assert_blobs(&s.prod, &image, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_digest_verified_is_the_digest_copied_when_the_source_tag_moves() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let image = oci_image(&[LARGE], 381);
+    push_signed(&s.staging, REPO, "v8", &image, &[&a]).await;
+    let moved = small_image(382);
+
+    let promote = s.promote("v8", "stable", &["--chunk-bytes", "262144"]);
+    let mover = async {
+        copy_started(&s.prod, &image.config).await;
+        s.staging.push_image(REPO, "v8", &moved).await;
+    };
+    let ((code, report), ()) = tokio::join!(promote, mover);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        manifest_digest(&s.staging, "v8").await,
+        Some(moved.manifest.digest.clone())
+    );
+    assert_eq!(
+        manifest_digest(&s.prod, "stable").await,
+        Some(image.manifest.digest.clone())
+    );
+    assert_blobs(&s.prod, &moved, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_within_one_registry_mounts_blobs_instead_of_uploading() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let image = small_image(391);
+    push_signed(&s.staging, REPO, "v9", &image, &[&a]).await;
+    let src = format!("staging.test/{REPO}:v9");
+    let dst = "staging.test/test/released:stable";
+    let (code, stdout, stderr) = s.portcullis(&["promote", &src, dst, "--json"]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON report");
+    // The image's config and two layers, the .sig's config and layer.
+    assert_eq!(copied(&report, "blobsMounted"), 5, "{report}");
+    assert_eq!(copied(&report, "blobsUploaded"), 0, "{report}");
+    for blob in image.blobs() {
+        assert!(s.staging.has_blob("test/released", blob).await, "{}", blob.digest);
+    }
 }
