@@ -83,6 +83,28 @@ impl Setup {
         )
     }
 
+    /// `portcullis promote` as a child that the test may kill.
+    fn spawn_promote(&self, src: &str, dst: &str, extra: &[&str]) -> tokio::process::Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args([
+                "promote",
+                &format!("staging.test/{REPO}:{src}"),
+                &format!("prod.test/{REPO}:{dst}"),
+            ])
+            .args(extra)
+            .arg("--config")
+            .arg(self.work.path().join("portcullis.yaml"))
+            .arg("--policies")
+            .arg(self.policies.path())
+            .current_dir(self.work.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run portcullis promote")
+    }
+
     /// `portcullis promote staging.test/REPO:src prod.test/REPO:dst --json …`:
     /// (exit code, the JSON report).
     async fn promote(&self, src: &str, dst: &str, extra: &[&str]) -> (i32, serde_json::Value) {
@@ -470,4 +492,29 @@ async fn a_promotion_within_one_registry_mounts_blobs_instead_of_uploading() {
     for blob in image.blobs() {
         assert!(s.staging.has_blob("test/released", blob).await, "{}", blob.digest);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_killed_mid_copy_leaves_the_tag_and_a_rerun_copies_only_what_is_missing() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let image = oci_image(&[LARGE], 401);
+    push_signed(&s.staging, REPO, "v10", &image, &[&a]).await;
+    let large = &image.layers[0];
+
+    let mut child = s.spawn_promote("v10", "stable", &["--chunk-bytes", "131072"]);
+    copy_started(&s.prod, &image.config).await;
+    child.kill().await.expect("kill -9 the promotion");
+    assert_eq!(manifest_digest(&s.prod, "stable").await, None, "tag untouched");
+    assert!(!s.prod.has_blob(REPO, large).await, "the large layer was mid-upload");
+
+    let (code, report) = s.promote("v10", "stable", &["--chunk-bytes", "131072"]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(copied(&report, "blobsPresent"), 1, "the config: {report}");
+    // The large layer, and the .sig's config and layer.
+    assert_eq!(copied(&report, "blobsUploaded"), 3, "{report}");
+    assert_eq!(
+        manifest_digest(&s.prod, "stable").await,
+        Some(image.manifest.digest.clone())
+    );
 }
