@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use portcullis::oci::Digest;
 use support::admission::{policy_dir, push_signed, small_image};
-use support::cosign::{SigningKey, push_bundle_signature, push_legacy_signature};
+use support::cosign::{
+    SigningKey, push_bundle_signature, push_legacy_attestation, push_legacy_signature, referrers_fallback_index,
+};
 use support::distribution::Distribution;
 use support::images::{Blob, Image, oci_image, oci_image_for, oci_index};
 
@@ -209,20 +211,34 @@ async fn a_signed_image_promotes_with_its_signature_and_verifies_in_production()
     // The second layer (3000 bytes) is uploaded in PATCH chunks of 1000.
     let image = oci_image(&[500, 3000], 301);
     push_signed(&s.staging, REPO, "v1", &image, &[&a]).await;
+    let predicate = serde_json::json!({ "builder": { "id": "https://ci.example/build" } });
+    push_legacy_attestation(
+        &s.staging,
+        REPO,
+        &image.manifest,
+        &[&a],
+        "https://slsa.dev/provenance/v1",
+        &predicate,
+    )
+    .await;
 
     let (code, report) = s.promote("v1", "stable", &["--chunk-bytes", "1000"]).await;
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["result"], "promoted");
     assert_eq!(report["promotion"]["digest"], image.manifest.digest.to_string());
     assert!(report["promotion"]["previous"].is_null(), "{report}");
-    // The image's config and two layers, the .sig manifest's config and layer.
-    assert_eq!(copied(&report, "blobsUploaded"), 5, "{report}");
+    // The image's config and two layers, the config and layer of the .sig
+    // and of the .att.
+    assert_eq!(copied(&report, "blobsUploaded"), 7, "{report}");
     assert_eq!(
         copied(&report, "manifestsPut"),
-        4,
-        "image and .sig by digest, .sig tag, tag: {report}"
+        6,
+        "image, .sig and .att by digest, .sig and .att tags, the tag: {report}"
     );
-    assert_eq!(report["promotion"]["materialManifests"], 1, "the .sig: {report}");
+    assert_eq!(
+        report["promotion"]["materialManifests"], 2,
+        "the .sig and .att: {report}"
+    );
 
     assert_eq!(
         manifest_digest(&s.prod, "stable").await,
@@ -236,6 +252,12 @@ async fn a_signed_image_promotes_with_its_signature_and_verifies_in_production()
         "the signature is in production with the same digest"
     );
     assert!(manifest_digest(&s.prod, &sig).await.is_some());
+    let att = format!("{}.att", image.manifest.digest.tag_form());
+    assert!(manifest_digest(&s.prod, &att).await.is_some(), "the attestation");
+    assert_eq!(
+        manifest_digest(&s.prod, &att).await,
+        manifest_digest(&s.staging, &att).await
+    );
 
     let (code, stdout, stderr) = s.portcullis(&["verify", &format!("prod.test/{REPO}:stable")]).await;
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -517,4 +539,58 @@ async fn a_promotion_killed_mid_copy_leaves_the_tag_and_a_rerun_copies_only_what
         manifest_digest(&s.prod, "stable").await,
         Some(image.manifest.digest.clone())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_fallback_index_that_hides_the_signature_is_kept_and_the_promotion_denied() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let image = small_image(411);
+    s.staging.push_image(REPO, "v11", &image).await;
+    push_bundle_signature(&s.staging, REPO, &image.manifest, &a).await;
+    // Production already has its own (empty) fallback index for the digest.
+    let fallback = image.manifest.digest.tag_form();
+    let theirs = referrers_fallback_index(&[]);
+    s.prod.push_manifest(REPO, &fallback, &theirs).await;
+
+    let (code, report) = s.promote("v11", "stable", &[]).await;
+    assert_eq!(code, 1, "{report}");
+    let error = report["error"].as_str().expect("error");
+    assert!(error.starts_with("denied by policy at the destination"), "{error}");
+    assert_eq!(
+        manifest_digest(&s.prod, &fallback).await,
+        Some(theirs.digest.clone()),
+        "not overwritten"
+    );
+    assert_eq!(manifest_digest(&s.prod, "stable").await, None, "tag untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_names_the_exit_codes_and_unconfigured_registries_fail_with_2() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["promote", "--help"])
+        .output()
+        .await
+        .expect("help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("0 promoted") && help.contains("1 denied by") && help.contains("2 failed to complete"),
+        "{help}"
+    );
+    assert!(
+        help.contains("--expect-current") && help.contains("--dry-run") && help.contains("--json"),
+        "{help}"
+    );
+
+    let dst = format!("prod.test/{REPO}:stable");
+    for src in ["elsewhere.test/test/app:v1", "test/app:v1"] {
+        let (code, stdout, stderr) = s.portcullis(&["promote", src, &dst]).await;
+        assert_eq!(code, 2, "{src}: stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            stderr.contains("must name a registry configured as an upstream"),
+            "{stderr}"
+        );
+    }
 }
