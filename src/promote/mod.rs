@@ -252,3 +252,44 @@ async fn read_back_and_admit(proxy: &Proxy, plan: &Plan, copier: &Copier, digest
         Err(e) => Err(PromoteError::DestinationCheck(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn expectations_parse_and_compare() {
+        let digest: Digest = D.parse().expect("digest");
+        assert_eq!("none".parse::<Expected>(), Ok(Expected::Absent));
+        assert_eq!(D.parse::<Expected>(), Ok(Expected::Digest(digest.clone())));
+        for bad in ["", "None", "latest", "sha256:zz"] {
+            assert!(bad.parse::<Expected>().is_err(), "{bad}");
+        }
+        assert_eq!(Expected::of(None), Expected::Absent);
+        assert_eq!(Expected::of(Some(&digest)), Expected::Digest(digest.clone()));
+        assert_eq!(Expected::Absent.to_string(), "no tag");
+        assert_eq!(Expected::Digest(digest).to_string(), D);
+    }
+
+    #[test]
+    fn only_policy_denials_exit_1() {
+        assert_eq!(PromoteError::Denied("x".into()).exit_code(), 1);
+        assert_eq!(PromoteError::DeniedAtDestination("x".into()).exit_code(), 1);
+        let moved = PromoteError::TagChanged {
+            tag: "stable".parse().expect("tag"),
+            expected: Expected::Absent,
+            found: Expected::Digest(D.parse().expect("digest")),
+        };
+        assert_eq!(moved.exit_code(), 2);
+        assert_eq!(
+            moved.to_string(),
+            format!("destination tag stable names {D}, expected no tag: refusing to overwrite it")
+        );
+        let denied = PromoteError::at_source(proxy::Error::Denied { message: "no".into() });
+        assert!(matches!(denied, PromoteError::Denied(m) if m == "no"));
+        let other = PromoteError::at_source(proxy::Error::Internal("boom".into()));
+        assert_eq!(other.exit_code(), 2);
+    }
+}
