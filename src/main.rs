@@ -95,6 +95,11 @@ enum Command {
         /// One JSON object on stdout instead of text.
         #[arg(long)]
         json: bool,
+        /// Sign a promotion record (in-toto SLSA Verification Summary in a
+        /// key-based Sigstore bundle) with this PKCS#8 PEM ECDSA P-256 key and
+        /// attach it at DST as a referrer of the promoted digest.
+        #[arg(long)]
+        sign_key: Option<PathBuf>,
         /// Blobs larger than this are uploaded in chunks of this size.
         #[arg(long, default_value_t = portcullis::promote::DEFAULT_CHUNK_BYTES, hide = true)]
         chunk_bytes: usize,
@@ -203,6 +208,7 @@ fn main() -> ExitCode {
             dry_run,
             json,
             chunk_bytes,
+            sign_key,
         } => {
             telemetry::init(LogFormat::Compact);
             let overrides = Overrides {
@@ -213,6 +219,7 @@ fn main() -> ExitCode {
                 expect_current,
                 dry_run,
                 chunk_bytes,
+                sign_key,
             };
             match Config::load(config.as_deref(), &overrides).map_err(anyhow::Error::from) {
                 Ok(config) => promote(config, &src, &dst, options, json),

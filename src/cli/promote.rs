@@ -24,6 +24,8 @@ pub struct Options {
     pub expect_current: Option<Expected>,
     pub dry_run: bool,
     pub chunk_bytes: usize,
+    /// The promoter's signing key (PKCS#8 PEM, ECDSA P-256) for the record.
+    pub sign_key: Option<std::path::PathBuf>,
 }
 
 /// Why the command could not even start a promotion (exit 2).
@@ -35,6 +37,8 @@ pub enum SetupError {
     NotConfigured(String),
     #[error("the destination `{0}` must name a tag to move")]
     NoDestinationTag(String),
+    #[error(transparent)]
+    Key(#[from] promote::record::RecordError),
     #[error(transparent)]
     Start(#[from] proxy::StartError),
 }
@@ -58,6 +62,10 @@ impl Report {
 
 /// Promote `src` to `dst` under `config`'s registries and policy.
 pub async fn run(config: Config, src: &str, dst: &str, options: Options) -> Result<Report, SetupError> {
+    let promoter_key = match &options.sign_key {
+        Some(path) => Some(Arc::new(promote::record::PromoterKey::load(path)?)),
+        None => None,
+    };
     let proxy = Proxy::with_audit(Arc::new(config), AuditSink::memory())?;
     let (src_target, src_ref) = target(&proxy, src)?;
     let (dst_target, dst_ref) = target(&proxy, dst)?;
@@ -70,6 +78,7 @@ pub async fn run(config: Config, src: &str, dst: &str, options: Options) -> Resu
         expect_current: options.expect_current,
         dry_run: options.dry_run,
         chunk_bytes: options.chunk_bytes,
+        promoter_key,
     };
     let result = promote::run(&proxy, &plan).await;
     Ok(Report {

@@ -9,6 +9,8 @@
 //!      child manifests, D (exact bytes and media type)
 //! copy material: referrers of D (by digest), then the .sig/.att/.sbom tags and
 //!      the sha256-<hex> fallback index (by tag)
+//! with a promoter key: sign the promotion record (SLSA VSA in DSSE in a Sigstore
+//!      bundle) and attach it as a referrer of D (fallback index updated if needed)
 //! read D back from DST by digest ─► admit again at DST (its bytes, its signatures)
 //! DST tag still T0? ─► PUT D under the tag           (else refused, nothing moved)
 //! ```
@@ -18,6 +20,7 @@
 //! Imports: `oci`, `upstream`, `verify`, `proxy`.
 
 pub mod copy;
+pub mod record;
 
 use crate::oci::{Digest, Reference, Tag};
 use crate::proxy::{self, Proxy, Target};
@@ -72,6 +75,8 @@ pub struct Plan {
     pub expect_current: Option<Expected>,
     pub dry_run: bool,
     pub chunk_bytes: usize,
+    /// Sign and attach a promotion record with this key.
+    pub promoter_key: Option<std::sync::Arc<record::PromoterKey>>,
 }
 
 /// A promotion that completed (or, dry, would have).
@@ -83,6 +88,8 @@ pub struct Promoted {
     pub previous: Option<Digest>,
     pub copied: CopyStats,
     pub material_manifests: usize,
+    /// The promotion record's referrer manifest, when one was signed.
+    pub record: Option<Digest>,
     pub dry_run: bool,
     /// Things that did not stop the promotion but an operator should know.
     pub warnings: Vec<String>,
@@ -102,6 +109,8 @@ pub enum PromoteError {
     Destination(upstream::Error),
     #[error("destination check: {0}")]
     DestinationCheck(proxy::Error),
+    #[error("promotion record: {0}")]
+    Record(#[from] record::RecordError),
     #[error("copy: {0}")]
     Copy(#[from] CopyError),
     #[error("destination tag {tag} names {found}, expected {expected}: refusing to overwrite it")]
@@ -155,6 +164,7 @@ pub async fn run(proxy: &Proxy, plan: &Plan) -> Result<Promoted, PromoteError> {
         previous,
         copied: CopyStats::default(),
         material_manifests: 0,
+        record: None,
         dry_run: plan.dry_run,
         warnings: Vec::new(),
     };
@@ -164,7 +174,13 @@ pub async fn run(proxy: &Proxy, plan: &Plan) -> Result<Promoted, PromoteError> {
     let mut copier = Copier::new(plan.src.clone(), plan.dst.clone(), plan.chunk_bytes);
     let manifest = copier.source_manifest(&digest).await?;
     copier.tree(&manifest).await?;
-    done.material_manifests = copy_material(proxy, plan, &mut copier, &digest, &mut done.warnings).await?;
+    let material = copy_material(proxy, plan, &mut copier, &digest, &mut done.warnings).await?;
+    done.material_manifests = material.len();
+    if let Some(key) = &plan.promoter_key {
+        let summary = summary(proxy, plan, &admitted.manifest, material);
+        let (media_type, size) = (manifest.media_type().as_str(), manifest.bytes().len() as u64);
+        done.record = Some(record::attach(&plan.dst, key, &summary, media_type, size).await?);
+    }
     read_back_and_admit(proxy, plan, &copier, &digest).await?;
     // Last: the tag, only if nobody moved it meanwhile.
     check_tag(plan, &expected, current_tag(plan).await?.as_ref())?;
@@ -196,14 +212,14 @@ fn check_tag(plan: &Plan, expected: &Expected, current: Option<&Digest>) -> Resu
 
 /// Copy every piece of verification material the source holds for
 /// `digest`: referrers by digest, then the legacy and fallback tags.
-/// Returns how many material manifests there were.
+/// Returns the material manifests' digests.
 async fn copy_material(
     proxy: &Proxy,
     plan: &Plan,
     copier: &mut Copier,
     digest: &Digest,
     warnings: &mut Vec<String>,
-) -> Result<usize, PromoteError> {
+) -> Result<Vec<Digest>, PromoteError> {
     let refs = proxy
         .material_refs(&plan.src, digest)
         .await
@@ -232,7 +248,26 @@ async fn copy_material(
             )),
         }
     }
-    Ok(refs.referrers.len() + refs.tags.len())
+    let mut all = refs.referrers;
+    all.extend(refs.tags.into_iter().map(|(_, d)| d));
+    Ok(all)
+}
+
+/// What the promotion record states: the destination reference by digest,
+/// the policy (directory and revision) the source was admitted under, and
+/// the material copied with it.
+fn summary(proxy: &Proxy, plan: &Plan, admitted: &proxy::Admitted, inputs: Vec<Digest>) -> record::Summary {
+    let policy_uri = match proxy.gate().policy_dir() {
+        Some(dir) => format!("file://{}", dir.display()),
+        None => "portcullis:integrity-only".to_owned(),
+    };
+    record::Summary {
+        resource_uri: format!("{}/{}@{}", plan.dst.registry.host(), plan.dst.repo, admitted.digest()),
+        digest: admitted.digest().clone(),
+        policy_uri,
+        policy_revision: admitted.revision().map(str::to_owned),
+        inputs,
+    }
 }
 
 /// Read the promoted digest back from the destination (its bytes must hash

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use portcullis::oci::Digest;
-use support::admission::{policy_dir, push_signed, small_image};
+use support::admission::{policy_dir, policy_yaml, push_signed, small_image};
 use support::cosign::{
     SigningKey, push_bundle_signature, push_legacy_attestation, push_legacy_signature, referrers_fallback_index,
 };
@@ -39,6 +39,10 @@ struct Setup {
 
 impl Setup {
     async fn start(a: &SigningKey) -> Setup {
+        Setup::start_with(policy_dir(&[("a", a)], RULES)).await
+    }
+
+    async fn start_with(policies: tempfile::TempDir) -> Setup {
         let (staging, prod) = tokio::join!(Distribution::start(), Distribution::start());
         let work = tempfile::tempdir().expect("tempdir");
         let config = format!(
@@ -48,7 +52,6 @@ impl Setup {
             prod.url()
         );
         std::fs::write(work.path().join("portcullis.yaml"), config).expect("config");
-        let policies = policy_dir(&[("a", a)], RULES);
         Setup {
             staging,
             prod,
@@ -593,4 +596,115 @@ async fn help_names_the_exit_codes_and_unconfigured_registries_fail_with_2() {
             "{stderr}"
         );
     }
+}
+
+/// Production requires the build signature and a promotion record signed
+/// by the promoter's key `p`; staging only the build signature.
+const RULES_WITH_RECORD: &str = r#"
+rules:
+  - name: production
+    match: { registry: prod.test, repositories: ["test/**"] }
+    require:
+      signatures: { anyOf: [key-a] }
+      attestations:
+        - name: promoted
+          predicateType: https://slsa.dev/verification_summary/v1
+          authorities: [key-p]
+          checks:
+            - { path: /predicate/verificationResult, equals: PASSED }
+            - { path: /predicate/verifier/id, equals: "https://portcullis.dev/promote/v1" }
+  - name: apps
+    match: { repositories: ["test/**"] }
+    require: { signatures: { anyOf: [key-a] } }
+"#;
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("ascii"))
+        .collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+/// A promoter key pair in `dir`: `promoter.key` (PKCS#8 PEM) and `p.pub`.
+fn write_promoter_key(dir: &Path, private: &Path) {
+    use aws_lc_rs::encoding::AsDer as _;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("keygen");
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("key");
+    let spki = pair.public_key().as_der().expect("SPKI");
+    std::fs::write(private, pem("PRIVATE KEY", pkcs8.as_ref())).expect("write key");
+    std::fs::write(dir.join("p.pub"), pem("PUBLIC KEY", spki.as_ref())).expect("write pub");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_promotion_record_is_attached_and_production_requires_it() {
+    let a = SigningKey::generate_p256();
+    let policies = tempfile::tempdir().expect("tempdir");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let promoter_key = keys.path().join("promoter.key");
+    a.write_public_pem(&policies.path().join("a.pub"));
+    write_promoter_key(policies.path(), &promoter_key);
+    std::fs::write(
+        policies.path().join("policy.yaml"),
+        policy_yaml(&["a", "p"], RULES_WITH_RECORD),
+    )
+    .expect("policy");
+    let s = Setup::start_with(policies).await;
+    let key = promoter_key.to_str().expect("utf8");
+
+    // Without a record the copy is not admitted in production: denied there,
+    // the tag not moved.
+    let unrecorded = small_image(421);
+    push_signed(&s.staging, REPO, "v12", &unrecorded, &[&a]).await;
+    let (code, report) = s.promote("v12", "unrecorded", &[]).await;
+    assert_eq!(code, 1, "{report}");
+    let error = report["error"].as_str().expect("error");
+    assert!(error.starts_with("denied by policy at the destination"), "{error}");
+    assert!(error.contains("promoted"), "names the missing attestation: {error}");
+    assert_eq!(manifest_digest(&s.prod, "unrecorded").await, None);
+
+    let image = small_image(422);
+    push_signed(&s.staging, REPO, "v13", &image, &[&a]).await;
+    let (code, report) = s.promote("v13", "stable", &["--sign-key", key]).await;
+    assert_eq!(code, 0, "{report}");
+    let record: Digest = report["promotion"]["record"]
+        .as_str()
+        .expect("record digest")
+        .parse()
+        .expect("digest");
+    assert_eq!(
+        manifest_digest(&s.prod, &record.to_string()).await,
+        Some(record.clone())
+    );
+    assert_eq!(
+        manifest_digest(&s.prod, "stable").await,
+        Some(image.manifest.digest.clone())
+    );
+    // The record is listed in production's fallback index for the digest.
+    let fallback = image.manifest.digest.tag_form();
+    let url = s.prod.url_for(&format!("/v2/{REPO}/manifests/{fallback}"));
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-H", "Accept: application/vnd.oci.image.index.v1+json"])
+        .arg(&url)
+        .output()
+        .await
+        .expect("curl");
+    let index: serde_json::Value = serde_json::from_slice(&out.stdout).expect("fallback index");
+    let listed: Vec<&str> = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .filter_map(|m| m["digest"].as_str())
+        .collect();
+    assert!(listed.contains(&record.to_string().as_str()), "{index}");
+
+    let (code, stdout, stderr) = s.portcullis(&["verify", &format!("prod.test/{REPO}:stable")]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("\"rule\": \"production\""), "{stdout}");
+    assert!(stdout.contains("key-p"), "the record's authority satisfied: {stdout}");
 }
