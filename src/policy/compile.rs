@@ -96,6 +96,7 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
     let mut sources: Vec<PathBuf> = Vec::new();
     let mut authority_specs: Vec<(PathBuf, String, AuthoritySpec)> = Vec::new();
     let mut rule_specs: Vec<(PathBuf, RuleSpec)> = Vec::new();
+    let mut promotion: Option<(PathBuf, schema::PromotionSpec)> = None;
 
     for (path, text, doc) in docs {
         let cx = Ctx { path: &path };
@@ -155,6 +156,12 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
             }
             authority_specs.push((path.clone(), name, spec));
         }
+        if let Some(p) = doc.promotion {
+            if let Some((other, _)) = &promotion {
+                return Err(cx.err("promotion", format!("promotion is already set in {}", other.display())));
+            }
+            promotion = Some((path.clone(), p));
+        }
         for rule in doc.rules {
             if rule_specs.iter().any(|(_, r)| r.name == rule.name) {
                 return Err(cx.err(format!("rules.{}", rule.name), "rule name is used twice"));
@@ -169,6 +176,14 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
         let a = authority(&cx, &name, spec, &keys, &trust_roots)?;
         authorities.insert(name, Arc::new(a));
     }
+    let promoter = match promotion {
+        Some((path, p)) if !authorities.contains_key(&p.promoter) => {
+            let cx = Ctx { path: &path };
+            return Err(cx.err("promotion.promoter", format!("no authority named `{}`", p.promoter)));
+        }
+        Some((_, p)) => Some(p.promoter),
+        None => None,
+    };
     let defaults = defaults.map(|(_, d)| d).unwrap_or_default();
     let mut rules = Vec::new();
     for (path, spec) in rule_specs {
@@ -195,6 +210,7 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
         rules,
         no_match: defaults.no_match.unwrap_or(NoMatch::Deny),
         authorities,
+        promoter,
         warnings,
         sources,
     })

@@ -24,6 +24,17 @@ pub struct PolicyDoc {
     pub authorities: BTreeMap<String, AuthoritySpec>,
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    pub promotion: Option<PromotionSpec>,
+}
+
+/// `promotion:`: how `portcullis promote` separates roles.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PromotionSpec {
+    /// The authority naming the promoter's own identity: its signatures never
+    /// count towards the source's requirement (a promotion is refused when
+    /// it is among the authorities that satisfied it).
+    pub promoter: String,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]

@@ -622,3 +622,25 @@ fn the_policy_lists_every_file_its_revision_hashes() {
     assert_eq!(p.authorities["far"].blob_signatures, BlobSignatures::AcceptOverManifest);
     assert_eq!(p.authorities["near"].blob_signatures, BlobSignatures::Refuse);
 }
+
+#[test]
+fn the_promotion_section_names_an_existing_authority() {
+    let rules = "  - name: apps\n    match: { repositories: [\"apps/*\"] }\n    require: { signatures: { anyOf: [key-a, key-b] } }\n";
+    let p = load(&format!("{}promotion:\n  promoter: key-b\n", with_rules(rules))).expect("valid");
+    assert_eq!(p.promoter.as_deref(), Some("key-b"));
+    assert_eq!(load(&with_rules(rules)).expect("valid").promoter, None);
+    let err = load(&format!("{}promotion:\n  promoter: key-z\n", with_rules(rules)))
+        .expect_err("unknown authority")
+        .to_string();
+    assert!(
+        err.contains("promotion.promoter") && err.contains("no authority named `key-z`"),
+        "{err}"
+    );
+    let err = load(&format!(
+        "{}promotion:\n  promoter: key-b\n  extra: 1\n",
+        with_rules(rules)
+    ))
+    .expect_err("unknown field")
+    .to_string();
+    assert!(err.contains("extra"), "{err}");
+}

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! resolve SRC once ─► admit (the proxy's gate, pull rules of the source) ─► digest D
+//!      (refused if `promotion.promoter` is among the authorities that satisfied it)
 //! read DST tag (T0; --expect-current must agree)
 //! copy children before parents: blobs (present │ mount │ stream while hashed),
 //!      child manifests, D (exact bytes and media type)
@@ -103,6 +104,10 @@ pub enum PromoteError {
     Denied(String),
     #[error("denied by policy at the destination after the copy: {0}")]
     DeniedAtDestination(String),
+    #[error(
+        "separation of roles: the promoter's authority `{0}` is among the signers that satisfied the source's requirement"
+    )]
+    PromoterSigned(String),
     #[error("source: {0}")]
     Source(proxy::Error),
     #[error("destination: {0}")]
@@ -126,7 +131,7 @@ pub enum PromoteError {
 impl PromoteError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            PromoteError::Denied(_) | PromoteError::DeniedAtDestination(_) => 1,
+            PromoteError::Denied(_) | PromoteError::DeniedAtDestination(_) | PromoteError::PromoterSigned(_) => 1,
             _ => 2,
         }
     }
@@ -152,6 +157,7 @@ pub async fn run(proxy: &Proxy, plan: &Plan) -> Result<Promoted, PromoteError> {
     let admitted = Box::pin(proxy.manifest(&plan.src, &plan.src_ref, None, &requester()))
         .await
         .map_err(PromoteError::at_source)?;
+    check_roles(proxy, &admitted.manifest)?;
     let digest = admitted.manifest.digest().clone();
     let previous = current_tag(plan).await?;
     let expected = plan
@@ -187,6 +193,16 @@ pub async fn run(proxy: &Proxy, plan: &Plan) -> Result<Promoted, PromoteError> {
     copier.put(&manifest, &Reference::Tag(plan.dst_tag.clone())).await?;
     done.copied = copier.stats;
     Ok(done)
+}
+
+/// With `promotion.promoter` in the policy, the promoter's authority must not
+/// be among those that satisfied the source's requirement.
+fn check_roles(proxy: &Proxy, admitted: &proxy::Admitted) -> Result<(), PromoteError> {
+    let promoter = proxy.gate().policy().and_then(|p| p.promoter.clone());
+    match promoter {
+        Some(p) if admitted.satisfied().contains(&p) => Err(PromoteError::PromoterSigned(p)),
+        _ => Ok(()),
+    }
 }
 
 async fn current_tag(plan: &Plan) -> Result<Option<Digest>, PromoteError> {

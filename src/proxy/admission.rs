@@ -63,6 +63,8 @@ pub struct Admitted {
     rule: Option<String>,
     /// `Some(subject)` when admitted as verification material of `subject`.
     material_of: Option<Digest>,
+    /// The authorities whose requirement the decision found met.
+    satisfied: Vec<String>,
 }
 
 impl Admitted {
@@ -103,6 +105,12 @@ impl Admitted {
     /// The image this manifest is verification material of, if admitted as such.
     pub fn material_of(&self) -> Option<&Digest> {
         self.material_of.as_ref()
+    }
+
+    /// The authorities whose requirement was met (empty: integrity-only, a
+    /// static rule, or no rule).
+    pub fn satisfied(&self) -> &[String] {
+        &self.satisfied
     }
 
     /// The verified manifest (for storing it; serving goes through `self`).
@@ -362,6 +370,7 @@ impl Proxy {
             revision: None,
             rule: None,
             material_of: None,
+            satisfied: Vec::new(),
         }
     }
 
@@ -420,6 +429,7 @@ impl Proxy {
                 Role::Material => material_of(ask.tag, manifest.info()).map(|m| m.subject),
                 Role::Own => None,
             },
+            satisfied: d.satisfied().to_vec(),
             manifest,
         };
         self.grant_blobs(&admitted).await;

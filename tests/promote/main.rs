@@ -708,3 +708,45 @@ async fn a_signed_promotion_record_is_attached_and_production_requires_it() {
     assert!(stdout.contains("\"rule\": \"production\""), "{stdout}");
     assert!(stdout.contains("key-p"), "the record's authority satisfied: {stdout}");
 }
+
+/// The promoter's authority `key-p` may sign, but its signature must never
+/// be what lets an image through a promotion.
+const RULES_WITH_PROMOTER: &str = r#"
+rules:
+  - name: apps
+    match: { repositories: ["test/**"] }
+    require: { signatures: { anyOf: [key-a, key-p] } }
+promotion:
+  promoter: key-p
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_promoters_own_signature_never_satisfies_a_promotion() {
+    let a = SigningKey::generate_p256();
+    let p = SigningKey::generate_p256();
+    let s = Setup::start_with(policy_dir(&[("a", &a), ("p", &p)], RULES_WITH_PROMOTER)).await;
+    let by_promoter = small_image(431);
+    push_signed(&s.staging, REPO, "by-promoter", &by_promoter, &[&p]).await;
+    let by_both = small_image(432);
+    push_signed(&s.staging, REPO, "by-both", &by_both, &[&a, &p]).await;
+    let by_builder = small_image(433);
+    push_signed(&s.staging, REPO, "by-builder", &by_builder, &[&a]).await;
+
+    for (tag, image) in [("by-promoter", &by_promoter), ("by-both", &by_both)] {
+        let (code, report) = s.promote(tag, "stable", &[]).await;
+        assert_eq!(code, 1, "{tag}: {report}");
+        let error = report["error"].as_str().expect("error");
+        assert!(
+            error.starts_with("separation of roles: the promoter's authority `key-p`"),
+            "{tag}: {error}"
+        );
+        assert_eq!(manifest_digest(&s.prod, "stable").await, None, "{tag}");
+        assert_blobs(&s.prod, image, false).await;
+    }
+    let (code, report) = s.promote("by-builder", "stable", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        manifest_digest(&s.prod, "stable").await,
+        Some(by_builder.manifest.digest.clone())
+    );
+}
