@@ -12,12 +12,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use portcullis::oci::Digest;
-use support::admission::{policy_dir, policy_yaml, push_signed, small_image};
+use support::admission::{
+    image_blobs, policy_dir, policy_yaml, push_signed, skopeo_copies, skopeo_refused, small_image,
+};
 use support::cosign::{
     SigningKey, push_bundle_signature, push_legacy_attestation, push_legacy_signature, referrers_fallback_index,
 };
 use support::distribution::Distribution;
 use support::images::{Blob, Image, oci_image, oci_image_for, oci_index};
+use support::proxy::TestProxy;
 
 const LIMIT: Duration = Duration::from_secs(120);
 const REPO: &str = "test/app";
@@ -707,6 +710,23 @@ async fn a_signed_promotion_record_is_attached_and_production_requires_it() {
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("\"rule\": \"production\""), "{stdout}");
     assert!(stdout.contains("key-p"), "the record's authority satisfied: {stdout}");
+
+    // skopeo pulls through a Portcullis in front of production under the
+    // same policy: the promoted image passes, the unrecorded copy (present
+    // by digest, never tagged) is refused.
+    let yaml = format!(
+        "defaultUpstream: prod.test\nupstreams:\n  - host: prod.test\n    url: {}\n    insecurePlainHttp: true\n",
+        s.prod.url()
+    );
+    let proxy = TestProxy::with_config_and_policies(&yaml, s.policies.path()).await;
+    skopeo_copies(
+        &proxy,
+        &format!("{REPO}:stable"),
+        &image.manifest.digest,
+        &image_blobs(&image),
+    )
+    .await;
+    skopeo_refused(&proxy, &format!("{REPO}@{}", unrecorded.manifest.digest)).await;
 }
 
 /// The promoter's authority `key-p` may sign, but its signature must never
