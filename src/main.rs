@@ -402,6 +402,9 @@ fn policy_check(dir: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     println!("  no match: {:?}", p.no_match);
+    if let Some(promoter) = &p.promoter {
+        println!("  promotion: the promoter's authority {promoter} never satisfies a promoted source");
+    }
     for w in &p.warnings {
         println!("warning: {w}");
     }
