@@ -108,6 +108,8 @@ pub enum PromoteError {
         "separation of roles: the promoter's authority `{0}` is among the signers that satisfied the source's requirement"
     )]
     PromoterSigned(String),
+    #[error("--sign-key is not a key of the promoter's authority `{0}`")]
+    NotThePromotersKey(String),
     #[error("source: {0}")]
     Source(proxy::Error),
     #[error("destination: {0}")]
@@ -153,6 +155,7 @@ fn requester() -> Requester {
 
 /// Run `plan` through `proxy`'s registries and gate.
 pub async fn run(proxy: &Proxy, plan: &Plan) -> Result<Promoted, PromoteError> {
+    check_signing_key(proxy, plan)?;
     // Resolve once and admit: from here on everything is by this digest.
     let admitted = Box::pin(proxy.manifest(&plan.src, &plan.src_ref, None, &requester()))
         .await
@@ -202,6 +205,26 @@ fn check_roles(proxy: &Proxy, admitted: &proxy::Admitted) -> Result<(), PromoteE
     match promoter {
         Some(p) if admitted.satisfied().contains(&p) => Err(PromoteError::PromoterSigned(p)),
         _ => Ok(()),
+    }
+}
+
+/// With both a `promotion.promoter` and `--sign-key`, the record must be
+/// signed by a key of that authority (checked before anything is done).
+fn check_signing_key(proxy: &Proxy, plan: &Plan) -> Result<(), PromoteError> {
+    let (Some(key), Some(policy)) = (&plan.promoter_key, proxy.gate().policy()) else {
+        return Ok(());
+    };
+    let Some(name) = &policy.promoter else { return Ok(()) };
+    let listed = match policy.authorities.get(name).map(|a| &a.kind) {
+        Some(crate::policy::AuthorityKind::Key { keys }) => {
+            keys.iter().any(|(_, k)| &k.fingerprint() == key.fingerprint())
+        }
+        _ => false,
+    };
+    if listed {
+        Ok(())
+    } else {
+        Err(PromoteError::NotThePromotersKey(name.clone()))
     }
 }
 

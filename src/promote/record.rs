@@ -52,6 +52,7 @@ pub enum RecordError {
 pub struct PromoterKey {
     pair: EcdsaKeyPair,
     hint: String,
+    fingerprint: Digest,
 }
 
 impl std::fmt::Debug for PromoterKey {
@@ -73,8 +74,18 @@ impl PromoterKey {
             .public_key()
             .as_der()
             .map_err(|e| error(format!("no public key: {e}")))?;
-        let hint = STANDARD.encode(Digest::of(Algorithm::Sha256, spki.as_ref()).as_bytes());
-        Ok(PromoterKey { pair, hint })
+        let fingerprint = Digest::of(Algorithm::Sha256, spki.as_ref());
+        let hint = STANDARD.encode(fingerprint.as_bytes());
+        Ok(PromoterKey {
+            pair,
+            hint,
+            fingerprint,
+        })
+    }
+
+    /// The sha256 of the public key's SPKI (as policy keys are fingerprinted).
+    pub fn fingerprint(&self) -> &Digest {
+        &self.fingerprint
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, RecordError> {

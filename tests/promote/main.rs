@@ -770,3 +770,44 @@ async fn the_promoters_own_signature_never_satisfies_a_promotion() {
         Some(by_builder.manifest.digest.clone())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_must_be_signed_with_the_promoters_key() {
+    let a = SigningKey::generate_p256();
+    let policies = tempfile::tempdir().expect("tempdir");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let promoter_key = keys.path().join("promoter.key");
+    let other_key = keys.path().join("other.key");
+    a.write_public_pem(&policies.path().join("a.pub"));
+    write_promoter_key(keys.path(), &other_key);
+    write_promoter_key(policies.path(), &promoter_key);
+    let rules = "rules:\n  - name: apps\n    match: { repositories: [\"test/**\"] }\n    require: { signatures: { anyOf: [key-a] } }\npromotion:\n  promoter: key-p\n";
+    std::fs::write(policies.path().join("policy.yaml"), policy_yaml(&["a", "p"], rules)).expect("policy");
+    let s = Setup::start_with(policies).await;
+    let image = small_image(441);
+    push_signed(&s.staging, REPO, "v14", &image, &[&a]).await;
+
+    let (code, report) = s
+        .promote("v14", "stable", &["--sign-key", other_key.to_str().expect("utf8")])
+        .await;
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(
+        report["error"],
+        "--sign-key is not a key of the promoter's authority `key-p`"
+    );
+    assert_eq!(
+        manifest_digest(&s.prod, &image.manifest.digest.to_string()).await,
+        None,
+        "nothing copied"
+    );
+
+    let (code, report) = s
+        .promote("v14", "stable", &["--sign-key", promoter_key.to_str().expect("utf8")])
+        .await;
+    assert_eq!(code, 0, "{report}");
+    assert!(report["promotion"]["record"].is_string(), "{report}");
+    assert_eq!(
+        manifest_digest(&s.prod, "stable").await,
+        Some(image.manifest.digest.clone())
+    );
+}
