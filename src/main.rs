@@ -309,6 +309,7 @@ fn promote(config: Config, src: &str, dst: &str, options: portcullis::cli::promo
             "destination": dst,
             "promotion": report.result.as_ref().ok(),
             "error": report.result.as_ref().err().map(|e| e.to_string()),
+            "requests": report.requests,
             "audit": report.events,
         });
         println!("{out}");

@@ -48,6 +48,8 @@ pub enum SetupError {
 pub struct Report {
     pub result: Result<Promoted, PromoteError>,
     pub events: Vec<AuditEvent>,
+    /// Registry requests made, by configured host (token requests aside).
+    pub requests: std::collections::BTreeMap<String, u64>,
 }
 
 impl Report {
@@ -81,9 +83,18 @@ pub async fn run(config: Config, src: &str, dst: &str, options: Options) -> Resu
         promoter_key,
     };
     let result = promote::run(&proxy, &plan).await;
+    let requests = [&plan.src, &plan.dst]
+        .iter()
+        .map(|t| {
+            let host = t.registry.host().to_string();
+            let n = proxy.metrics().upstream_requests_to(&host);
+            (host, n)
+        })
+        .collect();
     Ok(Report {
         result,
         events: proxy.gate().audit_sink().kept(),
+        requests,
     })
 }
 

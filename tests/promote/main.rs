@@ -811,3 +811,44 @@ async fn the_record_must_be_signed_with_the_promoters_key() {
         Some(image.manifest.digest.clone())
     );
 }
+
+/// A promotion of an image the destination already holds costs a number of
+/// requests that does not grow with its blobs: the same for 2 layers and for
+/// 24 (the report's `requests`, counted by the proxy's upstream metrics).
+/// Prints the counts and times (the README's benchmark figures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promoting_what_production_already_holds_costs_a_bounded_number_of_requests() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let mut costs = Vec::new();
+    for (tag, layers) in [("few", 2usize), ("many", 24)] {
+        let sizes = vec![1000; layers];
+        let image = oci_image(&sizes, 450 + layers as u64);
+        push_signed(&s.staging, REPO, tag, &image, &[&a]).await;
+        let (code, report) = s.promote(tag, tag, &[]).await;
+        assert_eq!(code, 0, "{report}");
+        let first = &report["requests"];
+        let current = image.manifest.digest.to_string();
+        let started = std::time::Instant::now();
+        let (code, report) = s.promote(tag, tag, &["--expect-current", &current]).await;
+        let took = started.elapsed();
+        assert_eq!(code, 0, "{report}");
+        assert_eq!(copied(&report, "blobsUploaded"), 0, "{report}");
+        let count = |r: &serde_json::Value, host: &str| r[host].as_u64().expect("request count");
+        let cost = (
+            count(&report["requests"], "staging.test"),
+            count(&report["requests"], "prod.test"),
+        );
+        eprintln!(
+            "{layers} layers: first promotion {first}; already in production: staging {} requests, production {} requests, {took:?}",
+            cost.0, cost.1
+        );
+        assert!(
+            cost.1 < count(first, "prod.test"),
+            "a rerun asks production less: {report}"
+        );
+        costs.push(cost);
+    }
+    assert!(costs[0].0 > 0 && costs[0].1 > 0, "{costs:?}");
+    assert_eq!(costs[0], costs[1], "(staging, production) requests for 2 and 24 layers");
+}
