@@ -62,8 +62,36 @@ impl Report {
     }
 }
 
+/// A data directory of one run's own, removed when the run ends: every
+/// promotion verifies afresh (no verdict or manifest cached by an earlier
+/// run or a proxy sharing the directory stands in for the admissions).
+struct RunDir(std::path::PathBuf);
+
+impl RunDir {
+    fn under(data_dir: &std::path::Path) -> RunDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        RunDir(
+            data_dir
+                .join("promote-runs")
+                .join(format!("{}-{nanos}", std::process::id())),
+        )
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(dir = %self.0.display(), error = %e, "could not remove the promotion's data directory");
+        }
+    }
+}
+
 /// Promote `src` to `dst` under `config`'s registries and policy.
-pub async fn run(config: Config, src: &str, dst: &str, options: Options) -> Result<Report, SetupError> {
+pub async fn run(mut config: Config, src: &str, dst: &str, options: Options) -> Result<Report, SetupError> {
+    let run_dir = RunDir::under(&config.data_dir);
+    config.data_dir = run_dir.0.clone();
     let promoter_key = match &options.sign_key {
         Some(path) => Some(Arc::new(promote::record::PromoterKey::load(path)?)),
         None => None,

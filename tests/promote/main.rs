@@ -411,6 +411,10 @@ async fn a_dry_run_writes_nothing() {
     let (code, report) = s.promote("v5", "stable", &["--dry-run"]).await;
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["promotion"]["dryRun"], true);
+    // Each run verifies in a data directory of its own, removed afterwards.
+    let runs = s.work.path().join("data/promote-runs");
+    let left: Vec<_> = std::fs::read_dir(&runs).expect("runs dir").collect();
+    assert!(left.is_empty(), "{left:?}");
     assert_eq!(report["promotion"]["digest"], image.manifest.digest.to_string());
     assert_eq!(manifest_digest(&s.prod, "stable").await, None);
     assert_blobs(&s.prod, &image, false).await;
