@@ -856,3 +856,26 @@ async fn promoting_what_production_already_holds_costs_a_bounded_number_of_reque
     assert!(costs[0].0 > 0 && costs[0].1 > 0, "{costs:?}");
     assert_eq!(costs[0], costs[1], "(staging, production) requests for 2 and 24 layers");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_person_promotion_needs_two_distinct_signers_besides_the_promoter() {
+    let a = SigningKey::generate_p256();
+    let b = SigningKey::generate_p256();
+    let p = SigningKey::generate_p256();
+    let rules = "rules:\n  - name: apps\n    match: { repositories: [\"test/**\"] }\n    require: { signatures: { anyOf: [key-a, key-b], threshold: 2 } }\npromotion:\n  promoter: key-p\n";
+    let s = Setup::start_with(policy_dir(&[("a", &a), ("b", &b), ("p", &p)], rules)).await;
+    let one = small_image(461);
+    push_signed(&s.staging, REPO, "one", &one, &[&a]).await;
+    let two = small_image(462);
+    push_signed(&s.staging, REPO, "two", &two, &[&a, &b]).await;
+
+    let (code, report) = s.promote("one", "stable", &[]).await;
+    assert_eq!(code, 1, "one signer of two: {report}");
+    assert_eq!(manifest_digest(&s.prod, "stable").await, None);
+    let (code, report) = s.promote("two", "stable", &["--expect-current", "none"]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        manifest_digest(&s.prod, "stable").await,
+        Some(two.manifest.digest.clone())
+    );
+}
