@@ -176,20 +176,16 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
         let a = authority(&cx, &name, spec, &keys, &trust_roots)?;
         authorities.insert(name, Arc::new(a));
     }
-    let promoter = match promotion {
-        Some((path, p)) if !authorities.contains_key(&p.promoter) => {
-            let cx = Ctx { path: &path };
-            return Err(cx.err("promotion.promoter", format!("no authority named `{}`", p.promoter)));
-        }
-        Some((_, p)) => Some(p.promoter),
-        None => None,
-    };
     let defaults = defaults.map(|(_, d)| d).unwrap_or_default();
     let mut rules = Vec::new();
     for (path, spec) in rule_specs {
         let cx = Ctx { path: &path };
         rules.push(rule(&cx, spec, &defaults, &authorities)?);
     }
+    let (promoter, promotion_rules) = match promotion {
+        Some((path, p)) => promotion_section(&Ctx { path: &path }, p, &defaults, &authorities, &rules)?,
+        None => (None, Vec::new()),
+    };
     if let Some(shared) = signers::shared_key(&authorities) {
         let file = |key: &str| key_files.get(key).cloned().unwrap_or_default();
         return Err(PolicyError::SharedKey {
@@ -211,12 +207,38 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
         no_match: defaults.no_match.unwrap_or(NoMatch::Deny),
         authorities,
         promoter,
+        promotion_rules,
         warnings,
         sources,
     })
 }
 
 /// Length-prefixed, so that file boundaries cannot be shifted.
+/// `promotion:`: the promoter must be an authority; its rules compile like
+/// pull rules, with names of their own.
+fn promotion_section(
+    cx: &Ctx<'_>,
+    p: schema::PromotionSpec,
+    defaults: &schema::Defaults,
+    authorities: &BTreeMap<String, Arc<Authority>>,
+    pull_rules: &[Rule],
+) -> Result<(Option<String>, Vec<Rule>), PolicyError> {
+    if let Some(name) = &p.promoter
+        && !authorities.contains_key(name)
+    {
+        return Err(cx.err("promotion.promoter", format!("no authority named `{name}`")));
+    }
+    let mut rules: Vec<Rule> = Vec::new();
+    for spec in p.rules {
+        let at = format!("promotion.rules.{}", spec.name);
+        if pull_rules.iter().chain(rules.iter()).any(|r| r.name == spec.name) {
+            return Err(cx.err(at, "rule name is used twice"));
+        }
+        rules.push(rule(cx, spec, defaults, authorities)?);
+    }
+    Ok((p.promoter, rules))
+}
+
 fn hash_part(h: &mut DigestHasher, bytes: &[u8]) {
     h.update(&(bytes.len() as u64).to_be_bytes());
     h.update(bytes);

@@ -38,6 +38,8 @@ pub struct PolicySet {
     /// `promotion.promoter`: the authority of the promoter's identity, which
     /// must not be among those satisfying a promoted source's requirement.
     pub promoter: Option<String>,
+    /// `promotion.rules`: matched against the promotion's destination.
+    pub promotion_rules: Vec<Rule>,
     /// Lint findings (shadowed rules, keyless identities that may overlap);
     /// not errors.
     pub warnings: Vec<String>,

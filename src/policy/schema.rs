@@ -34,7 +34,12 @@ pub struct PromotionSpec {
     /// The authority naming the promoter's own identity: its signatures never
     /// count towards the source's requirement (a promotion is refused when
     /// it is among the authorities that satisfied it).
-    pub promoter: String,
+    pub promoter: Option<String>,
+    /// Rules for promotions *into* a destination (`match` names the
+    /// destination registry, repositories and tags): the source must satisfy
+    /// the first matching one as well as its pull rules.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]

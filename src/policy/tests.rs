@@ -644,3 +644,27 @@ fn the_promotion_section_names_an_existing_authority() {
     .to_string();
     assert!(err.contains("extra"), "{err}");
 }
+
+#[test]
+fn promotion_rules_compile_with_names_of_their_own() {
+    let rules =
+        "  - name: apps\n    match: { repositories: [\"apps/*\"] }\n    require: { signatures: { anyOf: [key-a] } }\n";
+    let promotion = |name: &str| {
+        format!(
+            "{}promotion:\n  rules:\n    - name: {name}\n      match: {{ registry: prod.example, repositories: [\"apps/*\"] }}\n      require: {{ signatures: {{ anyOf: [key-a, key-b], threshold: 2 }} }}\n",
+            with_rules(rules)
+        )
+    };
+    let p = load(&promotion("into-prod")).expect("valid");
+    assert_eq!(p.promoter, None);
+    assert_eq!(p.promotion_rules.len(), 1);
+    assert!(p.promotion_rules[0].matches("prod.example", "apps/web", Some("v1")));
+    assert!(!p.promotion_rules[0].matches("staging.example", "apps/web", Some("v1")));
+    let err = load(&promotion("apps"))
+        .expect_err("a name shared with a pull rule")
+        .to_string();
+    assert!(
+        err.contains("promotion.rules.apps") && err.contains("used twice"),
+        "{err}"
+    );
+}

@@ -160,8 +160,9 @@ pub async fn run(proxy: &Proxy, plan: &Plan) -> Result<Promoted, PromoteError> {
     let admitted = Box::pin(proxy.manifest(&plan.src, &plan.src_ref, None, &requester()))
         .await
         .map_err(PromoteError::at_source)?;
-    check_roles(proxy, &admitted.manifest)?;
+    check_roles(proxy, admitted.manifest.satisfied())?;
     let digest = admitted.manifest.digest().clone();
+    check_promotion_rule(proxy, plan, &digest).await?;
     let previous = current_tag(plan).await?;
     let expected = plan
         .expect_current
@@ -200,12 +201,29 @@ pub async fn run(proxy: &Proxy, plan: &Plan) -> Result<Promoted, PromoteError> {
 
 /// With `promotion.promoter` in the policy, the promoter's authority must not
 /// be among those that satisfied the source's requirement.
-fn check_roles(proxy: &Proxy, admitted: &proxy::Admitted) -> Result<(), PromoteError> {
+fn check_roles(proxy: &Proxy, satisfied: &[String]) -> Result<(), PromoteError> {
     let promoter = proxy.gate().policy().and_then(|p| p.promoter.clone());
     match promoter {
-        Some(p) if admitted.satisfied().contains(&p) => Err(PromoteError::PromoterSigned(p)),
+        Some(p) if satisfied.contains(&p) => Err(PromoteError::PromoterSigned(p)),
         _ => Ok(()),
     }
+}
+
+/// The first `promotion.rules` entry matching the destination must allow
+/// the source digest too (besides its pull rules), without the promoter.
+async fn check_promotion_rule(proxy: &Proxy, plan: &Plan, digest: &Digest) -> Result<(), PromoteError> {
+    let host = plan.dst.registry.host().to_string();
+    let destination = (host.as_str(), plan.dst.repo.as_str(), &plan.dst_tag);
+    let decided = Box::pin(proxy.decide_promotion(&plan.src, digest, destination, &requester()))
+        .await
+        .map_err(PromoteError::Source)?;
+    let Some((decision, message)) = decided else {
+        return Ok(());
+    };
+    if !decision.serves() {
+        return Err(PromoteError::Denied(message));
+    }
+    check_roles(proxy, decision.satisfied())
 }
 
 /// With both a `promotion.promoter` and `--sign-key`, the record must be

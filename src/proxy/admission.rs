@@ -324,6 +324,39 @@ impl Proxy {
             .unwrap_or(Mutability::Allow)
     }
 
+    /// The decision of the first `promotion.rules` entry matching the
+    /// destination (`registry`, `repository`, `tag`) for `digest` as found
+    /// at `source` (its signatures, discovered and verified as for an
+    /// admission; audited, not cached). `None`: no policy or no such rule.
+    pub async fn decide_promotion(
+        &self,
+        source: &Target,
+        digest: &Digest,
+        destination: (&str, &str, &Tag),
+        who: &Requester,
+    ) -> Result<Option<(Decision, String)>, Error> {
+        let Enforcement::Policy(policy) = self.gate.enforcement()? else {
+            return Ok(None);
+        };
+        let (registry, repository, tag) = destination;
+        let Some(rule) = policy
+            .promotion_rules
+            .iter()
+            .find(|r| r.matches(registry, repository, Some(tag.as_str())))
+        else {
+            return Ok(None);
+        };
+        let (d, cached) = self.decide(source, digest, Some(rule), &policy, Persist::No).await?;
+        let ask = Ask {
+            target: source,
+            tag: None,
+            who,
+        };
+        self.audit(&ask, digest, &d, Some(&policy.revision), cached);
+        let message = denial_message(&d, &policy);
+        Ok(Some((d, message)))
+    }
+
     /// Admit `manifest` for serving, or refuse with `Error::Denied`.
     pub(super) async fn admit(
         &self,

@@ -879,3 +879,48 @@ async fn two_person_promotion_needs_two_distinct_signers_besides_the_promoter() 
         Some(two.manifest.digest.clone())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotion_rules_for_the_destination_apply_besides_the_pull_rules() {
+    let a = SigningKey::generate_p256();
+    let b = SigningKey::generate_p256();
+    let rules = r#"rules:
+  - name: apps
+    match: { repositories: ["test/**"] }
+    require: { signatures: { anyOf: [key-a, key-b] } }
+promotion:
+  rules:
+    - name: into-production
+      match: { registry: prod.test, repositories: ["test/**"], tags: ["stable"] }
+      require: { signatures: { anyOf: [key-a, key-b], threshold: 2 } }
+"#;
+    let s = Setup::start_with(policy_dir(&[("a", &a), ("b", &b)], rules)).await;
+    let one = small_image(471);
+    push_signed(&s.staging, REPO, "one", &one, &[&a]).await;
+    let two = small_image(472);
+    push_signed(&s.staging, REPO, "two", &two, &[&a, &b]).await;
+
+    let (code, report) = s.promote("one", "stable", &[]).await;
+    assert_eq!(code, 1, "{report}");
+    let error = report["error"].as_str().expect("error");
+    assert!(error.contains("rule `into-production`"), "{error}");
+    assert_eq!(manifest_digest(&s.prod, "stable").await, None);
+    assert_blobs(&s.prod, &one, false).await;
+    let audit = report["audit"].as_array().expect("audit");
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["rule"] == "into-production" && e["verdict"] == "deny"),
+        "{report}"
+    );
+
+    // Another tag: no promotion rule matches, the pull rule suffices.
+    let (code, report) = s.promote("one", "canary", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    let (code, report) = s.promote("two", "stable", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        manifest_digest(&s.prod, "stable").await,
+        Some(two.manifest.digest.clone())
+    );
+}
