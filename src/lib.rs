@@ -1,7 +1,7 @@
 //! Portcullis: a verifying pull-through OCI registry proxy.
 //!
 //! Module map (imports point downward only):
-//! `oci` → `telemetry`, `verify` → `config` → `auth`, `upstream`, `store` → `proxy` → `server`.
+//! `oci` → `telemetry`, `verify` → `config` → `auth`, `upstream`, `store` → `proxy` → `promote`, `server`.
 //! See `docs/ARCHITECTURE.md` for the request flow.
 
 pub mod auth;
@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod oci;
 pub mod policy;
+pub mod promote;
 pub mod proxy;
 pub mod server;
 pub mod store;

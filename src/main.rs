@@ -81,6 +81,44 @@ enum Command {
         #[arg(long)]
         default_upstream: Option<UpstreamUrl>,
     },
+    /// Copy a verified image to another registry and move its tag last.
+    ///
+    /// Resolves SRC once, admits that digest through the proxy's gate, copies
+    /// blobs, manifests and verification material to DST, admits the copy
+    /// again at DST, and only then moves DST's tag (if it still names what it
+    /// named at the start, or --expect-current).
+    ///
+    /// Exit codes: 0 promoted (or would be, with --dry-run); 1 denied by
+    /// policy (source or destination); 2 failed to complete (unreachable,
+    /// corrupt source, destination tag changed concurrently, bad arguments):
+    /// the destination tag is untouched and a rerun copies only what is missing.
+    Promote {
+        /// `registry/repository[:tag][@digest]` on a configured upstream.
+        src: String,
+        /// `registry/repository:tag` on a configured upstream with push credentials.
+        dst: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        /// The digest DST's tag must name before it moves, or `none` (must not exist).
+        #[arg(long)]
+        expect_current: Option<portcullis::promote::Expected>,
+        /// Resolve, admit and check the destination tag; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON object on stdout instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Sign a promotion record (in-toto SLSA Verification Summary in a
+        /// key-based Sigstore bundle) with this PKCS#8 PEM ECDSA P-256 key and
+        /// attach it at DST as a referrer of the promoted digest.
+        #[arg(long)]
+        sign_key: Option<PathBuf>,
+        /// Blobs larger than this are uploaded in chunks of this size.
+        #[arg(long, default_value_t = portcullis::promote::DEFAULT_CHUNK_BYTES, hide = true)]
+        chunk_bytes: usize,
+    },
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -196,6 +234,36 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 })
         }
+        Command::Promote {
+            src,
+            dst,
+            config,
+            policies,
+            expect_current,
+            dry_run,
+            json,
+            chunk_bytes,
+            sign_key,
+        } => {
+            telemetry::init(LogFormat::Compact);
+            let overrides = Overrides {
+                policies,
+                ..Default::default()
+            };
+            let options = portcullis::cli::promote::Options {
+                expect_current,
+                dry_run,
+                chunk_bytes,
+                sign_key,
+            };
+            match Config::load(config.as_deref(), &overrides).map_err(anyhow::Error::from) {
+                Ok(config) => promote(config, &src, &dst, options, json),
+                Err(e) => {
+                    eprintln!("portcullis: {e:#}");
+                    ExitCode::from(portcullis::cli::promote::EXIT_FAILED)
+                }
+            }
+        }
         Command::Policy {
             command: PolicyCommand::Check { dir },
         } => report(policy_check(&dir)),
@@ -246,6 +314,51 @@ fn verify(config: Config, image: &str) -> anyhow::Result<bool> {
         (None, false) => println!("DENY {image}"),
     }
     Ok(report.allowed)
+}
+
+/// Run a promotion and print its outcome; the exit code says which.
+fn promote(config: Config, src: &str, dst: &str, options: portcullis::cli::promote::Options, json: bool) -> ExitCode {
+    use portcullis::cli::promote::{self, EXIT_FAILED};
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| Ok(rt.block_on(promote::run(config, src, dst, options))?));
+    let report = match outcome {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let code = report.exit_code();
+    let verdict = match code {
+        0 => "promoted",
+        1 => "denied",
+        _ => "failed",
+    };
+    if json {
+        let out = serde_json::json!({
+            "result": verdict,
+            "source": src,
+            "destination": dst,
+            "promotion": report.result.as_ref().ok(),
+            "error": report.result.as_ref().err().map(|e| e.to_string()),
+            "requests": report.requests,
+            "audit": report.events,
+        });
+        println!("{out}");
+    } else {
+        match &report.result {
+            Ok(p) if p.dry_run => println!("DRY RUN: would promote {src} ({}) to {dst}", p.digest),
+            Ok(p) => println!("PROMOTED {src} ({}) to {dst}; copied {:?}", p.digest, p.copied),
+            Err(e) => println!("{} {src} to {dst}: {e}", verdict.to_uppercase()),
+        }
+        for w in report.result.iter().flat_map(|p| &p.warnings) {
+            println!("warning: {w}");
+        }
+    }
+    ExitCode::from(code)
 }
 
 fn store(command: StoreCommand, config: &Config) -> ExitCode {
@@ -342,6 +455,9 @@ fn policy_check(dir: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     println!("  no match: {:?}", p.no_match);
+    if let Some(promoter) = &p.promoter {
+        println!("  promotion: the promoter's authority {promoter} never satisfies a promoted source");
+    }
     for w in &p.warnings {
         println!("warning: {w}");
     }

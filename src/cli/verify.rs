@@ -31,7 +31,7 @@ pub enum VerifyError {
 }
 
 /// Split `[host/]repo[:tag][@digest]` into host (if any), repository and reference.
-fn split_reference(image: &str) -> Option<(Option<&str>, &str, Reference)> {
+pub(super) fn split_reference(image: &str) -> Option<(Option<&str>, &str, Reference)> {
     let (rest, digest) = match image.split_once('@') {
         Some((r, d)) => (r, Some(d)),
         None => (image, None),

@@ -96,6 +96,7 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
     let mut sources: Vec<PathBuf> = Vec::new();
     let mut authority_specs: Vec<(PathBuf, String, AuthoritySpec)> = Vec::new();
     let mut rule_specs: Vec<(PathBuf, RuleSpec)> = Vec::new();
+    let mut promotion: Option<(PathBuf, schema::PromotionSpec)> = None;
 
     for (path, text, doc) in docs {
         let cx = Ctx { path: &path };
@@ -155,6 +156,12 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
             }
             authority_specs.push((path.clone(), name, spec));
         }
+        if let Some(p) = doc.promotion {
+            if let Some((other, _)) = &promotion {
+                return Err(cx.err("promotion", format!("promotion is already set in {}", other.display())));
+            }
+            promotion = Some((path.clone(), p));
+        }
         for rule in doc.rules {
             if rule_specs.iter().any(|(_, r)| r.name == rule.name) {
                 return Err(cx.err(format!("rules.{}", rule.name), "rule name is used twice"));
@@ -175,6 +182,10 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
         let cx = Ctx { path: &path };
         rules.push(rule(&cx, spec, &defaults, &authorities)?);
     }
+    let (promoter, promotion_rules) = match promotion {
+        Some((path, p)) => promotion_section(&Ctx { path: &path }, p, &defaults, &authorities, &rules)?,
+        None => (None, Vec::new()),
+    };
     if let Some(shared) = signers::shared_key(&authorities) {
         let file = |key: &str| key_files.get(key).cloned().unwrap_or_default();
         return Err(PolicyError::SharedKey {
@@ -195,12 +206,39 @@ pub fn compile(docs: Vec<(PathBuf, String, PolicyDoc)>) -> Result<PolicySet, Pol
         rules,
         no_match: defaults.no_match.unwrap_or(NoMatch::Deny),
         authorities,
+        promoter,
+        promotion_rules,
         warnings,
         sources,
     })
 }
 
 /// Length-prefixed, so that file boundaries cannot be shifted.
+/// `promotion:`: the promoter must be an authority; its rules compile like
+/// pull rules, with names of their own.
+fn promotion_section(
+    cx: &Ctx<'_>,
+    p: schema::PromotionSpec,
+    defaults: &schema::Defaults,
+    authorities: &BTreeMap<String, Arc<Authority>>,
+    pull_rules: &[Rule],
+) -> Result<(Option<String>, Vec<Rule>), PolicyError> {
+    if let Some(name) = &p.promoter
+        && !authorities.contains_key(name)
+    {
+        return Err(cx.err("promotion.promoter", format!("no authority named `{name}`")));
+    }
+    let mut rules: Vec<Rule> = Vec::new();
+    for spec in p.rules {
+        let at = format!("promotion.rules.{}", spec.name);
+        if pull_rules.iter().chain(rules.iter()).any(|r| r.name == spec.name) {
+            return Err(cx.err(at, "rule name is used twice"));
+        }
+        rules.push(rule(cx, spec, defaults, authorities)?);
+    }
+    Ok((p.promoter, rules))
+}
+
 fn hash_part(h: &mut DigestHasher, bytes: &[u8]) {
     h.update(&(bytes.len() as u64).to_be_bytes());
     h.update(bytes);

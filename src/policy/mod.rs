@@ -35,6 +35,11 @@ pub struct PolicySet {
     pub rules: Vec<Rule>,
     pub no_match: NoMatch,
     pub authorities: BTreeMap<String, Arc<Authority>>,
+    /// `promotion.promoter`: the authority of the promoter's identity, which
+    /// must not be among those satisfying a promoted source's requirement.
+    pub promoter: Option<String>,
+    /// `promotion.rules`: matched against the promotion's destination.
+    pub promotion_rules: Vec<Rule>,
     /// Lint findings (shadowed rules, keyless identities that may overlap);
     /// not errors.
     pub warnings: Vec<String>,

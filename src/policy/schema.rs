@@ -24,6 +24,22 @@ pub struct PolicyDoc {
     pub authorities: BTreeMap<String, AuthoritySpec>,
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    pub promotion: Option<PromotionSpec>,
+}
+
+/// `promotion:`: how `portcullis promote` separates roles.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PromotionSpec {
+    /// The authority naming the promoter's own identity: its signatures never
+    /// count towards the source's requirement (a promotion is refused when
+    /// it is among the authorities that satisfied it).
+    pub promoter: Option<String>,
+    /// Rules for promotions *into* a destination (`match` names the
+    /// destination registry, repositories and tags): the source must satisfy
+    /// the first matching one as well as its pull rules.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]

@@ -622,3 +622,49 @@ fn the_policy_lists_every_file_its_revision_hashes() {
     assert_eq!(p.authorities["far"].blob_signatures, BlobSignatures::AcceptOverManifest);
     assert_eq!(p.authorities["near"].blob_signatures, BlobSignatures::Refuse);
 }
+
+#[test]
+fn the_promotion_section_names_an_existing_authority() {
+    let rules = "  - name: apps\n    match: { repositories: [\"apps/*\"] }\n    require: { signatures: { anyOf: [key-a, key-b] } }\n";
+    let p = load(&format!("{}promotion:\n  promoter: key-b\n", with_rules(rules))).expect("valid");
+    assert_eq!(p.promoter.as_deref(), Some("key-b"));
+    assert_eq!(load(&with_rules(rules)).expect("valid").promoter, None);
+    let err = load(&format!("{}promotion:\n  promoter: key-z\n", with_rules(rules)))
+        .expect_err("unknown authority")
+        .to_string();
+    assert!(
+        err.contains("promotion.promoter") && err.contains("no authority named `key-z`"),
+        "{err}"
+    );
+    let err = load(&format!(
+        "{}promotion:\n  promoter: key-b\n  extra: 1\n",
+        with_rules(rules)
+    ))
+    .expect_err("unknown field")
+    .to_string();
+    assert!(err.contains("extra"), "{err}");
+}
+
+#[test]
+fn promotion_rules_compile_with_names_of_their_own() {
+    let rules =
+        "  - name: apps\n    match: { repositories: [\"apps/*\"] }\n    require: { signatures: { anyOf: [key-a] } }\n";
+    let promotion = |name: &str| {
+        format!(
+            "{}promotion:\n  rules:\n    - name: {name}\n      match: {{ registry: prod.example, repositories: [\"apps/*\"] }}\n      require: {{ signatures: {{ anyOf: [key-a, key-b], threshold: 2 }} }}\n",
+            with_rules(rules)
+        )
+    };
+    let p = load(&promotion("into-prod")).expect("valid");
+    assert_eq!(p.promoter, None);
+    assert_eq!(p.promotion_rules.len(), 1);
+    assert!(p.promotion_rules[0].matches("prod.example", "apps/web", Some("v1")));
+    assert!(!p.promotion_rules[0].matches("staging.example", "apps/web", Some("v1")));
+    let err = load(&promotion("apps"))
+        .expect_err("a name shared with a pull rule")
+        .to_string();
+    assert!(
+        err.contains("promotion.rules.apps") && err.contains("used twice"),
+        "{err}"
+    );
+}

@@ -63,6 +63,8 @@ pub struct Admitted {
     rule: Option<String>,
     /// `Some(subject)` when admitted as verification material of `subject`.
     material_of: Option<Digest>,
+    /// The authorities whose requirement the decision found met.
+    satisfied: Vec<String>,
 }
 
 impl Admitted {
@@ -103,6 +105,12 @@ impl Admitted {
     /// The image this manifest is verification material of, if admitted as such.
     pub fn material_of(&self) -> Option<&Digest> {
         self.material_of.as_ref()
+    }
+
+    /// The authorities whose requirement was met (empty: integrity-only, a
+    /// static rule, or no rule).
+    pub fn satisfied(&self) -> &[String] {
+        &self.satisfied
     }
 
     /// The verified manifest (for storing it; serving goes through `self`).
@@ -316,6 +324,39 @@ impl Proxy {
             .unwrap_or(Mutability::Allow)
     }
 
+    /// The decision of the first `promotion.rules` entry matching the
+    /// destination (`registry`, `repository`, `tag`) for `digest` as found
+    /// at `source` (its signatures, discovered and verified as for an
+    /// admission; audited, not cached). `None`: no policy or no such rule.
+    pub async fn decide_promotion(
+        &self,
+        source: &Target,
+        digest: &Digest,
+        destination: (&str, &str, &Tag),
+        who: &Requester,
+    ) -> Result<Option<(Decision, String)>, Error> {
+        let Enforcement::Policy(policy) = self.gate.enforcement()? else {
+            return Ok(None);
+        };
+        let (registry, repository, tag) = destination;
+        let Some(rule) = policy
+            .promotion_rules
+            .iter()
+            .find(|r| r.matches(registry, repository, Some(tag.as_str())))
+        else {
+            return Ok(None);
+        };
+        let (d, cached) = self.decide(source, digest, Some(rule), &policy, Persist::No).await?;
+        let ask = Ask {
+            target: source,
+            tag: None,
+            who,
+        };
+        self.audit(&ask, digest, &d, Some(&policy.revision), cached);
+        let message = denial_message(&d, &policy);
+        Ok(Some((d, message)))
+    }
+
     /// Admit `manifest` for serving, or refuse with `Error::Denied`.
     pub(super) async fn admit(
         &self,
@@ -362,6 +403,7 @@ impl Proxy {
             revision: None,
             rule: None,
             material_of: None,
+            satisfied: Vec::new(),
         }
     }
 
@@ -420,6 +462,7 @@ impl Proxy {
                 Role::Material => material_of(ask.tag, manifest.info()).map(|m| m.subject),
                 Role::Own => None,
             },
+            satisfied: d.satisfied().to_vec(),
             manifest,
         };
         self.grant_blobs(&admitted).await;

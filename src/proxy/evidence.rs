@@ -294,6 +294,60 @@ impl Proxy {
     }
 }
 
+/// Where an image's verification material lives, for copying it elsewhere
+/// (`portcullis promote`): tags of the legacy and fallback schemes that
+/// exist, and the referrers listed (API or fallback index). The same
+/// lookups admission's discovery makes; nothing here is verified yet.
+#[derive(Debug, Default, Clone)]
+pub struct MaterialRefs {
+    /// `sha256-<hex>.sig|.att|.sbom` and the `sha256-<hex>` fallback index,
+    /// each with the digest the source names for it now.
+    pub tags: Vec<(Tag, Digest)>,
+    /// Referrer manifests of the image.
+    pub referrers: Vec<Digest>,
+}
+
+/// The legacy cosign tag suffixes, and `None` for the referrers fallback tag.
+const MATERIAL_TAG_SUFFIXES: [Option<&str>; 4] = [Some("sig"), Some("att"), Some("sbom"), None];
+
+impl Proxy {
+    /// Every piece of verification material `target` holds for `digest`:
+    /// the legacy and fallback tags (a `HEAD` each; 404: absent) and the
+    /// referrers as [`Self::list_referrers`] finds them for discovery.
+    pub async fn material_refs(&self, target: &Target, digest: &Digest) -> Result<MaterialRefs, Error> {
+        let mut refs = MaterialRefs::default();
+        let accept = HeaderValue::from_static(DEFAULT_ACCEPT);
+        for suffix in MATERIAL_TAG_SUFFIXES {
+            let name = match suffix {
+                Some(s) => format!("{}.{s}", digest.tag_form()),
+                None => digest.tag_form(),
+            };
+            let Ok(tag) = name.parse::<Tag>() else { continue };
+            let reference = Reference::Tag(tag.clone());
+            match target.registry.head_manifest(&target.repo, &reference, &accept).await {
+                Ok(head) => match head.digest {
+                    Some(d) => refs.tags.push((tag, d)),
+                    None => {
+                        return Err(Error::BadListing {
+                            what: "material tag",
+                            message: format!("HEAD of {tag} named no digest"),
+                        });
+                    }
+                },
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let listed = self.list_referrers(target, digest, Enrich::No).await?;
+        refs.referrers = listed
+            .iter()
+            .filter_map(|d| d.get("digest")?.as_str()?.parse().ok())
+            .take(MAX_REFERRERS)
+            .collect();
+        Ok(refs)
+    }
+}
+
 /// What discovery found: candidates to verify, and what it discarded.
 #[derive(Default)]
 struct Found {

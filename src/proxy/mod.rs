@@ -19,6 +19,7 @@ pub use admission::{Admitted, Gate};
 pub use assess::{Assessment, Judgement};
 pub use blob::{BlobBody, BlobServed, ByteRange, ByteSlice};
 pub use error::Error;
+pub use evidence::MaterialRefs;
 pub use manifest::ManifestServed;
 pub use referrers::ReferrersServed;
 pub use tags::{PageSize, TagsServed};

@@ -589,6 +589,30 @@ impl Metrics {
             .inc();
     }
 
+    /// Requests sent to `registry` so far, every outcome (for command-line
+    /// reports such as `portcullis promote --json`).
+    pub fn upstream_requests_to(&self, registry: &str) -> u64 {
+        const ALL: [UpstreamOutcome; 8] = [
+            UpstreamOutcome::Success,
+            UpstreamOutcome::Redirect,
+            UpstreamOutcome::Unauthorized,
+            UpstreamOutcome::NotFound,
+            UpstreamOutcome::TooManyRequests,
+            UpstreamOutcome::ClientError,
+            UpstreamOutcome::ServerError,
+            UpstreamOutcome::Failed,
+        ];
+        ALL.iter()
+            .map(|&status| {
+                let labels = UpstreamLabels {
+                    registry: registry.to_owned(),
+                    status,
+                };
+                self.upstream_requests.get(&labels).map_or(0, |c| c.get())
+            })
+            .sum()
+    }
+
     pub fn admission(&self, verdict: AdmissionOutcome, rule: Option<&str>, mode: AdmissionMode) {
         self.admissions
             .get_or_create(&AdmissionLabels {

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use bytes::Bytes;
 use http::header::ACCEPT;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
@@ -268,7 +269,9 @@ async fn request_token(
         if let Some(service) = service {
             q.append_pair("service", service);
         }
-        if !scope.is_empty() {
+        // Several scopes (a push with a cross-repository mount source) are
+        // separate `scope` parameters (distribution's token spec).
+        for scope in scope.split(' ').filter(|s| !s.is_empty()) {
             q.append_pair("scope", scope);
         }
         q.finish()
@@ -291,6 +294,7 @@ async fn request_token(
         url,
         &headers,
         authorization.as_ref(),
+        &Bytes::new(),
     )
     .await?;
     if !resp.status().is_success() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, LOCATION};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
-use http_body_util::Empty;
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
@@ -24,7 +24,10 @@ use super::Error;
 use super::destination::{DestinationGuard, DestinationRefused, GuardedConnector};
 use crate::config::{Upstream, UpstreamPolicy};
 
-pub(super) type HttpClient = Client<HttpsConnector<GuardedConnector>, Empty<Bytes>>;
+/// Request bodies are whole (`Full`): pulls send none (an empty `Full` is
+/// sent without a `Content-Length`), pushes send a manifest, a monolithic
+/// blob or one chunk of an upload.
+pub(super) type HttpClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 
 /// HTTP/1 read buffer for upstream responses.
 const READ_BUFFER: usize = 256 * 1024;
@@ -90,6 +93,7 @@ pub(super) fn build(upstream: &Upstream, policy: &UpstreamPolicy) -> Result<Http
 /// original authority; a redirect to another host (a blob CDN with a signed
 /// URL) never sees it. Redirects to schemes other than http(s) and HTTPS →
 /// HTTP downgrades are refused; the connector refuses private addresses.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn send(
     http: &HttpClient,
     host: &str,
@@ -98,6 +102,7 @@ pub(super) async fn send(
     url: Uri,
     headers: &HeaderMap,
     authorization: Option<&HeaderValue>,
+    body: &Bytes,
 ) -> Result<Response<Incoming>, Error> {
     let origin = url.authority().cloned();
     let mut url = url;
@@ -105,7 +110,7 @@ pub(super) async fn send(
         let mut req = Request::builder()
             .method(method.clone())
             .uri(url.clone())
-            .body(Empty::new())
+            .body(Full::new(body.clone()))
             .map_err(|e| protocol(host, format!("bad request: {e}")))?;
         *req.headers_mut() = headers.clone();
         if let Some(auth) = authorization

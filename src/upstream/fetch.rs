@@ -81,7 +81,7 @@ pub struct TagsPage {
 }
 
 impl Registry {
-    fn uri(&self, path_and_query: &str) -> Result<Uri, Error> {
+    pub(super) fn uri(&self, path_and_query: &str) -> Result<Uri, Error> {
         format!("{}{}", self.upstream.url, path_and_query)
             .parse()
             .map_err(|_| Error::Protocol {
@@ -92,7 +92,7 @@ impl Registry {
 
     /// One logical idempotent request: authentication and bounded retries
     /// with exponential backoff on transient failures.
-    async fn request(
+    pub(super) async fn request(
         &self,
         method: Method,
         path_and_query: &str,
@@ -104,7 +104,7 @@ impl Registry {
             // Boxed: the authentication and token flow make this future
             // several KiB, and every caller up to the server handler would
             // otherwise carry it inline (debug builds ran out of stack).
-            let result = Box::pin(self.request_once(&method, path_and_query, scope, &headers)).await;
+            let result = Box::pin(self.request_once(&method, path_and_query, scope, &headers, &Bytes::new())).await;
             let retry = match &result {
                 Ok(resp) => is_retryable_status(resp.status()),
                 Err(e) => e.is_retryable(),
@@ -127,12 +127,15 @@ impl Registry {
         }
     }
 
-    async fn request_once(
+    /// One attempt: authenticate (preemptively with a known challenge, else
+    /// by answering the 401) and send `body` (re-sent after a challenge).
+    pub(super) async fn request_once(
         &self,
         method: &Method,
         path_and_query: &str,
         scope: &str,
         headers: &HeaderMap,
+        body: &Bytes,
     ) -> Result<Response<Incoming>, Error> {
         let host = self.host().to_string();
         let uri = self.uri(path_and_query)?;
@@ -145,6 +148,7 @@ impl Registry {
             uri.clone(),
             headers,
             auth.as_ref(),
+            body,
         )
         .await;
         let resp = self.counted(resp)?;
@@ -158,7 +162,7 @@ impl Registry {
             });
         };
         let auth = self.auth.answer(self, &challenge, scope).await?;
-        let resp = client::send(&self.http, &host, &self.policy, method, uri, headers, Some(&auth)).await;
+        let resp = client::send(&self.http, &host, &self.policy, method, uri, headers, Some(&auth), body).await;
         let resp = self.counted(resp)?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(Error::Unauthorized {
@@ -180,7 +184,11 @@ impl Registry {
     }
 
     /// Map a non-success status to its error.
-    fn expect_success(&self, resp: Response<Incoming>, what: &'static str) -> Result<Response<Incoming>, Error> {
+    pub(super) fn expect_success(
+        &self,
+        resp: Response<Incoming>,
+        what: &'static str,
+    ) -> Result<Response<Incoming>, Error> {
         let host = self.host().to_string();
         match resp.status() {
             s if s.is_success() => Ok(resp),
@@ -198,7 +206,7 @@ impl Registry {
         }
     }
 
-    fn claimed_digest(&self, headers: &HeaderMap) -> Result<Option<Digest>, Error> {
+    pub(super) fn claimed_digest(&self, headers: &HeaderMap) -> Result<Option<Digest>, Error> {
         match headers.get(DOCKER_CONTENT_DIGEST) {
             None => Ok(None),
             Some(v) => v
@@ -397,13 +405,13 @@ impl Registry {
 /// The one log line with an upstream failure's detail (addresses, OS error
 /// text, redirect hosts): clients only see its class. "Not found" is an
 /// answer, not a failure.
-fn log_failure(e: &Error, during: &str) {
+pub(super) fn log_failure(e: &Error, during: &str) {
     if !e.is_not_found() {
         tracing::warn!(during, class = %e.class(), error = %e, "upstream request failed");
     }
 }
 
-fn pull_scope(repo: &RepoName) -> String {
+pub(super) fn pull_scope(repo: &RepoName) -> String {
     format!("repository:{repo}:pull")
 }
 
@@ -417,11 +425,11 @@ fn json_headers() -> HeaderMap {
     accept_headers(&HeaderValue::from_static("application/json"))
 }
 
-fn header_string(headers: &HeaderMap, name: http::header::HeaderName) -> Option<String> {
+pub(super) fn header_string(headers: &HeaderMap, name: http::header::HeaderName) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-fn header_u64(headers: &HeaderMap, name: http::header::HeaderName) -> Option<u64> {
+pub(super) fn header_u64(headers: &HeaderMap, name: http::header::HeaderName) -> Option<u64> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())

@@ -1,4 +1,4 @@
-//! Talking to real registries: one [`Registry`] per allow-listed upstream,
+//! Talking to real registries (pulls in `fetch`, pushes in `push`): one [`Registry`] per allow-listed upstream,
 //! with its own HTTP client (rustls), token cache, timeouts and retries.
 //!
 //! Imports: `oci`, `config`, `telemetry` (metrics), `verify` (the
@@ -9,6 +9,7 @@ mod client;
 mod destination;
 mod error;
 mod fetch;
+mod push;
 mod realms;
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 pub use error::{Error, FailureClass};
 pub use fetch::{BlobResponse, ManifestHead, TagsPage};
+pub use push::{Mount, Upload};
 
 use crate::config::{Config, Upstream, UpstreamPolicy};
 use crate::oci::RegistryHost;

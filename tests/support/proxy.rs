@@ -33,6 +33,22 @@ impl TestProxy {
         Self::start_config(config, data_dir).await
     }
 
+    /// Start with a YAML configuration (upstreams, default upstream) and the
+    /// policies in `dir` (enforced, not integrity-only).
+    pub async fn with_config_and_policies(yaml: &str, dir: &std::path::Path) -> TestProxy {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".parse().expect("addr")),
+            admin_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            data_dir: Some(data_dir.path().to_owned()),
+            default_upstream: None,
+            policies: Some(dir.to_owned()),
+            integrity_only: false,
+        };
+        let config = Config::from_yaml(yaml, "test config", &overrides).expect("valid test config");
+        Self::start_config(config, data_dir).await
+    }
+
     /// Start with the built-in defaults plus `--default-upstream url`.
     pub async fn with_default_upstream(url: &str) -> TestProxy {
         let data_dir = tempfile::tempdir().expect("tempdir");

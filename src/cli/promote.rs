@@ -1,0 +1,158 @@
+//! `portcullis promote SRC DST`: turn two references into a
+//! [`promote::Plan`] on the configured registries and run it with the
+//! proxy's own gate.
+
+use std::sync::Arc;
+
+use super::verify::split_reference;
+use crate::config::Config;
+use crate::oci::{Reference, Tag};
+use crate::promote::{self, Expected, Plan, PromoteError, Promoted};
+use crate::proxy::{self, Proxy, Target};
+use crate::telemetry::audit::{AuditEvent, AuditSink};
+
+/// Exit code: promoted (or, with `--dry-run`, would be).
+pub const EXIT_PROMOTED: u8 = 0;
+/// Exit code: the policy denied the source (or the copy at the destination).
+pub const EXIT_DENIED: u8 = 1;
+/// Exit code: the promotion could not be completed; the tag did not move.
+pub const EXIT_FAILED: u8 = 2;
+
+/// Options of `portcullis promote`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub expect_current: Option<Expected>,
+    pub dry_run: bool,
+    pub chunk_bytes: usize,
+    /// The promoter's signing key (PKCS#8 PEM, ECDSA P-256) for the record.
+    pub sign_key: Option<std::path::PathBuf>,
+}
+
+/// Why the command could not even start a promotion (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("`{0}` is not an image reference ([registry/]repository[:tag][@digest])")]
+    BadReference(String),
+    #[error("`{0}` must name a registry configured as an upstream")]
+    NotConfigured(String),
+    #[error("the destination `{0}` must name a tag to move")]
+    NoDestinationTag(String),
+    #[error(transparent)]
+    Key(#[from] promote::record::RecordError),
+    #[error(transparent)]
+    Start(#[from] proxy::StartError),
+}
+
+/// The outcome and the audit events of the admissions it ran.
+#[derive(Debug)]
+pub struct Report {
+    pub result: Result<Promoted, PromoteError>,
+    pub events: Vec<AuditEvent>,
+    /// Registry requests made, by configured host (token requests aside).
+    pub requests: std::collections::BTreeMap<String, u64>,
+}
+
+impl Report {
+    pub fn exit_code(&self) -> u8 {
+        match &self.result {
+            Ok(_) => EXIT_PROMOTED,
+            Err(e) if e.exit_code() == 1 => EXIT_DENIED,
+            Err(_) => EXIT_FAILED,
+        }
+    }
+}
+
+/// A data directory of one run's own, removed when the run ends: every
+/// promotion verifies afresh (no verdict or manifest cached by an earlier
+/// run or a proxy sharing the directory stands in for the admissions).
+struct RunDir(std::path::PathBuf);
+
+impl RunDir {
+    fn under(data_dir: &std::path::Path) -> RunDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        RunDir(
+            data_dir
+                .join("promote-runs")
+                .join(format!("{}-{nanos}", std::process::id())),
+        )
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(dir = %self.0.display(), error = %e, "could not remove the promotion's data directory");
+        }
+    }
+}
+
+/// Promote `src` to `dst` under `config`'s registries and policy.
+pub async fn run(mut config: Config, src: &str, dst: &str, options: Options) -> Result<Report, SetupError> {
+    let run_dir = RunDir::under(&config.data_dir);
+    config.data_dir = run_dir.0.clone();
+    let promoter_key = match &options.sign_key {
+        Some(path) => Some(Arc::new(promote::record::PromoterKey::load(path)?)),
+        None => None,
+    };
+    let proxy = Proxy::with_audit(Arc::new(config), AuditSink::memory())?;
+    let (src_target, src_ref) = target(&proxy, src)?;
+    let (dst_target, dst_ref) = target(&proxy, dst)?;
+    let dst_tag = destination_tag(dst, &dst_ref)?;
+    let plan = Plan {
+        src: src_target,
+        src_ref,
+        dst: dst_target,
+        dst_tag,
+        expect_current: options.expect_current,
+        dry_run: options.dry_run,
+        chunk_bytes: options.chunk_bytes,
+        promoter_key,
+    };
+    let result = promote::run(&proxy, &plan).await;
+    let requests = [&plan.src, &plan.dst]
+        .iter()
+        .map(|t| {
+            let host = t.registry.host().to_string();
+            let n = proxy.metrics().upstream_requests_to(&host);
+            (host, n)
+        })
+        .collect();
+    Ok(Report {
+        result,
+        events: proxy.gate().audit_sink().kept(),
+        requests,
+    })
+}
+
+/// A reference on a configured registry (the registry must be named: a
+/// promotion never falls back to a default upstream).
+fn target(proxy: &Proxy, image: &str) -> Result<(Target, Reference), SetupError> {
+    let (host, repo, reference) = split_reference(image).ok_or_else(|| SetupError::BadReference(image.into()))?;
+    let host = host.ok_or_else(|| SetupError::NotConfigured(image.into()))?;
+    let upstream = proxy
+        .config()
+        .upstream_by_host(host)
+        .cloned()
+        .ok_or_else(|| SetupError::NotConfigured(image.into()))?;
+    let registry = proxy
+        .registries()
+        .get(&upstream.host)
+        .cloned()
+        .ok_or_else(|| SetupError::NotConfigured(image.into()))?;
+    let repo = repo.parse().map_err(|_| SetupError::BadReference(image.into()))?;
+    let target = Target {
+        registry,
+        repo: upstream.upstream_repo(&repo),
+        client_name: repo.to_string(),
+    };
+    Ok((target, reference))
+}
+
+fn destination_tag(dst: &str, reference: &Reference) -> Result<Tag, SetupError> {
+    match reference {
+        Reference::Tag(t) => Ok(t.clone()),
+        Reference::Digest(_) => Err(SetupError::NoDestinationTag(dst.into())),
+    }
+}
