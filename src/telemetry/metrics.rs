@@ -18,7 +18,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::CacheOutcome;
 
-/// A label value spelled by an enum's `as_str`.
+/// A label value spelled by an enum's `as_str` (also used by
+/// `watch_metrics`).
 macro_rules! label_value {
     ($t:ty) => {
         impl EncodeLabelValue for $t {

@@ -3,6 +3,7 @@
 //! Imports: `oci`.
 
 pub mod audit;
+#[macro_use]
 pub mod metrics;
 pub mod watch_metrics;
 

@@ -10,16 +10,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-macro_rules! label_value {
-    ($t:ty) => {
-        impl EncodeLabelValue for $t {
-            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-                EncodeLabelValue::encode(&self.as_str(), encoder)
-            }
-        }
-    };
-}
-
 /// The kinds of watch event.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum WatchEventKind {

@@ -60,29 +60,14 @@ impl Setup {
     /// Run the built binary with the config and policies: (exit code, stdout, stderr).
     pub async fn portcullis(&self, args: &[&str]) -> (i32, String, String) {
         let config = self.work.path().join("portcullis.yaml");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .arg("--policies")
-            .arg(self.policies.path())
-            .current_dir(self.work.path())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("run portcullis");
-        let output = tokio::time::timeout(LIMIT, child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("portcullis {args:?} did not finish within {LIMIT:?}"))
-            .expect("portcullis output");
-        (
-            output.status.code().expect("exit code"),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        all.extend([
+            std::ffi::OsStr::new("--config"),
+            config.as_os_str(),
+            std::ffi::OsStr::new("--policies"),
+            self.policies.path().as_os_str(),
+        ]);
+        crate::support::binary::run(&all, Some(self.work.path()), LIMIT).await
     }
 
     /// `portcullis promote` as a child that the test may kill.

@@ -7,25 +7,8 @@ use crate::support::binary;
 
 /// Run the built `portcullis` with a time limit in `cwd`: (exit code, stdout, stderr).
 async fn portcullis(args: &[&str], cwd: &Path) -> (i32, String, String) {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(args)
-        .current_dir(cwd)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run portcullis");
-    let output = tokio::time::timeout(LIMIT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("portcullis {args:?} did not finish within {LIMIT:?}"))
-        .expect("portcullis output");
-    (
-        output.status.code().expect("exit code"),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    binary::run(&args, Some(cwd), LIMIT).await
 }
 
 #[tokio::test]

@@ -12,7 +12,6 @@ pub(crate) use http::{Method, StatusCode};
 pub(crate) use portcullis::oci::Digest;
 pub(crate) use serde_json::{Value, json};
 pub(crate) use std::path::Path;
-pub(crate) use std::process::Stdio;
 pub(crate) use std::time::{Duration, Instant};
 
 pub const REPO: &str = "test/app";

@@ -91,3 +91,28 @@ impl Served {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+/// Run the built `portcullis` with `args` (in `cwd` when given) to its end
+/// within `limit`: (exit code, stdout, stderr).
+pub async fn run(args: &[&std::ffi::OsStr], cwd: Option<&std::path::Path>, limit: Duration) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let child = cmd.spawn().expect("run portcullis");
+    let output = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("portcullis {args:?} did not finish within {limit:?}"))
+        .expect("portcullis output");
+    (
+        output.status.code().expect("exit code"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

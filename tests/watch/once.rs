@@ -7,27 +7,15 @@ use std::process::Stdio;
 use crate::common::*;
 
 async fn watch_once(config: &std::path::Path, policies: &std::path::Path) -> (i32, String, String) {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["watch", "--once", "--config"])
-        .arg(config)
-        .arg("--policies")
-        .arg(policies)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run portcullis");
-    let output = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .expect("portcullis watch --once finished")
-        .expect("output");
-    (
-        output.status.code().expect("exit code"),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let args = [
+        std::ffi::OsStr::new("watch"),
+        std::ffi::OsStr::new("--once"),
+        std::ffi::OsStr::new("--config"),
+        config.as_os_str(),
+        std::ffi::OsStr::new("--policies"),
+        policies.as_os_str(),
+    ];
+    crate::support::binary::run(&args, None, WAIT).await
 }
 
 fn config(dir: &std::path::Path, registry: &Distribution, tags: &[&str]) -> std::path::PathBuf {
