@@ -287,7 +287,7 @@ async fn skopeo_through(shape: &str, name_prefix: &str) {
     // Everything went through (and is now cached in) the proxy.
     for e in s.images() {
         for d in &e.blobs {
-            assert!(proxy.has_blob(d), "{shape}: blob {d} not in the proxy's store");
+            assert!(proxy.stores_blob(d).await, "{shape}: blob {d} not in the proxy's store");
         }
         for d in e.manifests.iter().chain([&e.top.digest]) {
             assert!(proxy.has_manifest(d), "{shape}: manifest {d} not in the proxy's store");
@@ -334,7 +334,10 @@ async fn ctr_content_fetch_through_ns_mirror() {
             .unwrap_or_else(|err| panic!("{err}"));
         eprintln!("ctr content fetch {image}: {:?}", t.elapsed());
         for d in &e.blobs {
-            assert!(proxy.has_blob(d), "{image}: blob {d} did not go through the proxy");
+            assert!(
+                proxy.stores_blob(d).await,
+                "{image}: blob {d} did not go through the proxy"
+            );
         }
         for d in e.manifests.iter().chain([&e.top.digest]) {
             assert!(

@@ -126,5 +126,5 @@ async fn concurrent_cold_requests_share_one_upstream_download() {
         1,
         "single flight: one upstream GET for 8 clients"
     );
-    assert!(proxy.has_blob(&layer.digest));
+    assert!(proxy.stores_blob(&layer.digest).await, "committed after the last byte");
 }
