@@ -22,7 +22,7 @@ static SETUP: LazyLock<(Config, Registries)> = LazyLock::new(|| {
         ..Default::default()
     };
     let config = Config::load(None, &overrides).expect("built-in config");
-    let registries = Registries::from_config(&config).expect("registries");
+    let registries = Registries::from_config(&config, &Default::default()).expect("registries");
     (config, registries)
 });
 
