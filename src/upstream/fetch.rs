@@ -305,21 +305,7 @@ impl Registry {
 
     /// `GET /v2/<repo>/tags/list[?n=&last=]`.
     pub async fn tags(&self, repo: &RepoName, n: Option<usize>, last: Option<&str>) -> Result<TagsPage, Error> {
-        let query = {
-            let mut q = form_urlencoded::Serializer::new(String::new());
-            if let Some(n) = n {
-                q.append_pair("n", &n.to_string());
-            }
-            if let Some(last) = last {
-                q.append_pair("last", last);
-            }
-            q.finish()
-        };
-        let path = if query.is_empty() {
-            format!("/v2/{repo}/tags/list")
-        } else {
-            format!("/v2/{repo}/tags/list?{query}")
-        };
+        let path = paged(&format!("/v2/{repo}/tags/list"), n, last);
         let resp = self
             .request(Method::GET, &path, &pull_scope(repo), json_headers())
             .await?;
@@ -330,21 +316,7 @@ impl Registry {
     /// `GET /v2/_catalog[?n=&last=]` (registry scope `catalog:*`): one page
     /// of repository names, for the watch's repository globs.
     pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<TagsPage, Error> {
-        let query = {
-            let mut q = form_urlencoded::Serializer::new(String::new());
-            if let Some(n) = n {
-                q.append_pair("n", &n.to_string());
-            }
-            if let Some(last) = last {
-                q.append_pair("last", last);
-            }
-            q.finish()
-        };
-        let path = if query.is_empty() {
-            "/v2/_catalog".to_owned()
-        } else {
-            format!("/v2/_catalog?{query}")
-        };
+        let path = paged("/v2/_catalog", n, last);
         let resp = self
             .request(Method::GET, &path, "registry:catalog:*", json_headers())
             .await?;
@@ -408,6 +380,23 @@ impl Registry {
 pub(super) fn log_failure(e: &Error, during: &str) {
     if !e.is_not_found() {
         tracing::warn!(during, class = %e.class(), error = %e, "upstream request failed");
+    }
+}
+
+/// `path` with the pagination parameters of tag lists and the catalog.
+fn paged(path: &str, n: Option<usize>, last: Option<&str>) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    if let Some(n) = n {
+        q.append_pair("n", &n.to_string());
+    }
+    if let Some(last) = last {
+        q.append_pair("last", last);
+    }
+    let query = q.finish();
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
     }
 }
 

@@ -139,17 +139,7 @@ impl Scenario {
 
     /// The watcher's stored observation of `test/app:stable`.
     pub fn observation(&self) -> Option<Value> {
-        let path = self
-            .proxy
-            .data_dir
-            .path()
-            .join("watch/observations")
-            .join(self.registry.host())
-            .join(REPO)
-            .join("_watch.json");
-        let text = std::fs::read_to_string(path).ok()?;
-        let all: Value = serde_json::from_str(&text).ok()?;
-        Some(all[TAG].clone())
+        self.observations().get(TAG).cloned()
     }
 
     /// Wait until the watcher has recorded `digest` with `verdict` for the tag.
