@@ -31,6 +31,7 @@ fn open(config: &Config) -> Result<Store, StoreError> {
         StoreOptions {
             max_bytes: config.storage.max_bytes,
             clean_tmp: false,
+            s3: config.storage.s3.as_ref().map(crate::proxy::s3_options),
             ..StoreOptions::default()
         },
     )

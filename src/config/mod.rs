@@ -188,10 +188,62 @@ pub enum Admission {
 }
 
 /// `storage:` validated.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Storage {
     /// Cap on blob bytes; `None`: unbounded.
     pub max_bytes: Option<u64>,
+    /// `storage.s3`: the bucket instead of the data directory.
+    pub s3: Option<S3Storage>,
+}
+
+/// `storage.s3` validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Storage {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Empty, or ending in `/`.
+    pub prefix: String,
+    pub allow_http: bool,
+}
+
+/// `storage.s3`: a bucket name S3 accepts, an `http(s)://` endpoint (plain
+/// HTTP only with `allowHttp`), a prefix of plain key components.
+fn s3_storage(raw: &raw::RawS3) -> Result<S3Storage, (String, String)> {
+    let err = |at: &str, m: String| Err((format!("storage.s3.{at}"), m));
+    let bucket_ok = (3..=63).contains(&raw.bucket.len())
+        && raw
+            .bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !bucket_ok {
+        return err("bucket", format!("{:?} is not an S3 bucket name", raw.bucket));
+    }
+    if let Some(endpoint) = &raw.endpoint {
+        let https = endpoint.starts_with("https://");
+        if !https && !(endpoint.starts_with("http://") && raw.allow_http) {
+            return err(
+                "endpoint",
+                format!("{endpoint:?} must be an https:// URL (http:// only with allowHttp: true)"),
+            );
+        }
+    }
+    let prefix = raw.prefix.as_deref().unwrap_or("").trim_matches('/');
+    if prefix.split('/').any(|c| c == "." || c == "..") || (!prefix.is_empty() && prefix.split('/').any(str::is_empty))
+    {
+        return err("prefix", format!("{prefix:?} is not a plain key prefix"));
+    }
+    Ok(S3Storage {
+        bucket: raw.bucket.clone(),
+        endpoint: raw.endpoint.clone(),
+        region: raw.region.clone(),
+        prefix: if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        },
+        allow_http: raw.allow_http,
+    })
 }
 
 /// Where the admin listener binds unless configured: loopback only, as
@@ -405,6 +457,10 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5000))),
             storage: Storage {
                 max_bytes: raw.storage.max_bytes.map(|b| b.as_u64()),
+                s3: match &raw.storage.s3 {
+                    Some(s3) => Some(s3_storage(s3).map_err(|(at, m)| invalid(&at, m))?),
+                    None => None,
+                },
             },
             admin_listen: ov
                 .admin_listen
@@ -469,6 +525,15 @@ impl Config {
             ),
             None => writeln!(out, "storage cap: none (the cache grows without bound)"),
         };
+        if let Some(s3) = &self.storage.s3 {
+            let _ = writeln!(
+                out,
+                "storage: s3://{}/{} at {} (credentials from the AWS environment)",
+                s3.bucket,
+                s3.prefix,
+                s3.endpoint.as_deref().unwrap_or("AWS")
+            );
+        }
         match &self.admission {
             Admission::Policies(dir) => {
                 let _ = writeln!(out, "admission: signature policies in {}", dir.display());

@@ -128,6 +128,24 @@ pub struct RawStorage {
     /// Cap on cached blob bytes (`50GiB`, `500MB`, or a number of bytes);
     /// least recently served blobs are evicted past it. Absent: no cap.
     pub max_bytes: Option<bytesize::ByteSize>,
+    /// Content and records in an S3-compatible bucket instead of `dataDir`.
+    pub s3: Option<RawS3>,
+}
+
+/// `storage.s3`. Credentials are not here: they come from the standard AWS
+/// environment variables and files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawS3 {
+    pub bucket: String,
+    /// Absent: AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Key prefix inside the bucket (`cache/`); absent: the bucket's root.
+    pub prefix: Option<String>,
+    /// Allow a plain `http://` endpoint (a local test server).
+    #[serde(default)]
+    pub allow_http: bool,
 }
 
 /// The admin listener (metrics and probes).

@@ -200,13 +200,14 @@ impl CachedVerdict {
 
 impl Gate {
     /// `policy: None` is integrity-only mode.
-    pub fn new(policy: Option<(PolicySet, PathBuf)>, verdict_dir: PathBuf, audit: AuditSink) -> Gate {
+    /// `verdicts`: where allow verdicts persist (the store's).
+    pub fn new(policy: Option<(PolicySet, PathBuf)>, verdicts: Arc<VerdictStore>, audit: AuditSink) -> Gate {
         let (policy, policy_dir) = match policy {
             Some((p, dir)) => (Some(RwLock::new(Arc::new(p))), Some(dir)),
             None => (None, None),
         };
         Gate {
-            persisted: policy.as_ref().map(|_| Arc::new(VerdictStore::new(verdict_dir))),
+            persisted: policy.as_ref().map(|_| verdicts),
             policy,
             policy_dir,
             verdicts: moka::future::Cache::builder()

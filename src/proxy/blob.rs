@@ -227,6 +227,7 @@ impl Proxy {
             Join::Leader(lead) => {
                 let spool = lead.spool().clone();
                 let downloader = Downloader {
+                    replica: self.replica.clone(),
                     store: self.store.clone(),
                     target: target.clone(),
                     digest: digest.clone(),
@@ -351,8 +352,18 @@ fn read_error(e: ReadError<Error>) -> Error {
     }
 }
 
+/// How long a download lease lives without renewal: a replica killed
+/// mid-download blocks the blob for at most this long.
+const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a replica follows another's download before giving up.
+const FOLLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+/// Longest pause between two looks at a followed download.
+const FOLLOW_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The leader's download of one blob.
 struct Downloader {
+    /// This replica's name in leases.
+    replica: Arc<str>,
     store: Arc<crate::store::Store>,
     target: Target,
     digest: Digest,
@@ -372,6 +383,57 @@ impl Downloader {
     }
 
     async fn run(self, spool: &Arc<Spool<Error>>) {
+        if !self.store.shared() {
+            return self.download(spool).await;
+        }
+        // Replicas on one bucket: one upstream fetch per blob in total.
+        match self.lead_or_follow(spool).await {
+            Ok(Some(lease)) => {
+                let lease = Arc::new(lease);
+                let renewal = tokio::spawn(renew(lease.clone()));
+                self.download(spool).await;
+                renewal.abort();
+                if let Err(e) = blocking(move || lease.release()).await {
+                    tracing::warn!(digest = %self.digest, error = %e, "cannot release a download lease (it expires)");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => spool.fail(e),
+        }
+    }
+
+    /// Take the blob's download lease (`Some`: this replica fetches it), or
+    /// follow the replica that holds it by waiting for the committed object
+    /// (polling with backoff; `None` once adopted into the spool). A lease
+    /// whose holder stopped renewing it expires and is taken over here.
+    async fn lead_or_follow(&self, spool: &Arc<Spool<Error>>) -> Result<Option<crate::store::Lease>, Error> {
+        let deadline = tokio::time::Instant::now() + FOLLOW_LIMIT;
+        let mut pause = std::time::Duration::from_millis(25);
+        loop {
+            let (store, d) = (self.store.clone(), self.digest.clone());
+            if let Some((reader, size, _held)) = blocking(move || store.open_blob(&d, false)).await? {
+                spool.adopt_committed(reader, size);
+                return Ok(None);
+            }
+            let (store, d, me) = (self.store.clone(), self.digest.clone(), self.replica.clone());
+            match blocking(move || store.lease(&d, &me, LEASE_TTL)).await? {
+                crate::store::LeaseState::Acquired(lease) => return Ok(Some(lease)),
+                crate::store::LeaseState::HeldElsewhere { holder, .. } => {
+                    tracing::debug!(digest = %self.digest, %holder, "following another replica's download");
+                }
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(Error::Internal(format!(
+                    "blob {} is still being downloaded by another replica",
+                    self.digest
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(FOLLOW_POLL_MAX);
+        }
+    }
+
+    async fn download(&self, spool: &Arc<Spool<Error>>) {
         match self.fetch(spool).await {
             Ok((proof, writer)) => {
                 // The bytes are proven: clients get their final bytes now.
@@ -449,6 +511,24 @@ impl Downloader {
             (_, Err(e @ Error::Integrity { .. }), _) => Err(e),
             (Err(e), _, _) => Err(e),
             (Ok(()), Err(e), _) | (Ok(()), Ok(_), Err(e)) => Err(e),
+        }
+    }
+}
+
+/// Keep a download lease alive: renewed at a third of its time to live.
+async fn renew(lease: Arc<crate::store::Lease>) {
+    let mut tick = tokio::time::interval(lease.ttl() / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let l = lease.clone();
+        match blocking(move || l.renew()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("download lease taken over by another replica (this one stalled)");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew a download lease"),
         }
     }
 }

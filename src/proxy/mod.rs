@@ -66,6 +66,8 @@ pub struct Proxy {
     /// Blob downloads (and their commits) still running: a shutdown waits
     /// for them so that verified bytes already sent are also kept.
     downloads: tokio_util::task::TaskTracker,
+    /// This replica's name in download leases (shared stores only).
+    replica: Arc<str>,
     gate: Gate,
     metrics: Arc<Metrics>,
 }
@@ -115,6 +117,7 @@ impl Proxy {
                 tag_memory_entries: config.proxy_limits.tag_memory_entries,
                 max_bytes: config.storage.max_bytes,
                 clean_tmp: true,
+                s3: config.storage.s3.as_ref().map(s3_options),
             },
         )?);
         let metrics = Arc::new(Metrics::new());
@@ -123,7 +126,7 @@ impl Proxy {
             .max_capacity(config.manifest_memory_bytes)
             .weigher(|_k: &Digest, v: &VerifiedManifest| u32::try_from(v.bytes().len()).unwrap_or(u32::MAX))
             .build();
-        let gate = Gate::new(load_policy(&config)?, config.data_dir.join("verdicts"), audit);
+        let gate = Gate::new(load_policy(&config)?, store.verdicts.clone(), audit);
         if let Some(p) = gate.policy() {
             tracing::info!(
                 revision = p.short_revision(),
@@ -154,6 +157,7 @@ impl Proxy {
             flights: Flights::new(limits.max_cold_downloads, limits.cold_download_wait),
             tag_heads: coalesce::Coalesce::new(),
             downloads: tokio_util::task::TaskTracker::new(),
+            replica: replica_name(),
             gate,
             metrics,
         }))
@@ -186,7 +190,7 @@ impl Proxy {
     /// Refresh the gauges read at scrape time (the filesystem's free space).
     pub async fn refresh_scrape_gauges(&self) {
         let store = self.store.clone();
-        if let Ok(available) = blocking(move || store.available_bytes()).await {
+        if let Ok(Some(available)) = blocking(move || store.available_bytes()).await {
             self.metrics.store_available(available);
         }
     }
@@ -217,6 +221,29 @@ impl Proxy {
         if let Err(e) = blocking(move || usage.flush()).await {
             tracing::warn!(error = %e, "cannot write the store's access index");
         }
+    }
+}
+
+/// A name unique to this process among replicas: host, pid and a random
+/// part (a restarted replica is a new holder; its old leases expire).
+fn replica_name() -> Arc<str> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    Arc::from(format!(
+        "{}-{}-{:08x}",
+        host.trim(),
+        std::process::id(),
+        fastrand::u32(..)
+    ))
+}
+
+/// `storage.s3` as the store opens it.
+pub fn s3_options(s3: &crate::config::S3Storage) -> crate::store::S3Options {
+    crate::store::S3Options {
+        bucket: s3.bucket.clone(),
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        prefix: s3.prefix.clone(),
+        allow_http: s3.allow_http,
     }
 }
 

@@ -7,9 +7,11 @@
 //! every grant of the old revision, and a record read for another key (a
 //! copied or corrupted file) is ignored.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
-use super::io_err;
+use bytes::Bytes;
+
+use super::backend::{Backend, Key, PutMode, Written};
 use crate::oci::material::MaterialKind;
 use crate::oci::{Algorithm, Digest, RegistryHost, RepoName};
 
@@ -64,80 +66,86 @@ struct GrantRecord {
 
 #[derive(Debug)]
 pub struct GrantStore {
-    root: PathBuf,
-    tmp: PathBuf,
+    backend: Arc<dyn Backend>,
 }
 
+/// Conditional writes retried before giving up on a contended grant.
+const CONFLICT_RETRIES: usize = 4;
+
 impl GrantStore {
-    pub(super) fn new(root: PathBuf, tmp: PathBuf) -> GrantStore {
-        GrantStore { root, tmp }
+    pub(super) fn new(backend: Arc<dyn Backend>) -> GrantStore {
+        GrantStore { backend }
     }
 
     /// `grants/<revision>/<sha256(registry/repository)[..32]>/<alg>-<hex>`.
-    fn path(&self, key: &GrantKey) -> Option<PathBuf> {
-        // The revision is a hex digest; refuse anything else as a path part.
+    fn key(key: &GrantKey) -> Option<Key> {
+        // The revision is a hex digest; refuse anything else as a key part.
         if key.revision.is_empty() || !key.revision.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return None;
         }
         let scope = format!("{}/{}", key.registry, key.repository);
         let scope_hash = Digest::of(Algorithm::Sha256, scope.as_bytes()).hex();
-        Some(self.root.join(&key.revision).join(&scope_hash[..32]).join(format!(
-            "{}-{}",
-            key.blob.algorithm().as_str(),
-            key.blob.hex()
-        )))
+        Key::new([
+            "grants",
+            &key.revision,
+            &scope_hash[..32],
+            &format!("{}-{}", key.blob.algorithm().as_str(), key.blob.hex()),
+        ])
+    }
+
+    fn read(&self, key: &GrantKey) -> Option<(Grant, super::backend::Version)> {
+        let object = self.backend.get(&Self::key(key)?).ok()??;
+        let record = serde_json::from_slice::<GrantRecord>(&object.bytes).ok()?;
+        (&record.key == key).then_some((record.grant, object.version))
     }
 
     /// The grant persisted for exactly `key`, if any.
     pub fn get(&self, key: &GrantKey) -> Option<Grant> {
-        let bytes = std::fs::read(self.path(key)?).ok()?;
-        let record = serde_json::from_slice::<GrantRecord>(&bytes).ok()?;
-        (&record.key == key).then_some(record.grant)
+        self.read(key).map(|(grant, _)| grant)
     }
 
-    /// Whether a grant for exactly `key` is on disk.
+    /// Whether a grant for exactly `key` is stored.
     pub fn contains(&self, key: &GrantKey) -> bool {
         self.get(key).is_some()
     }
 
     /// Best effort: a grant that cannot be persisted still holds in memory.
-    /// A content grant replaces a material one, never the reverse.
+    /// A content grant replaces a material one, never the reverse: written
+    /// only if absent, or over the exact version read (replicas granting the
+    /// same blob at once cannot narrow each other's grant).
     pub fn put(&self, key: &GrantKey, manifest: &Digest, grant: Grant) {
-        let Some(path) = self.path(key) else { return };
-        if self
-            .get(key)
-            .is_some_and(|existing| existing.scope.wider(grant.scope) == existing.scope)
-        {
-            return;
-        }
+        let Some(object_key) = Self::key(key) else { return };
         let record = GrantRecord {
             key: key.clone(),
             manifest: manifest.clone(),
             grant,
         };
-        let written = serde_json::to_vec(&record)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| write_unsynced(&self.tmp, &path, &bytes).map_err(|e| e.to_string()));
-        if let Err(e) = written {
-            tracing::warn!(error = %e, blob = %key.blob, "cannot persist a blob grant");
+        let bytes = match serde_json::to_vec(&record) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::warn!(error = %e, blob = %key.blob, "cannot encode a blob grant");
+                return;
+            }
+        };
+        for _ in 0..CONFLICT_RETRIES {
+            let mode = match self.read(key) {
+                Some((existing, _)) if existing.scope.wider(grant.scope) == existing.scope => return,
+                Some((_, version)) => PutMode::Update(version),
+                None => PutMode::Create,
+            };
+            // Not fsynced: admissions wait for their grants to be written (so
+            // a restart right after finds them), and a grant lost in a crash
+            // costs only a new manifest request, which grants again.
+            match self.backend.put(&object_key, bytes.clone(), mode, false) {
+                Ok(Written::Done) => return,
+                Ok(Written::Conflict) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, blob = %key.blob, "cannot persist a blob grant");
+                    return;
+                }
+            }
         }
     }
-}
-
-/// Temp file and rename, without fsync: admissions wait for their grants
-/// to be written (so a restart right after finds them), and a grant lost in
-/// a crash costs only a new manifest request, which grants again.
-fn write_unsynced(tmp_dir: &std::path::Path, path: &std::path::Path, bytes: &[u8]) -> Result<(), super::StoreError> {
-    let tmp = tmp_dir.join(format!("g.{}.{}", std::process::id(), fastrand::u64(..)));
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let result = std::fs::create_dir_all(dir)
-        .map_err(io_err("create directory", dir))
-        .and_then(|()| std::fs::write(&tmp, bytes).map_err(io_err("write", &tmp)))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(io_err("rename into", path)));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]
@@ -158,7 +166,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tmp = dir.path().join("tmp");
         std::fs::create_dir_all(&tmp).expect("tmp");
-        let store = GrantStore::new(dir.path().join("grants"), tmp);
+        let backend = crate::store::backend::fs::FsBackend::new(dir.path().to_owned(), tmp);
+        let store = GrantStore::new(Arc::new(backend));
         let manifest = Digest::of(Algorithm::Sha256, b"manifest");
         let content = Grant {
             scope: GrantScope::Content,
@@ -172,13 +181,16 @@ mod tests {
         assert!(!store.contains(&other_repo));
         // A record copied over another key's path is ignored.
         let (from, to) = (
-            store.path(&key("abc123")).expect("path"),
-            store.path(&other_repo).expect("path"),
+            GrantStore::key(&key("abc123")).expect("key"),
+            GrantStore::key(&other_repo).expect("key"),
         );
-        std::fs::create_dir_all(to.parent().expect("parent")).expect("dir");
-        std::fs::copy(from, to).expect("copy");
+        let record = store.backend.get(&from).expect("read").expect("present");
+        store
+            .backend
+            .put(&to, record.bytes, PutMode::Overwrite, false)
+            .expect("copy");
         assert!(!store.contains(&other_repo));
-        assert!(store.path(&key("../x")).is_none());
+        assert!(GrantStore::key(&key("../x")).is_none());
         // Material never narrows content.
         let material = Grant {
             scope: GrantScope::Material(MaterialKind::LegacySignature),

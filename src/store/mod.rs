@@ -1,13 +1,17 @@
-//! The on-disk cache: content-addressed blobs and manifests, tag
-//! observations, and the single-flight spools of in-progress downloads.
+//! The cache: content-addressed blobs and manifests, tag observations,
+//! grants and verdicts, and the single-flight spools of in-progress
+//! downloads. Where the bytes live is the backend's business
+//! (`backend::fs`: the data directory; `backend::object`: S3-compatible
+//! storage); nothing above this module names a path or a bucket.
 //!
-//! Layout under the data directory:
+//! Layout (keys; under the data directory, or under the bucket's prefix):
 //! `blobs/<alg>/<hh>/<hex>`, `manifests/<alg>/<hh>/<hex>`,
 //! `tags/<upstream>/<repo>/<tag>`, `grants/<revision>/…` (blob grants),
 //! `verdicts/<revision>/…` (allow verdicts), `index/` (access times, pins,
 //! counters: `usage`), `quarantine/` (files `store verify` found wrong),
-//! `watch/` (watch observations and event queues), `tmp/` (partial
-//! downloads; emptied at start).
+//! `leases/<alg>/<hex>` (who downloads a blob, on a shared bucket),
+//! `watch/` (watch observations and event queues: always local),
+//! `tmp/` (partial downloads, local; emptied at start).
 //! Every path is derived from validated types, never from request text.
 //!
 //! All functions here do blocking file I/O; async callers run them with
@@ -15,9 +19,11 @@
 //!
 //! Imports: `oci`, `verify`, `policy` (the `Decision` type, for persisted verdicts).
 
+pub mod backend;
 pub mod blobs;
 pub mod flight;
 pub mod grants;
+pub mod lease;
 pub mod manifests;
 pub mod spool;
 pub mod tags;
@@ -28,18 +34,22 @@ pub mod watch;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use backend::object::S3Options;
+pub use backend::{Backend, BackendError, BlobReader, Key};
 pub use blobs::{BlobStore, BlobWriter};
 pub use flight::{Busy, Flights, Join};
 pub use grants::{Grant, GrantKey, GrantScope, GrantStore};
+pub use lease::{Lease, LeaseState};
 pub use manifests::ManifestStore;
 pub use spool::{Spool, SpoolState};
 pub use tags::TagStore;
 pub use usage::{Evicted, InUse, Usage, UsageStats};
+pub use verdicts::VerdictStore;
 pub use watch::{EventQueue, Observation, Observations, WatchStore};
 
 use crate::oci::Digest;
 
-/// A store failure: the disk, not the content.
+/// A store failure: the disk or the object store, not the content.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{action} {path}: {source}")]
@@ -50,6 +60,8 @@ pub enum StoreError {
     },
     #[error("proof is for {proof}, not {writer}")]
     WrongProof { proof: Digest, writer: Digest },
+    #[error(transparent)]
+    Backend(Box<BackendError>),
 }
 
 pub(crate) fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -60,59 +72,32 @@ pub(crate) fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(st
     }
 }
 
-/// `<root>/<alg>/<hh>/<hex>`: two-character fan-out keeps directories small.
-pub(crate) fn content_path(root: &Path, digest: &Digest) -> PathBuf {
-    let hex = digest.hex();
-    root.join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
-}
-
 /// Write `bytes` to `path` atomically: temp file in `tmp`, fsync, rename,
-/// fsync the directory.
+/// fsync the directory (the watch's local files).
 pub(crate) fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    use std::io::Write as _;
-    let tmp = tmp_dir.join(format!("w.{}.{}", std::process::id(), fastrand::u64(..)));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(bytes).map_err(io_err("write", &tmp))?;
-        f.sync_all().map_err(io_err("fsync", &tmp))?;
-        publish(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    backend::fs::write_via_tmp(tmp_dir, path, bytes, true)
 }
 
-/// Rename a complete temp file into place and make the rename durable.
-pub(crate) fn publish(tmp: &Path, path: &Path) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-    std::fs::rename(tmp, path).map_err(io_err("rename into", path))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// The whole on-disk store.
+/// The whole store.
 #[derive(Debug)]
 pub struct Store {
     pub blobs: BlobStore,
     pub manifests: ManifestStore,
     pub tags: TagStore,
     pub grants: GrantStore,
+    /// Allow verdicts persisted with their key.
+    pub verdicts: Arc<VerdictStore>,
     /// Sizes, access order, pins and readers of the blobs.
     pub usage: Arc<Usage>,
     /// `storage.maxBytes`: the cap on blob bytes, if any.
     max_bytes: Option<u64>,
+    /// The watch's observations and queues: always local files.
     pub watch: WatchStore,
-    /// Partial downloads (emptied at start).
-    tmp: PathBuf,
-    data_dir: PathBuf,
+    backend: Arc<dyn Backend>,
 }
 
 /// How to open the store.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// Tag observations kept in memory.
     pub tag_memory_entries: u64,
@@ -122,6 +107,9 @@ pub struct StoreOptions {
     /// server does at start; the `store` commands, which may run beside a
     /// live server, must not.
     pub clean_tmp: bool,
+    /// `storage.s3`: content and records in a bucket instead of the data
+    /// directory (which then holds only temp files and the watch's state).
+    pub s3: Option<S3Options>,
 }
 
 impl Default for StoreOptions {
@@ -130,6 +118,7 @@ impl Default for StoreOptions {
             tag_memory_entries: tags::DEFAULT_MEMORY_ENTRIES,
             max_bytes: None,
             clean_tmp: true,
+            s3: None,
         }
     }
 }
@@ -137,9 +126,9 @@ impl Default for StoreOptions {
 /// What `store verify` found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
-    /// Files checked (blobs and manifests).
+    /// Objects checked (blobs and manifests).
     pub checked: usize,
-    /// Files whose bytes did not hash to their name, moved to `quarantine/`.
+    /// Objects whose bytes did not hash to their name, moved to `quarantine/`.
     pub quarantined: Vec<PathBuf>,
 }
 
@@ -150,25 +139,41 @@ impl Store {
         Self::open_with(data_dir, StoreOptions::default())
     }
 
-    /// Like [`Store::open`], with a tag memory size and a cap. Walks the
-    /// blob directory once (sizes for the cap).
+    /// Like [`Store::open`], with a tag memory size, a cap and a backend.
+    /// Lists the blobs once (sizes for the cap).
     pub fn open_with(data_dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         let tmp = data_dir.join("tmp");
         if options.clean_tmp && tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io_err("clean", &tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
-        let usage = Usage::load(&data_dir.join("blobs"), &data_dir.join("index"), &tmp)?;
+        let backend: Arc<dyn Backend> = match &options.s3 {
+            None => Arc::new(backend::fs::FsBackend::new(data_dir.to_owned(), tmp.clone())),
+            Some(s3) => Arc::new(backend::object::ObjectBackend::s3(s3, tmp.clone())?),
+        };
+        Self::with_backend(backend, data_dir, &options)
+    }
+
+    /// Open the store over any backend (tests: an in-memory object store).
+    /// `data_dir` holds temp files and the watch's state.
+    pub fn with_backend(
+        backend: Arc<dyn Backend>,
+        data_dir: &Path,
+        options: &StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let tmp = data_dir.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
+        let usage = Usage::load(backend.clone())?;
         Ok(Store {
-            blobs: BlobStore::new(data_dir.join("blobs"), tmp.clone()),
-            manifests: ManifestStore::new(data_dir.join("manifests"), tmp.clone()),
-            tags: TagStore::new(data_dir.join("tags"), tmp.clone(), options.tag_memory_entries),
-            grants: GrantStore::new(data_dir.join("grants"), tmp.clone()),
+            blobs: BlobStore::new(backend.clone()),
+            manifests: ManifestStore::new(backend.clone()),
+            tags: TagStore::new(backend.clone(), options.tag_memory_entries),
+            grants: GrantStore::new(backend.clone()),
+            verdicts: Arc::new(VerdictStore::new(backend.clone())),
             usage: Arc::new(usage),
             max_bytes: options.max_bytes,
-            watch: WatchStore::new(data_dir.join("watch"), tmp.clone()),
-            tmp,
-            data_dir: data_dir.to_owned(),
+            watch: WatchStore::new(data_dir.join("watch"), tmp),
+            backend,
         })
     }
 
@@ -176,16 +181,31 @@ impl Store {
         self.max_bytes
     }
 
+    /// Where the content lives (a directory, or a bucket and prefix).
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// Whether other replicas may share this store (an object store):
+    /// downloads are then coordinated through leases.
+    pub fn shared(&self) -> bool {
+        self.backend.shared()
+    }
+
     /// Open a committed blob for a response, held against eviction until
     /// the returned guard drops; `served` (a GET) moves it to the back of
     /// the eviction order.
-    pub fn open_blob(&self, digest: &Digest, served: bool) -> Result<Option<(std::fs::File, u64, InUse)>, StoreError> {
+    pub fn open_blob(&self, digest: &Digest, served: bool) -> Result<Option<(BlobReader, u64, InUse)>, StoreError> {
         let held = self.usage.hold(digest);
         let opened = self.blobs.open(digest)?;
-        if opened.is_some() && served {
-            self.usage.served(digest);
+        if let Some((_, len)) = &opened {
+            // Another replica may have committed it: count it here too.
+            self.usage.known(digest, *len);
+            if served {
+                self.usage.served(digest);
+            }
         }
-        Ok(opened.map(|(file, len)| (file, len, held)))
+        Ok(opened.map(|(reader, len)| (reader, len, held)))
     }
 
     /// A verified blob of `len` bytes was committed (`added` bytes new on
@@ -208,88 +228,56 @@ impl Store {
         Ok(evicted)
     }
 
-    /// Re-hash every blob and manifest; a file whose bytes do not hash to
-    /// its name is moved to `quarantine/` (never served again, kept for
+    /// Re-hash every blob and manifest; one whose bytes do not hash to its
+    /// name is moved to `quarantine/` (never served again, kept for
     /// inspection).
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
-        let quarantine = self.data_dir.join("quarantine");
         let mut report = VerifyReport::default();
-        let roots = [
-            (self.blobs.root().to_owned(), false),
-            (self.data_dir.join("manifests"), true),
-        ];
-        for (root, is_manifest) in roots {
-            for (digest, _, _) in usage::walk_blobs(&root) {
+        for area in [blobs::AREA, manifests::AREA] {
+            let Some(prefix) = Key::new([area]) else { continue };
+            for listed in self.backend.list(&prefix)? {
+                let Some(digest) = listed.key.content_digest(area) else {
+                    continue;
+                };
                 report.checked += 1;
-                let path = content_path(&root, &digest);
-                let matches = if is_manifest {
-                    manifests::file_matches(&path, &digest)?
+                let matches = if area == manifests::AREA {
+                    self.manifests.matches(&digest)?
                 } else {
-                    hash_file(&path, &digest)?
+                    self.blobs.matches(&digest)?
                 };
                 if matches {
                     continue;
                 }
-                std::fs::create_dir_all(&quarantine).map_err(io_err("create directory", &quarantine))?;
-                let to = quarantine.join(format!(
-                    "{}-{}.{}",
-                    digest.algorithm().as_str(),
-                    digest.hex(),
-                    fastrand::u32(..)
-                ));
-                std::fs::rename(&path, &to).map_err(io_err("quarantine", &path))?;
+                let name = format!("{}-{}.{}", digest.algorithm().as_str(), digest.hex(), fastrand::u32(..));
+                let to = self.backend.quarantine(&listed.key, &name)?;
                 self.usage.forget(&digest);
-                report.quarantined.push(to);
+                report.quarantined.push(PathBuf::from(to));
             }
         }
         self.usage.flush()?;
         Ok(report)
     }
 
-    /// Whether a file can be created, written and removed where downloads
-    /// are spooled (readiness: a full or read-only disk fails here).
+    /// Whether new content can be written (readiness: a full or read-only
+    /// disk, or an unreachable bucket, fails here).
     pub fn check_writable(&self) -> Result<(), StoreError> {
-        use std::io::Write as _;
-        let probe = self
-            .tmp
-            .join(format!("ready.{}.{}", std::process::id(), fastrand::u64(..)));
-        let result = std::fs::File::create(&probe)
-            .and_then(|mut f| f.write_all(b"ready"))
-            .map_err(io_err("write a probe file in", &self.tmp));
-        let _ = std::fs::remove_file(&probe);
-        result
+        self.backend.check_writable()
     }
 
-    /// Free bytes (for unprivileged writers) on the store's filesystem.
-    pub fn available_bytes(&self) -> Result<u64, StoreError> {
-        let stat = rustix::fs::statvfs(&self.tmp).map_err(|e| StoreError::Io {
-            action: "statvfs",
-            path: self.tmp.clone(),
-            source: e.into(),
-        })?;
-        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    /// Free bytes on the store's filesystem; `None` for an object store.
+    pub fn available_bytes(&self) -> Result<Option<u64>, StoreError> {
+        self.backend.available_bytes()
     }
 
-    /// Bytes of stored blobs (walked once at open, then kept current by
+    /// Bytes of stored blobs (listed once at open, then kept current by
     /// commits and evictions). Manifests, tags and verdicts are small
     /// beside them and not counted.
     pub fn blob_bytes(&self) -> u64 {
         self.usage.total()
     }
-}
 
-/// Whether the file at `path` hashes to `digest` (streamed).
-fn hash_file(path: &Path, digest: &Digest) -> Result<bool, StoreError> {
-    use std::io::Read as _;
-    let mut file = std::fs::File::open(path).map_err(io_err("open", path))?;
-    let mut hasher = crate::oci::DigestHasher::new(digest.algorithm());
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf).map_err(io_err("read", path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+    /// The download lease of `digest` (replicas on one bucket): see [`lease`].
+    pub fn lease(&self, digest: &Digest, holder: &str, ttl: std::time::Duration) -> Result<LeaseState, StoreError> {
+        lease::acquire(&self.backend, digest, holder, ttl)
     }
-    Ok(&hasher.finish() == digest)
 }

@@ -6,7 +6,6 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::os::unix::fs::FileExt as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +14,7 @@ use futures_util::StreamExt as _;
 use futures_util::stream::{self, BoxStream};
 use tokio::sync::{mpsc, watch};
 
+use super::backend::BlobReader;
 use crate::verify::DigestMatched;
 
 /// Bytes read from the file per chunk sent to a client.
@@ -33,13 +33,13 @@ pub enum SpoolState<E> {
     /// Bytes `[0, received)` have arrived (the latest of them are in the
     /// in-memory window) and `[0, written)` are in `file`; none verified yet.
     Streaming {
-        file: Arc<File>,
+        file: BlobReader,
         total: Option<u64>,
         received: u64,
         written: u64,
     },
     /// All `total` bytes are in `file` and verified.
-    Complete { file: Arc<File>, total: u64 },
+    Complete { file: BlobReader, total: u64 },
     /// The download failed; nothing was stored.
     Failed(E),
     /// The downloader vanished without a verdict (task cancelled).
@@ -105,13 +105,11 @@ impl<E: Clone + Send + Sync + 'static> Spool<E> {
         }
     }
 
-    /// A spool over an already-verified file (a store hit).
-    pub fn completed(file: File, total: u64) -> Spool<E> {
+    /// A spool over committed, verified content (a store hit, or a blob
+    /// another replica committed while this one waited).
+    pub fn completed(file: BlobReader, total: u64) -> Spool<E> {
         Spool {
-            tx: watch::Sender::new(SpoolState::Complete {
-                file: Arc::new(file),
-                total,
-            }),
+            tx: watch::Sender::new(SpoolState::Complete { file, total }),
             recent: Mutex::new(Recent::default()),
             file_waiters: AtomicUsize::new(0),
         }
@@ -128,7 +126,7 @@ impl<E: Clone + Send + Sync + 'static> Spool<E> {
 
     pub fn start(&self, file: File, total: Option<u64>) {
         self.tx.send_replace(SpoolState::Streaming {
-            file: Arc::new(file),
+            file: BlobReader::file(file),
             total,
             received: 0,
             written: 0,
@@ -204,6 +202,19 @@ impl<E: Clone + Send + Sync + 'static> Spool<E> {
             }
         });
         self.clear_recent();
+    }
+
+    /// Another replica committed the blob while this one waited for it
+    /// (its lease): serve the committed object. Committed content passed
+    /// the same proof on the replica that wrote it.
+    pub fn adopt_committed(&self, file: BlobReader, total: u64) {
+        self.tx.send_if_modified(|s| {
+            let waiting = matches!(s, SpoolState::Connecting);
+            if waiting {
+                *s = SpoolState::Complete { file, total };
+            }
+            waiting
+        });
     }
 
     pub fn fail(&self, error: E) {
@@ -359,7 +370,7 @@ async fn next_chunk<E: Clone + std::fmt::Display + Send + Sync + 'static>(
             // the socket write: the allocator's per-thread caches then recycle
             // it, rather than every blocking-pool thread keeping its own.
             let buf = BytesMut::zeroed(len as usize);
-            return match tokio::task::spawn_blocking(move || read_at(&file, pos, buf)).await {
+            return match tokio::task::spawn_blocking(move || file.read_at(pos, buf)).await {
                 Ok(Ok(chunk)) => Ok(chunk),
                 Ok(Err(e)) => Err(ReadError::Io(e.to_string())),
                 Err(e) => Err(ReadError::Io(e.to_string())),
@@ -376,7 +387,7 @@ async fn next_chunk<E: Clone + std::fmt::Display + Send + Sync + 'static>(
 /// How far a reader may go: in memory (received) and in the file (written),
 /// both short of the final byte until the blob is verified.
 struct Limits {
-    handle: Arc<File>,
+    handle: BlobReader,
     memory: u64,
     file: u64,
 }
@@ -423,11 +434,6 @@ async fn readable_until<E: Clone + std::fmt::Display>(
             return Err(ReadError::Abandoned);
         }
     }
-}
-
-fn read_at(file: &File, pos: u64, mut buf: BytesMut) -> std::io::Result<Bytes> {
-    file.read_exact_at(&mut buf, pos)?;
-    Ok(buf.freeze())
 }
 
 #[cfg(test)]

@@ -1,52 +1,58 @@
 //! Tag observations: the digest each (upstream, repository, tag) last
 //! resolved to. Used to serve the last verified digest when the upstream is
-//! unreachable and to notice tags that move.
+//! unreachable, to notice tags that move, and to hold tags still
+//! (`mutable: deny`).
 //!
-//! The disk holds every observation; memory holds a bounded cache of the
+//! The backend holds every observation; memory holds a bounded cache of the
 //! recent ones, since anonymous clients choose how many distinct tags they
-//! ask for.
+//! ask for. On a shared bucket the write is conditional (create if absent,
+//! else replace only the version read), so replicas recording the same tag
+//! at once agree on one history: the loser reads the winner's digest.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
-use super::{StoreError, io_err, write_atomic};
+use bytes::Bytes;
+
+use super::StoreError;
+use super::backend::{Backend, Key, PutMode, Written};
 use crate::oci::{Digest, RegistryHost, RepoName, Tag};
 
-type Key = (RegistryHost, RepoName, Tag);
+type CacheKey = (RegistryHost, RepoName, Tag);
 
 /// Tag observations kept in memory unless configured otherwise.
 pub const DEFAULT_MEMORY_ENTRIES: u64 = 100_000;
 
+/// Conditional writes retried before giving up on a contended tag.
+const CONFLICT_RETRIES: usize = 8;
+
 pub struct TagStore {
-    root: PathBuf,
-    tmp: PathBuf,
-    recent: moka::sync::Cache<Key, Digest>,
+    backend: Arc<dyn Backend>,
+    recent: moka::sync::Cache<CacheKey, Digest>,
 }
 
 impl std::fmt::Debug for TagStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TagStore")
-            .field("root", &self.root)
-            .finish_non_exhaustive()
+        f.debug_struct("TagStore").finish_non_exhaustive()
     }
 }
 
 impl TagStore {
-    pub(super) fn new(root: PathBuf, tmp: PathBuf, memory_entries: u64) -> TagStore {
+    pub(super) fn new(backend: Arc<dyn Backend>, memory_entries: u64) -> TagStore {
         TagStore {
-            root,
-            tmp,
+            backend,
             recent: moka::sync::Cache::new(memory_entries),
         }
     }
 
     /// `tags/<host>/<repo>/_tags/<tag>`: repository components start with an
     /// alphanumeric, so `_tags` can never collide with a nested repository.
-    fn path(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag) -> PathBuf {
-        let mut p = self.root.join(host.as_str());
-        for c in repo.components() {
-            p.push(c);
-        }
-        p.join("_tags").join(tag.as_str())
+    fn key(host: &RegistryHost, repo: &RepoName, tag: &Tag) -> Option<Key> {
+        Key::new(
+            std::iter::once("tags")
+                .chain(std::iter::once(host.as_str()))
+                .chain(repo.components())
+                .chain(["_tags", tag.as_str()]),
+        )
     }
 
     /// Record that the tag resolved to `digest`. Returns the previous digest
@@ -58,31 +64,56 @@ impl TagStore {
         tag: &Tag,
         digest: &Digest,
     ) -> Result<Option<Digest>, StoreError> {
-        let key = (host.clone(), repo.clone(), tag.clone());
-        let previous = match self.recent.get(&key) {
-            Some(d) => Some(d),
-            None => self.last(host, repo, tag)?,
-        };
-        if previous.as_ref() != Some(digest) {
-            write_atomic(&self.tmp, &self.path(host, repo, tag), digest.to_string().as_bytes())?;
+        let cache_key = (host.clone(), repo.clone(), tag.clone());
+        if self.recent.get(&cache_key).as_ref() == Some(digest) && !self.backend.shared() {
+            return Ok(None);
         }
-        self.recent.insert(key, digest.clone());
+        let Some(key) = Self::key(host, repo, tag) else {
+            return Ok(None);
+        };
+        let mut previous = None;
+        for _ in 0..CONFLICT_RETRIES {
+            let current = self.backend.get(&key)?;
+            previous = current.as_ref().and_then(|o| parse(&o.bytes));
+            if previous.as_ref() == Some(digest) {
+                break;
+            }
+            let mode = match current {
+                None => PutMode::Create,
+                Some(o) => PutMode::Update(o.version),
+            };
+            let body = Bytes::from(digest.to_string());
+            if self.backend.put(&key, body, mode, true)? == Written::Done {
+                break;
+            }
+            // Another replica wrote in between: read its digest and retry.
+        }
+        self.recent.insert(cache_key, digest.clone());
         Ok(previous.filter(|p| p != digest))
     }
 
-    /// The digest the tag last resolved to, if ever seen.
+    /// The digest the tag last resolved to, if ever seen. On a shared
+    /// bucket the bucket is asked (another replica may have moved it).
     pub fn last(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StoreError> {
-        let key = (host.clone(), repo.clone(), tag.clone());
-        if let Some(d) = self.recent.get(&key) {
+        let cache_key = (host.clone(), repo.clone(), tag.clone());
+        if !self.backend.shared()
+            && let Some(d) = self.recent.get(&cache_key)
+        {
             return Ok(Some(d));
         }
-        let path = self.path(host, repo, tag);
-        match std::fs::read_to_string(&path) {
-            Ok(s) => Ok(s.trim().parse().ok()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("read", &path)(e)),
+        let Some(key) = Self::key(host, repo, tag) else {
+            return Ok(None);
+        };
+        let found = self.backend.get(&key)?.and_then(|o| parse(&o.bytes));
+        if let Some(d) = &found {
+            self.recent.insert(cache_key, d.clone());
         }
+        Ok(found)
     }
+}
+
+fn parse(bytes: &[u8]) -> Option<Digest> {
+    std::str::from_utf8(bytes).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -104,7 +135,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tmp = dir.path().join("tmp");
         std::fs::create_dir_all(&tmp).expect("tmp");
-        let store = TagStore::new(dir.path().join("tags"), tmp, 10);
+        let backend = crate::store::backend::fs::FsBackend::new(dir.path().to_owned(), tmp);
+        let store = TagStore::new(Arc::new(backend), 10);
         let digest = |i: usize| Digest::of(crate::oci::Algorithm::Sha256, format!("{i}").as_bytes());
         for i in 0..500 {
             let (h, r, t) = key(i);

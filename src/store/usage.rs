@@ -2,7 +2,8 @@
 //! bookkeeping behind `storage.maxBytes`. The least recently *served* blob
 //! goes first (recorded here, in memory, on every serve, and written to
 //! `index/usage.json` once a minute and at shutdown — not file atimes, and
-//! not a write per request). Pinned
+//! not a write per request; on a shared bucket each replica keeps its own
+//! order and the index is last-writer-wins: it is a hint, not content). Pinned
 //! blobs (content that cannot be fetched again, e.g. imported for an
 //! air-gapped site) and blobs a response is reading are never evicted.
 //!
@@ -11,13 +12,15 @@
 //! blob is fetched and verified again on the next pull).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{StoreError, content_path, io_err, write_atomic};
+use super::StoreError;
+use super::backend::{Backend, Key, PutMode};
+use super::blobs::{AREA, BlobStore};
 use crate::oci::Digest;
 
 /// After going over the cap, evict down to this share of it, so that one
@@ -55,10 +58,12 @@ struct UsageFile {
 /// The blob store's size, access order, pins and readers.
 #[derive(Debug)]
 pub struct Usage {
-    blob_root: PathBuf,
-    index: PathBuf,
-    tmp: PathBuf,
+    backend: Arc<dyn Backend>,
     state: Mutex<State>,
+}
+
+fn index_key(name: &str) -> Option<Key> {
+    Key::new(["index", name])
 }
 
 /// What an eviction removed.
@@ -88,13 +93,12 @@ fn now_millis() -> u64 {
 }
 
 impl Usage {
-    /// Walk the blob directory once (sizes; the digest from each path) and
-    /// read the index (access times, pins, counters). A blob the index does
-    /// not know counts as served when its file was last modified.
-    pub fn load(blob_root: &Path, index: &Path, tmp: &Path) -> Result<Usage, StoreError> {
-        std::fs::create_dir_all(index).map_err(io_err("create directory", index))?;
-        let file: UsageFile = read_json(&index.join("usage.json"))?.unwrap_or_default();
-        let pins: BTreeMap<String, String> = read_json(&index.join("pins.json"))?.unwrap_or_default();
+    /// List the blobs once (sizes; the digest from each key) and read the
+    /// index (access times, pins, counters). A blob the index does not know
+    /// counts as served when it was last modified.
+    pub fn load(backend: Arc<dyn Backend>) -> Result<Usage, StoreError> {
+        let file: UsageFile = read_json(&*backend, "usage.json")?.unwrap_or_default();
+        let pins: BTreeMap<String, String> = read_json(&*backend, "pins.json")?.unwrap_or_default();
         let mut state = State {
             hits: file.hits,
             downloads: file.downloads,
@@ -104,15 +108,13 @@ impl Usage {
                 .collect(),
             ..State::default()
         };
-        for (digest, size, modified) in walk_blobs(blob_root) {
+        for (digest, size, modified) in list_blobs(&*backend)? {
             let last_served = file.last_served.get(&digest.to_string()).copied().unwrap_or(modified);
             state.total += size;
             state.blobs.insert(digest, Entry { size, last_served });
         }
         Ok(Usage {
-            blob_root: blob_root.to_owned(),
-            index: index.to_owned(),
-            tmp: tmp.to_owned(),
+            backend,
             state: Mutex::new(state),
         })
     }
@@ -147,6 +149,22 @@ impl Usage {
         s.dirty = true;
         if let Some(e) = s.blobs.get_mut(digest) {
             e.last_served = now_millis();
+        }
+    }
+
+    /// `digest` is stored (found by a read: another replica may have
+    /// committed it): count it if this replica did not know it.
+    pub fn known(&self, digest: &Digest, size: u64) {
+        let mut s = self.state();
+        if !s.blobs.contains_key(digest) {
+            s.total += size;
+            s.blobs.insert(
+                digest.clone(),
+                Entry {
+                    size,
+                    last_served: now_millis(),
+                },
+            );
         }
     }
 
@@ -208,12 +226,7 @@ impl Usage {
             if s.total <= target {
                 break;
             }
-            let path = content_path(&self.blob_root, &digest);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("evict", &path)(e)),
-            }
+            self.backend.delete(&BlobStore::key(&digest))?;
             if let Some(e) = s.blobs.remove(&digest) {
                 s.total = s.total.saturating_sub(e.size);
                 evicted.bytes += e.size;
@@ -244,7 +257,7 @@ impl Usage {
             hits: s.hits,
             downloads: s.downloads,
         };
-        write_json(&self.tmp, &self.index.join("usage.json"), &file)?;
+        write_json(&*self.backend, "usage.json", &file)?;
         s.dirty = false;
         Ok(())
     }
@@ -264,7 +277,7 @@ impl Usage {
 
     fn write_pins(&self, s: &State) -> Result<(), StoreError> {
         let pins: BTreeMap<String, &String> = s.pins.iter().map(|(d, why)| (d.to_string(), why)).collect();
-        write_json(&self.tmp, &self.index.join("pins.json"), &pins)
+        write_json(&*self.backend, "pins.json", &pins)
     }
 
     fn release(&self, digest: &Digest) {
@@ -291,57 +304,36 @@ impl Drop for InUse {
     }
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StoreError> {
-    match std::fs::read(path) {
-        // The index is written atomically; one that does not parse was
-        // written by another version: start over rather than refuse to run
-        // (it holds access times, not content).
-        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("read", path)(e)),
-    }
+fn read_json<T: for<'de> Deserialize<'de>>(backend: &dyn Backend, name: &str) -> Result<Option<T>, StoreError> {
+    let Some(key) = index_key(name) else { return Ok(None) };
+    // The index is written atomically; one that does not parse was
+    // written by another version: start over rather than refuse to run
+    // (it holds access times, not content).
+    Ok(backend.get(&key)?.and_then(|o| serde_json::from_slice(&o.bytes).ok()))
 }
 
-fn write_json<T: Serialize>(tmp: &Path, path: &Path, value: &T) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Io {
+fn write_json<T: Serialize>(backend: &dyn Backend, name: &str, value: &T) -> Result<(), StoreError> {
+    let Some(key) = index_key(name) else { return Ok(()) };
+    let bytes = serde_json::to_vec(value).map_err(|e| super::BackendError::Read {
         action: "encode",
-        path: path.to_owned(),
+        key: key.to_string(),
         source: std::io::Error::other(e),
     })?;
-    write_atomic(tmp, path, &bytes)
+    backend.put(&key, Bytes::from(bytes), PutMode::Overwrite, true)?;
+    Ok(())
 }
 
-/// Every file under `<root>/<alg>/<hh>/<hex>` whose path is a digest:
-/// (digest, size, modification time in Unix milliseconds).
-pub(super) fn walk_blobs(root: &Path) -> Vec<(Digest, u64, u64)> {
-    let mut out = Vec::new();
-    for alg in read_dir(root) {
-        for fan in read_dir(&alg.path()) {
-            for file in read_dir(&fan.path()) {
-                let name = format!(
-                    "{}:{}",
-                    alg.file_name().to_string_lossy(),
-                    file.file_name().to_string_lossy()
-                );
-                let (Ok(digest), Ok(meta)) = (name.parse::<Digest>(), file.metadata()) else {
-                    continue;
-                };
-                if meta.is_file() {
-                    let modified = meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                    out.push((digest, meta.len(), modified));
-                }
-            }
-        }
-    }
-    out
-}
-
-fn read_dir(dir: &Path) -> impl Iterator<Item = std::fs::DirEntry> {
-    std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok)
+/// Every stored blob whose key is a digest: (digest, size, modification
+/// time in Unix milliseconds).
+pub(super) fn list_blobs(backend: &dyn Backend) -> Result<Vec<(Digest, u64, u64)>, StoreError> {
+    let Some(prefix) = Key::new([AREA]) else {
+        return Ok(Vec::new());
+    };
+    Ok(backend
+        .list(&prefix)?
+        .into_iter()
+        .filter_map(|l| Some((l.key.content_digest(AREA)?, l.size, l.modified)))
+        .collect())
 }
 
 #[cfg(test)]
@@ -349,23 +341,25 @@ mod tests {
     use super::*;
     use crate::oci::Algorithm;
 
-    fn put(root: &Path, bytes: &[u8]) -> Digest {
+    fn put(backend: &Arc<dyn Backend>, bytes: &[u8]) -> Digest {
         let d = Digest::of(Algorithm::Sha256, bytes);
-        let path = content_path(root, &d);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&path, bytes).expect("write");
+        let body = Bytes::copy_from_slice(bytes);
+        backend
+            .put(&BlobStore::key(&d), body, PutMode::Overwrite, false)
+            .expect("write");
         d
     }
 
-    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    fn exists(backend: &Arc<dyn Backend>, d: &Digest) -> bool {
+        backend.size(&BlobStore::key(d)).expect("stat").is_some()
+    }
+
+    fn setup() -> (tempfile::TempDir, Arc<dyn Backend>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (blobs, index, tmp) = (
-            dir.path().join("blobs"),
-            dir.path().join("index"),
-            dir.path().join("tmp"),
-        );
+        let tmp = dir.path().join("tmp");
         std::fs::create_dir_all(&tmp).expect("tmp");
-        (dir, blobs, index, tmp)
+        let backend = crate::store::backend::fs::FsBackend::new(dir.path().to_owned(), tmp);
+        (dir, Arc::new(backend))
     }
 
     fn set_served(u: &Usage, d: &Digest, secs: u64) {
@@ -376,12 +370,12 @@ mod tests {
 
     #[test]
     fn the_least_recently_served_goes_first_and_pins_and_readers_stay() {
-        let (_dir, blobs, index, tmp) = setup();
+        let (_dir, blobs) = setup();
         let a = put(&blobs, &[1u8; 100]);
         let b = put(&blobs, &[2u8; 100]);
         let c = put(&blobs, &[3u8; 100]);
         let d = put(&blobs, &[4u8; 100]);
-        let u = Arc::new(Usage::load(&blobs, &index, &tmp).expect("load"));
+        let u = Arc::new(Usage::load(blobs.clone()).expect("load"));
         assert_eq!(u.total(), 400);
         for (digest, t) in [(&a, 10), (&b, 20), (&c, 30), (&d, 40)] {
             set_served(&u, digest, t);
@@ -395,8 +389,8 @@ mod tests {
         assert_eq!(evicted.blobs, vec![c.clone(), d.clone()]);
         assert_eq!(evicted.bytes, 200);
         assert_eq!(u.total(), 200);
-        assert!(!content_path(&blobs, &c).exists());
-        assert!(content_path(&blobs, &a).exists() && content_path(&blobs, &b).exists());
+        assert!(!exists(&blobs, &c));
+        assert!(exists(&blobs, &a) && exists(&blobs, &b));
 
         drop(reading);
         let evicted = u.evict_over(150, true).expect("evict");
@@ -406,18 +400,18 @@ mod tests {
 
     #[test]
     fn access_times_pins_and_counters_survive_a_restart() {
-        let (_dir, blobs, index, tmp) = setup();
+        let (_dir, blobs) = setup();
         let a = put(&blobs, b"alpha");
         let b = put(&blobs, b"bravo");
         {
-            let u = Arc::new(Usage::load(&blobs, &index, &tmp).expect("load"));
+            let u = Arc::new(Usage::load(blobs.clone()).expect("load"));
             set_served(&u, &a, 5);
             set_served(&u, &b, 0);
             u.served(&b);
             u.pin(&a, "air gap").expect("pin");
             u.flush().expect("flush");
         }
-        let u = Usage::load(&blobs, &index, &tmp).expect("reload");
+        let u = Usage::load(blobs.clone()).expect("reload");
         assert!(u.is_pinned(&a));
         let stats = u.stats();
         assert_eq!((stats.blobs, stats.bytes, stats.pinned, stats.hits), (2, 10, 1, 1));
@@ -431,8 +425,8 @@ mod tests {
 
     #[test]
     fn a_commit_of_a_known_blob_is_not_counted_twice() {
-        let (_dir, blobs, index, tmp) = setup();
-        let u = Usage::load(&blobs, &index, &tmp).expect("load");
+        let (_dir, blobs) = setup();
+        let u = Usage::load(blobs.clone()).expect("load");
         let d = Digest::of(Algorithm::Sha256, b"x");
         u.added(&d, 7, true);
         u.added(&d, 7, true);

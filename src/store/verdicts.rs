@@ -1,13 +1,16 @@
-//! Definitive "allow" verdicts on disk, keyed by (manifest digest, policy
+//! Definitive "allow" verdicts, keyed by (manifest digest, policy
 //! revision, rule, registry, repository — signatures are discovered per
-//! repository), so a restart does not re-verify every image. Denials are
-//! kept in memory only, briefly: a newly signed image should not stay
-//! refused. Each file carries the key it was written for, and a file read
-//! for another key (copied, renamed, or corrupted) is ignored.
+//! repository), so a restart (or another replica on the same bucket) does
+//! not re-verify every image. Denials are kept in memory only, briefly: a
+//! newly signed image should not stay refused. Each record carries the key
+//! it was written for, and a record read for another key (copied, renamed,
+//! or corrupted) is ignored.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
-use super::write_atomic;
+use bytes::Bytes;
+
+use super::backend::{Backend, Key, PutMode};
 use crate::oci::{Algorithm, Digest, RegistryHost, RepoName};
 use crate::policy::Decision;
 
@@ -29,49 +32,56 @@ struct VerdictRecord {
 
 #[derive(Debug)]
 pub struct VerdictStore {
-    root: PathBuf,
-    tmp: PathBuf,
+    backend: Arc<dyn Backend>,
 }
 
 impl VerdictStore {
-    pub fn new(root: PathBuf) -> VerdictStore {
-        let tmp = root.join(".tmp");
-        VerdictStore { root, tmp }
+    pub fn new(backend: Arc<dyn Backend>) -> VerdictStore {
+        VerdictStore { backend }
     }
 
     /// `verdicts/<revision>/<alg>-<hex>-<sha256(rule registry/repository)[..16]>.json`.
-    fn path(&self, key: &VerdictKey) -> Option<PathBuf> {
+    fn key(key: &VerdictKey) -> Option<Key> {
         if key.revision.is_empty() || !key.revision.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return None;
         }
         let scope = format!("{} {}/{}", key.rule, key.registry, key.repository);
         let scope_hash = Digest::of(Algorithm::Sha256, scope.as_bytes()).hex();
-        Some(self.root.join(&key.revision).join(format!(
-            "{}-{}-{}.json",
-            key.digest.algorithm().as_str(),
-            key.digest.hex(),
-            &scope_hash[..16]
-        )))
+        Key::new([
+            "verdicts",
+            &key.revision,
+            &format!(
+                "{}-{}-{}.json",
+                key.digest.algorithm().as_str(),
+                key.digest.hex(),
+                &scope_hash[..16]
+            ),
+        ])
     }
 
     /// The verdict persisted for exactly `key`, if any.
     pub fn get(&self, key: &VerdictKey) -> Option<Decision> {
-        let text = std::fs::read(self.path(key)?).ok()?;
-        let record: VerdictRecord = serde_json::from_slice(&text).ok()?;
+        let object = self.backend.get(&Self::key(key)?).ok()??;
+        let record: VerdictRecord = serde_json::from_slice(&object.bytes).ok()?;
         (&record.key == key).then_some(record.decision)
     }
 
-    /// Best effort: a verdict that cannot be persisted is simply verified again.
+    /// Best effort: a verdict that cannot be persisted is simply verified
+    /// again. Written only if absent: a verdict for one key is the same
+    /// whoever reached it (same revision, same rule, same digest).
     pub fn put(&self, key: &VerdictKey, decision: &Decision) {
-        let Some(path) = self.path(key) else { return };
+        let Some(object_key) = Self::key(key) else { return };
         let record = VerdictRecord {
             key: key.clone(),
             decision: decision.clone(),
         };
-        let written = std::fs::create_dir_all(&self.tmp)
+        let written = serde_json::to_vec(&record)
             .map_err(|e| e.to_string())
-            .and_then(|()| serde_json::to_vec(&record).map_err(|e| e.to_string()))
-            .and_then(|bytes| write_atomic(&self.tmp, &path, &bytes).map_err(|e| e.to_string()));
+            .and_then(|bytes| {
+                self.backend
+                    .put(&object_key, Bytes::from(bytes), PutMode::Create, true)
+                    .map_err(|e| e.to_string())
+            });
         if let Err(e) = written {
             tracing::warn!(error = %e, "cannot persist a verdict");
         }

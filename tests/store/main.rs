@@ -9,6 +9,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod backends;
 mod cap;
 mod cli;
 mod crash;

@@ -9,6 +9,7 @@
 //! - `fake`: an in-process upstream registry that misbehaves on purpose.
 //! - `distribution`: the real CNCF Distribution registry (`docker-registry`).
 //! - `containerd`: containerd on its own socket, driven with `ctr`.
+//! - `s3`: a real S3 server (s3s-fs) in-process on a loopback port.
 #![allow(dead_code)]
 
 pub mod admission;
@@ -20,6 +21,7 @@ pub mod distribution;
 pub mod fake;
 pub mod images;
 pub mod proxy;
+pub mod s3;
 
 /// Fail with a clear message when a required external tool is missing;
 /// tests never skip silently.

@@ -1,0 +1,1 @@
+//! The same test body over every backend.
