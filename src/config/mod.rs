@@ -220,8 +220,8 @@ fn s3_storage(raw: &raw::RawS3) -> Result<S3Storage, (String, String)> {
         return err("bucket", format!("{:?} is not an S3 bucket name", raw.bucket));
     }
     if let Some(endpoint) = &raw.endpoint {
-        let https = endpoint.starts_with("https://");
-        if !https && !(endpoint.starts_with("http://") && raw.allow_http) {
+        let plain_allowed = endpoint.starts_with("http://") && raw.allow_http;
+        if !(endpoint.starts_with("https://") || plain_allowed) {
             return err(
                 "endpoint",
                 format!("{endpoint:?} must be an https:// URL (http:// only with allowHttp: true)"),

@@ -41,6 +41,18 @@ pub async fn serve(upstream: &str, extra: &[&str]) -> Served {
 /// Like [`serve`], with the store in `store` (kept across restarts); the
 /// log goes to `data`.
 pub async fn serve_in(upstream: &str, data: tempfile::TempDir, store: &std::path::Path, extra: &[&str]) -> Served {
+    serve_with_env(upstream, data, store, extra, &[]).await
+}
+
+/// Like [`serve_in`], with environment variables set for the child (the
+/// AWS credentials of a test S3 server).
+pub async fn serve_with_env(
+    upstream: &str,
+    data: tempfile::TempDir,
+    store: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> Served {
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
     let log = data.path().join(format!("portcullis-{}.log", free_port()));
@@ -51,6 +63,7 @@ pub async fn serve_in(upstream: &str, data: tempfile::TempDir, store: &std::path
         .arg("--data-dir")
         .arg(store)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
