@@ -237,6 +237,23 @@ impl Backend for ObjectBackend {
         }
     }
 
+    fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError> {
+        let Some(first) = keys.first() else { return Ok(()) };
+        let store = self.store.clone();
+        let paths: Vec<object_store::Result<ObjectPath>> = keys.iter().map(|k| Ok(self.path(k))).collect();
+        let deleted = self.run(async move {
+            let mut results = store.delete_stream(futures_util::stream::iter(paths).boxed());
+            while let Some(r) = results.next().await {
+                match r {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })?;
+        deleted.map_err(object_err("delete (in bulk, from)", first))
+    }
+
     fn size(&self, key: &Key) -> Result<Option<u64>, StoreError> {
         let (store, path) = (self.store.clone(), self.path(key));
         match self.run(async move { store.head(&path).await })? {
@@ -404,26 +421,31 @@ impl ReadAt for RangedReader {
         buf.clear();
         buf.extend_from_slice(&open.pending);
         open.pending = Bytes::new();
-        while buf.len() < want {
-            let body = std::mem::replace(&mut open.body, futures_util::stream::empty().boxed());
-            let (body, next) = exec(&self.rt, async move {
-                let mut body = body;
-                let next = body.next().await;
-                (body, next)
-            })
-            .map_err(std::io::Error::other)?;
-            open.body = body;
-            match next {
-                Some(Ok(mut chunk)) => {
-                    let take = (want - buf.len()).min(chunk.len());
-                    buf.extend_from_slice(&chunk.split_to(take));
-                    open.pending = chunk;
+        // Fill the buffer on the runtime in one go: one hand-off per read,
+        // not one per body frame.
+        let key = self.key.clone();
+        let (open_back, buf_back, result) = exec(&self.rt, async move {
+            let (mut open, mut buf) = (open, buf);
+            let result = loop {
+                if buf.len() >= want {
+                    break Ok(());
                 }
-                Some(Err(e)) => return Err(std::io::Error::other(format!("GET {}: {e}", self.key))),
-                // The object is shorter than it was (replaced or evicted).
-                None => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            }
-        }
+                match open.body.next().await {
+                    Some(Ok(mut chunk)) => {
+                        let take = (want - buf.len()).min(chunk.len());
+                        buf.extend_from_slice(&chunk.split_to(take));
+                        open.pending = chunk;
+                    }
+                    Some(Err(e)) => break Err(std::io::Error::other(format!("GET {key}: {e}"))),
+                    // The object is shorter than it was (replaced or evicted).
+                    None => break Err(std::io::ErrorKind::UnexpectedEof.into()),
+                }
+            };
+            (open, buf, result)
+        })
+        .map_err(std::io::Error::other)?;
+        result?;
+        let (mut open, buf) = (open_back, buf_back);
         open.pos = pos + buf.len() as u64;
         *slot = Some(open);
         Ok(buf.freeze())
