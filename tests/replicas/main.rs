@@ -163,9 +163,21 @@ async fn eight_cold_pulls_over_three_replicas_fetch_each_blob_once() {
     let pulls: Vec<_> = (0..8)
         .map(|i| tokio::spawn(pull(base(&rs[i % 3]), "test/cold".into(), image.clone())))
         .collect();
+    let started = std::time::Instant::now();
     for p in pulls {
         p.await.expect("pull");
     }
+    let gets: Vec<usize> = image
+        .blobs()
+        .iter()
+        .map(|b| fake.blob_gets("test/cold", &b.digest))
+        .collect();
+    // One line for bench/replicas.sh.
+    eprintln!(
+        "BENCH upstream GETs per blob, 8 clients over 3 replicas: {gets:?} ({} blobs, {:.2} s)",
+        gets.len(),
+        started.elapsed().as_secs_f64()
+    );
     for blob in image.blobs() {
         assert_eq!(
             fake.blob_gets("test/cold", &blob.digest),
