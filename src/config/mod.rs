@@ -773,6 +773,35 @@ mod tests {
         assert!(err.to_string().contains("insecurePlainHttp"), "{err}");
     }
 
+    /// `storage.s3` as the issue shows it; unknown keys, credentials in the
+    /// YAML, plain HTTP without `allowHttp` and odd names are refused.
+    #[test]
+    fn storage_s3_is_validated() {
+        let yaml = "storage:\n  maxBytes: 50GiB\n  s3:\n    bucket: portcullis\n    endpoint: http://127.0.0.1:9000\n    region: us-east-1\n    prefix: cache/\n    allowHttp: true\n";
+        let c = Config::from_yaml(yaml, "t.yaml", &Overrides::default()).expect("valid");
+        let s3 = c.storage.s3.expect("s3");
+        assert_eq!(
+            (s3.bucket.as_str(), s3.prefix.as_str(), s3.endpoint.as_deref()),
+            ("portcullis", "cache/", Some("http://127.0.0.1:9000"))
+        );
+        assert_eq!(c.storage.max_bytes, Some(50 << 30));
+        for (bad, expect) in [
+            (
+                yaml.replace("allowHttp: true", "allowHttp: false"),
+                "storage.s3.endpoint",
+            ),
+            (yaml.replace("region:", "accessKeyId: AKIA\n    region:"), "accessKeyId"),
+            (
+                yaml.replace("bucket: portcullis", "bucket: Bad_Bucket"),
+                "storage.s3.bucket",
+            ),
+            (yaml.replace("prefix: cache/", "prefix: a/../b"), "storage.s3.prefix"),
+        ] {
+            let err = Config::from_yaml(&bad, "t.yaml", &Overrides::default()).expect_err(expect);
+            assert!(err.to_string().contains(expect), "{expect}: {err}");
+        }
+    }
+
     #[test]
     fn cross_field_errors_name_the_path() {
         let err = Config::from_yaml(

@@ -234,8 +234,7 @@ impl Store {
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport::default();
         for area in [blobs::AREA, manifests::AREA] {
-            let Some(prefix) = Key::new([area]) else { continue };
-            for listed in self.backend.list(&prefix)? {
+            for listed in self.backend.list(&Key::fixed(area))? {
                 let Some(digest) = listed.key.content_digest(area) else {
                     continue;
                 };

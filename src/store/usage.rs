@@ -62,9 +62,8 @@ pub struct Usage {
     state: Mutex<State>,
 }
 
-fn index_key(name: &str) -> Option<Key> {
-    Key::new(["index", name])
-}
+const USAGE: &str = "index/usage.json";
+const PINS: &str = "index/pins.json";
 
 /// What an eviction removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -97,8 +96,8 @@ impl Usage {
     /// index (access times, pins, counters). A blob the index does not know
     /// counts as served when it was last modified.
     pub fn load(backend: Arc<dyn Backend>) -> Result<Usage, StoreError> {
-        let file: UsageFile = read_json(&*backend, "usage.json")?.unwrap_or_default();
-        let pins: BTreeMap<String, String> = read_json(&*backend, "pins.json")?.unwrap_or_default();
+        let file: UsageFile = read_json(&*backend, USAGE)?.unwrap_or_default();
+        let pins: BTreeMap<String, String> = read_json(&*backend, PINS)?.unwrap_or_default();
         let mut state = State {
             hits: file.hits,
             downloads: file.downloads,
@@ -267,7 +266,7 @@ impl Usage {
             hits: s.hits,
             downloads: s.downloads,
         };
-        write_json(&*self.backend, "usage.json", &file)?;
+        write_json(&*self.backend, USAGE, &file)?;
         s.dirty = false;
         Ok(())
     }
@@ -287,7 +286,7 @@ impl Usage {
 
     fn write_pins(&self, s: &State) -> Result<(), StoreError> {
         let pins: BTreeMap<String, &String> = s.pins.iter().map(|(d, why)| (d.to_string(), why)).collect();
-        write_json(&*self.backend, "pins.json", &pins)
+        write_json(&*self.backend, PINS, &pins)
     }
 
     fn release(&self, digest: &Digest) {
@@ -314,16 +313,16 @@ impl Drop for InUse {
     }
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(backend: &dyn Backend, name: &str) -> Result<Option<T>, StoreError> {
-    let Some(key) = index_key(name) else { return Ok(None) };
+fn read_json<T: for<'de> Deserialize<'de>>(backend: &dyn Backend, key: &'static str) -> Result<Option<T>, StoreError> {
+    let key = Key::fixed(key);
     // The index is written atomically; one that does not parse was
     // written by another version: start over rather than refuse to run
     // (it holds access times, not content).
     Ok(backend.get(&key)?.and_then(|o| serde_json::from_slice(&o.bytes).ok()))
 }
 
-fn write_json<T: Serialize>(backend: &dyn Backend, name: &str, value: &T) -> Result<(), StoreError> {
-    let Some(key) = index_key(name) else { return Ok(()) };
+fn write_json<T: Serialize>(backend: &dyn Backend, key: &'static str, value: &T) -> Result<(), StoreError> {
+    let key = Key::fixed(key);
     let bytes = serde_json::to_vec(value).map_err(|e| super::BackendError::Read {
         action: "encode",
         key: key.to_string(),

@@ -75,6 +75,13 @@ impl Key {
         format!("{alg}:{hex}").parse().ok()
     }
 
+    /// A key written in the code (`index/usage.json`, `blobs`): checked in
+    /// debug builds, trusted otherwise.
+    pub(crate) fn fixed(key: &'static str) -> Key {
+        debug_assert!(Key::new(key.split('/')).is_some(), "{key}");
+        Key(key.to_owned())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -344,7 +344,7 @@ impl Backend for ObjectBackend {
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
-        let key = Key::new(["tmp", "ready"]).ok_or(BackendError::RuntimeGone)?;
+        let key = Key::fixed("tmp/ready");
         self.put(&key, Bytes::from_static(b"ready"), PutMode::Overwrite, false)
             .map(|_| ())
     }
