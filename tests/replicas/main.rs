@@ -4,8 +4,8 @@
 //! client talks to one replica.
 //!
 //! - a manifest admitted on one replica lets clients fetch its blobs from
-//!   the others (grants and verdicts live in the bucket), and skopeo pulls
-//!   through each replica with the same digests;
+//!   the others (grants and verdicts live in the bucket), skopeo pulls
+//!   through each replica with the same digests, and ctr through a third;
 //! - eight concurrent pulls of one cold image spread over three replicas
 //!   cost exactly one upstream GET per blob (download leases);
 //! - a replica killed (`kill -9`) mid-download: the pull retried on another
@@ -24,6 +24,7 @@ use http::StatusCode;
 use support::admission::{ACCEPT, policy_dir, push_signed, small_image};
 use support::binary::{self, Served};
 use support::client;
+use support::containerd::Containerd;
 use support::cosign::SigningKey;
 use support::distribution::Distribution;
 use support::fake::{CHUNK, FakeRegistry, Fault};
@@ -127,6 +128,32 @@ async fn a_manifest_admitted_on_one_replica_serves_its_blobs_on_the_others_and_s
         "{digests:?} vs {}",
         image.manifest.digest
     );
+
+    // containerd through replica 3 only (`?ns=` mirror; the `server` is a
+    // closed port, so nothing can bypass the replica).
+    support::require_tool("ctr");
+    let containerd = Containerd::start().await;
+    let hosts = tempfile::tempdir().expect("hosts");
+    let dir = hosts.path().join(registry.host());
+    std::fs::create_dir_all(&dir).expect("hosts dir");
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!(
+            "server = \"http://127.0.0.1:9\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            rs[2].listen
+        ),
+    )
+    .expect("hosts.toml");
+    let reference = format!("{}/test/app:v1", registry.host());
+    let hosts_dir = hosts.path().to_string_lossy().into_owned();
+    containerd
+        .ctr(&["content", "fetch", "--hosts-dir", &hosts_dir, &reference])
+        .await
+        .unwrap_or_else(|e| panic!("ctr through replica 3: {e}\n{}", rs[2].log_text()));
+    let listed = containerd.ctr(&["content", "ls", "-q"]).await.expect("ctr content ls");
+    for d in image.blobs().iter().map(|b| b.digest.to_string()) {
+        assert!(listed.lines().any(|l| l.trim() == d), "containerd lacks {d}: {listed}");
+    }
 }
 
 /// Pull `image` (`repo:v1`) through `r`, checking every byte.
