@@ -77,11 +77,11 @@ impl Backend for FsBackend {
             .conditional
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let current = self.read(&path)?;
-        let allowed = match (&mode, &current) {
-            (PutMode::Create, None) => true,
-            (PutMode::Update(v), Some(b)) => &Self::version_of(b) == v,
-            _ => false,
+        let allowed = match &mode {
+            // Existence is enough: no need to read what is there.
+            PutMode::Create => self.size(key)?.is_none(),
+            PutMode::Update(v) => self.read(&path)?.is_some_and(|b| &Self::version_of(&b) == v),
+            PutMode::Overwrite => true,
         };
         if !allowed {
             return Ok(Written::Conflict);
