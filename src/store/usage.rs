@@ -323,10 +323,9 @@ fn read_json<T: for<'de> Deserialize<'de>>(backend: &dyn Backend, key: &'static 
 
 fn write_json<T: Serialize>(backend: &dyn Backend, key: &'static str, value: &T) -> Result<(), StoreError> {
     let key = Key::fixed(key);
-    let bytes = serde_json::to_vec(value).map_err(|e| super::BackendError::Read {
-        action: "encode",
+    let bytes = serde_json::to_vec(value).map_err(|source| super::BackendError::Encode {
         key: key.to_string(),
-        source: std::io::Error::other(e),
+        source,
     })?;
     backend.put(&key, Bytes::from(bytes), PutMode::Overwrite, true)?;
     Ok(())

@@ -239,6 +239,21 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    #[error("encode {key}: {source}")]
+    Encode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{action} {key}: the task failed: {source}")]
+    Task {
+        action: &'static str,
+        key: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("{0:?} is not a plain key component")]
+    InvalidName(String),
     #[error("the object store's runtime stopped")]
     RuntimeGone,
     #[error("storage.s3: {0}")]

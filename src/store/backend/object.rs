@@ -327,13 +327,8 @@ impl Backend for ObjectBackend {
     }
 
     fn quarantine(&self, key: &Key, name: &str) -> Result<String, StoreError> {
-        let to_key = Key::new(["quarantine", name]).ok_or_else(|| {
-            StoreError::from(BackendError::Read {
-                action: "name a quarantine object for",
-                key: key.to_string(),
-                source: std::io::Error::other("invalid name"),
-            })
-        })?;
+        let to_key = Key::new(["quarantine", name])
+            .ok_or_else(|| StoreError::from(BackendError::InvalidName(name.to_owned())))?;
         let (store, from, to) = (self.store.clone(), self.path(key), self.path(&to_key));
         let moved = self.run(async move {
             store.copy(&from, &to).await?;
@@ -496,10 +491,10 @@ impl MultipartSink {
         match exec(&self.rt, part)? {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(object_err("upload a part of", &self.key)(e)),
-            Err(e) => Err(BackendError::Read {
+            Err(source) => Err(BackendError::Task {
                 action: "upload a part of",
                 key: self.key.to_string(),
-                source: std::io::Error::other(e),
+                source,
             }
             .into()),
         }
