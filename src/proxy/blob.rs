@@ -411,7 +411,7 @@ impl Downloader {
         let mut pause = std::time::Duration::from_millis(25);
         loop {
             let (store, d) = (self.store.clone(), self.digest.clone());
-            if let Some((reader, size, _held)) = blocking(move || store.open_blob(&d, false)).await? {
+            if let Some((reader, size)) = blocking(move || store.open_blob_held(&d, false)).await? {
                 spool.adopt_committed(reader, size);
                 return Ok(None);
             }

@@ -123,6 +123,19 @@ impl Default for StoreOptions {
     }
 }
 
+/// A reader that keeps its blob from eviction while it lives.
+#[derive(Debug)]
+struct HeldReader {
+    reader: BlobReader,
+    _held: InUse,
+}
+
+impl backend::ReadAt for HeldReader {
+    fn read_at(&self, pos: u64, buf: bytes::BytesMut) -> std::io::Result<bytes::Bytes> {
+        self.reader.read_at(pos, buf)
+    }
+}
+
 /// What `store verify` found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -206,6 +219,15 @@ impl Store {
             }
         }
         Ok(opened.map(|(reader, len)| (reader, len, held)))
+    }
+
+    /// Like [`Store::open_blob`], with the hold inside the reader: the blob
+    /// stays safe from eviction for as long as any clone of the reader lives
+    /// (a spool adopted from another replica's commit, shared by responses).
+    pub fn open_blob_held(&self, digest: &Digest, served: bool) -> Result<Option<(BlobReader, u64)>, StoreError> {
+        Ok(self
+            .open_blob(digest, served)?
+            .map(|(reader, len, held)| (BlobReader::new(Arc::new(HeldReader { reader, _held: held })), len)))
     }
 
     /// A verified blob of `len` bytes was committed (`added` bytes new on
