@@ -366,7 +366,7 @@ fn store(command: StoreCommand, config: &Config) -> ExitCode {
     let size = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
     let outcome = match command {
         StoreCommand::Stats => store::stats(config).map(|s| {
-            println!("store: {}", s.data_dir.display());
+            println!("store: {}", s.location);
             println!("blobs: {} ({})", s.usage.blobs, size(s.usage.bytes));
             match s.max_bytes {
                 Some(cap) => println!(

@@ -12,6 +12,8 @@ use crate::store::{Evicted, Store, StoreError, StoreOptions, UsageStats, VerifyR
 #[derive(Debug, Clone)]
 pub struct Stats {
     pub data_dir: PathBuf,
+    /// Where the content lives: the data directory, or the bucket and prefix.
+    pub location: String,
     pub max_bytes: Option<u64>,
     pub usage: UsageStats,
 }
@@ -41,6 +43,7 @@ pub fn stats(config: &Config) -> Result<Stats, StoreError> {
     let store = open(config)?;
     Ok(Stats {
         data_dir: config.data_dir.clone(),
+        location: store.describe(),
         max_bytes: store.max_bytes(),
         usage: store.usage.stats(),
     })

@@ -231,7 +231,7 @@ async fn a_replica_killed_mid_download_leaves_the_blob_to_another() {
     );
     assert!(layer.bytes.len() / CHUNK > 50);
     let s3 = S3Server::start(&[BUCKET]);
-    let (mut rs, _work) = replicas(2, &fake.url(), &s3, "", &["--integrity-only"]).await;
+    let (mut rs, work) = replicas(2, &fake.url(), &s3, "", &["--integrity-only"]).await;
 
     let m = get_manifest(&rs[0], "test/killed", "v1").await;
     assert_eq!(m.status, StatusCode::OK);
@@ -265,4 +265,29 @@ async fn a_replica_killed_mid_download_leaves_the_blob_to_another() {
         "pull on replica 2 after the kill: {:?}, {gets} upstream GETs",
         started.elapsed()
     );
+
+    // Nothing partial became visible in the bucket: `store verify` on it,
+    // and `store stats` counts each blob once.
+    let config = work.path().join("config.yaml");
+    let store_command = |command: &'static str| -> Vec<std::ffi::OsString> {
+        vec![
+            "store".into(),
+            command.into(),
+            "--config".into(),
+            config.clone().into_os_string(),
+            "--data-dir".into(),
+            work.path().join("cli").into_os_string(),
+        ]
+    };
+    let verify = store_command("verify");
+    let args: Vec<&std::ffi::OsStr> = verify.iter().map(|a| a.as_os_str()).collect();
+    let (code, out, err) = binary::run_with_env(&args, None, Duration::from_secs(60), &s3.env()).await;
+    assert_eq!(code, 0, "store verify on the bucket: {out}\n{err}");
+    assert!(out.contains("ok: every file hashes to its digest"), "{out}");
+    let stats = store_command("stats");
+    let args: Vec<&std::ffi::OsStr> = stats.iter().map(|a| a.as_os_str()).collect();
+    let (code, out, err) = binary::run_with_env(&args, None, Duration::from_secs(60), &s3.env()).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("store: s3://portcullis/cache/"), "{out}");
+    assert!(out.contains("blobs: 2 ("), "the layer and the config, once each: {out}");
 }

@@ -108,8 +108,19 @@ impl Served {
 /// Run the built `portcullis` with `args` (in `cwd` when given) to its end
 /// within `limit`: (exit code, stdout, stderr).
 pub async fn run(args: &[&std::ffi::OsStr], cwd: Option<&std::path::Path>, limit: Duration) -> (i32, String, String) {
+    run_with_env(args, cwd, limit, &[]).await
+}
+
+/// Like [`run`], with environment variables set for the child.
+pub async fn run_with_env(
+    args: &[&std::ffi::OsStr],
+    cwd: Option<&std::path::Path>,
+    limit: Duration,
+    env: &[(&str, String)],
+) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
     cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
