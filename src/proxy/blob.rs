@@ -417,7 +417,21 @@ impl Downloader {
             }
             let (store, d, me) = (self.store.clone(), self.digest.clone(), self.replica.clone());
             match blocking(move || store.lease(&d, &me, LEASE_TTL)).await? {
-                crate::store::LeaseState::Acquired(lease) => return Ok(Some(lease)),
+                crate::store::LeaseState::Acquired(lease) => {
+                    // The holder before may have committed and released
+                    // between the look above and this lease: look again
+                    // (it commits before it releases), or fetch.
+                    let (store, d) = (self.store.clone(), self.digest.clone());
+                    let committed = blocking(move || store.open_blob_held(&d, false)).await?;
+                    let Some((reader, size)) = committed else {
+                        return Ok(Some(lease));
+                    };
+                    if let Err(e) = blocking(move || lease.release()).await {
+                        tracing::warn!(digest = %self.digest, error = %e, "cannot release a download lease (it expires)");
+                    }
+                    spool.adopt_committed(reader, size);
+                    return Ok(None);
+                }
                 crate::store::LeaseState::HeldElsewhere { holder, .. } => {
                     tracing::debug!(digest = %self.digest, %holder, "following another replica's download");
                 }

@@ -284,10 +284,21 @@ async fn a_replica_killed_mid_download_leaves_the_blob_to_another() {
     let (code, out, err) = binary::run_with_env(&args, None, Duration::from_secs(60), &s3.env()).await;
     assert_eq!(code, 0, "store verify on the bucket: {out}\n{err}");
     assert!(out.contains("ok: every file hashes to its digest"), "{out}");
+    // The commit follows the response's last byte: wait for it.
     let stats = store_command("stats");
     let args: Vec<&std::ffi::OsStr> = stats.iter().map(|a| a.as_os_str()).collect();
-    let (code, out, err) = binary::run_with_env(&args, None, Duration::from_secs(60), &s3.env()).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("store: s3://portcullis/cache/"), "{out}");
-    assert!(out.contains("blobs: 2 ("), "the layer and the config, once each: {out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = binary::run_with_env(&args, None, Duration::from_secs(60), &s3.env()).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("store: s3://portcullis/cache/"), "{out}");
+        if out.contains("blobs: 2 (") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the layer and the config, once each: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
