@@ -398,7 +398,13 @@ impl Downloader {
                 }
             }
             Ok(None) => {}
-            Err(e) => spool.fail(e),
+            // The bucket cannot coordinate (unreachable, or the holder
+            // outlived the follow limit): fetch without a lease rather
+            // than fail the pull; at worst the blob is fetched twice.
+            Err(e) => {
+                tracing::warn!(digest = %self.digest, error = %e, "download lease unavailable: fetching without one");
+                self.download(spool).await;
+            }
         }
     }
 
