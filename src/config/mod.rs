@@ -51,6 +51,8 @@ pub struct Overrides {
     pub integrity_only: bool,
     /// Address of the admin listener (overrides `admin.listen`).
     pub admin_listen: Option<SocketAddr>,
+    /// Every upstream is offline (`serve --offline`).
+    pub offline: bool,
 }
 
 /// Credentials presented to one upstream.
@@ -67,6 +69,9 @@ pub struct Upstream {
     pub host: RegistryHost,
     /// Where the proxy connects (`https://registry-1.docker.io`).
     pub url: UpstreamUrl,
+    /// Served from the store only (`offline: true` or `serve --offline`):
+    /// the proxy never sends it a request.
+    pub offline: bool,
     pub credentials: Option<Credentials>,
     pub ca_file: Option<PathBuf>,
     /// Extra token realm hosts that may receive the credentials (besides the
@@ -275,10 +280,20 @@ impl Config {
         let mut aliases: HashMap<String, Arc<Upstream>> = HashMap::new();
         for (i, u) in raw.upstreams.into_iter().enumerate() {
             let at = format!("upstreams[{i}]");
-            if !u.url.https && !u.insecure_plain_http {
+            let offline = u.offline || ov.offline;
+            let url = match u.url {
+                Some(url) => url,
+                // Offline: the URL is never used; it names the host only.
+                None if offline => UpstreamUrl {
+                    https: true,
+                    authority: u.host.clone(),
+                },
+                None => return Err(invalid(&format!("{at}.url"), "missing (required unless `offline: true`)".into())),
+            };
+            if !url.https && !u.insecure_plain_http && !offline {
                 return Err(invalid(
                     &format!("{at}.url"),
-                    format!("`{}` is plain HTTP; set `insecurePlainHttp: true` to allow it", u.url),
+                    format!("`{url}` is plain HTTP; set `insecurePlainHttp: true` to allow it"),
                 ));
             }
             if upstreams.iter().any(|o| o.host == u.host) {
@@ -294,7 +309,8 @@ impl Config {
                 .map_err(|m| invalid(&format!("{at}.credentials"), m))?;
             let upstream = Arc::new(Upstream {
                 host: u.host,
-                url: u.url,
+                url,
+                offline,
                 credentials,
                 ca_file: u.ca_file.map(|p| resolve_path(origin, p)),
                 token_realms: u.token_realms,
@@ -351,6 +367,7 @@ impl Config {
                     let u = Arc::new(Upstream {
                         host: url.authority.clone(),
                         url: url.clone(),
+                        offline: ov.offline,
                         credentials: None,
                         ca_file: None,
                         token_realms: Vec::new(),
@@ -501,7 +518,9 @@ impl Config {
                 .collect();
             aliases.sort_unstable();
             let _ = write!(out, "  {} -> {}", u.host, u.url);
-            if !u.url.https {
+            if u.offline {
+                let _ = write!(out, " (OFFLINE: served from the store only)");
+            } else if !u.url.https {
                 let _ = write!(out, " (PLAIN HTTP)");
             }
             if !aliases.is_empty() {

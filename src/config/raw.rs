@@ -150,8 +150,12 @@ pub struct RawUpstream {
     /// The registry name clients use (`docker.io`, `ghcr.io`, `127.0.0.1:5002`).
     pub host: RegistryHost,
     /// Where to connect: `https://host[:port]`, or `http://` together with
-    /// `insecurePlainHttp: true`.
-    pub url: UpstreamUrl,
+    /// `insecurePlainHttp: true`. May be left out for an `offline` upstream.
+    pub url: Option<UpstreamUrl>,
+    /// Serve this upstream from the store only (imported or earlier admitted
+    /// content): never a network request; anything absent is 404.
+    #[serde(default)]
+    pub offline: bool,
     #[serde(default)]
     pub insecure_plain_http: bool,
     #[serde(default)]

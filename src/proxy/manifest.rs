@@ -105,6 +105,29 @@ impl Proxy {
         })
     }
 
+    /// Admit `digest` from `target` under the rule a pull by `tag` would
+    /// meet (by digest: `None`), and store it, without moving any tag: an
+    /// import writes every piece of an image first and its tags last
+    /// ([`Self::set_tag`]).
+    pub async fn admit_digest(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        tag: Option<&Tag>,
+        who: &Requester,
+    ) -> Result<Admitted, Error> {
+        let (manifest, _) = self.manifest_by_digest(target, digest).await?;
+        let admitted = Box::pin(self.admit(target, tag, manifest, who)).await?;
+        self.persist(&admitted).await?;
+        Ok(admitted)
+    }
+
+    /// Make `tag` of `target` name the admitted manifest (what a pull by
+    /// the tag resolves to when the upstream is offline or unreachable).
+    pub async fn set_tag(&self, target: &Target, tag: &Tag, admitted: &Admitted) -> Result<(), Error> {
+        self.record_tag(target, tag, admitted.digest()).await
+    }
+
     /// Content is global by digest, presence is per repository: a manifest
     /// cached from one repository (or registry) is served by digest for
     /// another only if that one has it too — fetched from there, granted

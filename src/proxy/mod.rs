@@ -10,6 +10,7 @@ mod coalesce;
 mod error;
 mod evidence;
 mod manifest;
+pub mod offline;
 mod referrers;
 mod tags;
 
@@ -109,16 +110,36 @@ impl Proxy {
         config: Arc<Config>,
         audit: crate::telemetry::audit::AuditSink,
     ) -> Result<Arc<Proxy>, StartError> {
+        Self::with_options(config, audit, ProxyOptions::default())
+    }
+
+    /// Like [`Proxy::with_audit`], with the content of some upstreams coming
+    /// from local sources (`options.sources`; an `offline` upstream not
+    /// named there is served from the store).
+    pub fn with_options(
+        config: Arc<Config>,
+        audit: crate::telemetry::audit::AuditSink,
+        options: ProxyOptions,
+    ) -> Result<Arc<Proxy>, StartError> {
         let store = Arc::new(Store::open_with(
             &config.data_dir,
             crate::store::StoreOptions {
                 tag_memory_entries: config.proxy_limits.tag_memory_entries,
                 max_bytes: config.storage.max_bytes,
-                clean_tmp: true,
+                clean_tmp: options.clean_tmp,
             },
         )?);
         let metrics = Arc::new(Metrics::new());
-        let registries = Registries::from_config(&config, &metrics)?;
+        let imports = crate::store::imports::Imports::open(&config.data_dir);
+        let registries = Registries::with_sources(&config, &metrics, |u| {
+            if let Some(s) = options.sources.get(&u.host) {
+                return Some(s.clone());
+            }
+            u.offline.then(|| {
+                Arc::new(offline::StoreSource::new(u.host.clone(), store.clone(), imports.clone()))
+                    as crate::upstream::local::SharedSource
+            })
+        })?;
         let manifests = moka::future::Cache::builder()
             .max_capacity(config.manifest_memory_bytes)
             .weigher(|_k: &Digest, v: &VerifiedManifest| u32::try_from(v.bytes().len()).unwrap_or(u32::MAX))
@@ -216,6 +237,26 @@ impl Proxy {
         let usage = self.store.usage.clone();
         if let Err(e) = blocking(move || usage.flush()).await {
             tracing::warn!(error = %e, "cannot write the store's access index");
+        }
+    }
+}
+
+/// How to build a [`Proxy`] beyond its configuration.
+#[derive(Debug)]
+pub struct ProxyOptions {
+    /// Discard partial downloads in `tmp/` at start (a server does; a
+    /// command that may run beside a live server must not).
+    pub clean_tmp: bool,
+    /// Upstreams whose content comes from a local source (an archive being
+    /// imported), by host.
+    pub sources: std::collections::HashMap<crate::oci::RegistryHost, crate::upstream::local::SharedSource>,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            clean_tmp: true,
+            sources: std::collections::HashMap::new(),
         }
     }
 }

@@ -18,6 +18,7 @@
 pub mod blobs;
 pub mod flight;
 pub mod grants;
+pub mod imports;
 pub mod manifests;
 pub mod spool;
 pub mod tags;

@@ -83,6 +83,14 @@ impl TagStore {
             Err(e) => Err(io_err("read", &path)(e)),
         }
     }
+
+    /// [`Self::last`] read from the disk, refreshing the memory: another
+    /// process (`portcullis import`) may have moved the tag meanwhile.
+    pub fn reread(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StoreError> {
+        let key = (host.clone(), repo.clone(), tag.clone());
+        self.recent.invalidate(&key);
+        self.last(host, repo, tag)
+    }
 }
 
 #[cfg(test)]

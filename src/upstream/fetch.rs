@@ -10,8 +10,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::error::is_retryable_status;
+use super::local::{self, SharedSource};
 use super::{Error, Registry, client};
-use crate::oci::{Digest, Reference, RepoName};
+use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::telemetry::metrics::UpstreamOutcome;
 use crate::verify::UnverifiedManifest;
 
@@ -27,13 +28,13 @@ pub struct ManifestHead {
     pub length: Option<u64>,
 }
 
-/// A blob body arriving from upstream.
+/// A blob body arriving from upstream (or read from a local source).
 #[derive(Debug)]
 pub struct BlobResponse {
     host: String,
     /// Upstream `Content-Length`, if given.
     pub length: Option<u64>,
-    body: Incoming,
+    body: BlobSource,
     idle_timeout: Duration,
     /// Bytes received from this upstream (`portcullis_upstream_fetched_bytes_total`).
     fetched: prometheus_client::metrics::counter::Counter,
@@ -43,8 +44,12 @@ impl BlobResponse {
     /// The next chunk, `None` at the end. Fails if no byte arrives within the
     /// idle timeout or the connection breaks.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        let body = match &mut self.body {
+            BlobSource::Network(body) => body,
+            BlobSource::Local(file) => return next_local_chunk(&self.host, file).await,
+        };
         loop {
-            let frame = tokio::time::timeout(self.idle_timeout, self.body.frame())
+            let frame = tokio::time::timeout(self.idle_timeout, body.frame())
                 .await
                 .map_err(|_| Error::Timeout {
                     host: self.host.clone(),
@@ -70,6 +75,26 @@ impl BlobResponse {
             }
         }
     }
+}
+
+/// Where a blob's bytes come from.
+#[derive(Debug)]
+enum BlobSource {
+    Network(Incoming),
+    Local(tokio::fs::File),
+}
+
+/// Chunks read from a local blob file at a time.
+const LOCAL_CHUNK: usize = 256 * 1024;
+
+async fn next_local_chunk(host: &str, file: &mut tokio::fs::File) -> Result<Option<Bytes>, Error> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = BytesMut::with_capacity(LOCAL_CHUNK);
+    let n = file.read_buf(&mut buf).await.map_err(|e| Error::Local {
+        host: host.to_owned(),
+        message: format!("reading a blob: {e}"),
+    })?;
+    Ok((n > 0).then(|| buf.freeze()))
 }
 
 /// One page of a tag list.
@@ -138,10 +163,16 @@ impl Registry {
         body: &Bytes,
     ) -> Result<Response<Incoming>, Error> {
         let host = self.host().to_string();
+        let Some(http) = &self.http else {
+            return Err(Error::Offline {
+                host,
+                what: "this request",
+            });
+        };
         let uri = self.uri(path_and_query)?;
         let auth = self.auth.preemptive(self, scope).await?;
         let resp = client::send(
-            &self.http,
+            http,
             &host,
             &self.policy,
             method,
@@ -162,7 +193,7 @@ impl Registry {
             });
         };
         let auth = self.auth.answer(self, &challenge, scope).await?;
-        let resp = client::send(&self.http, &host, &self.policy, method, uri, headers, Some(&auth), body).await;
+        let resp = client::send(http, &host, &self.policy, method, uri, headers, Some(&auth), body).await;
         let resp = self.counted(resp)?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(Error::Unauthorized {
@@ -229,6 +260,9 @@ impl Registry {
         reference: &Reference,
         accept: &HeaderValue,
     ) -> Result<ManifestHead, Error> {
+        if let Some(source) = &self.local {
+            return self.local_head_manifest(source, repo, reference).await;
+        }
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
             .request(Method::HEAD, &path, &pull_scope(repo), accept_headers(accept))
@@ -249,6 +283,9 @@ impl Registry {
         accept: &HeaderValue,
         limit: usize,
     ) -> Result<UnverifiedManifest, Error> {
+        if let Some(source) = &self.local {
+            return self.local_manifest(source, repo, reference).await;
+        }
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
             .request(Method::GET, &path, &pull_scope(repo), accept_headers(accept))
@@ -273,6 +310,16 @@ impl Registry {
 
     /// `GET /v2/<repo>/blobs/<digest>`, following redirects to CDNs.
     pub async fn get_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobResponse, Error> {
+        if let Some(source) = &self.local {
+            let (file, length) = self.local_blob(source, repo, digest).await?;
+            return Ok(BlobResponse {
+                host: self.host().to_string(),
+                length: Some(length),
+                body: BlobSource::Local(tokio::fs::File::from_std(file)),
+                idle_timeout: self.policy.body_idle_timeout,
+                fetched: self.metrics.fetched_counter(self.host().as_str()),
+            });
+        }
         let path = format!("/v2/{repo}/blobs/{digest}");
         let resp = self
             .request(Method::GET, &path, &pull_scope(repo), HeaderMap::new())
@@ -287,7 +334,7 @@ impl Registry {
         Ok(BlobResponse {
             host: self.host().to_string(),
             length: header_u64(resp.headers(), CONTENT_LENGTH),
-            body: resp.into_body(),
+            body: BlobSource::Network(resp.into_body()),
             idle_timeout: self.policy.body_idle_timeout,
             fetched: self.metrics.fetched_counter(self.host().as_str()),
         })
@@ -295,6 +342,9 @@ impl Registry {
 
     /// `HEAD /v2/<repo>/blobs/<digest>`: the blob's length, if the upstream says.
     pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, Error> {
+        if let Some(source) = &self.local {
+            return self.local_blob(source, repo, digest).await.map(|(_, len)| Some(len));
+        }
         let path = format!("/v2/{repo}/blobs/{digest}");
         let resp = self
             .request(Method::HEAD, &path, &pull_scope(repo), HeaderMap::new())
@@ -305,6 +355,9 @@ impl Registry {
 
     /// `GET /v2/<repo>/tags/list[?n=&last=]`.
     pub async fn tags(&self, repo: &RepoName, n: Option<usize>, last: Option<&str>) -> Result<TagsPage, Error> {
+        if let Some(source) = &self.local {
+            return self.local_tags(source, repo, n, last).await;
+        }
         let path = paged(&format!("/v2/{repo}/tags/list"), n, last);
         let resp = self
             .request(Method::GET, &path, &pull_scope(repo), json_headers())
@@ -327,6 +380,11 @@ impl Registry {
     /// `GET /v2/<repo>/referrers/<digest>`. `Ok(None)` when the upstream
     /// does not implement the API (404), so the caller uses the tag schema.
     pub async fn referrers(&self, repo: &RepoName, digest: &Digest) -> Result<Option<TagsPage>, Error> {
+        if let Some(source) = &self.local {
+            let (r, d) = (repo.clone(), digest.clone());
+            let listing = local::call(self.host().as_str(), source, move |s| s.referrers(&r, &d)).await?;
+            return Ok(listing.map(|body| TagsPage { body, link: None }));
+        }
         let path = format!("/v2/{repo}/referrers/{digest}");
         let resp = self
             .request(Method::GET, &path, &pull_scope(repo), json_headers())
@@ -371,6 +429,108 @@ impl Registry {
         .await?;
         self.metrics.bytes_fetched(self.host().as_str(), body.len() as u64);
         Ok(TagsPage { body, link })
+    }
+}
+
+/// The pull API answered from a local source: the same results a registry
+/// gives (absent → `NotFound`), with nothing sent anywhere.
+impl Registry {
+    fn not_found(&self, what: &'static str) -> Error {
+        Error::NotFound {
+            host: self.host().to_string(),
+            what,
+        }
+    }
+
+    async fn local_digest(&self, source: &SharedSource, repo: &RepoName, reference: &Reference) -> Result<Digest, Error> {
+        match reference {
+            Reference::Digest(d) => Ok(d.clone()),
+            Reference::Tag(t) => {
+                let (r, t) = (repo.clone(), t.clone());
+                local::call(self.host().as_str(), source, move |s| s.resolve(&r, &t))
+                    .await?
+                    .ok_or_else(|| self.not_found("manifest"))
+            }
+        }
+    }
+
+    async fn local_manifest(
+        &self,
+        source: &SharedSource,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<UnverifiedManifest, Error> {
+        let digest = self.local_digest(source, repo, reference).await?;
+        let (r, d) = (repo.clone(), digest.clone());
+        let m = local::call(self.host().as_str(), source, move |s| s.manifest(&r, &d))
+            .await?
+            .ok_or_else(|| self.not_found("manifest"))?;
+        Ok(UnverifiedManifest {
+            bytes: m.bytes,
+            content_type: m.media_type,
+            // What the source filed it under: verification checks the bytes
+            // against it, as against a registry's header.
+            claimed_digest: Some(digest),
+        })
+    }
+
+    async fn local_head_manifest(
+        &self,
+        source: &SharedSource,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestHead, Error> {
+        let m = self.local_manifest(source, repo, reference).await?;
+        Ok(ManifestHead {
+            digest: m.claimed_digest,
+            content_type: m.content_type,
+            length: Some(m.bytes.len() as u64),
+        })
+    }
+
+    async fn local_blob(
+        &self,
+        source: &SharedSource,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(std::fs::File, u64), Error> {
+        let (r, d) = (repo.clone(), digest.clone());
+        local::call(self.host().as_str(), source, move |s| s.blob(&r, &d))
+            .await?
+            .ok_or_else(|| self.not_found("blob"))
+    }
+
+    /// A tag list page (sorted, `n` after `last`), no `Link`: the proxy
+    /// re-paginates for its clients anyway.
+    async fn local_tags(
+        &self,
+        source: &SharedSource,
+        repo: &RepoName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<TagsPage, Error> {
+        let r = repo.clone();
+        let mut tags: Vec<String> = local::call(self.host().as_str(), source, move |s| s.tags(&r))
+            .await?
+            .iter()
+            .map(|t: &Tag| t.as_str().to_owned())
+            .collect();
+        tags.sort();
+        if let Some(last) = last {
+            tags.retain(|t| t.as_str() > last);
+        }
+        if let Some(n) = n {
+            tags.truncate(n);
+        }
+        let body = serde_json::to_vec(&serde_json::json!({ "name": repo.as_str(), "tags": tags }))
+            .map_err(|e| Error::Local {
+                host: self.host().to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(TagsPage {
+            body: body.into(),
+            link: None,
+        })
     }
 }
 

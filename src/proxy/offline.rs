@@ -1,0 +1,77 @@
+//! An offline upstream (`offline: true`, `serve --offline`): its content
+//! comes from the store alone, through the same `Registry` methods the
+//! proxy uses for a network upstream, so a pull of it passes the same gate
+//! (a verdict of the policy in force, or discovery and verification of the
+//! stored material with local trust when the revision changed).
+//!
+//! Tags resolve to their imported or last admitted digest (read from disk,
+//! since `portcullis import` may write them while this proxy runs); a
+//! manifest is present in a repository by digest when an import recorded
+//! it there or a tag of the repository names it; absent content is a 404.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::oci::{Digest, RegistryHost, RepoName, Tag};
+use crate::store::Store;
+use crate::store::imports::Imports;
+use crate::upstream::local::{LocalManifest, LocalSource};
+
+/// The store as the source of one offline upstream.
+#[derive(Debug)]
+pub struct StoreSource {
+    host: RegistryHost,
+    store: Arc<Store>,
+    imports: Imports,
+}
+
+impl StoreSource {
+    pub fn new(host: RegistryHost, store: Arc<Store>, imports: Imports) -> StoreSource {
+        StoreSource { host, store, imports }
+    }
+}
+
+fn io(e: crate::store::StoreError) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl LocalSource for StoreSource {
+    fn resolve(&self, repo: &RepoName, tag: &Tag) -> std::io::Result<Option<Digest>> {
+        let digest = self.store.tags.reread(&self.host, repo, tag).map_err(io)?;
+        // A tag names the digest in this repository: remember it as present
+        // for the by-digest read that follows.
+        if let Some(d) = &digest
+            && !self.imports.is_present(&self.host, repo, d)
+            && self.store.manifests.get(d).map_err(io)?.is_some()
+        {
+            self.imports.put_present(&self.host, repo, d).map_err(io)?;
+        }
+        Ok(digest)
+    }
+
+    fn manifest(&self, repo: &RepoName, digest: &Digest) -> std::io::Result<Option<LocalManifest>> {
+        if !self.imports.is_present(&self.host, repo, digest) {
+            return Ok(None);
+        }
+        Ok(self.store.manifests.get(digest).map_err(io)?.map(|m| LocalManifest {
+            bytes: m.bytes,
+            media_type: m.content_type,
+        }))
+    }
+
+    /// Blobs are global by digest: the proxy serves one to a client only
+    /// under a grant of the repository, and reads material blobs only as
+    /// named by a manifest present in it.
+    fn blob(&self, _repo: &RepoName, digest: &Digest) -> std::io::Result<Option<(std::fs::File, u64)>> {
+        self.store.blobs.open(digest).map_err(io)
+    }
+
+    fn referrers(&self, repo: &RepoName, subject: &Digest) -> std::io::Result<Option<Bytes>> {
+        self.imports.referrers(&self.host, repo, subject).map_err(io)
+    }
+
+    fn tags(&self, _repo: &RepoName) -> std::io::Result<Vec<Tag>> {
+        Ok(Vec::new())
+    }
+}
