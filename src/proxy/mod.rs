@@ -17,6 +17,7 @@ mod tags;
 use std::sync::Arc;
 
 pub use admission::{Admitted, Gate};
+pub use offline::StoreSource;
 pub use assess::{Assessment, Judgement};
 pub use blob::{BlobBody, BlobServed, ByteRange, ByteSlice};
 pub use error::Error;
@@ -101,7 +102,7 @@ pub enum StartError {
 
 impl Proxy {
     pub fn new(config: Arc<Config>) -> Result<Arc<Proxy>, StartError> {
-        let audit = audit_sink(&config)?;
+        let audit = configured_audit_sink(&config)?;
         Self::with_audit(config, audit)
     }
 
@@ -278,7 +279,8 @@ fn load_policy(config: &Config) -> Result<Option<(crate::policy::PolicySet, std:
     }
 }
 
-fn audit_sink(config: &Config) -> Result<crate::telemetry::audit::AuditSink, StartError> {
+/// The audit sink the configuration names (`auditLog:`, else stdout).
+pub fn configured_audit_sink(config: &Config) -> Result<crate::telemetry::audit::AuditSink, StartError> {
     match &config.audit_log {
         None => Ok(crate::telemetry::audit::AuditSink::stdout()),
         Some(path) => crate::telemetry::audit::AuditSink::file(path).map_err(|source| StartError::AuditLog {
