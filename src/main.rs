@@ -532,7 +532,12 @@ fn export(
 }
 
 /// Run an import and print one line per image.
-fn import(config: Config, archive: &std::path::Path, options: portcullis::cli::import::Options, json: bool) -> ExitCode {
+fn import(
+    config: Config,
+    archive: &std::path::Path,
+    options: portcullis::cli::import::Options,
+    json: bool,
+) -> ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e, 2),
@@ -543,7 +548,10 @@ fn import(config: Config, archive: &std::path::Path, options: portcullis::cli::i
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());
             } else {
                 for i in &report.imported {
-                    println!("IMPORTED {} {} ({} manifests, {} blobs)", i.name, i.digest, i.manifests, i.blobs);
+                    println!(
+                        "IMPORTED {} {} ({} manifests, {} blobs)",
+                        i.name, i.digest, i.manifests, i.blobs
+                    );
                 }
                 for r in &report.refused {
                     println!("REFUSED {}: {}", r.name, r.reason);

@@ -42,7 +42,10 @@ pub struct Request {
 pub enum Platforms {
     All,
     /// `os/arch`
-    Only { os: String, architecture: String },
+    Only {
+        os: String,
+        architecture: String,
+    },
 }
 
 /// How to write the archive.
@@ -150,8 +153,14 @@ pub async fn run(proxy: &Proxy, requests: &[Request], options: &Options, out: &P
         .round(jiff::Unit::Second)
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
         .to_string();
-    let statement = serde_json::to_vec(&record::statement(&images, revision.as_deref(), blobs.len(), bytes, &time))
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let statement = serde_json::to_vec(&record::statement(
+        &images,
+        revision.as_deref(),
+        blobs.len(),
+        bytes,
+        &time,
+    ))
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
     let signature = match &options.sign_key {
         Some(key) => Some(record::sign(key, &statement)?),
         None => None,
@@ -208,7 +217,11 @@ async fn plan(
 /// An index's children, all or those of one platform.
 fn wanted_children(index: &Admitted, platforms: &Platforms) -> Vec<Digest> {
     let parsed: Value = serde_json::from_slice(index.bytes()).unwrap_or(Value::Null);
-    let entries = parsed.get("manifests").and_then(Value::as_array).cloned().unwrap_or_default();
+    let entries = parsed
+        .get("manifests")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     entries
         .iter()
         .filter(|m| match platforms {
@@ -238,13 +251,18 @@ async fn material_of(
         .await
         .map_err(|e| ExportError::at(name, e))?;
     let mut out = Vec::new();
-    let by_tag = refs.tags.iter().map(|(t, _)| (Some(t.clone()), Reference::Tag(t.clone())));
+    let by_tag = refs
+        .tags
+        .iter()
+        .map(|(t, _)| (Some(t.clone()), Reference::Tag(t.clone())));
     let by_digest = refs.referrers.iter().map(|d| (None, Reference::Digest(d.clone())));
     for (tag, reference) in by_digest.chain(by_tag) {
         match Box::pin(proxy.manifest(target, &reference, None, &requester())).await {
             Ok(m) => out.push((tag, m.manifest)),
             Err(proxy::Error::Denied { message }) => {
-                warnings.push(format!("{name}: material {reference} not admitted, left out: {message}"));
+                warnings.push(format!(
+                    "{name}: material {reference} not admitted, left out: {message}"
+                ));
             }
             Err(e) => return Err(ExportError::at(name, e)),
         }
@@ -313,8 +331,15 @@ fn descriptor(m: &Admitted, name: Option<&ImageName>) -> Value {
 
 /// What the writer thread appends.
 enum Item {
-    File { path: String, bytes: Bytes },
-    Stream { path: String, size: u64, chunks: mpsc::Receiver<Result<Bytes, String>> },
+    File {
+        path: String,
+        bytes: Bytes,
+    },
+    Stream {
+        path: String,
+        size: u64,
+        chunks: mpsc::Receiver<Result<Bytes, String>>,
+    },
 }
 
 async fn write_archive(
@@ -376,7 +401,9 @@ async fn feed(
     tx.send(file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()))
         .await
         .map_err(|_| closed())?;
-    tx.send(file("index.json", index_json(planned))).await.map_err(|_| closed())?;
+    tx.send(file("index.json", index_json(planned)))
+        .await
+        .map_err(|_| closed())?;
     tx.send(file(RECORD_PATH, statement)).await.map_err(|_| closed())?;
     if let Some(sig) = signature {
         tx.send(file(RECORD_BUNDLE_PATH, sig)).await.map_err(|_| closed())?;

@@ -99,11 +99,10 @@ struct Accepted {
 
 /// Import `archive` into `config`'s data directory under its policy.
 pub async fn run(config: Config, archive: &Path, options: &Options) -> Result<Report, ImportError> {
-    let staging = config.data_dir.join("tmp").join(format!(
-        "import-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
+    let staging = config
+        .data_dir
+        .join("tmp")
+        .join(format!("import-{}-{}", std::process::id(), fastrand::u64(..)));
     let archive_path = archive.to_owned();
     let staged = tokio::task::spawn_blocking(move || layout::stage(&archive_path, staging))
         .await
@@ -116,7 +115,7 @@ pub async fn run(config: Config, archive: &Path, options: &Options) -> Result<Re
             Arc::new(LayoutSource::new(u.host.clone(), layout.clone())),
         );
     }
-    let audit = proxy::configured_audit_sink(&config)?;
+    let audit = proxy::command_audit_sink(&config)?;
     let proxy = Proxy::with_options(
         Arc::new(config),
         audit,
@@ -187,12 +186,8 @@ async fn check_entry(
         name: name.to_string(),
         reason,
     };
-    let target = target(proxy, name).ok_or_else(|| {
-        refuse(format!(
-            "{} is not an upstream of this site's configuration",
-            name.host
-        ))
-    })?;
+    let target = target(proxy, name)
+        .ok_or_else(|| refuse(format!("{} is not an upstream of this site's configuration", name.host)))?;
     if let Some(station) = &options.export_station {
         station
             .check(staged.bundle.as_deref(), &digest)
@@ -213,7 +208,7 @@ async fn check_entry(
             tree.add_material(Some(tag), walk(layout, staged, &d).map_err(&refuse)?);
         }
     }
-    let verdict = Box::pin(proxy.assess(&target, &name.tag, &digest))
+    let verdict = Box::pin(proxy.assess_for(&requester(), &target, &name.tag, &digest))
         .await
         .map_err(|e| refuse(format!("cannot be judged: {e}")))?;
     match verdict.judgement {
@@ -304,10 +299,7 @@ fn walk(layout: &Layout, staged: &Staged, digest: &Digest) -> Result<Tree, Strin
 }
 
 fn read_manifest(layout: &Layout, staged: &Staged, digest: &Digest) -> Result<ManifestInfo, String> {
-    let Some((mut file, _)) = layout
-        .open_blob(digest)
-        .map_err(|e| format!("reading {digest}: {e}"))?
-    else {
+    let Some((mut file, _)) = layout.open_blob(digest).map_err(|e| format!("reading {digest}: {e}"))? else {
         return Err(absent(staged, "manifest", digest));
     };
     let mut bytes = Vec::new();
@@ -373,7 +365,12 @@ async fn commit(proxy: &Proxy, layout: &Arc<Layout>, a: &Accepted) -> Result<Imp
 
 /// Presence of every manifest in the repository, and the referrers
 /// listings of the image and its children, for an offline proxy.
-async fn record_presence(proxy: &Proxy, layout: &Arc<Layout>, a: &Accepted, manifests: &[Digest]) -> Result<(), String> {
+async fn record_presence(
+    proxy: &Proxy,
+    layout: &Arc<Layout>,
+    a: &Accepted,
+    manifests: &[Digest],
+) -> Result<(), String> {
     let imports = Imports::open(&proxy.config().data_dir);
     let host = a.target.registry.host().clone();
     let repo = a.target.repo.clone();

@@ -386,7 +386,10 @@ fn entry_name(d: &Descriptor, default: Option<&(RegistryHost, RepoName)>) -> (Op
                 "`{name}` names a tag but no repository: give --repository REGISTRY/REPOSITORY"
             )),
         ),
-        (Err(_), _) => (None, Some(format!("{REF_NAME} `{name}` is neither a tag nor a full reference"))),
+        (Err(_), _) => (
+            None,
+            Some(format!("{REF_NAME} `{name}` is neither a tag nor a full reference")),
+        ),
     }
 }
 
@@ -454,7 +457,9 @@ impl LocalSource for LayoutSource {
     fn referrers(&self, _repo: &RepoName, subject: &Digest) -> std::io::Result<Option<Bytes>> {
         let list = self.layout.referrers.get(subject).cloned().unwrap_or_default();
         let index = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": list });
-        serde_json::to_vec(&index).map(|b| Some(b.into())).map_err(std::io::Error::other)
+        serde_json::to_vec(&index)
+            .map(|b| Some(b.into()))
+            .map_err(std::io::Error::other)
     }
 
     fn tags(&self, repo: &RepoName) -> std::io::Result<Vec<Tag>> {

@@ -105,7 +105,11 @@ mod tests {
     #[test]
     fn material_tags_are_recognised() {
         let hex = "a".repeat(64);
-        for t in [format!("sha256-{hex}"), format!("sha256-{hex}.sig"), format!("sha256-{hex}.att")] {
+        for t in [
+            format!("sha256-{hex}"),
+            format!("sha256-{hex}.sig"),
+            format!("sha256-{hex}.att"),
+        ] {
             assert!(is_material_tag(&t.parse().expect("tag")), "{t}");
         }
         for t in ["v1", "latest", "sha256-", "sha256-xyz.sig", "md5-abc"] {

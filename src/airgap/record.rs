@@ -34,7 +34,13 @@ pub struct ExportedImage {
 }
 
 /// The statement for `images`, exported under `policy_revision` at `time`.
-pub fn statement(images: &[ExportedImage], policy_revision: Option<&str>, blobs: usize, bytes: u64, time: &str) -> Value {
+pub fn statement(
+    images: &[ExportedImage],
+    policy_revision: Option<&str>,
+    blobs: usize,
+    bytes: u64,
+    time: &str,
+) -> Value {
     let subject: Vec<Value> = images
         .iter()
         .map(|i| json!({ "name": i.reference, "digest": { i.digest.algorithm().as_str(): i.digest.hex() } }))

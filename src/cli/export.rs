@@ -90,7 +90,7 @@ pub async fn run(mut config: Config, images: &[String], out: &Path, options: Opt
             Some(TempDir(dir))
         }
     };
-    let audit = proxy::configured_audit_sink(&config)?;
+    let audit = proxy::command_audit_sink(&config)?;
     let proxy = Proxy::with_options(
         Arc::new(config),
         audit,

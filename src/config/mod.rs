@@ -288,7 +288,12 @@ impl Config {
                     https: true,
                     authority: u.host.clone(),
                 },
-                None => return Err(invalid(&format!("{at}.url"), "missing (required unless `offline: true`)".into())),
+                None => {
+                    return Err(invalid(
+                        &format!("{at}.url"),
+                        "missing (required unless `offline: true`)".into(),
+                    ));
+                }
             };
             if !url.https && !u.insecure_plain_http && !offline {
                 return Err(invalid(

@@ -17,12 +17,12 @@ mod tags;
 use std::sync::Arc;
 
 pub use admission::{Admitted, Gate};
-pub use offline::StoreSource;
 pub use assess::{Assessment, Judgement};
 pub use blob::{BlobBody, BlobServed, ByteRange, ByteSlice};
 pub use error::Error;
 pub use evidence::MaterialRefs;
 pub use manifest::ManifestServed;
+pub use offline::StoreSource;
 pub use referrers::ReferrersServed;
 pub use tags::{PageSize, TagsServed};
 
@@ -137,8 +137,11 @@ impl Proxy {
                 return Some(s.clone());
             }
             u.offline.then(|| {
-                Arc::new(offline::StoreSource::new(u.host.clone(), store.clone(), imports.clone()))
-                    as crate::upstream::local::SharedSource
+                Arc::new(offline::StoreSource::new(
+                    u.host.clone(),
+                    store.clone(),
+                    imports.clone(),
+                )) as crate::upstream::local::SharedSource
             })
         })?;
         let manifests = moka::future::Cache::builder()
@@ -276,6 +279,15 @@ fn load_policy(config: &Config) -> Result<Option<(crate::policy::PolicySet, std:
             }
             Err(e) => Err(e.into()),
         },
+    }
+}
+
+/// For commands whose standard output is their report (`export`,
+/// `import`): the configured audit log, else standard error.
+pub fn command_audit_sink(config: &Config) -> Result<crate::telemetry::audit::AuditSink, StartError> {
+    match &config.audit_log {
+        None => Ok(crate::telemetry::audit::AuditSink::stderr()),
+        Some(_) => configured_audit_sink(config),
     }
 }
 

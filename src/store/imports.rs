@@ -70,7 +70,12 @@ impl Imports {
     }
 
     /// The recorded referrers listing of `subject`, if an import wrote one.
-    pub fn referrers(&self, host: &RegistryHost, repo: &RepoName, subject: &Digest) -> Result<Option<Bytes>, StoreError> {
+    pub fn referrers(
+        &self,
+        host: &RegistryHost,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Option<Bytes>, StoreError> {
         let path = self.path(host, repo, "_referrers", subject);
         match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes.into())),
@@ -95,7 +100,10 @@ mod tests {
         assert!(imports.is_present(&host, &a, &d));
         assert!(!imports.is_present(&host, &b, &d));
         imports.put_referrers(&host, &a, &d, b"{}").expect("put");
-        assert_eq!(imports.referrers(&host, &a, &d).expect("read").as_deref(), Some(&b"{}"[..]));
+        assert_eq!(
+            imports.referrers(&host, &a, &d).expect("read").as_deref(),
+            Some(&b"{}"[..])
+        );
         assert_eq!(imports.referrers(&host, &b, &d).expect("read"), None);
     }
 }

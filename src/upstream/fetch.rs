@@ -442,7 +442,12 @@ impl Registry {
         }
     }
 
-    async fn local_digest(&self, source: &SharedSource, repo: &RepoName, reference: &Reference) -> Result<Digest, Error> {
+    async fn local_digest(
+        &self,
+        source: &SharedSource,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Digest, Error> {
         match reference {
             Reference::Digest(d) => Ok(d.clone()),
             Reference::Tag(t) => {
@@ -522,11 +527,12 @@ impl Registry {
         if let Some(n) = n {
             tags.truncate(n);
         }
-        let body = serde_json::to_vec(&serde_json::json!({ "name": repo.as_str(), "tags": tags }))
-            .map_err(|e| Error::Local {
+        let body = serde_json::to_vec(&serde_json::json!({ "name": repo.as_str(), "tags": tags })).map_err(|e| {
+            Error::Local {
                 host: self.host().to_string(),
                 message: e.to_string(),
-            })?;
+            }
+        })?;
         Ok(TagsPage {
             body: body.into(),
             link: None,

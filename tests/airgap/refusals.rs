@@ -1,0 +1,170 @@
+//! Whole-archive refusals and other suppliers' archives: a truncated
+//! archive, an export signed by another station, --all-or-nothing (on a
+//! zstd archive), an export the connected policy denies, and a `skopeo
+//! copy --all … oci-archive:` archive.
+
+use super::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_archive_keeps_the_images_before_the_cut() {
+    let c = Connected::start().await;
+    let web = oci_image(&[3000], 1301);
+    push_signed(&c.upstream, "apps/web", "v1", &web, &[&c.a]).await;
+    let big = oci_image(&[4 * 1024 * 1024], 1302);
+    push_signed(&c.upstream, "apps/big", "v1", &big, &[&c.a]).await;
+    let archive = c.work.path().join("cut.tar");
+    let (code, stdout, stderr) = c.export(&["apps/web:v1", "apps/big:v1"], &archive, &[]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // Cut the archive in the middle of the big layer.
+    let bytes = std::fs::read(&archive).expect("archive");
+    let layer = entry(&big.layers[0].digest);
+    let start = {
+        let mut a = tar::Archive::new(&bytes[..]);
+        let mut found = None;
+        for e in a.entries().expect("entries") {
+            let e = e.expect("entry");
+            if e.path().expect("path").to_string_lossy() == layer {
+                found = Some(e.raw_file_position());
+            }
+        }
+        found.expect("the big layer is in the archive")
+    };
+    let cut = usize::try_from(start).expect("offset") + 1024 * 1024;
+    std::fs::write(&archive, &bytes[..cut]).expect("truncate");
+
+    let site = Site::new(&c.a).await;
+    let (code, report) = site.import(&archive, &[]).await;
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(imported(&report), vec![format!("{HOST}/apps/web:v1")], "{report}");
+    let why = refusal(&report, &format!("{HOST}/apps/big:v1")).unwrap_or_else(|| panic!("{report}"));
+    assert!(why.contains(&big.layers[0].digest.to_string()), "{why}");
+    assert!(why.contains("truncated"), "{why}");
+    assert!(
+        report["archiveProblem"]
+            .as_str()
+            .is_some_and(|p| p.contains("truncated")),
+        "{report}"
+    );
+
+    let server = site.serve().await;
+    let (top, _) = skopeo_pull(&server.listen, "apps/web:v1")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(top, web.manifest.digest);
+    not_served(&server.listen, "apps/big", &big).await;
+    assert_eq!(site.trap.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_signed_by_another_station_is_refused_whole() {
+    let c = Connected::start().await;
+    let web = oci_image(&[2000], 1401);
+    push_signed(&c.upstream, "apps/web", "v1", &web, &[&c.a]).await;
+    let archive = c.work.path().join("signed.tar");
+    let (code, stdout, stderr) = c.export(&["apps/web:v1"], &archive, &[]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let other_key = c.work.path().join("other.key");
+    let other_pub = c.work.path().join("other.pub");
+    write_station_key(&other_key, &other_pub);
+
+    let site = Site::new(&c.a).await;
+    let (code, report) = site
+        .import(&archive, &["--export-key", &other_pub.display().to_string()])
+        .await;
+    assert_eq!(code, 1, "{report}");
+    assert!(imported(&report).is_empty(), "{report}");
+    let why = refusal(&report, &format!("{HOST}/apps/web:v1")).unwrap_or_else(|| panic!("{report}"));
+    assert!(why.contains("signature does not verify"), "{why}");
+    let server = site.serve().await;
+    not_served(&server.listen, "apps/web", &web).await;
+    drop(server);
+
+    // Control: the station's own key admits the same archive.
+    let (code, report) = site
+        .import(&archive, &["--export-key", &c.station_pub.display().to_string()])
+        .await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(imported(&report), vec![format!("{HOST}/apps/web:v1")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_or_nothing_imports_nothing_when_one_image_fails() {
+    let c = Connected::start().await;
+    let web = oci_image(&[2000], 1501);
+    push_signed(&c.upstream, "apps/web", "v1", &web, &[&c.a]).await;
+    let otherkey = oci_image(&[2100], 1502);
+    push_signed(&c.upstream, "neg/otherkey", "v1", &otherkey, &[&c.b]).await;
+    let archive = c.work.path().join("both.tar.zst");
+    let (code, stdout, stderr) = c.export(&["apps/web:v1", "neg/otherkey:v1"], &archive, &[]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let magic = std::fs::read(&archive).expect("archive");
+    assert_eq!(&magic[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a .zst name writes zstd");
+
+    let site = Site::new(&c.a).await;
+    let (code, report) = site.import(&archive, &["--all-or-nothing"]).await;
+    assert_eq!(code, 1, "{report}");
+    assert!(imported(&report).is_empty(), "{report}");
+    let why = refusal(&report, &format!("{HOST}/apps/web:v1")).unwrap_or_else(|| panic!("{report}"));
+    assert!(why.contains("--all-or-nothing"), "{why}");
+    let server = site.serve().await;
+    not_served(&server.listen, "apps/web", &web).await;
+    drop(server);
+
+    // Control: without the flag the good image imports.
+    let (code, report) = site.import(&archive, &[]).await;
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(imported(&report), vec![format!("{HOST}/apps/web:v1")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_the_exporting_policy_denies_is_not_exported() {
+    let c = Connected::start().await;
+    let unsigned = oci_image(&[1000], 1601);
+    c.upstream.push_image("apps/unsigned", "v1", &unsigned).await;
+    let signed = oci_image(&[1000], 1602);
+    push_signed(&c.upstream, "apps/web", "v1", &signed, &[&c.a]).await;
+    let archive = c.work.path().join("denied.tar");
+    let (code, stdout, stderr) = c.export(&["apps/web:v1", "apps/unsigned:v1"], &archive, &[]).await;
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("DENIED: {HOST}/apps/unsigned:v1")), "{stdout}");
+    assert!(!archive.exists(), "no archive is written");
+    assert!(!c.work.path().join("denied.tar.partial").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skopeo_oci_archive_imports_and_serves() {
+    let c = Connected::start().await;
+    let amd = oci_image_for("amd64", &[1500], 1701);
+    let arm = oci_image_for("arm64", &[1600], 1702);
+    let index = oci_index(&[(&amd, "amd64"), (&arm, "arm64")]);
+    c.upstream.push_index("vendor/multi", "v1", &index, &[&amd, &arm]).await;
+    let archive = c.work.path().join("skopeo.tar");
+    crate::support::skopeo_copy_exact(
+        &format!("docker://{}/vendor/multi:v1", c.upstream.host()),
+        &format!("oci-archive:{}:v1", archive.display()),
+        LIMIT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let site = Site::new(&c.a).await;
+    // A bare tag needs a repository to live in.
+    let (code, report) = site.import(&archive, &[]).await;
+    assert_eq!(code, 1, "{report}");
+    assert!(imported(&report).is_empty(), "{report}");
+    let (code, report) = site
+        .import(&archive, &["--repository", &format!("{HOST}/vendor/multi")])
+        .await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(imported(&report), vec![format!("{HOST}/vendor/multi:v1")]);
+    let server = site.serve().await;
+    let (top, all) = skopeo_pull(&server.listen, "vendor/multi:v1")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(top, index.digest);
+    let mut want = digests(&amd);
+    want.extend(digests(&arm));
+    want.insert(index.digest.clone());
+    assert_eq!(all, want);
+    assert_eq!(site.trap.count(), 0);
+}
