@@ -7,7 +7,7 @@ pub use std::sync::Arc;
 pub use std::sync::atomic::{AtomicUsize, Ordering};
 pub use std::time::Duration;
 
-pub use crate::support::admission::{ACCEPT, policy_dir, push_signed};
+pub use crate::support::admission::{ACCEPT, policy_dir, push_signed, write_policy};
 pub use crate::support::binary::{Served, free_port};
 pub use crate::support::client;
 pub use crate::support::cosign::{

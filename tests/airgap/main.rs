@@ -10,4 +10,5 @@ mod support;
 
 mod common;
 mod end_to_end;
+mod offline;
 mod refusals;

@@ -1,0 +1,54 @@
+//! An offline site after a policy change: the admission is decided again
+//! from the material the import stored (legacy tags, bundle referrers),
+//! with local trust only, and nothing is asked of the network.
+
+use super::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_policy_revision_reverifies_stored_material_offline() {
+    let c = Connected::start().await;
+    let web = oci_image(&[2000], 1801);
+    push_signed(&c.upstream, "apps/web", "v1", &web, &[&c.a]).await;
+    let bundled = oci_image(&[2100], 1802);
+    c.upstream.push_image("apps/bundled", "v1", &bundled).await;
+    push_bundle_signature(&c.upstream, "apps/bundled", &bundled.manifest, &c.a).await;
+    let archive = c.work.path().join("two.tar");
+    let (code, stdout, stderr) = c.export(&["apps/web:v1", "apps/bundled:v1"], &archive, &[]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let site = Site::new(&c.a).await;
+    let (code, report) = site.import(&archive, &[]).await;
+    assert_eq!(code, 0, "{report}");
+
+    // A new revision that still trusts key a (a bundle-only rule for
+    // apps/bundled): both are verified again from the stored material.
+    let rules = SITE_RULES.replace(
+        "  - name: bundles\n    match: { repositories: [\"neg/bundle\"] }",
+        "  - name: bundles\n    match: { repositories: [\"neg/bundle\", \"apps/bundled\"] }",
+    );
+    assert_ne!(rules, SITE_RULES);
+    write_policy(site.policies.path(), &[("a", &c.a)], &rules);
+    let server = site.serve().await;
+    let at = server.listen.as_str();
+    for (repo, image) in [("apps/web", &web), ("apps/bundled", &bundled)] {
+        let r = get(at, &format!("/v2/{repo}/manifests/v1")).await;
+        assert_eq!(r.status.as_u16(), 200, "{repo}: {:?}", r.body);
+        assert_eq!(r.bytes(), image.manifest.bytes, "{repo}");
+        let blob = get(at, &format!("/v2/{repo}/blobs/{}", image.layers[0].digest)).await;
+        assert_eq!(blob.status.as_u16(), 200, "{repo} layer");
+        assert_eq!(blob.bytes(), image.layers[0].bytes);
+    }
+    let log = server.log_text();
+    drop(server);
+
+    // A revision that trusts only another key: the stored signatures no
+    // longer satisfy it, and the site refuses what it imported before.
+    let other = SigningKey::generate_p256();
+    write_policy(site.policies.path(), &[("a", &other)], SITE_RULES);
+    let server = site.serve().await;
+    for repo in ["apps/web", "apps/bundled"] {
+        let r = get(&server.listen, &format!("/v2/{repo}/manifests/v1")).await;
+        assert_eq!(r.status.as_u16(), 403, "{repo}: {:?}", r.body);
+        assert!(r.error_message().contains("denied by policy"), "{}", r.error_message());
+    }
+    assert_eq!(site.trap.count(), 0, "the site never tried its upstream:\n{log}");
+}
