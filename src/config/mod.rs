@@ -170,6 +170,10 @@ pub struct ProxyLimits {
     pub max_cold_downloads: usize,
     /// How long a request queues for a download slot before `429`.
     pub cold_download_wait: Duration,
+    /// How old a tag's last confirmation by its upstream may be for the
+    /// stale fallback (`Warning: 299`) while the upstream is unreachable;
+    /// older, the tag is refused. `None`: no bound.
+    pub max_staleness: Option<Duration>,
 }
 
 impl Default for ProxyLimits {
@@ -178,6 +182,7 @@ impl Default for ProxyLimits {
             tag_memory_entries: 100_000,
             max_cold_downloads: 64,
             cold_download_wait: Duration::from_secs(10),
+            max_staleness: None,
         }
     }
 }
@@ -588,6 +593,20 @@ impl Config {
             "cold blob downloads: at most {} at once (a request waits up to {:?}, then 429); {} tags in memory",
             l.max_cold_downloads, l.cold_download_wait, l.tag_memory_entries
         );
+        match l.max_staleness {
+            Some(d) => {
+                let _ = writeln!(
+                    out,
+                    "stale tags (upstream unreachable): served for at most {d:?} after the last confirmation"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "stale tags (upstream unreachable): served with a warning, no age bound"
+                );
+            }
+        }
         out
     }
 }
@@ -672,9 +691,16 @@ fn proxy_limits(raw: &raw::RawCache) -> Result<ProxyLimits, (&'static str, Strin
         tag_memory_entries: raw.tag_memory_entries.unwrap_or(d.tag_memory_entries),
         max_cold_downloads: raw.max_cold_downloads.unwrap_or(d.max_cold_downloads),
         cold_download_wait: raw.cold_download_wait.map_or(d.cold_download_wait, |x| x.0),
+        max_staleness: raw.max_staleness.map(|x| x.0),
     };
     if limits.max_cold_downloads == 0 {
         return Err(("maxColdDownloads", "must be at least 1".to_owned()));
+    }
+    if limits.max_staleness.is_some_and(|d| d.is_zero()) {
+        return Err((
+            "maxStaleness",
+            "must be longer than zero (leave it out for no bound)".to_owned(),
+        ));
     }
     Ok(limits)
 }
@@ -706,6 +732,33 @@ mod tests {
         );
         assert!(c.upstream_by_host("quay.io").is_some());
         assert!(c.upstream_by_host("evil.example").is_none());
+    }
+
+    #[test]
+    fn offline_upstreams_and_the_staleness_bound() {
+        let yaml = "upstreams:\n  - host: site.test\n    offline: true\n  - host: a.io\n    url: https://a.io\ncache:\n  maxStaleness: 1h\n";
+        let c = Config::from_yaml(yaml, "t", &Overrides::default()).expect("valid");
+        let site = c.upstream_by_host("site.test").expect("site");
+        assert!(site.offline);
+        assert_eq!(site.url.to_string(), "https://site.test");
+        assert!(!c.upstream_by_host("a.io").expect("a").offline);
+        assert_eq!(c.proxy_limits.max_staleness, Some(Duration::from_secs(3600)));
+        // `serve --offline`: every upstream.
+        let ov = Overrides {
+            offline: true,
+            ..Default::default()
+        };
+        let c = Config::from_yaml(yaml, "t", &ov).expect("valid");
+        assert!(c.upstreams.iter().all(|u| u.offline));
+        for (bad, at) in [
+            ("upstreams:\n  - host: a.io\n", "upstreams[0].url"),
+            ("cache:\n  maxStaleness: 0s\n", "maxStaleness"),
+            ("upstreams:\n  - host: a.io\n    offline: yes-please\n", ""),
+            ("upstreams:\n  - host: a.io\n    ofline: true\n", ""),
+        ] {
+            let e = Config::from_yaml(bad, "t", &Overrides::default()).expect_err(bad);
+            assert!(e.to_string().contains(at), "{bad}: {e}");
+        }
     }
 
     #[test]

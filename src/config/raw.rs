@@ -201,6 +201,9 @@ pub struct RawCache {
     pub max_cold_downloads: Option<usize>,
     /// How long a request waits for a download slot before `429`.
     pub cold_download_wait: Option<HumanDuration>,
+    /// The oldest last confirmation of a tag the stale fallback still
+    /// serves while its upstream is unreachable (absent: no bound).
+    pub max_staleness: Option<HumanDuration>,
 }
 
 /// Connection limits of the client-facing server.

@@ -84,6 +84,29 @@ impl TagStore {
         }
     }
 
+    /// When the upstream last confirmed the tag's digest (the observation
+    /// file's modification time; see [`Self::confirm`]).
+    pub fn confirmed_at(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag) -> Option<std::time::SystemTime> {
+        std::fs::metadata(self.path(host, repo, tag)).ok()?.modified().ok()
+    }
+
+    /// The upstream named the same digest again: bring the confirmation
+    /// time forward, at most once per `every` (a tag resolved on every pull
+    /// costs no write per pull).
+    pub fn confirm(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag, every: std::time::Duration) {
+        let path = self.path(host, repo, tag);
+        let now = std::time::SystemTime::now();
+        let Ok(meta) = std::fs::metadata(&path) else { return };
+        let fresh = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age < every);
+        if !fresh && let Ok(f) = std::fs::File::options().append(true).open(&path) {
+            let _ = f.set_modified(now);
+        }
+    }
+
     /// [`Self::last`] read from the disk, refreshing the memory: another
     /// process (`portcullis import`) may have moved the tag meanwhile.
     pub fn reread(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StoreError> {
