@@ -196,9 +196,13 @@ impl Site {
     }
 
     fn common_args(&self) -> Vec<String> {
+        self.args_with("site.yaml")
+    }
+
+    fn args_with(&self, config: &str) -> Vec<String> {
         vec![
             "--config".into(),
-            self.dir.path().join("site.yaml").display().to_string(),
+            self.dir.path().join(config).display().to_string(),
             "--policies".into(),
             self.policies.path().display().to_string(),
         ]
@@ -217,6 +221,28 @@ impl Site {
 
     /// `portcullis serve` on the site's configuration (offline).
     pub async fn serve(&self) -> Served {
+        self.serve_with("site.yaml").await
+    }
+
+    /// The control: the same configuration without `offline: true`.
+    pub async fn serve_online(&self) -> Served {
+        let offline = std::fs::read_to_string(self.dir.path().join("site.yaml")).expect("site config");
+        let online = offline.replace("    offline: true\n", "");
+        assert_ne!(online, offline);
+        std::fs::write(self.dir.path().join("online.yaml"), online).expect("online config");
+        self.serve_with("online.yaml").await
+    }
+
+    /// `portcullis store stats` on the site's data directory.
+    pub async fn store_stats(&self) -> String {
+        let mut args: Vec<String> = vec!["store".into(), "stats".into()];
+        args.extend(self.args_with("site.yaml").into_iter().take(2));
+        let (code, stdout, stderr) = run(&args).await;
+        assert_eq!(code, 0, "{stdout}\n{stderr}");
+        stdout
+    }
+
+    async fn serve_with(&self, config: &str) -> Served {
         let listen = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
         let logs = tempfile::tempdir().expect("log dir");
@@ -224,7 +250,7 @@ impl Site {
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["serve", "--listen", &listen, "--admin-listen", &admin])
-            .args(self.common_args())
+            .args(self.args_with(config))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(stderr)

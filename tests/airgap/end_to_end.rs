@@ -175,4 +175,30 @@ async fn signed_images_cross_the_gap_and_are_served_with_no_upstream() {
 
     assert_eq!(site.trap.count(), 0, "the site never tried its upstream");
     drop(server);
+
+    // Imported content is pinned: it cannot be fetched again. Every blob of
+    // the four images and of their material (legacy layers and configs,
+    // the bundle, the attestation).
+    let stats = site.store_stats().await;
+    let pinned: usize = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("pinned: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pinned count in:\n{stats}"));
+    let imported_blobs: u64 = report["imported"]
+        .as_array()
+        .expect("imported")
+        .iter()
+        .map(|i| i["blobs"].as_u64().expect("blobs"))
+        .sum();
+    assert!(
+        pinned > 0 && pinned as u64 <= imported_blobs,
+        "{pinned} pinned of {imported_blobs}:\n{stats}"
+    );
+    let blobs_line = stats.lines().find(|l| l.starts_with("blobs: ")).expect("blobs line");
+    assert!(
+        blobs_line.starts_with(&format!("blobs: {pinned} ")),
+        "every stored blob is pinned:\n{stats}"
+    );
 }

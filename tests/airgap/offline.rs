@@ -51,4 +51,56 @@ async fn a_new_policy_revision_reverifies_stored_material_offline() {
         assert!(r.error_message().contains("denied by policy"), "{}", r.error_message());
     }
     assert_eq!(site.trap.count(), 0, "the site never tried its upstream:\n{log}");
+    drop(server);
+
+    // Control: the same site without `offline: true` does go to the
+    // address for a tag it does not have, so the zero above means something.
+    let server = site.serve_online().await;
+    let r = get(&server.listen, "/v2/apps/nothing/manifests/v1").await;
+    assert_ne!(r.status.as_u16(), 200);
+    assert!(site.trap.count() > 0, "the online control reached the trap");
+}
+
+/// podman pulls an imported image from the offline site by tag and by
+/// digest (an unpackable image: podman unpacks what it pulls), and gets the
+/// digest of the original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_pulls_an_imported_image_by_tag_and_digest() {
+    let c = Connected::start().await;
+    let image = crate::support::images::runnable_image(&[&[("etc/site", b"air-gapped\n")]], 1901);
+    push_signed(&c.upstream, "apps/runnable", "v1", &image, &[&c.a]).await;
+    let archive = c.work.path().join("runnable.tar");
+    let (code, stdout, stderr) = c.export(&["apps/runnable:v1"], &archive, &[]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let site = Site::new(&c.a).await;
+    let (code, report) = site.import(&archive, &[]).await;
+    assert_eq!(code, 0, "{report}");
+    let server = site.serve().await;
+
+    let p = tempfile::tempdir().expect("tempdir");
+    let podman = |args: Vec<String>| {
+        let mut all = crate::support::isolated_podman_flags(p.path());
+        all.extend(args);
+        async move {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            crate::support::try_run("podman", &refs, LIMIT)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+    };
+    let by_tag = format!("{}/apps/runnable:v1", server.listen);
+    let by_digest = format!("{}/apps/runnable@{}", server.listen, image.manifest.digest);
+    for reference in [&by_tag, &by_digest] {
+        podman(vec!["pull".into(), "--tls-verify=false".into(), reference.clone()]).await;
+    }
+    let digest = podman(vec![
+        "image".into(),
+        "inspect".into(),
+        "--format".into(),
+        "{{.Digest}}".into(),
+        by_tag.clone(),
+    ])
+    .await;
+    assert_eq!(digest.trim(), image.manifest.digest.to_string());
+    assert_eq!(site.trap.count(), 0);
 }
