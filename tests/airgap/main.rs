@@ -12,3 +12,4 @@ mod common;
 mod end_to_end;
 mod offline;
 mod refusals;
+mod streaming;
