@@ -472,3 +472,106 @@ impl LocalSource for LayoutSource {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Algorithm;
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, bytes) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, path, *bytes).expect("append");
+        }
+        b.into_inner().expect("tar")
+    }
+
+    fn entry_name(d: &Digest) -> String {
+        format!("blobs/sha256/{}", d.hex())
+    }
+
+    #[test]
+    fn blobs_are_staged_only_when_they_match_their_name() {
+        let good = b"good blob".as_slice();
+        let good_d = Digest::of(Algorithm::Sha256, good);
+        let bad_d = Digest::of(Algorithm::Sha256, b"what the name says");
+        let archive = tar_of(&[
+            ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+            ("index.json", br#"{"schemaVersion":2,"manifests":[]}"#),
+            (&entry_name(&good_d), good),
+            (&entry_name(&bad_d), b"something else"),
+            ("blobs/sha256/not-a-digest", b"ignored"),
+        ]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a.tar");
+        std::fs::write(&file, &archive).expect("write");
+        let staged = stage(&file, dir.path().join("stage")).expect("stage");
+        assert!(staged.broken.is_none(), "{:?}", staged.broken);
+        assert!(staged.blob_path(&good_d).is_file());
+        assert!(!staged.blob_path(&bad_d).exists());
+        assert!(staged.corrupt.get(&bad_d).is_some_and(|why| why.contains("mismatch")));
+        let layout = Layout::open(&staged, None).expect("layout");
+        assert!(layout.has_blob(&good_d) && !layout.has_blob(&bad_d));
+        let stage_dir = staged.dir.clone();
+        drop(staged);
+        assert!(!stage_dir.exists(), "staging is removed with the import");
+    }
+
+    #[test]
+    fn a_truncated_or_zstd_archive_is_read_as_far_as_it_goes() {
+        let blob = vec![7u8; 64 * 1024];
+        let d = Digest::of(Algorithm::Sha256, &blob);
+        let small = b"small".as_slice();
+        let small_d = Digest::of(Algorithm::Sha256, small);
+        let archive = tar_of(&[
+            ("index.json", br#"{"schemaVersion":2,"manifests":[]}"#),
+            (&entry_name(&small_d), small),
+            (&entry_name(&d), &blob),
+        ]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cut = dir.path().join("cut.tar");
+        std::fs::write(&cut, &archive[..archive.len() - 40 * 1024]).expect("write");
+        let staged = stage(&cut, dir.path().join("s1")).expect("stage");
+        assert!(
+            staged.broken.as_deref().is_some_and(|b| b.contains("truncated")),
+            "{:?}",
+            staged.broken
+        );
+        assert!(staged.blob_path(&small_d).is_file(), "what came before the cut stays");
+        assert!(!staged.blob_path(&d).exists());
+        assert!(staged.corrupt.is_empty(), "a cut blob is missing, not corrupt");
+
+        let zst = dir.path().join("a.tar.zst");
+        std::fs::write(&zst, zstd::encode_all(&archive[..], 3).expect("zstd")).expect("write");
+        let staged = stage(&zst, dir.path().join("s2")).expect("stage");
+        assert!(staged.broken.is_none(), "{:?}", staged.broken);
+        assert!(staged.blob_path(&d).is_file() && staged.index.is_some());
+    }
+
+    #[test]
+    fn entries_are_named_by_full_reference_or_by_tag_in_a_given_repository() {
+        let d = Digest::of(Algorithm::Sha256, b"m");
+        let descriptor = |annotations: &[(&str, &str)]| Descriptor {
+            media_type: OCI_INDEX.into(),
+            digest: d.clone(),
+            size: 1,
+            artifact_type: None,
+            urls: Vec::new(),
+            annotations: annotations.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+        };
+        let full = entry_name_of(&descriptor(&[(IMAGE_NAME, "r.io/apps/web:v1"), (REF_NAME, "v1")]), None);
+        assert_eq!(full.0.map(|n| n.to_string()).as_deref(), Some("r.io/apps/web:v1"));
+        let default = ("r.io".parse().expect("host"), "vendor/x".parse().expect("repo"));
+        let tagged = entry_name_of(&descriptor(&[(REF_NAME, "v2")]), Some(&default));
+        assert_eq!(tagged.0.map(|n| n.to_string()).as_deref(), Some("r.io/vendor/x:v2"));
+        let orphan = entry_name_of(&descriptor(&[(REF_NAME, "v2")]), None);
+        assert!(orphan.0.is_none() && orphan.1.is_some_and(|p| p.contains("--repository")));
+        assert_eq!(entry_name_of(&descriptor(&[]), None), (None, None));
+    }
+
+    use super::entry_name as entry_name_of;
+}
