@@ -104,3 +104,40 @@ async fn podman_pulls_an_imported_image_by_tag_and_digest() {
     assert_eq!(digest.trim(), image.manifest.digest.to_string());
     assert_eq!(site.trap.count(), 0);
 }
+
+/// A second import that moves a tag is served by the running site at once
+/// (the tag is read from disk, not from the proxy's memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_import_moves_a_tag_in_a_running_site() {
+    let c = Connected::start().await;
+    let first = oci_image(&[1000], 2101);
+    push_signed(&c.upstream, "apps/web", "v1", &first, &[&c.a]).await;
+    let one = c.work.path().join("one.tar");
+    let (code, stdout, stderr) = c.export(&["apps/web:v1"], &one, &[]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let second = oci_image(&[1100], 2102);
+    push_signed(&c.upstream, "apps/web", "v1", &second, &[&c.a]).await;
+    let two = c.work.path().join("two.tar");
+    let (code, stdout, stderr) = c.export(&["apps/web:v1"], &two, &[]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+
+    let site = Site::new(&c.a).await;
+    let server = site.serve().await;
+    let (code, report) = site.import(&one, &[]).await;
+    assert_eq!(code, 0, "{report}");
+    let r = get(&server.listen, "/v2/apps/web/manifests/v1").await;
+    assert_eq!(r.header("docker-content-digest"), Some(first.manifest.digest.to_string().as_str()));
+    let (code, report) = site.import(&two, &[]).await;
+    assert_eq!(code, 0, "{report}");
+    let r = get(&server.listen, "/v2/apps/web/manifests/v1").await;
+    assert_eq!(r.status.as_u16(), 200, "{:?}", r.body);
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(second.manifest.digest.to_string().as_str()),
+        "the running site follows the new import"
+    );
+    // The first image stays pullable by digest.
+    let r = get(&server.listen, &format!("/v2/apps/web/manifests/{}", first.manifest.digest)).await;
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(site.trap.count(), 0);
+}

@@ -84,3 +84,38 @@ async fn a_large_blob_is_exported_in_flat_memory_and_imported_intact() {
     assert_eq!(r.status.as_u16(), 200);
     assert_eq!(r.bytes(), image.layers[0].bytes, "the large layer, intact");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_export_reads_the_store_of_the_data_dir() {
+    let c = Connected::start().await;
+    let image = oci_image(&[300 * 1024], 2003);
+    push_signed(&c.upstream, "apps/web", "v1", &image, &[&c.a]).await;
+    let layer_gets = || {
+        let needle = format!("GET /v2/apps/web/blobs/{}", image.layers[0].digest);
+        c.upstream.log().matches(&needle).count()
+    };
+    for (i, name) in ["one.tar", "two.tar"].iter().enumerate() {
+        let (code, stdout, stderr) = c.export(&["apps/web:v1"], &c.work.path().join(name), &[]).await;
+        assert_eq!(code, 0, "{stdout}\n{stderr}");
+        assert_eq!(layer_gets(), 1, "export {}: the layer is downloaded once", i + 1);
+    }
+    // Both archives carry the same content.
+    let one = std::fs::read(c.work.path().join("one.tar")).expect("one");
+    let two = std::fs::read(c.work.path().join("two.tar")).expect("two");
+    let layer = entry(&image.layers[0].digest);
+    let layer_bytes = |archive: &[u8]| {
+        use std::io::Read as _;
+        let mut a = tar::Archive::new(archive);
+        for e in a.entries().expect("entries") {
+            let mut e = e.expect("entry");
+            if e.path().expect("path").to_string_lossy() == layer {
+                let mut bytes = Vec::new();
+                e.read_to_end(&mut bytes).expect("read");
+                return bytes;
+            }
+        }
+        panic!("no layer in the archive");
+    };
+    assert_eq!(layer_bytes(&one), image.layers[0].bytes.to_vec());
+    assert_eq!(layer_bytes(&two), image.layers[0].bytes.to_vec());
+}
