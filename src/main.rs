@@ -105,7 +105,8 @@ enum Command {
         /// Import nothing unless every image passes.
         #[arg(long)]
         all_or_nothing: bool,
-        /// Require an export record signed by this export station public key (PEM).
+        /// Require an export record signed by this export station public key (PEM;
+        /// overrides `airgap.exportKey`).
         #[arg(long)]
         export_key: Option<PathBuf>,
         #[arg(long)]

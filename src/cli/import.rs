@@ -32,7 +32,9 @@ pub enum SetupError {
 /// Import `archive` under `config`.
 pub async fn run(config: Config, archive: &Path, options: Options) -> Result<Report, SetupError> {
     let default_repository = options.repository.as_deref().map(repository).transpose()?;
-    let export_station = options.export_key.as_deref().map(ExportStation::load).transpose()?;
+    // The flag, else the site's configuration (`airgap.exportKey`).
+    let key = options.export_key.clone().or_else(|| config.export_key.clone());
+    let export_station = key.as_deref().map(ExportStation::load).transpose()?;
     let opts = ImportOptions {
         default_repository,
         all_or_nothing: options.all_or_nothing,

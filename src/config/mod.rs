@@ -248,6 +248,9 @@ pub struct Config {
     pub origin: String,
     /// The registry watch (`None`: no `watch:` section).
     pub watch: Option<WatchConfig>,
+    /// `airgap.exportKey`: imports must be signed by this export station
+    /// (its PEM public key; relative to the configuration file).
+    pub export_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -467,6 +470,7 @@ impl Config {
             proxy_limits,
             origin: origin.to_owned(),
             watch,
+            export_key: raw.airgap.export_key.map(|p| resolve_path(origin, p)),
         })
     }
 
@@ -488,6 +492,9 @@ impl Config {
         let _ = writeln!(out, "listen: {scheme}://{}", self.listen);
         let _ = writeln!(out, "admin (metrics, /healthz, /readyz): http://{}", self.admin_listen);
         let _ = writeln!(out, "data directory: {}", self.data_dir.display());
+        if let Some(key) = &self.export_key {
+            let _ = writeln!(out, "imports: an export record signed by {} is required", key.display());
+        }
         let _ = match self.storage.max_bytes {
             Some(cap) => writeln!(
                 out,

@@ -65,6 +65,18 @@ pub struct RawConfig {
     pub auth: Option<RawAuth>,
     /// Registry watch: tags re-resolved and verified on a schedule.
     pub watch: Option<super::watch::RawWatch>,
+    /// Air-gap imports (`portcullis import`).
+    #[serde(default)]
+    pub airgap: RawAirgap,
+}
+
+/// `airgap:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAirgap {
+    /// PEM public key of the export station: every import must carry an
+    /// export record it signed naming each image.
+    pub export_key: Option<PathBuf>,
 }
 
 /// `auth:`. The names `htpasswd` and `anonymous` are fixed (operators

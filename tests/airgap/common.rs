@@ -233,6 +233,15 @@ impl Site {
         self.serve_with("online.yaml").await
     }
 
+    /// Require exports signed by the station whose public key is `key`
+    /// (`airgap.exportKey` in the site's configuration).
+    pub fn require_export_key(&self, key: &Path) {
+        let path = self.dir.path().join("site.yaml");
+        let mut config = std::fs::read_to_string(&path).expect("site config");
+        config.push_str(&format!("airgap:\n  exportKey: {}\n", key.display()));
+        std::fs::write(path, config).expect("site config");
+    }
+
     /// `portcullis store stats` on the site's data directory.
     pub async fn store_stats(&self) -> String {
         let mut args: Vec<String> = vec!["store".into(), "stats".into()];

@@ -126,7 +126,10 @@ async fn a_later_import_moves_a_tag_in_a_running_site() {
     let (code, report) = site.import(&one, &[]).await;
     assert_eq!(code, 0, "{report}");
     let r = get(&server.listen, "/v2/apps/web/manifests/v1").await;
-    assert_eq!(r.header("docker-content-digest"), Some(first.manifest.digest.to_string().as_str()));
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(first.manifest.digest.to_string().as_str())
+    );
     let (code, report) = site.import(&two, &[]).await;
     assert_eq!(code, 0, "{report}");
     let r = get(&server.listen, "/v2/apps/web/manifests/v1").await;
@@ -137,7 +140,11 @@ async fn a_later_import_moves_a_tag_in_a_running_site() {
         "the running site follows the new import"
     );
     // The first image stays pullable by digest.
-    let r = get(&server.listen, &format!("/v2/apps/web/manifests/{}", first.manifest.digest)).await;
+    let r = get(
+        &server.listen,
+        &format!("/v2/apps/web/manifests/{}", first.manifest.digest),
+    )
+    .await;
     assert_eq!(r.status.as_u16(), 200);
     assert_eq!(site.trap.count(), 0);
 }

@@ -79,12 +79,30 @@ async fn an_export_signed_by_another_station_is_refused_whole() {
     not_served(&server.listen, "apps/web", &web).await;
     drop(server);
 
-    // Control: the station's own key admits the same archive.
-    let (code, report) = site
-        .import(&archive, &["--export-key", &c.station_pub.display().to_string()])
-        .await;
+    // Control: the station's own key, required by the site's configuration
+    // (`airgap.exportKey`), admits the same archive.
+    site.require_export_key(&c.station_pub);
+    let (code, report) = site.import(&archive, &[]).await;
     assert_eq!(code, 0, "{report}");
     assert_eq!(imported(&report), vec![format!("{HOST}/apps/web:v1")]);
+    // The configured requirement holds for an archive exported without a signature.
+    let unsigned = c.work.path().join("unsigned.tar");
+    let (code, stdout, stderr) = run(&[
+        "export".into(),
+        format!("{HOST}/apps/web:v1"),
+        "-o".into(),
+        unsigned.display().to_string(),
+        "--config".into(),
+        c.work.path().join("connected.yaml").display().to_string(),
+        "--policies".into(),
+        c.policies.path().display().to_string(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let (code, report) = site.import(&unsigned, &[]).await;
+    assert_eq!(code, 1, "{report}");
+    let why = refusal(&report, &format!("{HOST}/apps/web:v1")).unwrap_or_else(|| panic!("{report}"));
+    assert!(why.contains("no signed export record"), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
