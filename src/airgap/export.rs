@@ -192,7 +192,7 @@ async fn plan(
     let image = served.manifest;
     let mut children = Vec::new();
     if image.media_type().is_index() {
-        for child in wanted_children(&image, platforms) {
+        for child in wanted_children(image.bytes(), platforms) {
             let c = Box::pin(proxy.manifest(target, &Reference::Digest(child), None, &requester()))
                 .await
                 .map_err(|e| ExportError::at(name, e))?;
@@ -214,9 +214,9 @@ async fn plan(
     })
 }
 
-/// An index's children, all or those of one platform.
-fn wanted_children(index: &Admitted, platforms: &Platforms) -> Vec<Digest> {
-    let parsed: Value = serde_json::from_slice(index.bytes()).unwrap_or(Value::Null);
+/// An index's children (its verified bytes), all or those of one platform.
+fn wanted_children(index: &[u8], platforms: &Platforms) -> Vec<Digest> {
+    let parsed: Value = serde_json::from_slice(index).unwrap_or(Value::Null);
     let entries = parsed
         .get("manifests")
         .and_then(Value::as_array)
@@ -637,5 +637,47 @@ impl Progress {
             self.items,
             bytesize::ByteSize(self.bytes).display().iec()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_are_chosen_by_platform() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let index = json!({
+            "schemaVersion": 2,
+            "manifests": [
+                { "digest": d('a'), "platform": { "os": "linux", "architecture": "amd64" } },
+                { "digest": d('b'), "platform": { "os": "linux", "architecture": "arm64" } },
+                { "digest": d('c') },
+            ]
+        });
+        let bytes = serde_json::to_vec(&index).expect("json");
+        assert_eq!(wanted_children(&bytes, &Platforms::All).len(), 3);
+        let arm = Platforms::Only {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+        };
+        let chosen: Vec<String> = wanted_children(&bytes, &arm).iter().map(ToString::to_string).collect();
+        assert_eq!(chosen, vec![d('b')]);
+    }
+
+    #[test]
+    fn a_short_blob_stream_fails_the_entry() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(Ok(Bytes::from_static(b"abc"))).expect("send");
+        drop(tx);
+        let mut r = ChunkReader {
+            rx,
+            current: Bytes::new(),
+            remaining: 5,
+        };
+        let mut out = Vec::new();
+        let e = r.read_to_end(&mut out).expect_err("short");
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(out, b"abc");
     }
 }

@@ -186,3 +186,32 @@ async fn a_skopeo_oci_archive_imports_and_serves() {
     assert_eq!(all, want);
     assert_eq!(site.trap.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_platform_export_serves_that_platform_and_the_whole_index() {
+    let c = Connected::start().await;
+    let amd = oci_image_for("amd64", &[1500], 2201);
+    let arm = oci_image_for("arm64", &[1600], 2202);
+    let index = oci_index(&[(&amd, "amd64"), (&arm, "arm64")]);
+    c.upstream.push_index("apps/multi", "v1", &index, &[&amd, &arm]).await;
+    push_legacy_signature(&c.upstream, "apps/multi", &index, &[&c.a]).await;
+    let archive = c.work.path().join("arm.tar");
+    let (code, stdout, stderr) = c
+        .export(&["apps/multi:v1"], &archive, &["--platform", "linux/arm64"])
+        .await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let site = Site::new(&c.a).await;
+    let (code, report) = site.import(&archive, &[]).await;
+    assert_eq!(code, 0, "{report}");
+    let server = site.serve().await;
+    let at = server.listen.as_str();
+    let r = get(at, "/v2/apps/multi/manifests/v1").await;
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(r.bytes(), index.bytes, "the index itself, unchanged");
+    let r = get(at, &format!("/v2/apps/multi/manifests/{}", arm.manifest.digest)).await;
+    assert_eq!(r.status.as_u16(), 200, "the exported platform");
+    let r = get(at, &format!("/v2/apps/multi/blobs/{}", arm.layers[0].digest)).await;
+    assert_eq!(r.bytes(), arm.layers[0].bytes);
+    let r = get(at, &format!("/v2/apps/multi/manifests/{}", amd.manifest.digest)).await;
+    assert_eq!(r.status.as_u16(), 404, "the platform left behind");
+}
