@@ -18,6 +18,7 @@
 //!
 //! Imports: `oci`, `config`, `upstream`, `verify`, `store`, `proxy`, `promote` (record signing).
 
+mod archive;
 pub mod export;
 pub mod import;
 pub mod layout;
