@@ -221,16 +221,17 @@ impl Site {
 
     /// `portcullis serve` on the site's configuration (offline).
     pub async fn serve(&self) -> Served {
-        self.serve_with("site.yaml").await
+        self.serve_with("site.yaml", &[]).await
     }
 
-    /// The control: the same configuration without `offline: true`.
-    pub async fn serve_online(&self) -> Served {
+    /// The control: the same configuration without `offline: true` (and
+    /// `extra` flags, such as `--offline`).
+    pub async fn serve_online(&self, extra: &[&str]) -> Served {
         let offline = std::fs::read_to_string(self.dir.path().join("site.yaml")).expect("site config");
         let online = offline.replace("    offline: true\n", "");
         assert_ne!(online, offline);
         std::fs::write(self.dir.path().join("online.yaml"), online).expect("online config");
-        self.serve_with("online.yaml").await
+        self.serve_with("online.yaml", extra).await
     }
 
     /// Require exports signed by the station whose public key is `key`
@@ -251,7 +252,7 @@ impl Site {
         stdout
     }
 
-    async fn serve_with(&self, config: &str) -> Served {
+    async fn serve_with(&self, config: &str, extra: &[&str]) -> Served {
         let listen = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
         let logs = tempfile::tempdir().expect("log dir");
@@ -260,6 +261,7 @@ impl Site {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["serve", "--listen", &listen, "--admin-listen", &admin])
             .args(self.args_with(config))
+            .args(extra)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(stderr)

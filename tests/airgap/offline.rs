@@ -55,10 +55,25 @@ async fn a_new_policy_revision_reverifies_stored_material_offline() {
 
     // Control: the same site without `offline: true` does go to the
     // address for a tag it does not have, so the zero above means something.
-    let server = site.serve_online().await;
+    let server = site.serve_online(&[]).await;
     let r = get(&server.listen, "/v2/apps/nothing/manifests/v1").await;
     assert_ne!(r.status.as_u16(), 200);
     assert!(site.trap.count() > 0, "the online control reached the trap");
+    drop(server);
+
+    // `serve --offline` makes that same configuration offline again.
+    let before = site.trap.count();
+    let server = site.serve_online(&["--offline"]).await;
+    let r = get(&server.listen, "/v2/apps/nothing/manifests/v1").await;
+    assert_eq!(r.status.as_u16(), 404, "{:?}", r.body);
+    let r = get(&server.listen, "/v2/apps/web/manifests/v1").await;
+    assert_eq!(
+        r.status.as_u16(),
+        403,
+        "still judged by the policy in force: {:?}",
+        r.body
+    );
+    assert_eq!(site.trap.count(), before, "--offline: no connection");
 }
 
 /// podman pulls an imported image from the offline site by tag and by
