@@ -215,3 +215,41 @@ async fn a_one_platform_export_serves_that_platform_and_the_whole_index() {
     let r = get(at, &format!("/v2/apps/multi/manifests/{}", amd.manifest.digest)).await;
     assert_eq!(r.status.as_u16(), 404, "the platform left behind");
 }
+
+/// A layout whose referrers are only in its blobs (as `oras cp
+/// --to-oci-layout` writes them: no fallback tag, no name): the bundle is
+/// found by its `subject` and verified, and the site lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_found_only_by_subject_in_the_layout_verify_and_are_served() {
+    let c = Connected::start().await;
+    let image = oci_image(&[1700], 2301);
+    c.upstream.push_image("apps/bundled", "v1", &image).await;
+    push_bundle_signature(&c.upstream, "apps/bundled", &image.manifest, &c.a).await;
+    let archive = c.work.path().join("oras-like.tar");
+    let (code, stdout, stderr) = c.export(&["apps/bundled:v1"], &archive, &[]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // Keep only the image in index.json: no material tag, no named referrer.
+    let top = image.manifest.digest.to_string();
+    rewrite_archive(&archive, |path, bytes| {
+        if path != "index.json" {
+            return bytes;
+        }
+        let mut index: serde_json::Value = serde_json::from_slice(&bytes).expect("index.json");
+        let entries = index["manifests"].as_array_mut().expect("manifests");
+        entries.retain(|e| e["digest"] == top.as_str());
+        assert_eq!(entries.len(), 1);
+        serde_json::to_vec(&index).expect("json")
+    });
+    let site = Site::new(&c.a).await;
+    // A bundle-only rule for it: only the referrer can satisfy it.
+    let rules = SITE_RULES.replace("[\"neg/bundle\"]", "[\"neg/bundle\", \"apps/bundled\"]");
+    write_policy(site.policies.path(), &[("a", &c.a)], &rules);
+    let (code, report) = site.import(&archive, &[]).await;
+    assert_eq!(code, 0, "{report}");
+    let server = site.serve().await;
+    let listing = get(&server.listen, &format!("/v2/apps/bundled/referrers/{}", image.manifest.digest)).await;
+    let listed = listing.json()["manifests"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 1, "{}", listing.json());
+    let r = get(&server.listen, "/v2/apps/bundled/manifests/v1").await;
+    assert_eq!(r.status.as_u16(), 200, "{:?}", r.body);
+}
