@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::layout::{self, Entry, Layout, LayoutError, LayoutSource, Staged};
-use super::record::ExportStation;
+use super::record::{ExportStation, SignatureError};
 use super::{ImageName, is_material_tag};
 use crate::config::Config;
 use crate::oci::manifest::ManifestInfo;
@@ -68,6 +68,66 @@ impl Report {
     /// 0: everything imported; 1: something was refused.
     pub fn exit_code(&self) -> u8 {
         u8::from(!self.refused.is_empty() || self.archive_problem.is_some())
+    }
+}
+
+/// Why one image is refused (its `Display` is the report's reason).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    BadName(String),
+    #[error("{0} is not an upstream of this site's configuration")]
+    NotConfigured(RegistryHost),
+    #[error(transparent)]
+    ExportSignature(#[from] SignatureError),
+    #[error("{what} {digest} in the archive does not match its digest ({why})")]
+    Corrupt {
+        what: &'static str,
+        digest: Digest,
+        why: String,
+    },
+    #[error("{what} {digest} is not in the archive{}", .broken.as_deref().map(|b| format!(" ({b})")).unwrap_or_default())]
+    Missing {
+        what: &'static str,
+        digest: Digest,
+        broken: Option<String>,
+    },
+    #[error("manifest {digest}: {source}")]
+    BadManifest {
+        digest: Digest,
+        source: crate::oci::manifest::ManifestError,
+    },
+    #[error("reading {digest} from staging: {source}")]
+    Staging { digest: Digest, source: std::io::Error },
+    #[error("verification material of {subject}: {source}")]
+    Material { subject: Digest, source: proxy::Error },
+    #[error("cannot be judged: {0}")]
+    Unjudged(proxy::Error),
+    #[error("{judgement} by the local policy: {reasons}")]
+    Policy { judgement: &'static str, reasons: String },
+    #[error("not imported: --all-or-nothing and another image was refused")]
+    AllOrNothing,
+    #[error("blob {digest}: {source}")]
+    Integrity {
+        digest: Digest,
+        source: crate::verify::IntegrityError,
+    },
+    #[error("admitting {digest}: {source}")]
+    Admission { digest: Digest, source: proxy::Error },
+    #[error("moving tag {tag}: {source}")]
+    Tag { tag: Tag, source: proxy::Error },
+    #[error("writing to the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("import task failed: {0}")]
+    Task(String),
+}
+
+impl Refusal {
+    fn of(self, name: impl std::fmt::Display) -> Refused {
+        Refused {
+            name: name.to_string(),
+            reason: self.to_string(),
+        }
     }
 }
 
@@ -139,20 +199,14 @@ pub async fn run(config: Config, archive: &Path, options: &Options) -> Result<Re
     }
     if options.all_or_nothing && !report.refused.is_empty() {
         for a in accepted {
-            report.refused.push(Refused {
-                name: a.name.to_string(),
-                reason: "not imported: --all-or-nothing and another image was refused".into(),
-            });
+            report.refused.push(Refusal::AllOrNothing.of(&a.name));
         }
         return Ok(report);
     }
     for a in accepted {
         match commit(&proxy, &layout, &a).await {
             Ok(done) => report.imported.push(done),
-            Err(reason) => report.refused.push(Refused {
-                name: a.name.to_string(),
-                reason,
-            }),
+            Err(why) => report.refused.push(why.of(&a.name)),
         }
     }
     proxy.flush_usage().await;
@@ -172,60 +226,70 @@ async fn check_entry(
     let digest = entry.descriptor.digest.clone();
     let Some(name) = &entry.name else {
         return match &entry.problem {
-            Some(p) => Err(Refused {
-                name: digest.to_string(),
-                reason: p.clone(),
-            }),
+            Some(p) => Err(Refusal::BadName(p.clone()).of(&digest)),
             None => Ok(None),
         };
     };
     if is_material_tag(&name.tag) {
         return Ok(None);
     }
-    let refuse = |reason: String| Refused {
-        name: name.to_string(),
-        reason,
-    };
-    let target = target(proxy, name)
-        .ok_or_else(|| refuse(format!("{} is not an upstream of this site's configuration", name.host)))?;
+    check_image(proxy, layout, staged, name, digest, options)
+        .await
+        .map(Some)
+        .map_err(|why| why.of(name))
+}
+
+/// An image named in the archive: configured here, signed by the station
+/// (if required), complete and intact, and allowed by the local policy.
+async fn check_image(
+    proxy: &Proxy,
+    layout: &Layout,
+    staged: &Staged,
+    name: &ImageName,
+    digest: Digest,
+    options: &Options,
+) -> Result<Accepted, Refusal> {
+    let target = target(proxy, name).ok_or_else(|| Refusal::NotConfigured(name.host.clone()))?;
     if let Some(station) = &options.export_station {
-        station
-            .check(staged.bundle.as_deref(), &digest)
-            .map_err(|e| refuse(e.to_string()))?;
+        station.check(staged.bundle.as_deref(), &digest)?;
     }
-    let mut tree = walk(layout, staged, &digest).map_err(&refuse)?;
+    let mut tree = walk(layout, staged, &digest)?;
     let mut subjects = vec![digest.clone()];
     subjects.extend(tree.children.iter().cloned());
     for subject in subjects {
         let refs = proxy
             .material_refs(&target, &subject)
             .await
-            .map_err(|e| refuse(format!("verification material of {subject}: {e}")))?;
+            .map_err(|source| Refusal::Material {
+                subject: subject.clone(),
+                source,
+            })?;
         for r in refs.referrers {
-            tree.add_material(None, walk(layout, staged, &r).map_err(&refuse)?);
+            tree.add_material(None, walk(layout, staged, &r)?);
         }
         for (tag, d) in refs.tags {
-            tree.add_material(Some(tag), walk(layout, staged, &d).map_err(&refuse)?);
+            tree.add_material(Some(tag), walk(layout, staged, &d)?);
         }
     }
     let verdict = Box::pin(proxy.assess_for(&requester(), &target, &name.tag, &digest))
         .await
-        .map_err(|e| refuse(format!("cannot be judged: {e}")))?;
-    match verdict.judgement {
-        Judgement::Allowed => Ok(Some(Accepted {
+        .map_err(Refusal::Unjudged)?;
+    if verdict.judgement == Judgement::Allowed {
+        return Ok(Accepted {
             name: name.clone(),
             target,
             digest,
             tree,
-        })),
-        j => {
-            let mut why = verdict.reasons.join("; ");
-            if !verdict.missing.is_empty() {
-                why = format!("{why} (unsatisfied: {})", verdict.missing.join(", "));
-            }
-            Err(refuse(format!("{} by the local policy: {why}", j.as_str())))
-        }
+        });
     }
+    let mut reasons = verdict.reasons.join("; ");
+    if !verdict.missing.is_empty() {
+        reasons = format!("{reasons} (unsatisfied: {})", verdict.missing.join(", "));
+    }
+    Err(Refusal::Policy {
+        judgement: verdict.judgement.as_str(),
+        reasons,
+    })
 }
 
 /// The repository an image name points to on this site.
@@ -261,18 +325,25 @@ impl Tree {
 }
 
 /// Why a digest is not usable from the archive.
-fn absent(staged: &Staged, what: &str, digest: &Digest) -> String {
-    match (staged.corrupt.get(digest), &staged.broken) {
-        (Some(why), _) => format!("{what} {digest} in the archive does not match its digest ({why})"),
-        (None, Some(broken)) => format!("{what} {digest} is not in the archive ({broken})"),
-        (None, None) => format!("{what} {digest} is not in the archive"),
+fn absent(staged: &Staged, what: &'static str, digest: &Digest) -> Refusal {
+    match staged.corrupt.get(digest) {
+        Some(why) => Refusal::Corrupt {
+            what,
+            digest: digest.clone(),
+            why: why.clone(),
+        },
+        None => Refusal::Missing {
+            what,
+            digest: digest.clone(),
+            broken: staged.broken.clone(),
+        },
     }
 }
 
 /// Walk `digest`'s tree in the staged layout. An index child absent from
 /// the archive (exported for other platforms) is left out; anything else
 /// missing or corrupt refuses the whole tree.
-fn walk(layout: &Layout, staged: &Staged, digest: &Digest) -> Result<Tree, String> {
+fn walk(layout: &Layout, staged: &Staged, digest: &Digest) -> Result<Tree, Refusal> {
     let mut tree = Tree::default();
     let info = read_manifest(layout, staged, digest)?;
     tree.manifests.push(digest.clone());
@@ -298,28 +369,34 @@ fn walk(layout: &Layout, staged: &Staged, digest: &Digest) -> Result<Tree, Strin
     Ok(tree)
 }
 
-fn read_manifest(layout: &Layout, staged: &Staged, digest: &Digest) -> Result<ManifestInfo, String> {
-    let Some((mut file, _)) = layout.open_blob(digest).map_err(|e| format!("reading {digest}: {e}"))? else {
+fn read_manifest(layout: &Layout, staged: &Staged, digest: &Digest) -> Result<ManifestInfo, Refusal> {
+    let staging = |source| Refusal::Staging {
+        digest: digest.clone(),
+        source,
+    };
+    let Some((mut file, _)) = layout.open_blob(digest).map_err(staging)? else {
         return Err(absent(staged, "manifest", digest));
     };
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|e| format!("reading {digest}: {e}"))?;
+    file.read_to_end(&mut bytes).map_err(staging)?;
     ManifestInfo::parse(&bytes, None)
         .or_else(|_| ManifestInfo::parse(&bytes, Some(crate::oci::manifest::OCI_MANIFEST)))
-        .map_err(|e| format!("manifest {digest}: {e}"))
+        .map_err(|source| Refusal::BadManifest {
+            digest: digest.clone(),
+            source,
+        })
 }
 
 /// Write one accepted image: blobs, then manifests (admitted by the gate),
 /// then the records an offline proxy reads, then the tags.
-async fn commit(proxy: &Proxy, layout: &Arc<Layout>, a: &Accepted) -> Result<Imported, String> {
+async fn commit(proxy: &Proxy, layout: &Arc<Layout>, a: &Accepted) -> Result<Imported, Refusal> {
     let store = proxy.store().clone();
     let (blobs, bytes) = {
         let (layout, store, list) = (layout.clone(), store.clone(), a.tree.blobs.clone());
         let reason = format!("imported {}", a.name);
         tokio::task::spawn_blocking(move || store_blobs(&store, &layout, &list, &reason))
             .await
-            .map_err(|e| e.to_string())??
+            .map_err(|e| Refusal::Task(e.to_string()))??
     };
     let who = requester();
     let admit = |digest: Digest, tag: Option<Tag>| {
@@ -328,7 +405,10 @@ async fn commit(proxy: &Proxy, layout: &Arc<Layout>, a: &Accepted) -> Result<Imp
         async move {
             Box::pin(proxy.admit_digest(target, &digest, tag.as_ref(), who))
                 .await
-                .map_err(|e| format!("admitting {digest}: {e}"))
+                .map_err(|source| Refusal::Admission {
+                    digest: digest.clone(),
+                    source,
+                })
         }
     };
     let image = admit(a.digest.clone(), Some(a.name.tag.clone())).await?;
@@ -346,13 +426,17 @@ async fn commit(proxy: &Proxy, layout: &Arc<Layout>, a: &Accepted) -> Result<Imp
     }
     record_presence(proxy, layout, a, &admitted).await?;
     // Last: the names. Until here nothing of the image resolves by tag.
+    let tag_error = |tag: &Tag| {
+        let tag = tag.clone();
+        move |source| Refusal::Tag { tag, source }
+    };
     for (tag, m) in &material_tags {
-        proxy.set_tag(&a.target, tag, m).await.map_err(|e| e.to_string())?;
+        proxy.set_tag(&a.target, tag, m).await.map_err(tag_error(tag))?;
     }
     proxy
         .set_tag(&a.target, &a.name.tag, &image)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(tag_error(&a.name.tag))?;
     tracing::info!(image = %a.name, digest = %a.digest, blobs, bytes, "imported");
     Ok(Imported {
         name: a.name.to_string(),
@@ -370,7 +454,7 @@ async fn record_presence(
     layout: &Arc<Layout>,
     a: &Accepted,
     manifests: &[Digest],
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     let imports = Imports::open(&proxy.config().data_dir);
     let host = a.target.registry.host().clone();
     let repo = a.target.repo.clone();
@@ -389,45 +473,54 @@ async fn record_presence(
         Ok::<_, crate::store::StoreError>(())
     })
     .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
+    .map_err(|e| Refusal::Task(e.to_string()))?
+    .map_err(Refusal::from)
 }
 
 /// Copy blobs from staging into the store, hashed again on the way (the
 /// store commits only with the proof), and pin them: content that cannot
 /// be fetched again is never evicted. Returns (count, bytes).
-fn store_blobs(store: &Store, layout: &Layout, blobs: &[Descriptor], reason: &str) -> Result<(usize, u64), String> {
-    use std::io::Read as _;
+fn store_blobs(store: &Store, layout: &Layout, blobs: &[Descriptor], reason: &str) -> Result<(usize, u64), Refusal> {
     let mut done = BTreeSet::new();
     let mut bytes = 0;
     for d in blobs {
         if !done.insert(d.digest.clone()) {
             continue;
         }
-        let present = store.blobs.open(&d.digest).map_err(|e| e.to_string())?.is_some();
-        if !present {
-            let Some((mut file, len)) = layout.open_blob(&d.digest).map_err(|e| e.to_string())? else {
-                return Err(format!("blob {} vanished from staging", d.digest));
-            };
-            let mut writer = store.blobs.writer(&d.digest).map_err(|e| e.to_string())?;
-            let mut verifier = BlobVerifier::new(d.digest.clone(), Some(d.size));
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = file.read(&mut buf).map_err(|e| e.to_string())?;
-                if n == 0 {
-                    break;
-                }
-                verifier
-                    .update(&buf[..n])
-                    .map_err(|e| format!("blob {}: {e}", d.digest))?;
-                writer.write(&buf[..n]).map_err(|e| e.to_string())?;
-            }
-            let proof = verifier.finish().map_err(|e| format!("blob {}: {e}", d.digest))?;
-            let added = writer.commit(proof).map_err(|e| e.to_string())?;
-            store.record_commit(&d.digest, len, added).map_err(|e| e.to_string())?;
-            bytes += len;
+        if store.blobs.open(&d.digest)?.is_none() {
+            bytes += store_blob(store, layout, d)?;
         }
-        store.usage.pin(&d.digest, reason).map_err(|e| e.to_string())?;
+        store.usage.pin(&d.digest, reason)?;
     }
     Ok((done.len(), bytes))
+}
+
+/// One staged blob into the store, verified on the way; its length.
+fn store_blob(store: &Store, layout: &Layout, d: &Descriptor) -> Result<u64, Refusal> {
+    let staging = |source| Refusal::Staging {
+        digest: d.digest.clone(),
+        source,
+    };
+    let integrity = |source| Refusal::Integrity {
+        digest: d.digest.clone(),
+        source,
+    };
+    let Some((mut file, len)) = layout.open_blob(&d.digest).map_err(staging)? else {
+        return Err(staging(std::io::ErrorKind::NotFound.into()));
+    };
+    let mut writer = store.blobs.writer(&d.digest)?;
+    let mut verifier = BlobVerifier::new(d.digest.clone(), Some(d.size));
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(staging)?;
+        if n == 0 {
+            break;
+        }
+        verifier.update(&buf[..n]).map_err(integrity)?;
+        writer.write(&buf[..n])?;
+    }
+    let proof = verifier.finish().map_err(integrity)?;
+    let added = writer.commit(proof)?;
+    store.record_commit(&d.digest, len, added)?;
+    Ok(len)
 }

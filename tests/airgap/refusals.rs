@@ -247,7 +247,11 @@ async fn referrers_found_only_by_subject_in_the_layout_verify_and_are_served() {
     let (code, report) = site.import(&archive, &[]).await;
     assert_eq!(code, 0, "{report}");
     let server = site.serve().await;
-    let listing = get(&server.listen, &format!("/v2/apps/bundled/referrers/{}", image.manifest.digest)).await;
+    let listing = get(
+        &server.listen,
+        &format!("/v2/apps/bundled/referrers/{}", image.manifest.digest),
+    )
+    .await;
     let listed = listing.json()["manifests"].as_array().cloned().unwrap_or_default();
     assert_eq!(listed.len(), 1, "{}", listing.json());
     let r = get(&server.listen, "/v2/apps/bundled/manifests/v1").await;
