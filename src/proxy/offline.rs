@@ -71,7 +71,7 @@ impl LocalSource for StoreSource {
         self.imports.referrers(&self.host, repo, subject).map_err(io)
     }
 
-    fn tags(&self, _repo: &RepoName) -> std::io::Result<Vec<Tag>> {
-        Ok(Vec::new())
+    fn tags(&self, repo: &RepoName) -> std::io::Result<Vec<Tag>> {
+        self.store.tags.list(&self.host, repo).map_err(io)
     }
 }

@@ -42,11 +42,16 @@ impl TagStore {
     /// `tags/<host>/<repo>/_tags/<tag>`: repository components start with an
     /// alphanumeric, so `_tags` can never collide with a nested repository.
     fn path(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag) -> PathBuf {
+        self.dir(host, repo).join(tag.as_str())
+    }
+
+    /// `tags/<host>/<repo>/_tags`: the observations of one repository.
+    fn dir(&self, host: &RegistryHost, repo: &RepoName) -> PathBuf {
         let mut p = self.root.join(host.as_str());
         for c in repo.components() {
             p.push(c);
         }
-        p.join("_tags").join(tag.as_str())
+        p.join("_tags")
     }
 
     /// Record that the tag resolved to `digest`. Returns the previous digest
@@ -105,6 +110,20 @@ impl TagStore {
         if !fresh && let Ok(f) = std::fs::File::options().append(true).open(&path) {
             let _ = f.set_modified(now);
         }
+    }
+
+    /// The tags observed in `repo` of `host` (an offline upstream's tag list).
+    pub fn list(&self, host: &RegistryHost, repo: &RepoName) -> Result<Vec<Tag>, StoreError> {
+        let dir = self.dir(host, repo);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("list", &dir)(e)),
+        };
+        Ok(entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect())
     }
 
     /// [`Self::last`] read from the disk, refreshing the memory: another

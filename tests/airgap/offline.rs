@@ -154,6 +154,18 @@ async fn a_later_import_moves_a_tag_in_a_running_site() {
         Some(second.manifest.digest.to_string().as_str()),
         "the running site follows the new import"
     );
+    // The offline tag list names the tag (and the signature's tag).
+    let tags = get(&server.listen, "/v2/apps/web/tags/list").await;
+    assert_eq!(tags.status.as_u16(), 200, "{:?}", tags.body);
+    let listed = tags.json()["tags"].as_array().cloned().unwrap_or_default();
+    assert!(listed.iter().any(|t| t == "v1"), "{}", tags.json());
+    assert!(
+        listed
+            .iter()
+            .any(|t| t.as_str() == Some(&format!("{}.sig", second.manifest.digest.tag_form()))),
+        "{}",
+        tags.json()
+    );
     // The first image stays pullable by digest.
     let r = get(
         &server.listen,
