@@ -155,10 +155,17 @@ async fn signed_images_cross_the_gap_and_are_served_with_no_upstream() {
     )
     .expect("hosts.toml");
     let hosts = hosts.display().to_string();
-    for image in [
-        format!("{HOST}/apps/multi:v1"),
-        format!("{HOST}/apps/web@{}", s.web.manifest.digest),
+    let mut references = Vec::new();
+    for (repo, top) in [
+        ("apps/web", &s.web.manifest.digest),
+        ("apps/bundled", &s.bundled.manifest.digest),
+        ("apps/attested", &s.attested.manifest.digest),
+        ("apps/multi", &s.index.digest),
     ] {
+        references.push(format!("{HOST}/{repo}:v1"));
+        references.push(format!("{HOST}/{repo}@{top}"));
+    }
+    for image in references {
         containerd
             .ctr(&["content", "fetch", "--all-platforms", "--hosts-dir", &hosts, &image])
             .await
@@ -169,8 +176,9 @@ async fn signed_images_cross_the_gap_and_are_served_with_no_upstream() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let listed: BTreeSet<Digest> = listed.lines().map(|l| l.trim().parse().expect("digest")).collect();
-    for d in want.iter().chain(digests(&s.web).iter()) {
-        assert!(listed.contains(d), "containerd lacks {d}");
+    let everything = [&s.web, &s.bundled, &s.attested].into_iter().flat_map(digests);
+    for d in want.iter().cloned().chain(everything) {
+        assert!(listed.contains(&d), "containerd lacks {d}");
     }
 
     assert_eq!(site.trap.count(), 0, "the site never tried its upstream");
