@@ -8,7 +8,7 @@ use super::common::*;
 const LAYER: usize = 192 * 1024 * 1024;
 /// How much more resident memory the large export may take than a tiny one
 /// (buffers in flight: the spool window, the chunk queue, zstd's window).
-const GROWTH_LIMIT_KIB: u64 = 48 * 1024;
+const GROWTH_LIMIT_KIB: u64 = 64 * 1024;
 
 fn peak_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
