@@ -291,7 +291,7 @@ fn blob_list(planned: &[Planned]) -> Vec<(usize, Descriptor)> {
 
 /// The `index.json` of the archive: each image under its tag and full
 /// name, each material tag likewise, referrers unnamed.
-fn index_json(planned: &[Planned]) -> Vec<u8> {
+fn index_json(planned: &[Planned]) -> std::io::Result<Vec<u8>> {
     let mut entries = Vec::new();
     let mut seen = BTreeSet::new();
     for p in planned {
@@ -314,7 +314,7 @@ fn index_json(planned: &[Planned]) -> Vec<u8> {
         "mediaType": crate::oci::manifest::OCI_INDEX,
         "manifests": entries,
     });
-    serde_json::to_vec_pretty(&index).unwrap_or_default()
+    serde_json::to_vec_pretty(&index).map_err(std::io::Error::other)
 }
 
 fn descriptor(m: &Admitted, name: Option<&ImageName>) -> Value {
@@ -388,7 +388,7 @@ async fn feed(
     tx.send(file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()))
         .await
         .map_err(|_| closed())?;
-    tx.send(file("index.json", index_json(planned)))
+    tx.send(file("index.json", index_json(planned)?))
         .await
         .map_err(|_| closed())?;
     tx.send(file(RECORD_PATH, statement)).await.map_err(|_| closed())?;
