@@ -75,3 +75,51 @@ impl LocalSource for StoreSource {
         self.store.tags.list(&self.host, repo).map_err(io)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::manifest::OCI_MANIFEST;
+    use crate::verify::{UnverifiedManifest, manifest::check_computed};
+
+    /// A manifest is served by digest only in a repository that an import
+    /// recorded it in, or whose tag names it: content of one repository
+    /// never leaks into another by digest.
+    #[test]
+    fn presence_is_per_repository() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        let bytes = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+        let m = check_computed(UnverifiedManifest {
+            bytes: bytes::Bytes::from_static(bytes),
+            content_type: Some(OCI_MANIFEST.into()),
+            claimed_digest: None,
+        })
+        .expect("manifest");
+        store.manifests.put(&m).expect("put");
+        let host: RegistryHost = "registry.test".parse().expect("host");
+        let (a, b): (RepoName, RepoName) = ("apps/a".parse().expect("repo"), "apps/b".parse().expect("repo"));
+        let tag: Tag = "v1".parse().expect("tag");
+        store.tags.record(&host, &a, &tag, m.digest()).expect("tag");
+        let source = StoreSource::new(host.clone(), store.clone(), Imports::open(dir.path()));
+
+        assert!(
+            source.manifest(&a, m.digest()).expect("read").is_none(),
+            "not yet present"
+        );
+        assert_eq!(source.resolve(&a, &tag).expect("resolve").as_ref(), Some(m.digest()));
+        let got = source
+            .manifest(&a, m.digest())
+            .expect("read")
+            .expect("present after its tag");
+        assert_eq!(&got.bytes[..], &bytes[..]);
+        assert_eq!(got.media_type.as_deref(), Some(OCI_MANIFEST));
+        assert!(
+            source.manifest(&b, m.digest()).expect("read").is_none(),
+            "another repository"
+        );
+        assert_eq!(source.resolve(&b, &tag).expect("resolve"), None);
+        assert_eq!(source.tags(&a).expect("tags"), vec![tag]);
+        assert!(source.referrers(&a, m.digest()).expect("referrers").is_none());
+    }
+}
