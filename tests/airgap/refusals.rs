@@ -170,6 +170,13 @@ async fn a_skopeo_oci_archive_imports_and_serves() {
     let (code, report) = site.import(&archive, &[]).await;
     assert_eq!(code, 1, "{report}");
     assert!(imported(&report).is_empty(), "{report}");
+    // A registry the site does not serve.
+    let (code, report) = site
+        .import(&archive, &["--repository", "elsewhere.test/vendor/multi"])
+        .await;
+    assert_eq!(code, 1, "{report}");
+    let why = refusal(&report, "elsewhere.test/vendor/multi:v1").unwrap_or_else(|| panic!("{report}"));
+    assert!(why.contains("elsewhere.test is not an upstream"), "{why}");
     let (code, report) = site
         .import(&archive, &["--repository", &format!("{HOST}/vendor/multi")])
         .await;
