@@ -10,9 +10,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::error::is_retryable_status;
-use super::local::{self, SharedSource};
+use super::local;
 use super::{Error, Registry, client};
-use crate::oci::{Digest, Reference, RepoName, Tag};
+use crate::oci::{Digest, Reference, RepoName};
 use crate::telemetry::metrics::UpstreamOutcome;
 use crate::verify::UnverifiedManifest;
 
@@ -429,114 +429,6 @@ impl Registry {
         .await?;
         self.metrics.bytes_fetched(self.host().as_str(), body.len() as u64);
         Ok(TagsPage { body, link })
-    }
-}
-
-/// The pull API answered from a local source: the same results a registry
-/// gives (absent → `NotFound`), with nothing sent anywhere.
-impl Registry {
-    fn not_found(&self, what: &'static str) -> Error {
-        Error::NotFound {
-            host: self.host().to_string(),
-            what,
-        }
-    }
-
-    async fn local_digest(
-        &self,
-        source: &SharedSource,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<Digest, Error> {
-        match reference {
-            Reference::Digest(d) => Ok(d.clone()),
-            Reference::Tag(t) => {
-                let (r, t) = (repo.clone(), t.clone());
-                local::call(self.host().as_str(), source, move |s| s.resolve(&r, &t))
-                    .await?
-                    .ok_or_else(|| self.not_found("manifest"))
-            }
-        }
-    }
-
-    async fn local_manifest(
-        &self,
-        source: &SharedSource,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<UnverifiedManifest, Error> {
-        let digest = self.local_digest(source, repo, reference).await?;
-        let (r, d) = (repo.clone(), digest.clone());
-        let m = local::call(self.host().as_str(), source, move |s| s.manifest(&r, &d))
-            .await?
-            .ok_or_else(|| self.not_found("manifest"))?;
-        Ok(UnverifiedManifest {
-            bytes: m.bytes,
-            content_type: m.media_type,
-            // What the source filed it under: verification checks the bytes
-            // against it, as against a registry's header.
-            claimed_digest: Some(digest),
-        })
-    }
-
-    async fn local_head_manifest(
-        &self,
-        source: &SharedSource,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<ManifestHead, Error> {
-        let m = self.local_manifest(source, repo, reference).await?;
-        Ok(ManifestHead {
-            digest: m.claimed_digest,
-            content_type: m.content_type,
-            length: Some(m.bytes.len() as u64),
-        })
-    }
-
-    async fn local_blob(
-        &self,
-        source: &SharedSource,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<(std::fs::File, u64), Error> {
-        let (r, d) = (repo.clone(), digest.clone());
-        local::call(self.host().as_str(), source, move |s| s.blob(&r, &d))
-            .await?
-            .ok_or_else(|| self.not_found("blob"))
-    }
-
-    /// A tag list page (sorted, `n` after `last`), no `Link`: the proxy
-    /// re-paginates for its clients anyway.
-    async fn local_tags(
-        &self,
-        source: &SharedSource,
-        repo: &RepoName,
-        n: Option<usize>,
-        last: Option<&str>,
-    ) -> Result<TagsPage, Error> {
-        let r = repo.clone();
-        let mut tags: Vec<String> = local::call(self.host().as_str(), source, move |s| s.tags(&r))
-            .await?
-            .iter()
-            .map(|t: &Tag| t.as_str().to_owned())
-            .collect();
-        tags.sort();
-        if let Some(last) = last {
-            tags.retain(|t| t.as_str() > last);
-        }
-        if let Some(n) = n {
-            tags.truncate(n);
-        }
-        let body = serde_json::to_vec(&serde_json::json!({ "name": repo.as_str(), "tags": tags })).map_err(|e| {
-            Error::Local {
-                host: self.host().to_string(),
-                message: e.to_string(),
-            }
-        })?;
-        Ok(TagsPage {
-            body: body.into(),
-            link: None,
-        })
     }
 }
 
