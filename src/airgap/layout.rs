@@ -34,6 +34,8 @@ pub enum LayoutError {
     NoIndex(Option<String>),
     #[error("index.json: {0}")]
     BadIndex(String),
+    #[error("oci-layout: {0}")]
+    BadLayoutFile(String),
 }
 
 /// An archive read into a staging directory (removed when dropped).
@@ -41,6 +43,8 @@ pub enum LayoutError {
 pub struct Staged {
     dir: PathBuf,
     pub index: Option<Bytes>,
+    /// The `oci-layout` file's bytes.
+    pub layout_file: Option<Bytes>,
     pub record: Option<Bytes>,
     pub bundle: Option<Bytes>,
     /// Blobs whose bytes did not match their name, and why (not staged).
@@ -93,6 +97,7 @@ pub fn stage(archive: &Path, dir: PathBuf) -> Result<Staged, LayoutError> {
     let mut staged = Staged {
         dir,
         index: None,
+        layout_file: None,
         record: None,
         bundle: None,
         corrupt: BTreeMap::new(),
@@ -141,6 +146,7 @@ fn stage_entry(staged: &mut Staged, entry: &mut tar::Entry<'_, Box<dyn Read>>) -
     let size = entry.header().size()?;
     match path {
         "index.json" => staged.index = Some(read_document(entry, size)?),
+        "oci-layout" => staged.layout_file = Some(read_document(entry, size)?),
         RECORD_PATH => staged.record = Some(read_document(entry, size)?),
         RECORD_BUNDLE_PATH => staged.bundle = Some(read_document(entry, size)?),
         _ => {
@@ -243,6 +249,9 @@ impl Layout {
         let Some(index) = &staged.index else {
             return Err(LayoutError::NoIndex(staged.broken.clone()));
         };
+        if let Some(file) = &staged.layout_file {
+            check_layout_version(file)?;
+        }
         let info = ManifestInfo::parse(index, Some(OCI_INDEX)).map_err(|e| LayoutError::BadIndex(e.to_string()))?;
         let mut layout = Layout {
             dir: staged.dir.clone(),
@@ -352,6 +361,19 @@ impl Layout {
         hosts.sort();
         hosts.dedup();
         hosts
+    }
+}
+
+/// `oci-layout` must name the one image layout version there is (1.0.0):
+/// another version may lay out blobs differently.
+fn check_layout_version(file: &[u8]) -> Result<(), LayoutError> {
+    let v: Value = serde_json::from_slice(file).map_err(|e| LayoutError::BadLayoutFile(e.to_string()))?;
+    match v.get("imageLayoutVersion").and_then(Value::as_str) {
+        Some("1.0.0") => Ok(()),
+        Some(other) => Err(LayoutError::BadLayoutFile(format!(
+            "imageLayoutVersion {other} is not supported (1.0.0 is)"
+        ))),
+        None => Err(LayoutError::BadLayoutFile("no imageLayoutVersion".into())),
     }
 }
 
@@ -574,4 +596,12 @@ mod tests {
     }
 
     use super::entry_name as entry_name_of;
+
+    #[test]
+    fn only_layout_version_1_0_0_is_read() {
+        assert!(check_layout_version(br#"{"imageLayoutVersion":"1.0.0"}"#).is_ok());
+        for bad in [&br#"{"imageLayoutVersion":"2.0.0"}"#[..], br#"{}"#, b"not json"] {
+            assert!(check_layout_version(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }
