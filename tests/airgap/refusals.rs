@@ -264,3 +264,23 @@ async fn referrers_found_only_by_subject_in_the_layout_verify_and_are_served() {
     let r = get(&server.listen, "/v2/apps/bundled/manifests/v1").await;
     assert_eq!(r.status.as_u16(), 200, "{:?}", r.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_no_layout_archive_is_refused_whole() {
+    let c = Connected::start().await;
+    let site = Site::new(&c.a).await;
+    let junk = c.work.path().join("junk.tar");
+    std::fs::write(&junk, b"this is not a tar archive at all, just some bytes").expect("junk");
+    let (code, stdout, stderr) = run(&[
+        "import".into(),
+        junk.display().to_string(),
+        "--config".into(),
+        site.dir.path().join("site.yaml").display().to_string(),
+        "--policies".into(),
+        site.policies.path().display().to_string(),
+    ])
+    .await;
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(stderr.contains("no index.json"), "{stderr}");
+    assert!(!site.dir.path().join("data/tags").exists(), "nothing written");
+}
