@@ -4,6 +4,7 @@
 //! `oci` → `telemetry`, `verify` → `config` → `auth`, `upstream`, `store` → `proxy` → `promote`, `server`.
 //! See `docs/ARCHITECTURE.md` for the request flow.
 
+pub mod airgap;
 pub mod auth;
 pub mod cli;
 pub mod config;

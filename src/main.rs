@@ -51,8 +51,66 @@ enum Command {
         /// Serve whatever matches its digests, with no signature policy.
         #[arg(long)]
         integrity_only: bool,
+        /// Serve every upstream from the store only (imported or earlier
+        /// admitted content): no request ever leaves for the network.
+        #[arg(long)]
+        offline: bool,
         #[arg(long, value_enum, default_value = "compact")]
         log_format: LogFormat,
+    },
+    /// Write admitted images and all their verification material into one
+    /// OCI image layout archive for an air-gapped site (exit 1: the policy
+    /// denied an image, nothing written; 2: failed).
+    Export {
+        /// `registry/repository:tag` on configured upstreams.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// The archive to write (`.tar`, or zstd-compressed with --zstd or a `.zst` name).
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, env = "PORTCULLIS_POLICIES")]
+        policies: Option<PathBuf>,
+        /// Read through this proxy data directory (no second download of what is cached).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Only this platform of each index (`os/arch`); the index itself travels whole.
+        #[arg(long, conflicts_with = "all_platforms")]
+        platform: Option<String>,
+        /// Every platform of each index (the default).
+        #[arg(long)]
+        all_platforms: bool,
+        #[arg(long)]
+        zstd: bool,
+        /// Sign the export record with this PKCS#8 PEM ECDSA P-256 key.
+        #[arg(long)]
+        sign_key: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify an export archive against this site's own policy and admit
+    /// what passes into the store, pinned (exit 1: something was refused).
+    Import {
+        archive: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, env = "PORTCULLIS_POLICIES")]
+        policies: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// `registry/repository` for entries named only by a tag (skopeo's oci-archive:FILE:TAG).
+        #[arg(long)]
+        repository: Option<String>,
+        /// Import nothing unless every image passes.
+        #[arg(long)]
+        all_or_nothing: bool,
+        /// Require an export record signed by this export station public key (PEM;
+        /// overrides `airgap.exportKey`).
+        #[arg(long)]
+        export_key: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// Verify one image reference the way the proxy would (exit 0 allow, 1 deny).
     Verify {
@@ -173,6 +231,7 @@ fn main() -> ExitCode {
             default_upstream,
             policies,
             integrity_only,
+            offline,
             log_format,
         } => {
             telemetry::init(log_format);
@@ -183,6 +242,7 @@ fn main() -> ExitCode {
                 default_upstream,
                 policies,
                 integrity_only,
+                offline,
             };
             report(
                 Config::load(config.as_deref(), &overrides)
@@ -262,6 +322,66 @@ fn main() -> ExitCode {
                     eprintln!("portcullis: {e:#}");
                     ExitCode::from(portcullis::cli::promote::EXIT_FAILED)
                 }
+            }
+        }
+        Command::Export {
+            images,
+            output,
+            config,
+            policies,
+            data_dir,
+            platform,
+            all_platforms: _,
+            zstd,
+            sign_key,
+            json,
+        } => {
+            telemetry::init(LogFormat::Compact);
+            let overrides = Overrides {
+                policies,
+                ..Default::default()
+            };
+            let zstd = zstd || output.extension().is_some_and(|e| e == "zst");
+            let options = platform
+                .as_deref()
+                .map(portcullis::cli::export::platform)
+                .transpose()
+                .map(|p| portcullis::cli::export::Options {
+                    platforms: p.unwrap_or(portcullis::airgap::export::Platforms::All),
+                    zstd,
+                    sign_key,
+                    data_dir,
+                });
+            match (Config::load(config.as_deref(), &overrides), options) {
+                (Ok(config), Ok(options)) => export(config, &images, &output, options, json),
+                (Err(e), _) => fail(&e, 2),
+                (_, Err(e)) => fail(&e, 2),
+            }
+        }
+        Command::Import {
+            archive,
+            config,
+            policies,
+            data_dir,
+            repository,
+            all_or_nothing,
+            export_key,
+            json,
+        } => {
+            telemetry::init(LogFormat::Compact);
+            let overrides = Overrides {
+                policies,
+                data_dir,
+                ..Default::default()
+            };
+            let options = portcullis::cli::import::Options {
+                repository,
+                all_or_nothing,
+                export_key,
+            };
+            match Config::load(config.as_deref(), &overrides) {
+                Ok(config) => import(config, &archive, options, json),
+                Err(e) => fail(&e, 2),
             }
         }
         Command::Policy {
@@ -359,6 +479,92 @@ fn promote(config: Config, src: &str, dst: &str, options: portcullis::cli::promo
         }
     }
     ExitCode::from(code)
+}
+
+fn fail(e: &dyn std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("portcullis: {e:#}");
+    ExitCode::from(code)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+/// Run an export and print what went into the archive.
+fn export(
+    config: Config,
+    images: &[String],
+    output: &std::path::Path,
+    options: portcullis::cli::export::Options,
+    json: bool,
+) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, 2),
+    };
+    match rt.block_on(portcullis::cli::export::run(config, images, output, options)) {
+        Ok(done) => {
+            if json {
+                println!("{}", serde_json::to_string(&done).unwrap_or_default());
+            } else {
+                for i in &done.images {
+                    println!("EXPORTED {} {} ({} material)", i.reference, i.digest, i.material.len());
+                }
+                println!(
+                    "{}: {} blobs, {} bytes{}",
+                    output.display(),
+                    done.blobs,
+                    done.bytes,
+                    if done.signed { ", signed export record" } else { "" }
+                );
+                for w in &done.warnings {
+                    println!("warning: {w}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let code = e.exit_code();
+            let verdict = if code == 1 { "DENIED" } else { "FAILED" };
+            println!("{verdict}: {e}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Run an import and print one line per image.
+fn import(
+    config: Config,
+    archive: &std::path::Path,
+    options: portcullis::cli::import::Options,
+    json: bool,
+) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, 2),
+    };
+    match rt.block_on(portcullis::cli::import::run(config, archive, options)) {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                for i in &report.imported {
+                    println!(
+                        "IMPORTED {} {} ({} manifests, {} blobs)",
+                        i.name, i.digest, i.manifests, i.blobs
+                    );
+                }
+                for r in &report.refused {
+                    println!("REFUSED {}: {}", r.name, r.reason);
+                }
+                if let Some(p) = &report.archive_problem {
+                    println!("ARCHIVE: {p}");
+                }
+            }
+            ExitCode::from(report.exit_code())
+        }
+        Err(e) => fail(&e, 2),
+    }
 }
 
 fn store(command: StoreCommand, config: &Config) -> ExitCode {

@@ -51,6 +51,8 @@ pub struct Overrides {
     pub integrity_only: bool,
     /// Address of the admin listener (overrides `admin.listen`).
     pub admin_listen: Option<SocketAddr>,
+    /// Every upstream is offline (`serve --offline`).
+    pub offline: bool,
 }
 
 /// Credentials presented to one upstream.
@@ -67,6 +69,9 @@ pub struct Upstream {
     pub host: RegistryHost,
     /// Where the proxy connects (`https://registry-1.docker.io`).
     pub url: UpstreamUrl,
+    /// Served from the store only (`offline: true` or `serve --offline`):
+    /// the proxy never sends it a request.
+    pub offline: bool,
     pub credentials: Option<Credentials>,
     pub ca_file: Option<PathBuf>,
     /// Extra token realm hosts that may receive the credentials (besides the
@@ -165,6 +170,10 @@ pub struct ProxyLimits {
     pub max_cold_downloads: usize,
     /// How long a request queues for a download slot before `429`.
     pub cold_download_wait: Duration,
+    /// How old a tag's last confirmation by its upstream may be for the
+    /// stale fallback (`Warning: 299`) while the upstream is unreachable;
+    /// older, the tag is refused. `None`: no bound.
+    pub max_staleness: Option<Duration>,
 }
 
 impl Default for ProxyLimits {
@@ -173,6 +182,7 @@ impl Default for ProxyLimits {
             tag_memory_entries: 100_000,
             max_cold_downloads: 64,
             cold_download_wait: Duration::from_secs(10),
+            max_staleness: None,
         }
     }
 }
@@ -290,6 +300,9 @@ pub struct Config {
     pub origin: String,
     /// The registry watch (`None`: no `watch:` section).
     pub watch: Option<WatchConfig>,
+    /// `airgap.exportKey`: imports must be signed by this export station
+    /// (its PEM public key; relative to the configuration file).
+    pub export_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -327,10 +340,25 @@ impl Config {
         let mut aliases: HashMap<String, Arc<Upstream>> = HashMap::new();
         for (i, u) in raw.upstreams.into_iter().enumerate() {
             let at = format!("upstreams[{i}]");
-            if !u.url.https && !u.insecure_plain_http {
+            let offline = u.offline || ov.offline;
+            let url = match u.url {
+                Some(url) => url,
+                // Offline: the URL is never used; it names the host only.
+                None if offline => UpstreamUrl {
+                    https: true,
+                    authority: u.host.clone(),
+                },
+                None => {
+                    return Err(invalid(
+                        &format!("{at}.url"),
+                        "missing (required unless `offline: true`)".into(),
+                    ));
+                }
+            };
+            if !url.https && !u.insecure_plain_http && !offline {
                 return Err(invalid(
                     &format!("{at}.url"),
-                    format!("`{}` is plain HTTP; set `insecurePlainHttp: true` to allow it", u.url),
+                    format!("`{url}` is plain HTTP; set `insecurePlainHttp: true` to allow it"),
                 ));
             }
             if upstreams.iter().any(|o| o.host == u.host) {
@@ -346,7 +374,8 @@ impl Config {
                 .map_err(|m| invalid(&format!("{at}.credentials"), m))?;
             let upstream = Arc::new(Upstream {
                 host: u.host,
-                url: u.url,
+                url,
+                offline,
                 credentials,
                 ca_file: u.ca_file.map(|p| resolve_path(origin, p)),
                 token_realms: u.token_realms,
@@ -403,6 +432,7 @@ impl Config {
                     let u = Arc::new(Upstream {
                         host: url.authority.clone(),
                         url: url.clone(),
+                        offline: ov.offline,
                         credentials: None,
                         ca_file: None,
                         token_realms: Vec::new(),
@@ -496,6 +526,7 @@ impl Config {
             proxy_limits,
             origin: origin.to_owned(),
             watch,
+            export_key: raw.airgap.export_key.map(|p| resolve_path(origin, p)),
         })
     }
 
@@ -517,6 +548,9 @@ impl Config {
         let _ = writeln!(out, "listen: {scheme}://{}", self.listen);
         let _ = writeln!(out, "admin (metrics, /healthz, /readyz): http://{}", self.admin_listen);
         let _ = writeln!(out, "data directory: {}", self.data_dir.display());
+        if let Some(key) = &self.export_key {
+            let _ = writeln!(out, "imports: an export record signed by {} is required", key.display());
+        }
         let _ = match self.storage.max_bytes {
             Some(cap) => writeln!(
                 out,
@@ -566,7 +600,9 @@ impl Config {
                 .collect();
             aliases.sort_unstable();
             let _ = write!(out, "  {} -> {}", u.host, u.url);
-            if !u.url.https {
+            if u.offline {
+                let _ = write!(out, " (OFFLINE: served from the store only)");
+            } else if !u.url.https {
                 let _ = write!(out, " (PLAIN HTTP)");
             }
             if !aliases.is_empty() {
@@ -629,6 +665,20 @@ impl Config {
             "cold blob downloads: at most {} at once (a request waits up to {:?}, then 429); {} tags in memory",
             l.max_cold_downloads, l.cold_download_wait, l.tag_memory_entries
         );
+        match l.max_staleness {
+            Some(d) => {
+                let _ = writeln!(
+                    out,
+                    "stale tags (upstream unreachable): served for at most {d:?} after the last confirmation"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "stale tags (upstream unreachable): served with a warning, no age bound"
+                );
+            }
+        }
         out
     }
 }
@@ -713,9 +763,16 @@ fn proxy_limits(raw: &raw::RawCache) -> Result<ProxyLimits, (&'static str, Strin
         tag_memory_entries: raw.tag_memory_entries.unwrap_or(d.tag_memory_entries),
         max_cold_downloads: raw.max_cold_downloads.unwrap_or(d.max_cold_downloads),
         cold_download_wait: raw.cold_download_wait.map_or(d.cold_download_wait, |x| x.0),
+        max_staleness: raw.max_staleness.map(|x| x.0),
     };
     if limits.max_cold_downloads == 0 {
         return Err(("maxColdDownloads", "must be at least 1".to_owned()));
+    }
+    if limits.max_staleness.is_some_and(|d| d.is_zero()) {
+        return Err((
+            "maxStaleness",
+            "must be longer than zero (leave it out for no bound)".to_owned(),
+        ));
     }
     Ok(limits)
 }
@@ -747,6 +804,33 @@ mod tests {
         );
         assert!(c.upstream_by_host("quay.io").is_some());
         assert!(c.upstream_by_host("evil.example").is_none());
+    }
+
+    #[test]
+    fn offline_upstreams_and_the_staleness_bound() {
+        let yaml = "upstreams:\n  - host: site.test\n    offline: true\n  - host: a.io\n    url: https://a.io\ncache:\n  maxStaleness: 1h\n";
+        let c = Config::from_yaml(yaml, "t", &Overrides::default()).expect("valid");
+        let site = c.upstream_by_host("site.test").expect("site");
+        assert!(site.offline);
+        assert_eq!(site.url.to_string(), "https://site.test");
+        assert!(!c.upstream_by_host("a.io").expect("a").offline);
+        assert_eq!(c.proxy_limits.max_staleness, Some(Duration::from_secs(3600)));
+        // `serve --offline`: every upstream.
+        let ov = Overrides {
+            offline: true,
+            ..Default::default()
+        };
+        let c = Config::from_yaml(yaml, "t", &ov).expect("valid");
+        assert!(c.upstreams.iter().all(|u| u.offline));
+        for (bad, at) in [
+            ("upstreams:\n  - host: a.io\n", "upstreams[0].url"),
+            ("cache:\n  maxStaleness: 0s\n", "maxStaleness"),
+            ("upstreams:\n  - host: a.io\n    offline: yes-please\n", ""),
+            ("upstreams:\n  - host: a.io\n    ofline: true\n", ""),
+        ] {
+            let e = Config::from_yaml(bad, "t", &Overrides::default()).expect_err(bad);
+            assert!(e.to_string().contains(at), "{bad}: {e}");
+        }
     }
 
     #[test]

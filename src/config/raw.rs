@@ -65,6 +65,18 @@ pub struct RawConfig {
     pub auth: Option<RawAuth>,
     /// Registry watch: tags re-resolved and verified on a schedule.
     pub watch: Option<super::watch::RawWatch>,
+    /// Air-gap imports (`portcullis import`).
+    #[serde(default)]
+    pub airgap: RawAirgap,
+}
+
+/// `airgap:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAirgap {
+    /// PEM public key of the export station: every import must carry an
+    /// export record it signed naming each image.
+    pub export_key: Option<PathBuf>,
 }
 
 /// `auth:`. The names `htpasswd` and `anonymous` are fixed (operators
@@ -168,8 +180,12 @@ pub struct RawUpstream {
     /// The registry name clients use (`docker.io`, `ghcr.io`, `127.0.0.1:5002`).
     pub host: RegistryHost,
     /// Where to connect: `https://host[:port]`, or `http://` together with
-    /// `insecurePlainHttp: true`.
-    pub url: UpstreamUrl,
+    /// `insecurePlainHttp: true`. May be left out for an `offline` upstream.
+    pub url: Option<UpstreamUrl>,
+    /// Serve this upstream from the store only (imported or earlier admitted
+    /// content): never a network request; anything absent is 404.
+    #[serde(default)]
+    pub offline: bool,
     #[serde(default)]
     pub insecure_plain_http: bool,
     #[serde(default)]
@@ -215,6 +231,9 @@ pub struct RawCache {
     pub max_cold_downloads: Option<usize>,
     /// How long a request waits for a download slot before `429`.
     pub cold_download_wait: Option<HumanDuration>,
+    /// The oldest last confirmation of a tag the stale fallback still
+    /// serves while its upstream is unreachable (absent: no bound).
+    pub max_staleness: Option<HumanDuration>,
 }
 
 /// Connection limits of the client-facing server.

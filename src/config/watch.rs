@@ -348,6 +348,7 @@ mod tests {
             Arc::new(Upstream {
                 host: "r.test".parse().expect("host"),
                 url: "https://r.test".parse().expect("url"),
+                offline: false,
                 credentials: None,
                 ca_file: None,
                 token_realms: Vec::new(),

@@ -54,17 +54,28 @@ impl Proxy {
     /// for `tag` under the policy in force, bypassing the verdict caches.
     /// Errors: the manifest could not be fetched or failed verification.
     pub async fn assess(&self, target: &Target, tag: &Tag, digest: &Digest) -> Result<Assessment, Error> {
-        let reference = Reference::Digest(digest.clone());
-        self.fetch_manifest(target, &reference, None, Staleness::FreshOnly)
-            .await?;
         let who = Requester {
             client: "portcullis watch".to_owned(),
             identity: "portcullis watch".to_owned(),
         };
+        self.assess_for(&who, target, tag, digest).await
+    }
+
+    /// [`Self::assess`] on behalf of `who` (the audit event's client).
+    pub async fn assess_for(
+        &self,
+        who: &Requester,
+        target: &Target,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<Assessment, Error> {
+        let reference = Reference::Digest(digest.clone());
+        self.fetch_manifest(target, &reference, None, Staleness::FreshOnly)
+            .await?;
         let ask = Ask {
             target,
             tag: Some(tag),
-            who: &who,
+            who,
         };
         let Some(policy) = self.gate.policy() else {
             let d = Decision::integrity_only();

@@ -105,6 +105,29 @@ impl Proxy {
         })
     }
 
+    /// Admit `digest` from `target` under the rule a pull by `tag` would
+    /// meet (by digest: `None`), and store it, without moving any tag: an
+    /// import writes every piece of an image first and its tags last
+    /// ([`Self::set_tag`]).
+    pub async fn admit_digest(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        tag: Option<&Tag>,
+        who: &Requester,
+    ) -> Result<Admitted, Error> {
+        let (manifest, _) = self.manifest_by_digest(target, digest).await?;
+        let admitted = Box::pin(self.admit(target, tag, manifest, who)).await?;
+        self.persist(&admitted).await?;
+        Ok(admitted)
+    }
+
+    /// Make `tag` of `target` name the admitted manifest (what a pull by
+    /// the tag resolves to when the upstream is offline or unreachable).
+    pub async fn set_tag(&self, target: &Target, tag: &Tag, admitted: &Admitted) -> Result<(), Error> {
+        self.record_tag(target, tag, admitted.digest()).await
+    }
+
     /// Content is global by digest, presence is per repository: a manifest
     /// cached from one repository (or registry) is served by digest for
     /// another only if that one has it too — fetched from there, granted
@@ -213,6 +236,11 @@ impl Proxy {
                 let (repo, t) = (target.repo.clone(), tag.clone());
                 let store = self.store.clone();
                 match blocking(move || store.tags.last(&host, &repo, &t)).await? {
+                    Some(d) if self.too_stale(target, tag).await => {
+                        tracing::warn!(upstream = %target.registry.host(), repo = %target.repo, %tag, digest = %d, error = %e,
+                            "upstream unavailable and the tag's last confirmation is older than cache.maxStaleness; refused");
+                        return Err(e);
+                    }
                     Some(d) => {
                         tracing::warn!(upstream = %target.registry.host(), repo = %target.repo, %tag, digest = %d, error = %e,
                             "upstream unavailable; serving the last verified digest for the tag");
@@ -308,7 +336,24 @@ impl Proxy {
         Ok((digest, fetched))
     }
 
-    /// Remember that `tag` resolved to the verified manifest `digest`.
+    /// Whether the stale fallback may no longer serve `tag`: its last
+    /// confirmation is older than `cache.maxStaleness` (or unknown).
+    async fn too_stale(&self, target: &Target, tag: &Tag) -> bool {
+        let Some(max) = self.config.proxy_limits.max_staleness else {
+            return false;
+        };
+        let (host, repo, t) = (target.registry.host().clone(), target.repo.clone(), tag.clone());
+        let store = self.store.clone();
+        let confirmed = blocking(move || Ok(store.tags.confirmed_at(&host, &repo, &t))).await;
+        let age = confirmed
+            .ok()
+            .flatten()
+            .and_then(|at| std::time::SystemTime::now().duration_since(at).ok());
+        age.is_none_or(|age| age > max)
+    }
+
+    /// Remember that `tag` resolved to the verified manifest `digest` (and,
+    /// from a network upstream, when it last said so: the stale bound).
     async fn record_tag(&self, target: &Target, tag: &Tag, digest: &Digest) -> Result<(), Error> {
         let (host, repo, t, d) = (
             target.registry.host().clone(),
@@ -317,7 +362,16 @@ impl Proxy {
             digest.clone(),
         );
         let store = self.store.clone();
-        if let Some(previous) = blocking(move || store.tags.record(&host, &repo, &t, &d)).await? {
+        let confirm = !target.registry.is_local();
+        let recorded = blocking(move || {
+            let previous = store.tags.record(&host, &repo, &t, &d)?;
+            if confirm {
+                store.tags.confirm(&host, &repo, &t, CONFIRM_EVERY);
+            }
+            Ok(previous)
+        })
+        .await?;
+        if let Some(previous) = recorded {
             tracing::info!(upstream = %target.registry.host(), repo = %target.repo, %tag, %previous, now = %digest, "tag moved upstream");
         }
         Ok(())
@@ -435,6 +489,10 @@ impl Proxy {
         }
     }
 }
+
+/// How often a tag's confirmation time is rewritten while its upstream keeps
+/// naming the same digest (the resolution of `cache.maxStaleness`).
+const CONFIRM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Upstream manifest loads at once (each ≤ 4 MiB).
 pub(super) const MAX_CONCURRENT_MANIFEST_LOADS: usize = 64;

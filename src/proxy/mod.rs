@@ -10,6 +10,7 @@ mod coalesce;
 mod error;
 mod evidence;
 mod manifest;
+pub mod offline;
 mod referrers;
 mod tags;
 
@@ -21,6 +22,7 @@ pub use blob::{BlobBody, BlobServed, ByteRange, ByteSlice};
 pub use error::Error;
 pub use evidence::MaterialRefs;
 pub use manifest::ManifestServed;
+pub use offline::StoreSource;
 pub use referrers::ReferrersServed;
 pub use tags::{PageSize, TagsServed};
 
@@ -102,7 +104,7 @@ pub enum StartError {
 
 impl Proxy {
     pub fn new(config: Arc<Config>) -> Result<Arc<Proxy>, StartError> {
-        let audit = audit_sink(&config)?;
+        let audit = configured_audit_sink(&config)?;
         Self::with_audit(config, audit)
     }
 
@@ -111,17 +113,36 @@ impl Proxy {
         config: Arc<Config>,
         audit: crate::telemetry::audit::AuditSink,
     ) -> Result<Arc<Proxy>, StartError> {
+        Self::with_options(config, audit, ProxyOptions::default())
+    }
+
+    /// Like [`Proxy::with_audit`], with the content of some upstreams coming
+    /// from local sources (`options.sources`; an `offline` upstream not
+    /// named there is served from the store).
+    pub fn with_options(
+        config: Arc<Config>,
+        audit: crate::telemetry::audit::AuditSink,
+        options: ProxyOptions,
+    ) -> Result<Arc<Proxy>, StartError> {
         let store = Arc::new(Store::open_with(
             &config.data_dir,
             crate::store::StoreOptions {
                 tag_memory_entries: config.proxy_limits.tag_memory_entries,
                 max_bytes: config.storage.max_bytes,
-                clean_tmp: true,
+                clean_tmp: options.clean_tmp,
                 s3: config.storage.s3.as_ref().map(s3_options),
             },
         )?);
         let metrics = Arc::new(Metrics::new());
-        let registries = Registries::from_config(&config, &metrics)?;
+        let registries = Registries::with_sources(&config, &metrics, |u| {
+            if let Some(s) = options.sources.get(&u.host) {
+                return Some(s.clone());
+            }
+            u.offline.then(|| {
+                Arc::new(offline::StoreSource::new(u.host.clone(), store.clone()))
+                    as crate::upstream::local::SharedSource
+            })
+        })?;
         let manifests = moka::future::Cache::builder()
             .max_capacity(config.manifest_memory_bytes)
             .weigher(|_k: &Digest, v: &VerifiedManifest| u32::try_from(v.bytes().len()).unwrap_or(u32::MAX))
@@ -247,6 +268,26 @@ pub fn s3_options(s3: &crate::config::S3Storage) -> crate::store::S3Options {
     }
 }
 
+/// How to build a [`Proxy`] beyond its configuration.
+#[derive(Debug)]
+pub struct ProxyOptions {
+    /// Discard partial downloads in `tmp/` at start (a server does; a
+    /// command that may run beside a live server must not).
+    pub clean_tmp: bool,
+    /// Upstreams whose content comes from a local source (an archive being
+    /// imported), by host.
+    pub sources: std::collections::HashMap<crate::oci::RegistryHost, crate::upstream::local::SharedSource>,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            clean_tmp: true,
+            sources: std::collections::HashMap::new(),
+        }
+    }
+}
+
 /// The policy named by the configuration, or `None` in integrity-only mode.
 fn load_policy(config: &Config) -> Result<Option<(crate::policy::PolicySet, std::path::PathBuf)>, StartError> {
     match &config.admission {
@@ -264,7 +305,17 @@ fn load_policy(config: &Config) -> Result<Option<(crate::policy::PolicySet, std:
     }
 }
 
-fn audit_sink(config: &Config) -> Result<crate::telemetry::audit::AuditSink, StartError> {
+/// For commands whose standard output is their report (`export`,
+/// `import`): the configured audit log, else standard error.
+pub fn command_audit_sink(config: &Config) -> Result<crate::telemetry::audit::AuditSink, StartError> {
+    match &config.audit_log {
+        None => Ok(crate::telemetry::audit::AuditSink::stderr()),
+        Some(_) => configured_audit_sink(config),
+    }
+}
+
+/// The audit sink the configuration names (`auditLog:`, else stdout).
+pub fn configured_audit_sink(config: &Config) -> Result<crate::telemetry::audit::AuditSink, StartError> {
     match &config.audit_log {
         None => Ok(crate::telemetry::audit::AuditSink::stdout()),
         Some(path) => crate::telemetry::audit::AuditSink::file(path).map_err(|source| StartError::AuditLog {

@@ -270,7 +270,8 @@ fn from_upstream(e: upstream::Error) -> ApiError {
         | U::Protocol { .. }
         | U::Body { .. }
         | U::TooLarge { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message),
-        U::Setup { .. } => ApiError::internal(message),
+        U::Offline { .. } => ApiError::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message),
+        U::Setup { .. } | U::Local { .. } => ApiError::internal(message),
     }
 }
 

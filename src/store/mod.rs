@@ -23,6 +23,7 @@ pub mod backend;
 pub mod blobs;
 pub mod flight;
 pub mod grants;
+pub mod imports;
 pub mod lease;
 pub mod manifests;
 pub mod spool;
@@ -87,6 +88,8 @@ pub struct Store {
     pub grants: GrantStore,
     /// Allow verdicts persisted with their key.
     pub verdicts: Arc<VerdictStore>,
+    /// What air-gap imports recorded (presence per repository, referrers).
+    pub imports: imports::Imports,
     /// Sizes, access order, pins and readers of the blobs.
     pub usage: Arc<Usage>,
     /// `storage.maxBytes`: the cap on blob bytes, if any.
@@ -183,6 +186,7 @@ impl Store {
             tags: TagStore::new(backend.clone(), options.tag_memory_entries),
             grants: GrantStore::new(backend.clone()),
             verdicts: Arc::new(VerdictStore::new(backend.clone())),
+            imports: imports::Imports::new(backend.clone()),
             usage: Arc::new(usage),
             max_bytes: options.max_bytes,
             watch: WatchStore::new(data_dir.join("watch"), tmp),

@@ -28,6 +28,9 @@ const CONFLICT_RETRIES: usize = 8;
 pub struct TagStore {
     backend: Arc<dyn Backend>,
     recent: moka::sync::Cache<CacheKey, Digest>,
+    /// When this process last wrote each tag's confirmation (bounded like
+    /// `recent`).
+    confirmed: moka::sync::Cache<CacheKey, std::time::Instant>,
 }
 
 impl std::fmt::Debug for TagStore {
@@ -41,6 +44,7 @@ impl TagStore {
         TagStore {
             backend,
             recent: moka::sync::Cache::new(memory_entries),
+            confirmed: moka::sync::Cache::new(memory_entries),
         }
     }
 
@@ -53,6 +57,23 @@ impl TagStore {
                 .chain(repo.components())
                 .chain(["_tags", tag.as_str()]),
         )
+    }
+
+    /// `tags/<host>/<repo>/<area>`: the records of one repository.
+    fn area(host: &RegistryHost, repo: &RepoName, area: &str) -> Option<Key> {
+        Key::new(
+            std::iter::once("tags")
+                .chain(std::iter::once(host.as_str()))
+                .chain(repo.components())
+                .chain(std::iter::once(area)),
+        )
+    }
+
+    /// `tags/<host>/<repo>/_confirmed/<tag>`: when the upstream last named
+    /// the tag's digest (unix milliseconds), apart from the observation so
+    /// a confirmation never races a replica's conditional move of the tag.
+    fn confirmed_key(host: &RegistryHost, repo: &RepoName, tag: &Tag) -> Option<Key> {
+        Self::area(host, repo, "_confirmed")?.child(tag.as_str())
     }
 
     /// Record that the tag resolved to `digest`. Returns the previous digest
@@ -109,6 +130,66 @@ impl TagStore {
             self.recent.insert(cache_key, d.clone());
         }
         Ok(found)
+    }
+
+    /// When the upstream last confirmed the tag's digest (see
+    /// [`Self::confirm`]); `None` if it never did (an imported tag).
+    pub fn confirmed_at(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag) -> Option<std::time::SystemTime> {
+        let key = Self::confirmed_key(host, repo, tag)?;
+        let object = self.backend.get(&key).ok()??;
+        let millis: u64 = std::str::from_utf8(&object.bytes).ok()?.trim().parse().ok()?;
+        std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(millis))
+    }
+
+    /// The upstream named the digest again: bring the confirmation time
+    /// forward, at most once per `every` by this process (a tag resolved on
+    /// every pull costs no write per pull). Best effort: a failed write
+    /// only makes the tag look older to the stale bound.
+    pub fn confirm(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag, every: std::time::Duration) {
+        let cache_key = (host.clone(), repo.clone(), tag.clone());
+        let now = std::time::Instant::now();
+        if self
+            .confirmed
+            .get(&cache_key)
+            .is_some_and(|at| now.duration_since(at) < every)
+        {
+            return;
+        }
+        let Some(key) = Self::confirmed_key(host, repo, tag) else {
+            return;
+        };
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        if let Err(e) = self
+            .backend
+            .put(&key, Bytes::from(millis.to_string()), PutMode::Overwrite, false)
+        {
+            tracing::debug!(error = %e, %key, "cannot record a tag confirmation");
+            return;
+        }
+        self.confirmed.insert(cache_key, now);
+    }
+
+    /// The tags observed in `repo` of `host` (an offline upstream's tag list).
+    pub fn list(&self, host: &RegistryHost, repo: &RepoName) -> Result<Vec<Tag>, StoreError> {
+        let Some(prefix) = Self::area(host, repo, "_tags") else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .backend
+            .list(&prefix)?
+            .into_iter()
+            .filter_map(|l| l.key.as_str().rsplit('/').next()?.parse().ok())
+            .collect())
+    }
+
+    /// [`Self::last`] read from the disk, refreshing the memory: another
+    /// process (`portcullis import`) may have moved the tag meanwhile.
+    pub fn reread(&self, host: &RegistryHost, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StoreError> {
+        let key = (host.clone(), repo.clone(), tag.clone());
+        self.recent.invalidate(&key);
+        self.last(host, repo, tag)
     }
 }
 

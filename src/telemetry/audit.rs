@@ -54,6 +54,15 @@ impl AuditSink {
         }
     }
 
+    /// Standard error: for commands whose standard output is their report
+    /// (`export`, `import`).
+    pub fn stderr() -> AuditSink {
+        AuditSink {
+            out: Mutex::new(Box::new(std::io::stderr())),
+            kept: None,
+        }
+    }
+
     /// Keep events in memory (for `portcullis verify`), writing nothing.
     pub fn memory() -> AuditSink {
         AuditSink {

@@ -286,8 +286,14 @@ async fn request_token(
     policy.response_header_timeout = policy.token_timeout;
     // The token endpoint is often another host (auth.docker.io); the
     // credentials go to the realm's authority only, never across a redirect.
+    let Some(http) = &reg.http else {
+        return Err(Error::Offline {
+            host,
+            what: "a token request",
+        });
+    };
     let resp = client::send(
-        &reg.http,
+        http,
         &host,
         &policy,
         &Method::GET,

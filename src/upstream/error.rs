@@ -50,6 +50,14 @@ pub enum Error {
     Body { host: String, message: String },
     #[error("{host}: response larger than {limit} bytes")]
     TooLarge { host: String, limit: usize },
+    /// The upstream is served from local content only (`offline: true`, an
+    /// import): a request that would need the network is refused before
+    /// anything is sent.
+    #[error("{host} is offline: {what} needs the network")]
+    Offline { host: String, what: &'static str },
+    /// A local source (the store, an OCI layout) could not be read.
+    #[error("{host}: local source: {message}")]
+    Local { host: String, message: String },
 }
 
 impl Error {
@@ -83,6 +91,8 @@ impl Error {
             Error::Protocol { .. } => FailureClass::BadResponse,
             Error::Body { .. } => FailureClass::BrokenBody,
             Error::TooLarge { .. } => FailureClass::TooLarge,
+            Error::Offline { .. } => FailureClass::Offline,
+            Error::Local { .. } => FailureClass::LocalSource,
         }
     }
 }
@@ -104,6 +114,8 @@ pub enum FailureClass {
     BadResponse,
     BrokenBody,
     TooLarge,
+    Offline,
+    LocalSource,
 }
 
 impl fmt::Display for FailureClass {
@@ -122,6 +134,8 @@ impl fmt::Display for FailureClass {
             FailureClass::BadResponse => f.write_str("upstream sent an invalid response"),
             FailureClass::BrokenBody => f.write_str("upstream connection broke during the body"),
             FailureClass::TooLarge => f.write_str("upstream response too large"),
+            FailureClass::Offline => f.write_str("upstream is offline (served from local content only)"),
+            FailureClass::LocalSource => f.write_str("local content could not be read"),
         }
     }
 }

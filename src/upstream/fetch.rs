@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::error::is_retryable_status;
+use super::local;
 use super::{Error, Registry, client};
 use crate::oci::{Digest, Reference, RepoName};
 use crate::telemetry::metrics::UpstreamOutcome;
@@ -27,13 +28,13 @@ pub struct ManifestHead {
     pub length: Option<u64>,
 }
 
-/// A blob body arriving from upstream.
+/// A blob body arriving from upstream (or read from a local source).
 #[derive(Debug)]
 pub struct BlobResponse {
     host: String,
     /// Upstream `Content-Length`, if given.
     pub length: Option<u64>,
-    body: Incoming,
+    body: BlobSource,
     idle_timeout: Duration,
     /// Bytes received from this upstream (`portcullis_upstream_fetched_bytes_total`).
     fetched: prometheus_client::metrics::counter::Counter,
@@ -43,8 +44,12 @@ impl BlobResponse {
     /// The next chunk, `None` at the end. Fails if no byte arrives within the
     /// idle timeout or the connection breaks.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        let body = match &mut self.body {
+            BlobSource::Network(body) => body,
+            BlobSource::Local { blob, pos, len } => return next_local_chunk(&self.host, blob, pos, *len).await,
+        };
         loop {
-            let frame = tokio::time::timeout(self.idle_timeout, self.body.frame())
+            let frame = tokio::time::timeout(self.idle_timeout, body.frame())
                 .await
                 .map_err(|_| Error::Timeout {
                     host: self.host.clone(),
@@ -70,6 +75,46 @@ impl BlobResponse {
             }
         }
     }
+}
+
+/// Where a blob's bytes come from.
+#[derive(Debug)]
+enum BlobSource {
+    Network(Incoming),
+    Local {
+        blob: super::local::LocalBlob,
+        /// The next byte to read.
+        pos: u64,
+        len: u64,
+    },
+}
+
+/// Chunks read from a local blob file at a time.
+const LOCAL_CHUNK: usize = 256 * 1024;
+
+async fn next_local_chunk(
+    host: &str,
+    blob: &super::local::LocalBlob,
+    pos: &mut u64,
+    len: u64,
+) -> Result<Option<Bytes>, Error> {
+    let want = len.saturating_sub(*pos).min(LOCAL_CHUNK as u64);
+    if want == 0 {
+        return Ok(None);
+    }
+    let (blob, at) = (blob.clone(), *pos);
+    let failed = |message: String| Error::Local {
+        host: host.to_owned(),
+        message: format!("reading a blob: {message}"),
+    };
+    // `want` ≤ LOCAL_CHUNK, so it fits a usize.
+    let buf = BytesMut::zeroed(usize::try_from(want).unwrap_or(LOCAL_CHUNK));
+    let chunk = tokio::task::spawn_blocking(move || blob.read_at(at, buf))
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| failed(e.to_string()))?;
+    *pos += chunk.len() as u64;
+    Ok(Some(chunk))
 }
 
 /// One page of a tag list.
@@ -138,10 +183,16 @@ impl Registry {
         body: &Bytes,
     ) -> Result<Response<Incoming>, Error> {
         let host = self.host().to_string();
+        let Some(http) = &self.http else {
+            return Err(Error::Offline {
+                host,
+                what: "this request",
+            });
+        };
         let uri = self.uri(path_and_query)?;
         let auth = self.auth.preemptive(self, scope).await?;
         let resp = client::send(
-            &self.http,
+            http,
             &host,
             &self.policy,
             method,
@@ -162,7 +213,7 @@ impl Registry {
             });
         };
         let auth = self.auth.answer(self, &challenge, scope).await?;
-        let resp = client::send(&self.http, &host, &self.policy, method, uri, headers, Some(&auth), body).await;
+        let resp = client::send(http, &host, &self.policy, method, uri, headers, Some(&auth), body).await;
         let resp = self.counted(resp)?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(Error::Unauthorized {
@@ -229,6 +280,9 @@ impl Registry {
         reference: &Reference,
         accept: &HeaderValue,
     ) -> Result<ManifestHead, Error> {
+        if let Some(source) = &self.local {
+            return self.local_head_manifest(source, repo, reference).await;
+        }
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
             .request(Method::HEAD, &path, &pull_scope(repo), accept_headers(accept))
@@ -249,6 +303,9 @@ impl Registry {
         accept: &HeaderValue,
         limit: usize,
     ) -> Result<UnverifiedManifest, Error> {
+        if let Some(source) = &self.local {
+            return self.local_manifest(source, repo, reference).await;
+        }
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
             .request(Method::GET, &path, &pull_scope(repo), accept_headers(accept))
@@ -273,6 +330,20 @@ impl Registry {
 
     /// `GET /v2/<repo>/blobs/<digest>`, following redirects to CDNs.
     pub async fn get_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobResponse, Error> {
+        if let Some(source) = &self.local {
+            let (blob, length) = self.local_blob(source, repo, digest).await?;
+            return Ok(BlobResponse {
+                host: self.host().to_string(),
+                length: Some(length),
+                body: BlobSource::Local {
+                    blob,
+                    pos: 0,
+                    len: length,
+                },
+                idle_timeout: self.policy.body_idle_timeout,
+                fetched: self.metrics.fetched_counter(self.host().as_str()),
+            });
+        }
         let path = format!("/v2/{repo}/blobs/{digest}");
         let resp = self
             .request(Method::GET, &path, &pull_scope(repo), HeaderMap::new())
@@ -287,7 +358,7 @@ impl Registry {
         Ok(BlobResponse {
             host: self.host().to_string(),
             length: header_u64(resp.headers(), CONTENT_LENGTH),
-            body: resp.into_body(),
+            body: BlobSource::Network(resp.into_body()),
             idle_timeout: self.policy.body_idle_timeout,
             fetched: self.metrics.fetched_counter(self.host().as_str()),
         })
@@ -295,6 +366,9 @@ impl Registry {
 
     /// `HEAD /v2/<repo>/blobs/<digest>`: the blob's length, if the upstream says.
     pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, Error> {
+        if let Some(source) = &self.local {
+            return self.local_blob(source, repo, digest).await.map(|(_, len)| Some(len));
+        }
         let path = format!("/v2/{repo}/blobs/{digest}");
         let resp = self
             .request(Method::HEAD, &path, &pull_scope(repo), HeaderMap::new())
@@ -305,6 +379,9 @@ impl Registry {
 
     /// `GET /v2/<repo>/tags/list[?n=&last=]`.
     pub async fn tags(&self, repo: &RepoName, n: Option<usize>, last: Option<&str>) -> Result<TagsPage, Error> {
+        if let Some(source) = &self.local {
+            return self.local_tags(source, repo, n, last).await;
+        }
         let path = paged(&format!("/v2/{repo}/tags/list"), n, last);
         let resp = self
             .request(Method::GET, &path, &pull_scope(repo), json_headers())
@@ -327,6 +404,11 @@ impl Registry {
     /// `GET /v2/<repo>/referrers/<digest>`. `Ok(None)` when the upstream
     /// does not implement the API (404), so the caller uses the tag schema.
     pub async fn referrers(&self, repo: &RepoName, digest: &Digest) -> Result<Option<TagsPage>, Error> {
+        if let Some(source) = &self.local {
+            let (r, d) = (repo.clone(), digest.clone());
+            let listing = local::call(self.host().as_str(), source, move |s| s.referrers(&r, &d)).await?;
+            return Ok(listing.map(|body| TagsPage { body, link: None }));
+        }
         let path = format!("/v2/{repo}/referrers/{digest}");
         let resp = self
             .request(Method::GET, &path, &pull_scope(repo), json_headers())

@@ -9,6 +9,7 @@ mod client;
 mod destination;
 mod error;
 mod fetch;
+pub mod local;
 mod push;
 mod realms;
 
@@ -26,10 +27,14 @@ use crate::telemetry::Metrics;
 /// A client for one upstream registry.
 pub struct Registry {
     upstream: Arc<Upstream>,
-    http: client::HttpClient,
+    /// `None` for a local registry: it has no way to the network.
+    http: Option<client::HttpClient>,
     auth: auth::Auth,
     policy: UpstreamPolicy,
     metrics: Arc<Metrics>,
+    /// Set for an upstream served from local content (an `offline`
+    /// upstream, an archive being imported): no request reaches the network.
+    local: Option<local::SharedSource>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -46,10 +51,34 @@ impl Registry {
         Ok(Registry {
             auth: auth::Auth::new(&upstream),
             upstream,
-            http,
+            http: Some(http),
             policy,
             metrics,
+            local: None,
         })
+    }
+
+    /// A registry named `upstream` whose content comes from `source` only
+    /// (no HTTP client is built; nothing is ever sent).
+    pub fn local(
+        upstream: Arc<Upstream>,
+        source: local::SharedSource,
+        policy: UpstreamPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Registry {
+        Registry {
+            auth: auth::Auth::new(&upstream),
+            http: None,
+            upstream,
+            policy,
+            metrics,
+            local: Some(source),
+        }
+    }
+
+    /// Whether this registry answers from local content only.
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
     }
 
     pub fn upstream(&self) -> &Arc<Upstream> {
@@ -69,12 +98,23 @@ pub struct Registries {
 
 impl Registries {
     pub fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Result<Registries, Error> {
+        Self::with_sources(config, metrics, |_| None)
+    }
+
+    /// Like [`Registries::from_config`], with the content of the upstreams
+    /// for which `source` gives a local source coming from it alone.
+    pub fn with_sources(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        source: impl Fn(&Upstream) -> Option<local::SharedSource>,
+    ) -> Result<Registries, Error> {
         let mut by_host = HashMap::new();
         for u in &config.upstreams {
-            by_host.insert(
-                u.host.clone(),
-                Arc::new(Registry::new(u.clone(), config.upstream_policy, metrics.clone())?),
-            );
+            let registry = match source(u) {
+                Some(s) => Registry::local(u.clone(), s, config.upstream_policy, metrics.clone()),
+                None => Registry::new(u.clone(), config.upstream_policy, metrics.clone())?,
+            };
+            by_host.insert(u.host.clone(), Arc::new(registry));
         }
         Ok(Registries {
             by_host: Arc::new(by_host),

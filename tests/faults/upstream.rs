@@ -187,3 +187,22 @@ async fn stale_fallback_ignores_a_digest_that_failed_verification() {
     fake.stop().await;
     assert_stale(&proxy, &a.manifest).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_tag_is_refused_once_older_than_max_staleness() {
+    let mut fake = FakeRegistry::start().await;
+    let image = oci_image(&[1000], 23);
+    fake.put_image(REPO, "v1", &image);
+    let proxy = proxy_for(&fake, &format!("{FAST}cache:\n  maxStaleness: 2s\n")).await;
+    let resp = client::get(&manifest_url(&proxy, "v1")).await;
+    assert_eq!(resp.status, StatusCode::OK);
+
+    fake.stop().await;
+    // Within the bound: the last verified digest, with the warning.
+    assert_stale(&proxy, &image.manifest).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Past it: refused as the upstream failure it is.
+    let resp = client::get(&manifest_url(&proxy, "v1")).await;
+    assert_eq!(resp.status, StatusCode::BAD_GATEWAY, "{resp:?}");
+    assert_eq!(resp.header("warning"), None);
+}

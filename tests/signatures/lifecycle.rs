@@ -334,6 +334,7 @@ async fn no_policy_refuses_to_start_unless_integrity_only() {
             default_upstream: Some("http://127.0.0.1:1".parse().expect("url")),
             policies: Some(policies.to_owned()),
             integrity_only,
+            offline: false,
         };
         Config::load(None, &overrides).expect("config")
     };

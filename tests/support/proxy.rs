@@ -28,6 +28,7 @@ impl TestProxy {
             default_upstream: None,
             policies: None,
             integrity_only: true,
+            offline: false,
         };
         let config = Config::from_yaml(yaml, "test config", &overrides).expect("valid test config");
         Self::start_config(config, data_dir).await
@@ -44,6 +45,7 @@ impl TestProxy {
             default_upstream: None,
             policies: Some(dir.to_owned()),
             integrity_only: false,
+            offline: false,
         };
         let config = Config::from_yaml(yaml, "test config", &overrides).expect("valid test config");
         Self::start_config(config, data_dir).await
@@ -59,6 +61,7 @@ impl TestProxy {
             default_upstream: Some(url.parse().expect("upstream url")),
             policies: None,
             integrity_only: true,
+            offline: false,
         };
         let config = Config::load(None, &overrides).expect("config");
         Self::start_config(config, data_dir).await
@@ -108,6 +111,7 @@ impl TestProxy {
             default_upstream: Some(url.parse().expect("upstream url")),
             policies: Some(dir.to_owned()),
             integrity_only: false,
+            offline: false,
         };
         let config = Config::from_yaml(&yaml, "test config", &overrides).expect("config");
         Self::start_config(config, data_dir).await
