@@ -8,8 +8,10 @@
 //! read DST tag (T0; --expect-current must agree)
 //! copy children before parents: blobs (present │ mount │ stream while hashed),
 //!      child manifests, D (exact bytes and media type)
-//! copy material: referrers of D (by digest), then the .sig/.att/.sbom tags and
-//!      the sha256-<hex> fallback index (by tag)
+//! copy material of D and, for an index, of each child: referrers (by digest),
+//!      then the .sig/.att/.sbom tags and the sha256-<hex> fallback index (by
+//!      tag; at a destination without the referrers API created or merged,
+//!      existing entries kept: `fallback`, the one writer of that index)
 //! with a promoter key: sign the promotion record (SLSA VSA in DSSE in a Sigstore
 //!      bundle) and attach it as a referrer of D (fallback index updated if needed)
 //! read D back from DST by digest ─► admit again at DST (its bytes, its signatures)
@@ -21,12 +23,14 @@
 //! Imports: `oci`, `upstream`, `verify`, `proxy`.
 
 pub mod copy;
+pub mod fallback;
 pub mod record;
 
 use crate::oci::{Digest, Reference, Tag};
 use crate::proxy::{self, Proxy, Target};
 use crate::telemetry::Requester;
 use crate::upstream;
+use crate::verify::VerifiedManifest;
 use copy::Copier;
 pub use copy::{CopyError, CopyStats, DEFAULT_CHUNK_BYTES};
 
@@ -120,6 +124,8 @@ pub enum PromoteError {
     Record(#[from] record::RecordError),
     #[error("copy: {0}")]
     Copy(#[from] CopyError),
+    #[error(transparent)]
+    FallbackIndex(#[from] fallback::FallbackError),
     #[error("destination tag {tag} names {found}, expected {expected}: refusing to overwrite it")]
     TagChanged {
         tag: Tag,
@@ -184,7 +190,7 @@ pub async fn run(proxy: &Proxy, plan: &Plan) -> Result<Promoted, PromoteError> {
     let mut copier = Copier::new(plan.src.clone(), plan.dst.clone(), plan.chunk_bytes);
     let manifest = copier.source_manifest(&digest).await?;
     copier.tree(&manifest).await?;
-    let material = copy_material(proxy, plan, &mut copier, &digest, &mut done.warnings).await?;
+    let material = copy_all_material(proxy, plan, &mut copier, &manifest, &mut done.warnings).await?;
     done.material_manifests = material.len();
     if let Some(key) = &plan.promoter_key {
         let summary = summary(proxy, plan, &admitted.manifest, material);
@@ -267,9 +273,32 @@ fn check_tag(plan: &Plan, expected: &Expected, current: Option<&Digest>) -> Resu
     }
 }
 
+/// Copy the verification material of the promoted manifest and, for an
+/// index, of each child it lists: a platform image's own signatures are
+/// what a node pulling that platform by digest verifies.
+async fn copy_all_material(
+    proxy: &Proxy,
+    plan: &Plan,
+    copier: &mut Copier,
+    manifest: &VerifiedManifest,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Digest>, PromoteError> {
+    let mut subjects = vec![manifest.digest().clone()];
+    if manifest.media_type().is_index() {
+        subjects.extend(manifest.info().references.iter().map(|d| d.digest.clone()));
+    }
+    let mut all = Vec::new();
+    for subject in &subjects {
+        all.extend(copy_material(proxy, plan, copier, subject, warnings).await?);
+    }
+    Ok(all)
+}
+
 /// Copy every piece of verification material the source holds for
-/// `digest`: referrers by digest, then the legacy and fallback tags.
-/// Returns the material manifests' digests.
+/// `digest`: referrers by digest, then the legacy and fallback tags; at a
+/// destination without the referrers API, the fallback index is created or
+/// merged (entries kept) so the referrers stay discoverable. Returns the
+/// material manifests' digests.
 async fn copy_material(
     proxy: &Proxy,
     plan: &Plan,
@@ -281,10 +310,17 @@ async fn copy_material(
         .material_refs(&plan.src, digest)
         .await
         .map_err(PromoteError::Source)?;
+    let mut entries = Vec::new();
     for referrer in &refs.referrers {
         let m = copier.source_manifest(referrer).await?;
         copier.tree(&m).await?;
+        entries.push(fallback::descriptor(m.media_type().as_str(), m.digest(), m.bytes()));
     }
+    let fallback_tag = fallback::tag_of(digest)?;
+    let without_api = !refs.referrers.is_empty()
+        && !fallback::api_available(&plan.dst, digest)
+            .await
+            .map_err(PromoteError::Destination)?;
     for (tag, material) in &refs.tags {
         let m = copier.source_manifest(material).await?;
         copier.tree(&m).await?;
@@ -296,14 +332,26 @@ async fn copy_material(
             .map_err(PromoteError::Destination)?;
         match now {
             Some(d) if &d == material => {}
+            // Absent: the source's exact bytes (same digest on both sides).
             None => copier.put(&m, &Reference::Tag(tag.clone())).await?,
-            // Another signature set (or fallback index) is there already:
-            // merging is not implemented, and overwriting could drop
-            // material only the destination has.
+            // The destination's own fallback index: merged below, its
+            // entries first, so nothing only the destination lists is lost.
+            Some(_) if tag == &fallback_tag && without_api => {
+                entries.splice(0..0, fallback::entries_of(m.bytes()));
+            }
+            // Another signature set is there already: merging cosign's
+            // legacy manifests is not implemented, and overwriting could
+            // drop material only the destination has.
             Some(d) => warnings.push(format!(
                 "destination tag {tag} names {d}, not the source's {material}: left as it is"
             )),
         }
+    }
+    if without_api
+        && let fallback::Extended::Merged { digest: index, added } =
+            fallback::extend(&plan.dst, digest, &entries).await?
+    {
+        tracing::info!(subject = %digest, %index, added, "destination fallback index merged");
     }
     let mut all = refs.referrers;
     all.extend(refs.tags.into_iter().map(|(_, d)| d));

@@ -9,7 +9,7 @@ pub use crate::support::admission::{
     image_blobs, policy_dir, policy_yaml, push_signed, skopeo_copies, skopeo_refused, small_image,
 };
 pub use crate::support::cosign::{
-    SigningKey, push_bundle_signature, push_legacy_attestation, push_legacy_signature, referrers_fallback_index,
+    IndexEntry, SigningKey, push_bundle_signature, push_legacy_attestation, push_legacy_signature, read_fallback_index,
 };
 pub use crate::support::distribution::Distribution;
 pub use crate::support::images::{Blob, Image, oci_image, oci_image_for, oci_index};

@@ -94,6 +94,91 @@ async fn a_signed_multi_arch_index_promotes_with_every_child() {
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
 }
 
+/// Each platform image of an index carries its own signatures (a node
+/// pulling one platform by digest verifies that child): the children's
+/// `.sig` tags and bundle referrers are promoted with the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_arch_index_promotes_with_the_signatures_of_each_child() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let amd = oci_image_for("amd64", &[1100], 321);
+    let arm = oci_image_for("arm64", &[1400], 322);
+    let index = oci_index(&[(&amd, "amd64"), (&arm, "arm64")]);
+    s.staging.push_index(REPO, "v3", &index, &[&amd, &arm]).await;
+    push_legacy_signature(&s.staging, REPO, &index, &[&a]).await;
+    push_legacy_signature(&s.staging, REPO, &amd.manifest, &[&a]).await;
+    let arm_referrer = push_bundle_signature(&s.staging, REPO, &arm.manifest, &a).await;
+
+    let (code, report) = s.promote("v3", "stable", &["--expect-current", "none"]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(manifest_digest(&s.prod, "stable").await, Some(index.digest.clone()));
+    assert_eq!(
+        manifest_digest(&s.prod, &sig_tag(&amd.manifest.digest)).await,
+        manifest_digest(&s.staging, &sig_tag(&amd.manifest.digest)).await,
+        "the amd64 child's .sig"
+    );
+    let r = arm_referrer.manifest.digest.to_string();
+    assert_eq!(
+        manifest_digest(&s.prod, &r).await,
+        Some(arm_referrer.manifest.digest.clone())
+    );
+    let listed = read_fallback_index(&s.prod, REPO, &arm.manifest.digest).await;
+    assert_eq!(
+        listed.iter().map(|e| &e.digest).collect::<Vec<_>>(),
+        vec![&arm_referrer.manifest.digest],
+        "the arm64 child's fallback index"
+    );
+    assert_eq!(report["promotion"]["materialManifests"], 4, "{report}");
+    // Each child verifies in production by digest, with its own signature.
+    for child in [&amd, &arm] {
+        let reference = format!("prod.test/{REPO}@{}", child.manifest.digest);
+        let (code, stdout, stderr) = s.portcullis(&["verify", &reference]).await;
+        assert_eq!(code, 0, "{reference}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    }
+}
+
+/// Production runs Distribution 2.x (no referrers API): a fallback index it
+/// already holds for the digest is merged with the source's entries (union
+/// by digest, its own entries kept), never overwritten nor left hiding the
+/// signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_fallback_index_is_merged_keeping_its_entries() {
+    let a = SigningKey::generate_p256();
+    let b = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let image = small_image(411);
+    s.staging.push_image(REPO, "v11", &image).await;
+    let ours = push_bundle_signature(&s.staging, REPO, &image.manifest, &a).await;
+    // Production already lists a referrer of its own for the digest.
+    let theirs = push_bundle_signature(&s.prod, REPO, &image.manifest, &b).await;
+    let fallback = image.manifest.digest.tag_form();
+    let before = manifest_digest(&s.prod, &fallback).await.expect("production's index");
+
+    let (code, report) = s.promote("v11", "stable", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    let after = manifest_digest(&s.prod, &fallback).await.expect("merged index");
+    assert_ne!(after, before, "merged");
+    let listed = read_fallback_index(&s.prod, REPO, &image.manifest.digest).await;
+    let digests: Vec<&Digest> = listed.iter().map(|e| &e.digest).collect();
+    assert_eq!(
+        digests,
+        vec![&theirs.manifest.digest, &ours.manifest.digest],
+        "production's entry first, as it was, then the promoted one"
+    );
+    assert_eq!(listed[0], IndexEntry::ggcr(&theirs.manifest), "kept byte for byte");
+    assert_eq!(
+        manifest_digest(&s.prod, "stable").await,
+        Some(image.manifest.digest.clone())
+    );
+    let (code, stdout, stderr) = s.portcullis(&["verify", &format!("prod.test/{REPO}:stable")]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    // A rerun finds every entry listed and writes nothing.
+    let (code, report) = s.promote("v11", "stable", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(manifest_digest(&s.prod, &fallback).await, Some(after));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_writes_nothing() {
     let a = SigningKey::generate_p256();
