@@ -27,6 +27,7 @@ pub mod fallback;
 pub mod record;
 
 use crate::oci::{Digest, Reference, Tag};
+use crate::policy::{Authority, AuthorityKind, SignerId};
 use crate::proxy::{self, Proxy, Target};
 use crate::telemetry::Requester;
 use crate::upstream;
@@ -112,8 +113,16 @@ pub enum PromoteError {
         "separation of roles: the promoter's authority `{0}` is among the signers that satisfied the source's requirement"
     )]
     PromoterSigned(String),
+    #[error(
+        "separation of roles: the promoter's authority `{authority}` accepts {signer}, who signed for the source's requirement"
+    )]
+    PromoterAmongSigners { authority: String, signer: String },
     #[error("--sign-key is not a key of the promoter's authority `{0}`")]
     NotThePromotersKey(String),
+    #[error(
+        "the promoter's authority `{0}` is keyless: a promotion record is signed with --sign-key by a key authority (keyless record signing is not implemented)"
+    )]
+    KeylessRecord(String),
     #[error("source: {0}")]
     Source(proxy::Error),
     #[error("destination: {0}")]
@@ -139,7 +148,10 @@ pub enum PromoteError {
 impl PromoteError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            PromoteError::Denied(_) | PromoteError::DeniedAtDestination(_) | PromoteError::PromoterSigned(_) => 1,
+            PromoteError::Denied(_)
+            | PromoteError::DeniedAtDestination(_)
+            | PromoteError::PromoterSigned(_)
+            | PromoteError::PromoterAmongSigners { .. } => 1,
             _ => 2,
         }
     }
@@ -166,7 +178,7 @@ pub async fn run(proxy: &Proxy, plan: &Plan) -> Result<Promoted, PromoteError> {
     let admitted = Box::pin(proxy.manifest(&plan.src, &plan.src_ref, None, &requester()))
         .await
         .map_err(PromoteError::at_source)?;
-    check_roles(proxy, admitted.manifest.satisfied())?;
+    check_roles(proxy, admitted.manifest.satisfied(), admitted.manifest.signers())?;
     let digest = admitted.manifest.digest().clone();
     check_promotion_rule(proxy, plan, &digest).await?;
     let previous = current_tag(plan).await?;
@@ -205,13 +217,46 @@ pub async fn run(proxy: &Proxy, plan: &Plan) -> Result<Promoted, PromoteError> {
     Ok(done)
 }
 
-/// With `promotion.promoter` in the policy, the promoter's authority must not
-/// be among those that satisfied the source's requirement.
-fn check_roles(proxy: &Proxy, satisfied: &[String]) -> Result<(), PromoteError> {
-    let promoter = proxy.gate().policy().and_then(|p| p.promoter.clone());
-    match promoter {
-        Some(p) if satisfied.contains(&p) => Err(PromoteError::PromoterSigned(p)),
-        _ => Ok(()),
+/// With `promotion.promoter` in the policy, the promoter must not be among
+/// those who signed for the source: neither its authority among the
+/// satisfied ones, nor its identity among the signers, whichever authority
+/// accepted them (two authorities may accept the same key or keyless
+/// identity, so comparing authority names alone would miss it).
+fn check_roles(proxy: &Proxy, satisfied: &[String], signers: &[SignerId]) -> Result<(), PromoteError> {
+    let Some(policy) = proxy.gate().policy() else {
+        return Ok(());
+    };
+    let Some(name) = &policy.promoter else { return Ok(()) };
+    if satisfied.contains(name) {
+        return Err(PromoteError::PromoterSigned(name.clone()));
+    }
+    // The policy compiler refuses a promoter that names no authority.
+    let Some(authority) = policy.authorities.get(name) else {
+        return Ok(());
+    };
+    match signers.iter().find(|s| accepts(authority, s)) {
+        Some(signer) => Err(PromoteError::PromoterAmongSigners {
+            authority: name.clone(),
+            signer: signer.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether the promoter's `authority` accepts `signer`: one of its keys,
+/// or (keyless) an identity whose issuer and subject match. A [`SignerId`]
+/// carries no CI claims, so an identity that also constrains claims is
+/// taken as matching on issuer and subject alone: a separation check errs
+/// towards refusing.
+fn accepts(authority: &Authority, signer: &SignerId) -> bool {
+    match (&authority.kind, signer) {
+        (AuthorityKind::Key { keys }, SignerId::Key(fingerprint)) => {
+            keys.iter().any(|(_, k)| &k.fingerprint() == fingerprint)
+        }
+        (AuthorityKind::Keyless { identities }, SignerId::Keyless { subject, issuer }) => identities
+            .iter()
+            .any(|id| id.subject.matches(subject) && id.issuer.matches(issuer)),
+        _ => false,
     }
 }
 
@@ -229,7 +274,7 @@ async fn check_promotion_rule(proxy: &Proxy, plan: &Plan, digest: &Digest) -> Re
     if !decision.serves() {
         return Err(PromoteError::Denied(message));
     }
-    check_roles(proxy, decision.satisfied())
+    check_roles(proxy, decision.satisfied(), decision.signers())
 }
 
 /// With both a `promotion.promoter` and `--sign-key`, the record must be
@@ -240,10 +285,11 @@ fn check_signing_key(proxy: &Proxy, plan: &Plan) -> Result<(), PromoteError> {
     };
     let Some(name) = &policy.promoter else { return Ok(()) };
     let listed = match policy.authorities.get(name).map(|a| &a.kind) {
-        Some(crate::policy::AuthorityKind::Key { keys }) => {
-            keys.iter().any(|(_, k)| &k.fingerprint() == key.fingerprint())
-        }
-        _ => false,
+        Some(AuthorityKind::Key { keys }) => keys.iter().any(|(_, k)| &k.fingerprint() == key.fingerprint()),
+        // Separation of roles works for a keyless promoter; the record is
+        // signed with a key only.
+        Some(AuthorityKind::Keyless { .. }) => return Err(PromoteError::KeylessRecord(name.clone())),
+        None => false,
     };
     if listed {
         Ok(())
@@ -413,10 +459,77 @@ mod tests {
         assert_eq!(Expected::Digest(digest).to_string(), D);
     }
 
+    fn authority(kind: AuthorityKind) -> Authority {
+        Authority {
+            name: "promoter".into(),
+            kind,
+            tlog: crate::policy::Tlog::Ignore,
+            sct: crate::policy::Sct::Ignore,
+            trust_root: None,
+            blob_signatures: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_keyless_promoter_is_recognised_by_issuer_and_subject() {
+        use crate::policy::{CiClaim, Identity, Matcher};
+        let issuer = "https://token.actions.githubusercontent.com";
+        let promoter = authority(AuthorityKind::Keyless {
+            identities: vec![Identity {
+                issuer: Matcher::Exact(issuer.into()),
+                subject: Matcher::anchored(r"https://github\.com/acme/release/.*").expect("regex"),
+                // Not in a SignerId: ignored, towards refusing.
+                claims: vec![(CiClaim::SourceRepository, Matcher::Exact("acme/release".into()))],
+            }],
+        });
+        let signer = |subject: &str, issuer: &str| SignerId::Keyless {
+            subject: subject.into(),
+            issuer: issuer.into(),
+        };
+        let release = "https://github.com/acme/release/.github/workflows/promote.yml@refs/heads/main";
+        let build = "https://github.com/acme/app/.github/workflows/build.yml@refs/heads/main";
+        assert!(accepts(&promoter, &signer(release, issuer)));
+        assert!(!accepts(&promoter, &signer(build, issuer)));
+        assert!(!accepts(&promoter, &signer(release, "https://accounts.google.com")));
+        assert!(!accepts(&promoter, &SignerId::Key(D.parse().expect("digest"))));
+    }
+
+    fn generated_key() -> crate::verify::signature::PublicKey {
+        use aws_lc_rs::encoding::AsDer as _;
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("keygen");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("key");
+        let spki = pair.public_key().as_der().expect("spki");
+        let hash = crate::verify::signature::SignatureHash::Sha256;
+        crate::verify::signature::PublicKey::from_spki_der(spki.as_ref(), hash).expect("key")
+    }
+
+    #[test]
+    fn a_key_promoter_is_recognised_by_fingerprint() {
+        let (mine, other) = (generated_key(), generated_key());
+        let promoter = authority(AuthorityKind::Key {
+            keys: vec![("p".into(), std::sync::Arc::new(mine.clone()))],
+        });
+        assert!(accepts(&promoter, &SignerId::Key(mine.fingerprint())));
+        assert!(!accepts(&promoter, &SignerId::Key(other.fingerprint())));
+        let keyless = SignerId::Keyless {
+            subject: "x".into(),
+            issuer: "y".into(),
+        };
+        assert!(!accepts(&promoter, &keyless));
+    }
+
     #[test]
     fn only_policy_denials_exit_1() {
         assert_eq!(PromoteError::Denied("x".into()).exit_code(), 1);
         assert_eq!(PromoteError::DeniedAtDestination("x".into()).exit_code(), 1);
+        let among = PromoteError::PromoterAmongSigners {
+            authority: "p".into(),
+            signer: "key sha256:…".into(),
+        };
+        assert_eq!(among.exit_code(), 1);
+        assert_eq!(PromoteError::KeylessRecord("p".into()).exit_code(), 2);
         let moved = PromoteError::TagChanged {
             tag: "stable".parse().expect("tag"),
             expected: Expected::Absent,
