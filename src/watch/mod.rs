@@ -28,6 +28,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
+
 pub use event::WatchEvent;
 
 use crate::config::{RepoSelection, TagSelection, WatchConfig};
@@ -191,20 +193,26 @@ impl Watcher {
         }
     }
 
-    /// One round over every watched repository.
-    pub async fn round(&self) {
+    /// One round over every watched repository: how many tags it checked
+    /// and how many of those could not be checked.
+    pub async fn round(&self) -> RoundStats {
+        let mut stats = RoundStats::default();
         for (t, glob) in self.config.targets.iter().zip(&self.globs) {
             let (registry, label) = (t.upstream.host.to_string(), t.repository.label());
             let watched = match round::expand(&self.proxy, t, glob.as_ref()).await {
                 Ok(w) => w,
                 Err(e) => {
                     self.failed(&registry, label, label, "*", e).await;
+                    stats.failed += 1;
                     continue;
                 }
             };
             let mut all_ok = true;
             for w in &watched {
-                all_ok &= self.check_target(w).await;
+                let target = self.check_target(w).await;
+                stats.tags += target.tags;
+                stats.failed += target.failed;
+                all_ok &= target.failed == 0;
             }
             if all_ok {
                 let now = i64::try_from(round::unix_now()).unwrap_or(i64::MAX);
@@ -212,6 +220,7 @@ impl Watcher {
             }
         }
         self.health.round_finished();
+        stats
     }
 
     /// Record `event` everywhere: audit log, metrics, and every sink's
@@ -244,6 +253,15 @@ impl Watcher {
     fn lock_failing(&self) -> MutexGuard<'_, HashSet<String>> {
         self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// What a round did (`portcullis watch --rounds` prints it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RoundStats {
+    /// Tags checked (or attempted).
+    pub tags: usize,
+    /// Tags, tag lists or catalogs that could not be checked.
+    pub failed: usize,
 }
 
 /// One line of `portcullis watch --once`.
@@ -365,17 +383,24 @@ async fn once_repository(proxy: &Proxy, t: &round::Watched) -> Result<Vec<TagRep
                 }
             },
         };
-        for tag in &tags {
+        // As in a round: `concurrency` tags at once, reported in tag order.
+        let target = &target;
+        let judged = tags.into_iter().map(|tag| async move {
             let subject = format!("{}/{}:{tag}", t.upstream.host, t.repository);
-            let outcome = match round::resolve(&target, tag).await {
+            let outcome = match round::resolve(target, &tag).await {
                 Ok(None) => Outcome::Missing,
-                Ok(Some(digest)) => match proxy.assess(&target, tag, &digest).await {
+                Ok(Some(digest)) => match proxy.assess(target, &tag, &digest).await {
                     Ok(assessment) => Outcome::Judged { digest, assessment },
                     Err(e) => Outcome::Failed(e.to_string()),
                 },
                 Err(e) => Outcome::Failed(e.to_string()),
             };
-            reports.push(TagReport { subject, outcome });
+            TagReport { subject, outcome }
+        });
+        let concurrency = proxy.config().watch.as_ref().map_or(1, |w| w.concurrency);
+        let mut judged = futures_util::stream::iter(judged).buffered(concurrency);
+        while let Some(report) = judged.next().await {
+            reports.push(report);
         }
     }
     Ok(reports)
