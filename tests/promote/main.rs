@@ -11,3 +11,4 @@ mod common;
 mod copy;
 mod refusals;
 mod roles;
+mod token;
