@@ -11,6 +11,8 @@
 //!                                    the proxy serves another digest → tag.pinned
 //!                     same digest, re-verification due → allowed before and
 //!                                    denied now → signature.lost
+//!                     same digest, undecided before (re-judged every round)
+//!                                    and decided now → verdict.decided
 //! cannot check        → watch.failed (once, until the tag can be checked again)
 //! ```
 //! Events are queued before the observation is written, so a crash between
@@ -344,8 +346,16 @@ impl Watcher {
             });
         }
         let mut events = Vec::new();
-        if previous.verdict.as_deref() == Some(Judgement::Allowed.as_str()) && a.judgement == Judgement::Denied {
-            let kind = WatchEventKind::SignatureLost;
+        let kind = if undecided {
+            // The follow-up of the event (or first observation) that said
+            // `undecided`: the verdict is known now.
+            Some(WatchEventKind::VerdictDecided)
+        } else if previous.verdict.as_deref() == Some(Judgement::Allowed.as_str()) && a.judgement == Judgement::Denied {
+            Some(WatchEventKind::SignatureLost)
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
             events.push((
                 kind,
                 WatchEvent::new(kind, about, Some(&digest), Some(&digest), Some(&a)),
