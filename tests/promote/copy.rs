@@ -179,6 +179,49 @@ async fn a_destination_fallback_index_is_merged_keeping_its_entries() {
     assert_eq!(manifest_digest(&s.prod, &fallback).await, Some(after));
 }
 
+/// From a source with the referrers API (and so no fallback tag) to
+/// production without it: the referrer is copied and production gets a
+/// fallback index listing it (created, as the OCI 1.1 tag schema asks),
+/// or nothing would find the signature there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_index_is_created_when_the_source_has_the_referrers_api() {
+    use crate::support::cosign::{COSIGN_SIGN_PREDICATE, FIXED_CREATED, bundle_referrer, signature_bundle};
+    let a = SigningKey::generate_p256();
+    let staging = crate::support::fake::FakeRegistry::start().await;
+    staging.enable_referrers_api(true);
+    let image = small_image(371);
+    staging.put_image(REPO, "v7", &image);
+    let bundle = signature_bundle(&a, &image.manifest.digest);
+    let referrer = bundle_referrer(&image.manifest, bundle, COSIGN_SIGN_PREDICATE, FIXED_CREATED);
+    staging.put_blob(REPO, &referrer.config);
+    staging.put_blob(REPO, &referrer.bundle);
+    staging.put_manifest(REPO, &referrer.manifest);
+    let s = Setup::start(&a).await;
+    // The same setup, with staging.test on the fake.
+    let config = s.work.path().join("portcullis.yaml");
+    let yaml = std::fs::read_to_string(&config).expect("config");
+    let yaml = yaml.replace(&s.staging.url(), &staging.url());
+    std::fs::write(&config, yaml).expect("config");
+
+    let (code, report) = s.promote("v7", "stable", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        manifest_digest(&s.prod, &referrer.manifest.digest.to_string()).await,
+        Some(referrer.manifest.digest.clone())
+    );
+    let listed = read_fallback_index(&s.prod, REPO, &image.manifest.digest).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].digest, referrer.manifest.digest);
+    assert_eq!(listed[0].size, referrer.manifest.bytes.len());
+    assert_eq!(
+        listed[0].artifact_type.as_deref(),
+        Some("application/vnd.dev.sigstore.bundle.v0.3+json"),
+        "the manifest's artifactType"
+    );
+    let (code, stdout, stderr) = s.portcullis(&["verify", &format!("prod.test/{REPO}:stable")]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_writes_nothing() {
     let a = SigningKey::generate_p256();
