@@ -78,6 +78,10 @@ pub fn descriptor(media_type: &str, digest: &Digest, bytes: &[u8]) -> Value {
 /// Add `entries` to the fallback index of `subject` at `dst`: created when
 /// absent, merged by digest (existing entries kept) when present.
 pub async fn extend(dst: &Target, subject: &Digest, entries: &[Value]) -> Result<Extended, FallbackError> {
+    if entries.is_empty() {
+        // Nothing to list: no empty index is created.
+        return Ok(Extended::Unchanged);
+    }
     let tag = tag_of(subject)?;
     let current = current_index(dst, &tag).await?;
     let existed = current.is_some();

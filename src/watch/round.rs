@@ -136,7 +136,8 @@ impl Watcher {
             tags.iter().map(|tag| observations.get(tag.as_str()).cloned()).collect();
         // Up to `concurrency` tags are checked at once; `buffered` yields
         // the results in tag order, and events are emitted one tag after
-        // another as they come, so the order is that of a serial round.
+        // another as they come, so the order is that of a serial round
+        // (checks in flight wait while an event is queued: events are rare).
         let checks = tags.into_iter().zip(previous).map(|(tag, previous)| {
             let (registry, repository, target) = (&registry, &repository, &target);
             async move {
@@ -159,7 +160,6 @@ impl Watcher {
                 stats.failed += 1;
             }
         }
-        drop(results);
         if matches!(t.tags, TagSelection::All { .. }) {
             // Deleted tags were reported; unlisted, they need no record.
             observations.retain(|_, o| o.digest.is_some());
