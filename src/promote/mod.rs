@@ -20,7 +20,7 @@
 //! A failure at any step leaves the destination tag untouched; what was
 //! copied before it is content-addressed, and a rerun skips it.
 //!
-//! Imports: `oci`, `upstream`, `verify`, `proxy`.
+//! Imports: `oci`, `policy` (authorities, signer ids), `upstream`, `verify`, `proxy`.
 
 pub mod copy;
 pub mod fallback;
