@@ -9,8 +9,9 @@
 //! copy children before parents: blobs (present │ mount │ stream while hashed),
 //!      child manifests, D (exact bytes and media type)
 //! copy material of D and, for an index, of each child: referrers (by digest),
-//!      then the .sig/.att/.sbom tags and the sha256-<hex> fallback index (by
-//!      tag; at a destination without the referrers API created or merged,
+//!      then the .sig/.att/.sbom tags (a different object at the destination:
+//!      merged, its layers kept, `legacy`) and the sha256-<hex> fallback index
+//!      (by tag; at a destination without the referrers API created or merged,
 //!      existing entries kept: `fallback`, the one writer of that index)
 //! with a promoter key: sign the promotion record (SLSA VSA in DSSE in a Sigstore
 //!      bundle) and attach it as a referrer of D (fallback index updated if needed)
@@ -24,6 +25,7 @@
 
 pub mod copy;
 pub mod fallback;
+pub mod legacy;
 pub mod record;
 
 use crate::oci::{Digest, Reference, Tag};
@@ -135,6 +137,8 @@ pub enum PromoteError {
     Copy(#[from] CopyError),
     #[error(transparent)]
     FallbackIndex(#[from] fallback::FallbackError),
+    #[error(transparent)]
+    LegacyMerge(#[from] legacy::MergeError),
     #[error("destination tag {tag} names {found}, expected {expected}: refusing to overwrite it")]
     TagChanged {
         tag: Tag,
@@ -385,12 +389,14 @@ async fn copy_material(
             Some(_) if tag == &fallback_tag && without_api => {
                 entries.splice(0..0, fallback::entries_of(m.bytes()));
             }
-            // Another signature set is there already: merging cosign's
-            // legacy manifests is not implemented, and overwriting could
-            // drop material only the destination has.
-            Some(d) => warnings.push(format!(
+            // The destination's own fallback index, while it has the
+            // referrers API (which clients use instead): left as it is.
+            Some(d) if tag == &fallback_tag => warnings.push(format!(
                 "destination tag {tag} names {d}, not the source's {material}: left as it is"
             )),
+            // Another signature object is there already: the union of both
+            // (overwriting could drop signatures only the destination has).
+            Some(d) => merge_legacy(plan, copier, tag, &d, &m).await?,
         }
     }
     if without_api
@@ -402,6 +408,38 @@ async fn copy_material(
     let mut all = refs.referrers;
     all.extend(refs.tags.into_iter().map(|(_, d)| d));
     Ok(all)
+}
+
+/// Replace the destination's legacy object under `tag` (digest `theirs`)
+/// with its union with the source's `ours` (their layers first).
+async fn merge_legacy(
+    plan: &Plan,
+    copier: &mut Copier,
+    tag: &Tag,
+    theirs: &Digest,
+    ours: &VerifiedManifest,
+) -> Result<(), PromoteError> {
+    let existing = copier.destination_manifest(theirs).await?;
+    let Some(merged) = legacy::merge(&existing, ours)? else {
+        return Ok(());
+    };
+    copy::push_small_blob(&plan.dst, bytes::Bytes::from(merged.config))
+        .await
+        .map_err(PromoteError::Destination)?;
+    let digest = Digest::of(crate::oci::Algorithm::Sha256, &merged.manifest);
+    plan.dst
+        .registry
+        .put_manifest(
+            &plan.dst.repo,
+            &Reference::Tag(tag.clone()),
+            &digest,
+            &merged.media_type,
+            bytes::Bytes::from(merged.manifest),
+        )
+        .await
+        .map_err(PromoteError::Destination)?;
+    tracing::info!(%tag, previous = %theirs, merged = %digest, "destination legacy signature object merged");
+    Ok(())
 }
 
 /// What the promotion record states: the destination reference by digest,

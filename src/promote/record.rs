@@ -218,8 +218,8 @@ pub async fn attach(
         "digest": summary.digest.to_string(),
     });
     let manifest = referrer_manifest(&subject, &bundle, &time);
-    push_blob(dst, Bytes::from_static(b"{}")).await?;
-    push_blob(dst, Bytes::from(bundle)).await?;
+    super::copy::push_small_blob(dst, Bytes::from_static(b"{}")).await?;
+    super::copy::push_small_blob(dst, Bytes::from(bundle)).await?;
     let digest = Digest::of(Algorithm::Sha256, &manifest);
     let reference = Reference::Digest(digest.clone());
     dst.registry
@@ -236,17 +236,6 @@ pub async fn attach(
         fallback::extend(dst, &summary.digest, &[entry]).await?;
     }
     Ok(digest)
-}
-
-/// A small blob in one monolithic upload (skipped when present).
-async fn push_blob(dst: &Target, bytes: Bytes) -> Result<(), RecordError> {
-    let digest = Digest::of(Algorithm::Sha256, &bytes);
-    if dst.registry.has_blob(&dst.repo, &digest).await? {
-        return Ok(());
-    }
-    let upload = dst.registry.start_upload(&dst.repo).await?;
-    dst.registry.finish_upload(upload, &digest, bytes).await?;
-    Ok(())
 }
 
 #[cfg(test)]

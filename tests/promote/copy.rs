@@ -222,6 +222,40 @@ async fn a_fallback_index_is_created_when_the_source_has_the_referrers_api() {
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
 }
 
+/// Production already holds its own `.sig` object for the digest (another
+/// signer's): the promoted signature is added to it, as cosign adds a
+/// signature — production's layer first, kept — instead of the object
+/// being left without the signature the policy requires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_signature_object_is_merged_keeping_its_signatures() {
+    let a = SigningKey::generate_p256();
+    let b = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let image = small_image(381);
+    push_signed(&s.staging, REPO, "v8", &image, &[&a]).await;
+    push_legacy_signature(&s.prod, REPO, &image.manifest, &[&b]).await;
+    let theirs = sig_layers(&s.prod, &image).await;
+    let ours = sig_layers(&s.staging, &image).await;
+
+    let (code, report) = s.promote("v8", "stable", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    let merged = sig_layers(&s.prod, &image).await;
+    assert_eq!(
+        merged,
+        [theirs, ours].concat(),
+        "production's signature first, then the promoted one"
+    );
+    let (code, stdout, stderr) = s.portcullis(&["verify", &format!("prod.test/{REPO}:stable")]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    // A rerun finds the signature there and writes nothing.
+    let sig = sig_tag(&image.manifest.digest);
+    let before = manifest_digest(&s.prod, &sig).await;
+    let (code, report) = s.promote("v8", "stable", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(manifest_digest(&s.prod, &sig).await, before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_writes_nothing() {
     let a = SigningKey::generate_p256();
