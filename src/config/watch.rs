@@ -20,7 +20,7 @@ pub const DEFAULT_REVERIFY: Duration = Duration::from_secs(3600);
 /// Default number of undelivered events per sink above which the queue is
 /// reported (metric, log line, `/readyz`); events are never dropped.
 pub const DEFAULT_QUEUE_LIMIT: usize = 10_000;
-/// Default number of tags of one repository checked at once in a round.
+/// Default number of tag checks in flight in a round (across repositories).
 pub const DEFAULT_CONCURRENCY: usize = 16;
 /// Most tags checked at once (each holds an upstream connection and, for a
 /// new digest, a discovery slot of the gate, which has 32).
@@ -39,7 +39,8 @@ pub struct RawWatch {
     /// Verify an unmoved digest again after this long (`0s`: every round).
     pub reverify: Option<HumanDuration>,
     pub queue_limit: Option<usize>,
-    /// Tags of one repository checked at once (1: one after another).
+    /// Tag checks in flight per round, across repositories (1: one after
+    /// another).
     pub concurrency: Option<usize>,
     #[serde(default)]
     pub targets: Vec<RawWatchTarget>,
@@ -110,7 +111,8 @@ pub struct WatchConfig {
     pub interval: Duration,
     pub reverify: Duration,
     pub queue_limit: usize,
-    /// Tags of one repository checked at once; events stay in tag order.
+    /// Tag checks in flight per round; each repository's events stay in
+    /// tag order.
     pub concurrency: usize,
     pub targets: Vec<WatchTarget>,
     pub sinks: Vec<WebhookSink>,

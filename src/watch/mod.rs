@@ -197,26 +197,43 @@ impl Watcher {
     /// and how many of those could not be checked.
     pub async fn round(&self) -> RoundStats {
         let mut stats = RoundStats::default();
-        for (t, glob) in self.config.targets.iter().zip(&self.globs) {
-            let (registry, label) = (t.upstream.host.to_string(), t.repository.label());
-            let watched = match round::expand(&self.proxy, t, glob.as_ref()).await {
-                Ok(w) => w,
+        // Every repository of every target, expanded first.
+        let mut repositories = Vec::new();
+        let mut target_ok = vec![true; self.config.targets.len()];
+        for (i, (t, glob)) in self.config.targets.iter().zip(&self.globs).enumerate() {
+            match round::expand(&self.proxy, t, glob.as_ref()).await {
+                Ok(watched) => repositories.extend(watched.into_iter().map(|w| (i, w))),
                 Err(e) => {
+                    let (registry, label) = (t.upstream.host.to_string(), t.repository.label());
                     self.failed(&registry, label, label, "*", e).await;
                     stats.failed += 1;
-                    continue;
+                    target_ok[i] = false;
                 }
-            };
-            let mut all_ok = true;
-            for w in &watched {
-                let target = self.check_target(w).await;
-                stats.tags += target.tags;
-                stats.failed += target.failed;
-                all_ok &= target.failed == 0;
             }
-            if all_ok {
-                let now = i64::try_from(round::unix_now()).unwrap_or(i64::MAX);
-                self.proxy.metrics().watch.round_succeeded(&registry, label, now);
+        }
+        // Repositories are checked side by side, and `concurrency` permits
+        // bound the tag checks of the whole round (each repository keeps
+        // its own tags' event order).
+        let permits = tokio::sync::Semaphore::new(self.config.concurrency);
+        let permits = &permits;
+        let checked: Vec<(usize, round::TargetStats)> = futures_util::stream::iter(repositories)
+            .map(|(i, w)| async move { (i, self.check_target(&w, permits).await) })
+            .buffer_unordered(self.config.concurrency)
+            .collect()
+            .await;
+        for (i, target) in checked {
+            stats.tags += target.tags;
+            stats.failed += target.failed;
+            target_ok[i] &= target.failed == 0;
+        }
+        let now = i64::try_from(round::unix_now()).unwrap_or(i64::MAX);
+        for (t, ok) in self.config.targets.iter().zip(target_ok) {
+            if ok {
+                let registry = t.upstream.host.to_string();
+                self.proxy
+                    .metrics()
+                    .watch
+                    .round_succeeded(&registry, t.repository.label(), now);
             }
         }
         self.health.round_finished();

@@ -96,8 +96,9 @@ struct Checked {
 }
 
 impl Watcher {
-    /// Check every tag of `t`.
-    pub(super) async fn check_target(&self, t: &Watched) -> TargetStats {
+    /// Check every tag of `t`, each holding one of the round's `permits`
+    /// while it is checked.
+    pub(super) async fn check_target(&self, t: &Watched, permits: &tokio::sync::Semaphore) -> TargetStats {
         let host = t.upstream.host.clone();
         let Some(registry) = self.proxy.registries().get(&host).cloned() else {
             return TargetStats::failed();
@@ -141,6 +142,8 @@ impl Watcher {
         let checks = tags.into_iter().zip(previous).map(|(tag, previous)| {
             let (registry, repository, target) = (&registry, &repository, &target);
             async move {
+                // Never closed, so a permit is always granted eventually.
+                let _permit = permits.acquire().await.ok();
                 let about = About {
                     registry,
                     repository,

@@ -37,11 +37,21 @@ fn peak_rss_kib() -> Option<u64> {
 /// A watcher over `tags` of `fake` (integrity-only), checking
 /// `concurrency` tags at once.
 fn watcher(fake: &FakeRegistry, data: &std::path::Path, tags: &[String], concurrency: usize) -> Arc<Watcher> {
+    let target = format!(
+        "{{ registry: \"{}\", repository: {REPO}, tags: [{}] }}",
+        fake.host(),
+        tags.join(", ")
+    );
+    watcher_of(fake, data, &[target], concurrency)
+}
+
+/// A watcher of the `targets` (YAML flow mappings) of `fake`.
+fn watcher_of(fake: &FakeRegistry, data: &std::path::Path, targets: &[String], concurrency: usize) -> Arc<Watcher> {
     let yaml = format!(
-        "upstreams:\n  - {{ host: \"{host}\", url: \"{url}\", insecurePlainHttp: true }}\nwatch:\n  concurrency: {concurrency}\n  targets:\n    - {{ registry: \"{host}\", repository: {REPO}, tags: [{tags}] }}\n",
+        "upstreams:\n  - {{ host: \"{host}\", url: \"{url}\", insecurePlainHttp: true }}\nwatch:\n  concurrency: {concurrency}\n  targets:\n{targets}",
         host = fake.host(),
         url = fake.url(),
-        tags = tags.join(", "),
+        targets = targets.iter().map(|t| format!("    - {t}\n")).collect::<String>(),
     );
     let overrides = Overrides {
         data_dir: Some(data.to_owned()),
@@ -51,6 +61,37 @@ fn watcher(fake: &FakeRegistry, data: &std::path::Path, tags: &[String], concurr
     let config = Config::from_yaml(&yaml, "cost test", &overrides).expect("config");
     let proxy = Proxy::with_audit(Arc::new(config), AuditSink::memory()).expect("proxy");
     Watcher::new(proxy).expect("watcher").expect("watch configured")
+}
+
+/// The bound is per round, across targets: 8 targets of one tag each, every
+/// `HEAD` taking 300 ms, take at least 2.4 s at concurrency 1 and well under
+/// that at 8 (repositories are checked side by side too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_are_checked_side_by_side_within_the_rounds_bound() {
+    const SLOW: Duration = Duration::from_millis(300);
+    let fake = FakeRegistry::start().await;
+    let image = small_image(1472);
+    let mut targets = Vec::new();
+    for i in 0..8 {
+        let repo = format!("test/r{i}");
+        fake.put_image(&repo, "stable", &image);
+        targets.push(format!(
+            "{{ registry: \"{}\", repository: {repo}, tags: [stable] }}",
+            fake.host()
+        ));
+    }
+    fake.set_fault("stable", Fault::SlowHeaders { delay: SLOW });
+    let mut took = Vec::new();
+    for concurrency in [1, 8] {
+        let data = tempfile::tempdir().expect("tempdir");
+        let w = watcher_of(&fake, data.path(), &targets, concurrency);
+        let started = Instant::now();
+        let stats = w.round().await;
+        took.push(started.elapsed());
+        assert_eq!((stats.tags, stats.failed), (8, 0));
+    }
+    assert!(took[0] >= SLOW * 8, "one at a time: {:?}", took[0]);
+    assert!(took[1] < SLOW * 4, "eight at once: {:?}", took[1]);
 }
 
 /// Tags are checked `watch.concurrency` at once: with every `HEAD` taking
