@@ -112,6 +112,11 @@ enum Command {
         /// Resolve, admit and check the destination tag; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Copy every platform an index lists, with each child's
+        /// verification material: what a promotion always does (the index's
+        /// digest names all of them); accepted for scripts that say so.
+        #[arg(long)]
+        all_platforms: bool,
         /// One JSON object on stdout instead of text.
         #[arg(long)]
         json: bool,
@@ -247,6 +252,7 @@ fn main() -> ExitCode {
             policies,
             expect_current,
             dry_run,
+            all_platforms: _,
             json,
             chunk_bytes,
             sign_key,

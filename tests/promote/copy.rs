@@ -81,7 +81,10 @@ async fn a_signed_multi_arch_index_promotes_with_every_child() {
     s.staging.push_index(REPO, "v2", &index, &[&amd, &arm]).await;
     push_legacy_signature(&s.staging, REPO, &index, &[&a]).await;
 
-    let (code, report) = s.promote("v2", "stable", &["--expect-current", "none"]).await;
+    // `--all-platforms` is accepted: it is what a promotion does anyway.
+    let (code, report) = s
+        .promote("v2", "stable", &["--expect-current", "none", "--all-platforms"])
+        .await;
     assert_eq!(code, 0, "{report}");
     assert_eq!(manifest_digest(&s.prod, "stable").await, Some(index.digest.clone()));
     for child in [&amd, &arm] {
