@@ -177,8 +177,8 @@ async fn the_promoters_own_signature_never_satisfies_a_promotion() {
 /// A keyless promoter (an OIDC issuer and subject, certificates verified
 /// offline against a trusted root): the policy loads, a source signed by
 /// the build key promotes (the promoter's identity is compared with the
-/// signers' by issuer and subject, unit-tested in `promote::tests`), and a
-/// record cannot be signed by `--sign-key` for it.
+/// signers' by issuer and subject: `keyless.rs`), and a record cannot be
+/// signed by `--sign-key` for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyless_promoter_is_separated_from_key_signers() {
     let a = SigningKey::generate_p256();
