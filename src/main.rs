@@ -129,8 +129,13 @@ enum Command {
     /// tag could not be judged).
     Watch {
         /// Judge every watched tag now, print one line per tag, and exit.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "rounds")]
         once: bool,
+        /// Run N rounds back to back with the data directory's state (as
+        /// the watch does), print each round's time, and exit. Events are
+        /// queued for the sinks, delivered by the next `watch` or `serve`.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: Option<u32>,
         #[arg(long)]
         config: Option<PathBuf>,
         #[arg(long, env = "PORTCULLIS_POLICIES")]
@@ -165,6 +170,11 @@ enum Command {
         /// Resolve, admit and check the destination tag; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Copy every platform an index lists, with each child's
+        /// verification material: what a promotion always does (the index's
+        /// digest names all of them); accepted for scripts that say so.
+        #[arg(long)]
+        all_platforms: bool,
         /// One JSON object on stdout instead of text.
         #[arg(long)]
         json: bool,
@@ -276,6 +286,7 @@ fn main() -> ExitCode {
         }
         Command::Watch {
             once,
+            rounds,
             config,
             policies,
             default_upstream,
@@ -288,7 +299,7 @@ fn main() -> ExitCode {
             };
             Config::load(config.as_deref(), &overrides)
                 .map_err(anyhow::Error::from)
-                .and_then(|c| watch(c, once))
+                .and_then(|c| watch(c, once, rounds))
                 .unwrap_or_else(|e| {
                     eprintln!("portcullis: {e:#}");
                     ExitCode::from(2)
@@ -301,6 +312,7 @@ fn main() -> ExitCode {
             policies,
             expect_current,
             dry_run,
+            all_platforms: _,
             json,
             chunk_bytes,
             sign_key,
@@ -623,11 +635,15 @@ fn store(command: StoreCommand, config: &Config) -> ExitCode {
     })
 }
 
-/// `watch --once`: one line per tag and its exit status; otherwise run
-/// until a shutdown signal.
-fn watch(config: Config, once: bool) -> anyhow::Result<ExitCode> {
+/// `watch --once`: one line per tag and its exit status; `--rounds N`:
+/// one line per round; otherwise run until a shutdown signal.
+fn watch(config: Config, once: bool, rounds: Option<u32>) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
+        if let Some(n) = rounds {
+            let failed = portcullis::cli::watch::rounds(config, n, |line| println!("{line}")).await?;
+            return Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS });
+        }
         if !once {
             portcullis::cli::watch::run(config, shutdown_signal()).await?;
             return Ok(ExitCode::SUCCESS);

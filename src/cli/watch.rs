@@ -1,6 +1,8 @@
-//! `portcullis watch [--once]`: the registry watch without the server.
-//! `--once` judges every watched tag now and prints one line per tag (for
-//! CI gates and cron); without it the watch runs until SIGTERM/Ctrl-C.
+//! `portcullis watch [--once | --rounds N]`: the registry watch without the
+//! server. `--once` judges every watched tag now and prints one line per tag
+//! (for CI gates and cron); `--rounds N` runs N stateful rounds and prints
+//! their times (benchmarks, catching up); without either the watch runs
+//! until SIGTERM/Ctrl-C.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -70,6 +72,28 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// `--rounds N`: run `n` rounds back to back on the configured data
+/// directory (observations read and written, events queued, not
+/// delivered), reporting one line per round through `report`. Whether any
+/// round had a check that failed.
+pub async fn rounds(config: Config, n: u32, mut report: impl FnMut(String)) -> Result<bool, WatchCliError> {
+    let proxy = Proxy::new(Arc::new(config))?;
+    let watcher = Watcher::new(proxy)?.ok_or(WatchError::NotConfigured)?;
+    let mut any_failed = false;
+    for i in 1..=n {
+        let started = std::time::Instant::now();
+        let stats = watcher.round().await;
+        any_failed |= stats.failed > 0;
+        report(format!(
+            "round {i}: {} tags checked in {:.3} s, {} failed",
+            stats.tags,
+            started.elapsed().as_secs_f64(),
+            stats.failed
+        ));
+    }
+    Ok(any_failed)
 }
 
 /// Run the watch until `shutdown` completes.

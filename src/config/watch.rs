@@ -20,6 +20,11 @@ pub const DEFAULT_REVERIFY: Duration = Duration::from_secs(3600);
 /// Default number of undelivered events per sink above which the queue is
 /// reported (metric, log line, `/readyz`); events are never dropped.
 pub const DEFAULT_QUEUE_LIMIT: usize = 10_000;
+/// Default number of tag checks in flight in a round (across repositories).
+pub const DEFAULT_CONCURRENCY: usize = 16;
+/// Most tags checked at once (each holds an upstream connection and, for a
+/// new digest, a discovery slot of the gate, which has 32).
+pub const MAX_CONCURRENCY: usize = 64;
 /// Most tags one configuration may watch.
 pub const MAX_WATCHED_TAGS: usize = 10_000;
 /// Default bound of an `allTags` target.
@@ -34,6 +39,9 @@ pub struct RawWatch {
     /// Verify an unmoved digest again after this long (`0s`: every round).
     pub reverify: Option<HumanDuration>,
     pub queue_limit: Option<usize>,
+    /// Tag checks in flight per round, across repositories (1: one after
+    /// another).
+    pub concurrency: Option<usize>,
     #[serde(default)]
     pub targets: Vec<RawWatchTarget>,
     #[serde(default)]
@@ -103,6 +111,9 @@ pub struct WatchConfig {
     pub interval: Duration,
     pub reverify: Duration,
     pub queue_limit: usize,
+    /// Tag checks in flight per round; each repository's events stay in
+    /// tag order.
+    pub concurrency: usize,
     pub targets: Vec<WatchTarget>,
     pub sinks: Vec<WebhookSink>,
 }
@@ -124,9 +135,10 @@ impl WatchConfig {
             })
             .collect();
         format!(
-            "watch: up to {tags} tags in {} targets every {:?} (+ jitter), re-verified every {:?}; sinks: {}",
+            "watch: up to {tags} tags in {} targets every {:?} (+ jitter), {} at once, re-verified every {:?}; sinks: {}",
             self.targets.len(),
             self.interval,
+            self.concurrency,
             self.reverify,
             if sinks.is_empty() {
                 "audit log only".to_owned()
@@ -235,6 +247,7 @@ pub fn validate(
         interval: raw.interval.map_or(DEFAULT_INTERVAL, |d| d.0),
         reverify: raw.reverify.map_or(DEFAULT_REVERIFY, |d| d.0),
         queue_limit: raw.queue_limit.unwrap_or(DEFAULT_QUEUE_LIMIT).max(1),
+        concurrency: concurrency(raw.concurrency)?,
         targets,
         sinks,
     })
@@ -245,6 +258,17 @@ pub fn validate(
             Ok(w)
         }
     })
+}
+
+fn concurrency(raw: Option<usize>) -> Result<usize, (String, String)> {
+    match raw {
+        None => Ok(DEFAULT_CONCURRENCY),
+        Some(n) if (1..=MAX_CONCURRENCY).contains(&n) => Ok(n),
+        Some(n) => Err((
+            "watch.concurrency".to_owned(),
+            format!("{n} is not between 1 and {MAX_CONCURRENCY}"),
+        )),
+    }
 }
 
 fn target(
@@ -370,8 +394,10 @@ mod tests {
         assert!(matches!(&w.targets[0].tags, TagSelection::Listed(t) if t.len() == 2));
         assert_eq!(
             w.describe(),
-            "watch: up to 2 tags in 1 targets every 300s (+ jitter), re-verified every 3600s; sinks: audit log only"
+            "watch: up to 2 tags in 1 targets every 300s (+ jitter), 16 at once, re-verified every 3600s; sinks: audit log only"
         );
+        assert_eq!(w.concurrency, DEFAULT_CONCURRENCY);
+        assert_eq!(parse("concurrency: 1\n").expect("valid").concurrency, 1);
         let w =
             parse("targets:\n  - { registry: r.test, repository: app, allTags: true, maxTags: 50 }\n").expect("valid");
         assert!(matches!(w.targets[0].tags, TagSelection::All { max: 50 }));
@@ -413,6 +439,8 @@ mod tests {
                 "watch.sinks[0].webhook.secretFile",
             ),
             ("interval: 0s\n", "watch.interval"),
+            ("concurrency: 0\n", "watch.concurrency"),
+            ("concurrency: 65\n", "watch.concurrency"),
             (
                 "targets:\n  - { registry: r.test, repository: 'Org/*', tags: [a] }\n",
                 "watch.targets[0].repository",

@@ -66,6 +66,12 @@ pub struct Decision {
     rule: Option<String>,
     /// Authorities whose requirement was met.
     satisfied: Vec<String>,
+    /// The distinct signers whose signatures or attestations verified under
+    /// those authorities (what separation of roles compares: two
+    /// authorities may accept the same key or keyless identity). Verdicts
+    /// cached before this field existed read as none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    signers: Vec<SignerId>,
     /// Why (for a denial: what was missing or wrong).
     reasons: Vec<String>,
 }
@@ -79,6 +85,7 @@ impl Decision {
             mode: Mode::Enforce,
             rule: None,
             satisfied: Vec::new(),
+            signers: Vec::new(),
             reasons: vec!["integrity-only mode: no signature policy; bytes verified by digest".into()],
         }
     }
@@ -92,6 +99,7 @@ impl Decision {
             mode: rule.mode,
             rule: Some(rule.name.clone()),
             satisfied: Vec::new(),
+            signers: Vec::new(),
             reasons: vec![reason],
         }
     }
@@ -117,6 +125,11 @@ impl Decision {
     /// Authorities whose requirement was met.
     pub fn satisfied(&self) -> &[String] {
         &self.satisfied
+    }
+
+    /// Who signed for the satisfied authorities.
+    pub fn signers(&self) -> &[SignerId] {
+        &self.signers
     }
 
     pub fn reasons(&self) -> &[String] {
@@ -149,6 +162,7 @@ pub fn evaluate(policy: &PolicySet, rule: Option<&Rule>, evidence: &Evidence) ->
             mode: Mode::Enforce,
             rule: None,
             satisfied: Vec::new(),
+            signers: Vec::new(),
             reasons: vec![format!("no policy rule matches (noMatch: {verdict:?})").to_lowercase()],
         };
     };
@@ -169,13 +183,28 @@ pub fn evaluate(policy: &PolicySet, rule: Option<&Rule>, evidence: &Evidence) ->
             (verdict, satisfied.into_iter().collect(), reasons)
         }
     };
+    let signers = signers_of(evidence, &satisfied);
     Decision {
         verdict,
         mode: rule.mode,
         rule: Some(rule.name.clone()),
         satisfied,
+        signers,
         reasons,
     }
+}
+
+/// The distinct signers of the verified signatures and attestations under
+/// `authorities`.
+fn signers_of(evidence: &Evidence, authorities: &[String]) -> Vec<SignerId> {
+    let signatures = evidence.signatures.iter().map(|s| (&s.authority, &s.signer));
+    let attestations = evidence.attestations.iter().map(|a| (&a.authority, &a.signer));
+    let signers: BTreeSet<&SignerId> = signatures
+        .chain(attestations)
+        .filter(|(authority, _)| authorities.contains(authority))
+        .map(|(_, signer)| signer)
+        .collect();
+    signers.into_iter().cloned().collect()
 }
 
 fn signatures(

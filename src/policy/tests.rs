@@ -375,10 +375,17 @@ fn one_signer_accepted_by_two_authorities_counts_once() {
         ]
     );
     assert_eq!(d.satisfied(), vec!["key-a".to_owned(), "key-b".to_owned()]);
+    assert_eq!(d.signers(), vec![signer("K")], "one signer, whichever authority");
     // Control: two signers.
     let d = eval::evaluate(&p, rule, &signed(&[("key-a", "K"), ("key-b", "L")]));
     assert_eq!(d.verdict(), Verdict::Allow);
     assert_eq!(d.reasons(), vec!["signatures verified by key-a, key-b".to_owned()]);
+    let mut both = vec![signer("K"), signer("L")];
+    both.sort();
+    assert_eq!(d.signers(), both);
+    // A signer under an authority the rule does not name is not listed.
+    let d = eval::evaluate(&p, rule, &signed(&[("key-a", "K"), ("key-c", "M")]));
+    assert_eq!(d.signers(), vec![signer("K")]);
 }
 
 #[test]

@@ -202,6 +202,17 @@ impl Copier {
     }
 }
 
+/// A small blob made here (a config, a bundle; its digest computed from the
+/// bytes) in one monolithic upload, skipped when the destination has it.
+pub async fn push_small_blob(dst: &Target, bytes: Bytes) -> Result<(), upstream::Error> {
+    let digest = Digest::of(crate::oci::Algorithm::Sha256, &bytes);
+    if dst.registry.has_blob(&dst.repo, &digest).await? {
+        return Ok(());
+    }
+    let upload = dst.registry.start_upload(&dst.repo).await?;
+    dst.registry.finish_upload(upload, &digest, bytes).await
+}
+
 /// `GET` a manifest by digest and verify its bytes hash to it.
 async fn read_manifest(target: &Target, digest: &Digest) -> Result<VerifiedManifest, CopyError> {
     let accept = HeaderValue::from_static(DEFAULT_ACCEPT);

@@ -8,8 +8,11 @@
 //! read DST tag (T0; --expect-current must agree)
 //! copy children before parents: blobs (present │ mount │ stream while hashed),
 //!      child manifests, D (exact bytes and media type)
-//! copy material: referrers of D (by digest), then the .sig/.att/.sbom tags and
-//!      the sha256-<hex> fallback index (by tag)
+//! copy material of D and, for an index, of each child: referrers (by digest),
+//!      then the .sig/.att/.sbom tags (a different object at the destination:
+//!      merged, its layers kept, `legacy`) and the sha256-<hex> fallback index
+//!      (by tag; at a destination without the referrers API created or merged,
+//!      existing entries kept: `fallback`, the one writer of that index)
 //! with a promoter key: sign the promotion record (SLSA VSA in DSSE in a Sigstore
 //!      bundle) and attach it as a referrer of D (fallback index updated if needed)
 //! read D back from DST by digest ─► admit again at DST (its bytes, its signatures)
@@ -18,15 +21,19 @@
 //! A failure at any step leaves the destination tag untouched; what was
 //! copied before it is content-addressed, and a rerun skips it.
 //!
-//! Imports: `oci`, `upstream`, `verify`, `proxy`.
+//! Imports: `oci`, `policy` (authorities, signer ids), `upstream`, `verify`, `proxy`.
 
 pub mod copy;
+pub mod fallback;
+pub mod legacy;
 pub mod record;
 
 use crate::oci::{Digest, Reference, Tag};
+use crate::policy::{Authority, AuthorityKind, SignerId};
 use crate::proxy::{self, Proxy, Target};
 use crate::telemetry::Requester;
 use crate::upstream;
+use crate::verify::VerifiedManifest;
 use copy::Copier;
 pub use copy::{CopyError, CopyStats, DEFAULT_CHUNK_BYTES};
 
@@ -108,8 +115,16 @@ pub enum PromoteError {
         "separation of roles: the promoter's authority `{0}` is among the signers that satisfied the source's requirement"
     )]
     PromoterSigned(String),
+    #[error(
+        "separation of roles: the promoter's authority `{authority}` accepts {signer}, who signed for the source's requirement"
+    )]
+    PromoterAmongSigners { authority: String, signer: String },
     #[error("--sign-key is not a key of the promoter's authority `{0}`")]
     NotThePromotersKey(String),
+    #[error(
+        "the promoter's authority `{0}` is keyless: a promotion record is signed with --sign-key by a key authority (keyless record signing is not implemented)"
+    )]
+    KeylessRecord(String),
     #[error("source: {0}")]
     Source(proxy::Error),
     #[error("destination: {0}")]
@@ -120,6 +135,10 @@ pub enum PromoteError {
     Record(#[from] record::RecordError),
     #[error("copy: {0}")]
     Copy(#[from] CopyError),
+    #[error(transparent)]
+    FallbackIndex(#[from] fallback::FallbackError),
+    #[error(transparent)]
+    LegacyMerge(#[from] legacy::MergeError),
     #[error("destination tag {tag} names {found}, expected {expected}: refusing to overwrite it")]
     TagChanged {
         tag: Tag,
@@ -133,7 +152,10 @@ pub enum PromoteError {
 impl PromoteError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            PromoteError::Denied(_) | PromoteError::DeniedAtDestination(_) | PromoteError::PromoterSigned(_) => 1,
+            PromoteError::Denied(_)
+            | PromoteError::DeniedAtDestination(_)
+            | PromoteError::PromoterSigned(_)
+            | PromoteError::PromoterAmongSigners { .. } => 1,
             _ => 2,
         }
     }
@@ -160,7 +182,7 @@ pub async fn run(proxy: &Proxy, plan: &Plan) -> Result<Promoted, PromoteError> {
     let admitted = Box::pin(proxy.manifest(&plan.src, &plan.src_ref, None, &requester()))
         .await
         .map_err(PromoteError::at_source)?;
-    check_roles(proxy, admitted.manifest.satisfied())?;
+    check_roles(proxy, admitted.manifest.satisfied(), admitted.manifest.signers())?;
     let digest = admitted.manifest.digest().clone();
     check_promotion_rule(proxy, plan, &digest).await?;
     let previous = current_tag(plan).await?;
@@ -184,7 +206,7 @@ pub async fn run(proxy: &Proxy, plan: &Plan) -> Result<Promoted, PromoteError> {
     let mut copier = Copier::new(plan.src.clone(), plan.dst.clone(), plan.chunk_bytes);
     let manifest = copier.source_manifest(&digest).await?;
     copier.tree(&manifest).await?;
-    let material = copy_material(proxy, plan, &mut copier, &digest, &mut done.warnings).await?;
+    let material = copy_all_material(proxy, plan, &mut copier, &manifest, &mut done.warnings).await?;
     done.material_manifests = material.len();
     if let Some(key) = &plan.promoter_key {
         let summary = summary(proxy, plan, &admitted.manifest, material);
@@ -199,13 +221,46 @@ pub async fn run(proxy: &Proxy, plan: &Plan) -> Result<Promoted, PromoteError> {
     Ok(done)
 }
 
-/// With `promotion.promoter` in the policy, the promoter's authority must not
-/// be among those that satisfied the source's requirement.
-fn check_roles(proxy: &Proxy, satisfied: &[String]) -> Result<(), PromoteError> {
-    let promoter = proxy.gate().policy().and_then(|p| p.promoter.clone());
-    match promoter {
-        Some(p) if satisfied.contains(&p) => Err(PromoteError::PromoterSigned(p)),
-        _ => Ok(()),
+/// With `promotion.promoter` in the policy, the promoter must not be among
+/// those who signed for the source: neither its authority among the
+/// satisfied ones, nor its identity among the signers, whichever authority
+/// accepted them (two authorities may accept the same key or keyless
+/// identity, so comparing authority names alone would miss it).
+fn check_roles(proxy: &Proxy, satisfied: &[String], signers: &[SignerId]) -> Result<(), PromoteError> {
+    let Some(policy) = proxy.gate().policy() else {
+        return Ok(());
+    };
+    let Some(name) = &policy.promoter else { return Ok(()) };
+    if satisfied.contains(name) {
+        return Err(PromoteError::PromoterSigned(name.clone()));
+    }
+    // The policy compiler refuses a promoter that names no authority.
+    let Some(authority) = policy.authorities.get(name) else {
+        return Ok(());
+    };
+    match signers.iter().find(|s| accepts(authority, s)) {
+        Some(signer) => Err(PromoteError::PromoterAmongSigners {
+            authority: name.clone(),
+            signer: signer.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether the promoter's `authority` accepts `signer`: one of its keys,
+/// or (keyless) an identity whose issuer and subject match. A [`SignerId`]
+/// carries no CI claims, so an identity that also constrains claims is
+/// taken as matching on issuer and subject alone: a separation check errs
+/// towards refusing.
+fn accepts(authority: &Authority, signer: &SignerId) -> bool {
+    match (&authority.kind, signer) {
+        (AuthorityKind::Key { keys }, SignerId::Key(fingerprint)) => {
+            keys.iter().any(|(_, k)| &k.fingerprint() == fingerprint)
+        }
+        (AuthorityKind::Keyless { identities }, SignerId::Keyless { subject, issuer }) => identities
+            .iter()
+            .any(|id| id.subject.matches(subject) && id.issuer.matches(issuer)),
+        _ => false,
     }
 }
 
@@ -223,7 +278,7 @@ async fn check_promotion_rule(proxy: &Proxy, plan: &Plan, digest: &Digest) -> Re
     if !decision.serves() {
         return Err(PromoteError::Denied(message));
     }
-    check_roles(proxy, decision.satisfied())
+    check_roles(proxy, decision.satisfied(), decision.signers())
 }
 
 /// With both a `promotion.promoter` and `--sign-key`, the record must be
@@ -234,10 +289,11 @@ fn check_signing_key(proxy: &Proxy, plan: &Plan) -> Result<(), PromoteError> {
     };
     let Some(name) = &policy.promoter else { return Ok(()) };
     let listed = match policy.authorities.get(name).map(|a| &a.kind) {
-        Some(crate::policy::AuthorityKind::Key { keys }) => {
-            keys.iter().any(|(_, k)| &k.fingerprint() == key.fingerprint())
-        }
-        _ => false,
+        Some(AuthorityKind::Key { keys }) => keys.iter().any(|(_, k)| &k.fingerprint() == key.fingerprint()),
+        // Separation of roles works for a keyless promoter; the record is
+        // signed with a key only.
+        Some(AuthorityKind::Keyless { .. }) => return Err(PromoteError::KeylessRecord(name.clone())),
+        None => false,
     };
     if listed {
         Ok(())
@@ -267,9 +323,32 @@ fn check_tag(plan: &Plan, expected: &Expected, current: Option<&Digest>) -> Resu
     }
 }
 
+/// Copy the verification material of the promoted manifest and, for an
+/// index, of each child it lists: a platform image's own signatures are
+/// what a node pulling that platform by digest verifies.
+async fn copy_all_material(
+    proxy: &Proxy,
+    plan: &Plan,
+    copier: &mut Copier,
+    manifest: &VerifiedManifest,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Digest>, PromoteError> {
+    let mut subjects = vec![manifest.digest().clone()];
+    if manifest.media_type().is_index() {
+        subjects.extend(manifest.info().references.iter().map(|d| d.digest.clone()));
+    }
+    let mut all = Vec::new();
+    for subject in &subjects {
+        all.extend(copy_material(proxy, plan, copier, subject, warnings).await?);
+    }
+    Ok(all)
+}
+
 /// Copy every piece of verification material the source holds for
-/// `digest`: referrers by digest, then the legacy and fallback tags.
-/// Returns the material manifests' digests.
+/// `digest`: referrers by digest, then the legacy and fallback tags; at a
+/// destination without the referrers API, the fallback index is created or
+/// merged (entries kept) so the referrers stay discoverable. Returns the
+/// material manifests' digests.
 async fn copy_material(
     proxy: &Proxy,
     plan: &Plan,
@@ -281,10 +360,17 @@ async fn copy_material(
         .material_refs(&plan.src, digest)
         .await
         .map_err(PromoteError::Source)?;
+    let mut entries = Vec::new();
     for referrer in &refs.referrers {
         let m = copier.source_manifest(referrer).await?;
         copier.tree(&m).await?;
+        entries.push(fallback::descriptor(m.media_type().as_str(), m.digest(), m.bytes()));
     }
+    let fallback_tag = fallback::tag_of(digest)?;
+    let without_api = !refs.referrers.is_empty()
+        && !fallback::api_available(&plan.dst, digest)
+            .await
+            .map_err(PromoteError::Destination)?;
     for (tag, material) in &refs.tags {
         let m = copier.source_manifest(material).await?;
         copier.tree(&m).await?;
@@ -296,18 +382,64 @@ async fn copy_material(
             .map_err(PromoteError::Destination)?;
         match now {
             Some(d) if &d == material => {}
+            // Absent: the source's exact bytes (same digest on both sides).
             None => copier.put(&m, &Reference::Tag(tag.clone())).await?,
-            // Another signature set (or fallback index) is there already:
-            // merging is not implemented, and overwriting could drop
-            // material only the destination has.
-            Some(d) => warnings.push(format!(
+            // The destination's own fallback index: merged below, its
+            // entries first, so nothing only the destination lists is lost.
+            Some(_) if tag == &fallback_tag && without_api => {
+                entries.splice(0..0, fallback::entries_of(m.bytes()));
+            }
+            // The destination's own fallback index, while it has the
+            // referrers API (which clients use instead): left as it is.
+            Some(d) if tag == &fallback_tag => warnings.push(format!(
                 "destination tag {tag} names {d}, not the source's {material}: left as it is"
             )),
+            // Another signature object is there already: the union of both
+            // (overwriting could drop signatures only the destination has).
+            Some(d) => merge_legacy(plan, copier, tag, &d, &m).await?,
         }
+    }
+    if without_api
+        && let fallback::Extended::Merged { digest: index, added } =
+            fallback::extend(&plan.dst, digest, &entries).await?
+    {
+        tracing::info!(subject = %digest, %index, added, "destination fallback index merged");
     }
     let mut all = refs.referrers;
     all.extend(refs.tags.into_iter().map(|(_, d)| d));
     Ok(all)
+}
+
+/// Replace the destination's legacy object under `tag` (digest `theirs`)
+/// with its union with the source's `ours` (their layers first).
+async fn merge_legacy(
+    plan: &Plan,
+    copier: &mut Copier,
+    tag: &Tag,
+    theirs: &Digest,
+    ours: &VerifiedManifest,
+) -> Result<(), PromoteError> {
+    let existing = copier.destination_manifest(theirs).await?;
+    let Some(merged) = legacy::merge(&existing, ours)? else {
+        return Ok(());
+    };
+    copy::push_small_blob(&plan.dst, bytes::Bytes::from(merged.config))
+        .await
+        .map_err(PromoteError::Destination)?;
+    let digest = Digest::of(crate::oci::Algorithm::Sha256, &merged.manifest);
+    plan.dst
+        .registry
+        .put_manifest(
+            &plan.dst.repo,
+            &Reference::Tag(tag.clone()),
+            &digest,
+            &merged.media_type,
+            bytes::Bytes::from(merged.manifest),
+        )
+        .await
+        .map_err(PromoteError::Destination)?;
+    tracing::info!(%tag, previous = %theirs, merged = %digest, "destination legacy signature object merged");
+    Ok(())
 }
 
 /// What the promotion record states: the destination reference by digest,
@@ -365,10 +497,77 @@ mod tests {
         assert_eq!(Expected::Digest(digest).to_string(), D);
     }
 
+    fn authority(kind: AuthorityKind) -> Authority {
+        Authority {
+            name: "promoter".into(),
+            kind,
+            tlog: crate::policy::Tlog::Ignore,
+            sct: crate::policy::Sct::Ignore,
+            trust_root: None,
+            blob_signatures: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_keyless_promoter_is_recognised_by_issuer_and_subject() {
+        use crate::policy::{CiClaim, Identity, Matcher};
+        let issuer = "https://token.actions.githubusercontent.com";
+        let promoter = authority(AuthorityKind::Keyless {
+            identities: vec![Identity {
+                issuer: Matcher::Exact(issuer.into()),
+                subject: Matcher::anchored(r"https://github\.com/acme/release/.*").expect("regex"),
+                // Not in a SignerId: ignored, towards refusing.
+                claims: vec![(CiClaim::SourceRepository, Matcher::Exact("acme/release".into()))],
+            }],
+        });
+        let signer = |subject: &str, issuer: &str| SignerId::Keyless {
+            subject: subject.into(),
+            issuer: issuer.into(),
+        };
+        let release = "https://github.com/acme/release/.github/workflows/promote.yml@refs/heads/main";
+        let build = "https://github.com/acme/app/.github/workflows/build.yml@refs/heads/main";
+        assert!(accepts(&promoter, &signer(release, issuer)));
+        assert!(!accepts(&promoter, &signer(build, issuer)));
+        assert!(!accepts(&promoter, &signer(release, "https://accounts.google.com")));
+        assert!(!accepts(&promoter, &SignerId::Key(D.parse().expect("digest"))));
+    }
+
+    fn generated_key() -> crate::verify::signature::PublicKey {
+        use aws_lc_rs::encoding::AsDer as _;
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("keygen");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("key");
+        let spki = pair.public_key().as_der().expect("spki");
+        let hash = crate::verify::signature::SignatureHash::Sha256;
+        crate::verify::signature::PublicKey::from_spki_der(spki.as_ref(), hash).expect("key")
+    }
+
+    #[test]
+    fn a_key_promoter_is_recognised_by_fingerprint() {
+        let (mine, other) = (generated_key(), generated_key());
+        let promoter = authority(AuthorityKind::Key {
+            keys: vec![("p".into(), std::sync::Arc::new(mine.clone()))],
+        });
+        assert!(accepts(&promoter, &SignerId::Key(mine.fingerprint())));
+        assert!(!accepts(&promoter, &SignerId::Key(other.fingerprint())));
+        let keyless = SignerId::Keyless {
+            subject: "x".into(),
+            issuer: "y".into(),
+        };
+        assert!(!accepts(&promoter, &keyless));
+    }
+
     #[test]
     fn only_policy_denials_exit_1() {
         assert_eq!(PromoteError::Denied("x".into()).exit_code(), 1);
         assert_eq!(PromoteError::DeniedAtDestination("x".into()).exit_code(), 1);
+        let among = PromoteError::PromoterAmongSigners {
+            authority: "p".into(),
+            signer: "key sha256:…".into(),
+        };
+        assert_eq!(among.exit_code(), 1);
+        assert_eq!(PromoteError::KeylessRecord("p".into()).exit_code(), 2);
         let moved = PromoteError::TagChanged {
             tag: "stable".parse().expect("tag"),
             expected: Expected::Absent,

@@ -18,9 +18,10 @@ use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
-use crate::oci::manifest::{OCI_INDEX, OCI_MANIFEST};
+use super::fallback;
+use crate::oci::manifest::OCI_MANIFEST;
 use crate::oci::material::OCI_EMPTY;
-use crate::oci::{Algorithm, Digest, Reference, Tag};
+use crate::oci::{Algorithm, Digest, Reference};
 use crate::proxy::Target;
 use crate::upstream;
 
@@ -41,8 +42,8 @@ pub enum RecordError {
     Key { path: String, message: String },
     #[error("signing the promotion record failed")]
     Sign,
-    #[error("the destination's referrers fallback index is unusable: {0}")]
-    FallbackIndex(String),
+    #[error(transparent)]
+    FallbackIndex(#[from] super::fallback::FallbackError),
     #[error(transparent)]
     Upstream(#[from] upstream::Error),
 }
@@ -217,8 +218,8 @@ pub async fn attach(
         "digest": summary.digest.to_string(),
     });
     let manifest = referrer_manifest(&subject, &bundle, &time);
-    push_blob(dst, Bytes::from_static(b"{}")).await?;
-    push_blob(dst, Bytes::from(bundle)).await?;
+    super::copy::push_small_blob(dst, Bytes::from_static(b"{}")).await?;
+    super::copy::push_small_blob(dst, Bytes::from(bundle)).await?;
     let digest = Digest::of(Algorithm::Sha256, &manifest);
     let reference = Reference::Digest(digest.clone());
     dst.registry
@@ -230,76 +231,11 @@ pub async fn attach(
             Bytes::from(manifest.clone()),
         )
         .await?;
-    if dst.registry.referrers(&dst.repo, &summary.digest).await?.is_none() {
-        add_to_fallback_index(dst, &summary.digest, &digest, manifest.len()).await?;
+    if !fallback::api_available(dst, &summary.digest).await? {
+        let entry = fallback::descriptor(OCI_MANIFEST, &digest, &manifest);
+        fallback::extend(dst, &summary.digest, &[entry]).await?;
     }
     Ok(digest)
-}
-
-/// A small blob in one monolithic upload (skipped when present).
-async fn push_blob(dst: &Target, bytes: Bytes) -> Result<(), RecordError> {
-    let digest = Digest::of(Algorithm::Sha256, &bytes);
-    if dst.registry.has_blob(&dst.repo, &digest).await? {
-        return Ok(());
-    }
-    let upload = dst.registry.start_upload(&dst.repo).await?;
-    dst.registry.finish_upload(upload, &digest, bytes).await?;
-    Ok(())
-}
-
-/// For a registry without the referrers API: add the record to the
-/// `sha256-<hex>` fallback index (read, add, write; entries kept).
-async fn add_to_fallback_index(
-    dst: &Target,
-    subject: &Digest,
-    referrer: &Digest,
-    size: usize,
-) -> Result<(), RecordError> {
-    let tag: Tag = subject
-        .tag_form()
-        .parse()
-        .map_err(|_| RecordError::FallbackIndex("no tag form".into()))?;
-    let mut entries = current_entries(dst, &tag).await?;
-    entries.retain(|e| e.get("digest").and_then(Value::as_str) != Some(referrer.to_string().as_str()));
-    entries.push(json!({
-        "mediaType": OCI_MANIFEST,
-        "size": size,
-        "digest": referrer.to_string(),
-        "artifactType": OCI_EMPTY,
-    }));
-    entries.sort_by_key(|e| e.get("digest").and_then(Value::as_str).unwrap_or_default().to_owned());
-    let index = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries });
-    let bytes = serde_json::to_vec(&index).map_err(|e| RecordError::FallbackIndex(e.to_string()))?;
-    let digest = Digest::of(Algorithm::Sha256, &bytes);
-    dst.registry
-        .put_manifest(&dst.repo, &Reference::Tag(tag), &digest, OCI_INDEX, Bytes::from(bytes))
-        .await?;
-    Ok(())
-}
-
-/// The entries of the destination's fallback index (none if absent).
-async fn current_entries(dst: &Target, tag: &Tag) -> Result<Vec<Value>, RecordError> {
-    let accept = http::HeaderValue::from_static(OCI_INDEX);
-    let reference = Reference::Tag(tag.clone());
-    let got = dst
-        .registry
-        .get_manifest(&dst.repo, &reference, &accept, crate::oci::manifest::MAX_MANIFEST_BYTES)
-        .await;
-    let m = match got {
-        Ok(m) => m,
-        Err(e) if e.is_not_found() => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let index = crate::verify::manifest::check_computed(m).map_err(|e| RecordError::FallbackIndex(e.to_string()))?;
-    if !index.media_type().is_index() {
-        return Err(RecordError::FallbackIndex(format!("{tag} is not an index")));
-    }
-    let parsed: Value = serde_json::from_slice(index.bytes()).map_err(|e| RecordError::FallbackIndex(e.to_string()))?;
-    Ok(parsed
-        .get("manifests")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use super::{Error, Proxy, Target, blocking};
 use crate::oci::material::{self, MaterialKind};
 use crate::oci::{Digest, ManifestInfo, ManifestMediaType, RegistryHost, RepoName, Tag};
-use crate::policy::{self, Decision, Evidence, Mode, Mutability, PolicySet, Rule, RuleAction, Verdict};
+use crate::policy::{self, Decision, Evidence, Mode, Mutability, PolicySet, Rule, RuleAction, SignerId, Verdict};
 use crate::store::verdicts::{VerdictKey, VerdictStore};
 use crate::store::{Grant, GrantKey, GrantScope};
 use crate::telemetry::Requester;
@@ -65,6 +65,8 @@ pub struct Admitted {
     material_of: Option<Digest>,
     /// The authorities whose requirement the decision found met.
     satisfied: Vec<String>,
+    /// Who signed for them ([`Decision::signers`]).
+    signers: Vec<SignerId>,
 }
 
 impl Admitted {
@@ -111,6 +113,11 @@ impl Admitted {
     /// static rule, or no rule).
     pub fn satisfied(&self) -> &[String] {
         &self.satisfied
+    }
+
+    /// Who signed for the satisfied authorities ([`Decision::signers`]).
+    pub fn signers(&self) -> &[SignerId] {
+        &self.signers
     }
 
     /// The verified manifest (for storing it; serving goes through `self`).
@@ -405,6 +412,7 @@ impl Proxy {
             rule: None,
             material_of: None,
             satisfied: Vec::new(),
+            signers: Vec::new(),
         }
     }
 
@@ -464,6 +472,7 @@ impl Proxy {
                 Role::Own => None,
             },
             satisfied: d.satisfied().to_vec(),
+            signers: d.signers().to_vec(),
             manifest,
         };
         self.grant_blobs(&admitted).await;

@@ -18,6 +18,9 @@ pub enum WatchEventKind {
     TagDeleted,
     SignatureLost,
     TagPinned,
+    /// The follow-up of an undecided verdict: the digest a tag points to,
+    /// unmoved, now has a verdict.
+    VerdictDecided,
     WatchFailed,
 }
 
@@ -30,6 +33,7 @@ impl WatchEventKind {
             WatchEventKind::TagDeleted => "tag.deleted",
             WatchEventKind::SignatureLost => "signature.lost",
             WatchEventKind::TagPinned => "tag.pinned",
+            WatchEventKind::VerdictDecided => "verdict.decided",
             WatchEventKind::WatchFailed => "watch.failed",
         }
     }

@@ -16,7 +16,7 @@ use crate::telemetry::watch_metrics::{WatchEventKind, WatchVerdict};
 pub struct WatchEvent {
     pub id: String,
     /// `tag.moved`, `tag.created`, `tag.deleted`, `signature.lost`,
-    /// `tag.pinned` or `watch.failed`.
+    /// `tag.pinned`, `verdict.decided` or `watch.failed`.
     pub event: String,
     pub registry: String,
     pub repository: String,
@@ -25,7 +25,8 @@ pub struct WatchEvent {
     /// digest the proxy keeps serving).
     pub old_digest: Option<String>,
     /// The digest it points to now (moved, created, pinned: the refused
-    /// move's digest; signature.lost: the digest that lost it).
+    /// move's digest; signature.lost: the digest that lost it;
+    /// verdict.decided: the digest now judged).
     pub new_digest: Option<String>,
     /// The gate's verdict for `newDigest`: `allowed`, `denied` or `undecided`.
     pub verdict: Option<String>,

@@ -28,6 +28,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
+
 pub use event::WatchEvent;
 
 use crate::config::{RepoSelection, TagSelection, WatchConfig};
@@ -191,27 +193,51 @@ impl Watcher {
         }
     }
 
-    /// One round over every watched repository.
-    pub async fn round(&self) {
-        for (t, glob) in self.config.targets.iter().zip(&self.globs) {
-            let (registry, label) = (t.upstream.host.to_string(), t.repository.label());
-            let watched = match round::expand(&self.proxy, t, glob.as_ref()).await {
-                Ok(w) => w,
+    /// One round over every watched repository: how many tags it checked
+    /// and how many of those could not be checked.
+    pub async fn round(&self) -> RoundStats {
+        let mut stats = RoundStats::default();
+        // Every repository of every target, expanded first.
+        let mut repositories = Vec::new();
+        let mut target_ok = vec![true; self.config.targets.len()];
+        for (i, (t, glob)) in self.config.targets.iter().zip(&self.globs).enumerate() {
+            match round::expand(&self.proxy, t, glob.as_ref()).await {
+                Ok(watched) => repositories.extend(watched.into_iter().map(|w| (i, w))),
                 Err(e) => {
+                    let (registry, label) = (t.upstream.host.to_string(), t.repository.label());
                     self.failed(&registry, label, label, "*", e).await;
-                    continue;
+                    stats.failed += 1;
+                    target_ok[i] = false;
                 }
-            };
-            let mut all_ok = true;
-            for w in &watched {
-                all_ok &= self.check_target(w).await;
             }
-            if all_ok {
-                let now = i64::try_from(round::unix_now()).unwrap_or(i64::MAX);
-                self.proxy.metrics().watch.round_succeeded(&registry, label, now);
+        }
+        // Repositories are checked side by side, and `concurrency` permits
+        // bound the tag checks of the whole round (each repository keeps
+        // its own tags' event order).
+        let permits = tokio::sync::Semaphore::new(self.config.concurrency);
+        let permits = &permits;
+        let checked: Vec<(usize, round::TargetStats)> = futures_util::stream::iter(repositories)
+            .map(|(i, w)| async move { (i, self.check_target(&w, permits).await) })
+            .buffer_unordered(self.config.concurrency)
+            .collect()
+            .await;
+        for (i, target) in checked {
+            stats.tags += target.tags;
+            stats.failed += target.failed;
+            target_ok[i] &= target.failed == 0;
+        }
+        let now = i64::try_from(round::unix_now()).unwrap_or(i64::MAX);
+        for (t, ok) in self.config.targets.iter().zip(target_ok) {
+            if ok {
+                let registry = t.upstream.host.to_string();
+                self.proxy
+                    .metrics()
+                    .watch
+                    .round_succeeded(&registry, t.repository.label(), now);
             }
         }
         self.health.round_finished();
+        stats
     }
 
     /// Record `event` everywhere: audit log, metrics, and every sink's
@@ -244,6 +270,15 @@ impl Watcher {
     fn lock_failing(&self) -> MutexGuard<'_, HashSet<String>> {
         self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// What a round did (`portcullis watch --rounds` prints it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RoundStats {
+    /// Tags checked (or attempted).
+    pub tags: usize,
+    /// Tags, tag lists or catalogs that could not be checked.
+    pub failed: usize,
 }
 
 /// One line of `portcullis watch --once`.
@@ -365,17 +400,24 @@ async fn once_repository(proxy: &Proxy, t: &round::Watched) -> Result<Vec<TagRep
                 }
             },
         };
-        for tag in &tags {
+        // As in a round: `concurrency` tags at once, reported in tag order.
+        let target = &target;
+        let judged = tags.into_iter().map(|tag| async move {
             let subject = format!("{}/{}:{tag}", t.upstream.host, t.repository);
-            let outcome = match round::resolve(&target, tag).await {
+            let outcome = match round::resolve(target, &tag).await {
                 Ok(None) => Outcome::Missing,
-                Ok(Some(digest)) => match proxy.assess(&target, tag, &digest).await {
+                Ok(Some(digest)) => match proxy.assess(target, &tag, &digest).await {
                     Ok(assessment) => Outcome::Judged { digest, assessment },
                     Err(e) => Outcome::Failed(e.to_string()),
                 },
                 Err(e) => Outcome::Failed(e.to_string()),
             };
-            reports.push(TagReport { subject, outcome });
+            TagReport { subject, outcome }
+        });
+        let concurrency = proxy.config().watch.as_ref().map_or(1, |w| w.concurrency);
+        let mut judged = futures_util::stream::iter(judged).buffered(concurrency);
+        while let Some(report) = judged.next().await {
+            reports.push(report);
         }
     }
     Ok(reports)

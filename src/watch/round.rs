@@ -11,6 +11,8 @@
 //!                                    the proxy serves another digest → tag.pinned
 //!                     same digest, re-verification due → allowed before and
 //!                                    denied now → signature.lost
+//!                     same digest, undecided before (re-judged every round)
+//!                                    and decided now → verdict.decided
 //! cannot check        → watch.failed (once, until the tag can be checked again)
 //! ```
 //! Events are queued before the observation is written, so a crash between
@@ -19,6 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use http::HeaderValue;
 
 use super::event::{About, WatchEvent};
@@ -72,6 +75,20 @@ pub(super) async fn expand(proxy: &Proxy, t: &WatchTarget, glob: Option<&Glob>) 
     }
 }
 
+/// What checking one repository did: tags checked, and failures (a tag,
+/// or the tag list or observations, which fail the whole repository).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct TargetStats {
+    pub tags: usize,
+    pub failed: usize,
+}
+
+impl TargetStats {
+    fn failed() -> TargetStats {
+        TargetStats { tags: 0, failed: 1 }
+    }
+}
+
 /// What checking one tag produced.
 struct Checked {
     observation: Observation,
@@ -79,11 +96,12 @@ struct Checked {
 }
 
 impl Watcher {
-    /// Check every tag of `t`; `true` when all could be checked.
-    pub(super) async fn check_target(&self, t: &Watched) -> bool {
+    /// Check every tag of `t`, each holding one of the round's `permits`
+    /// while it is checked.
+    pub(super) async fn check_target(&self, t: &Watched, permits: &tokio::sync::Semaphore) -> TargetStats {
         let host = t.upstream.host.clone();
         let Some(registry) = self.proxy.registries().get(&host).cloned() else {
-            return false;
+            return TargetStats::failed();
         };
         let target = Target {
             registry,
@@ -96,7 +114,7 @@ impl Watcher {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(registry = %host, repository = %t.repository, error = %e, "cannot read watch observations");
-                return false;
+                return TargetStats::failed();
             }
         };
         // For `allTags`, a tag first seen after the repository's first
@@ -111,14 +129,39 @@ impl Watcher {
             Err(e) => {
                 let repository = t.repository.to_string();
                 self.failed(&host.to_string(), &repository, &t.label, "*", e).await;
-                return false;
+                return TargetStats::failed();
             }
         };
-        let mut all_ok = true;
-        for tag in &tags {
-            all_ok &= self
-                .check_and_emit(t, &target, tag, announce_new, &mut observations)
-                .await;
+        let (registry, repository) = (host.to_string(), t.repository.to_string());
+        let previous: Vec<Option<Observation>> =
+            tags.iter().map(|tag| observations.get(tag.as_str()).cloned()).collect();
+        // Up to `concurrency` tags are checked at once; `buffered` yields
+        // the results in tag order, and events are emitted one tag after
+        // another as they come, so the order is that of a serial round
+        // (checks in flight wait while an event is queued: events are rare).
+        let checks = tags.into_iter().zip(previous).map(|(tag, previous)| {
+            let (registry, repository, target) = (&registry, &repository, &target);
+            async move {
+                // Never closed, so a permit is always granted eventually.
+                let _permit = permits.acquire().await.ok();
+                let about = About {
+                    registry,
+                    repository,
+                    tag: tag.as_str(),
+                };
+                let checked = self
+                    .check_tag(about, target, &tag, announce_new, previous.as_ref())
+                    .await;
+                (tag, checked)
+            }
+        });
+        let mut results = futures_util::stream::iter(checks).buffered(self.config.concurrency);
+        let mut stats = TargetStats::default();
+        while let Some((tag, checked)) = results.next().await {
+            stats.tags += 1;
+            if !self.conclude(t, &tag, checked, &mut observations).await {
+                stats.failed += 1;
+            }
         }
         if matches!(t.tags, TagSelection::All { .. }) {
             // Deleted tags were reported; unlisted, they need no record.
@@ -128,9 +171,9 @@ impl Watcher {
         let (h, r) = (host.clone(), t.repository.clone());
         if let Err(e) = blocking(move || store.watch.put_observations(&h, &r, &observations)).await {
             tracing::error!(registry = %host, repository = %t.repository, error = %e, "cannot write watch observations");
-            return false;
+            stats.failed += 1;
         }
-        all_ok
+        stats
     }
 
     /// The tags to check this round: the listed ones, or the upstream's
@@ -172,25 +215,18 @@ impl Watcher {
         }
     }
 
-    async fn check_and_emit(
+    /// Emit what checking `tag` found and record its observation (or
+    /// count the failure); `true` when it could be checked.
+    async fn conclude(
         &self,
         t: &Watched,
-        target: &Target,
         tag: &Tag,
-        announce_new: bool,
+        checked: Result<Checked, WatchError>,
         obs: &mut Observations,
     ) -> bool {
         let (registry, repository) = (t.upstream.host.to_string(), t.repository.to_string());
-        let about = About {
-            registry: &registry,
-            repository: &repository,
-            tag: tag.as_str(),
-        };
         let key = format!("{registry}/{repository}:{tag}");
-        match self
-            .check_tag(about, target, tag, announce_new, obs.get(tag.as_str()))
-            .await
-        {
+        match checked {
             Ok(checked) => {
                 for (kind, event) in checked.events {
                     if let Err(e) = self.emit(kind, &event).await {
@@ -313,8 +349,16 @@ impl Watcher {
             });
         }
         let mut events = Vec::new();
-        if previous.verdict.as_deref() == Some(Judgement::Allowed.as_str()) && a.judgement == Judgement::Denied {
-            let kind = WatchEventKind::SignatureLost;
+        let kind = if undecided {
+            // The follow-up of the event (or first observation) that said
+            // `undecided`: the verdict is known now.
+            Some(WatchEventKind::VerdictDecided)
+        } else if previous.verdict.as_deref() == Some(Judgement::Allowed.as_str()) && a.judgement == Judgement::Denied {
+            Some(WatchEventKind::SignatureLost)
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
             events.push((
                 kind,
                 WatchEvent::new(kind, about, Some(&digest), Some(&digest), Some(&a)),

@@ -9,7 +9,7 @@ pub use crate::support::admission::{
     image_blobs, policy_dir, policy_yaml, push_signed, skopeo_copies, skopeo_refused, small_image,
 };
 pub use crate::support::cosign::{
-    SigningKey, push_bundle_signature, push_legacy_attestation, push_legacy_signature, referrers_fallback_index,
+    IndexEntry, SigningKey, push_bundle_signature, push_legacy_attestation, push_legacy_signature, read_fallback_index,
 };
 pub use crate::support::distribution::Distribution;
 pub use crate::support::images::{Blob, Image, oci_image, oci_image_for, oci_index};
@@ -129,8 +129,8 @@ pub async fn manifest_digest(registry: &Distribution, reference: &str) -> Option
         .map(|d| d.trim().parse().expect("digest"))
 }
 
-/// The bytes of the `.sig` manifest's config and layers in `registry`.
-pub async fn sig_blob_bytes(registry: &Distribution, image: &Image) -> u64 {
+/// The `.sig` manifest of `image` in `registry`, as JSON.
+pub async fn sig_manifest(registry: &Distribution, image: &Image) -> serde_json::Value {
     let url = registry.url_for(&format!("/v2/{REPO}/manifests/{}", sig_tag(&image.manifest.digest)));
     let out = tokio::process::Command::new("curl")
         .args(["-sS", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
@@ -138,7 +138,22 @@ pub async fn sig_blob_bytes(registry: &Distribution, image: &Image) -> u64 {
         .output()
         .await
         .expect("curl");
-    let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("sig manifest");
+    serde_json::from_slice(&out.stdout).expect("sig manifest")
+}
+
+/// The digests of the `.sig` manifest's layers (one per signature).
+pub async fn sig_layers(registry: &Distribution, image: &Image) -> Vec<String> {
+    let m = sig_manifest(registry, image).await;
+    let layers = m["layers"].as_array().expect("layers");
+    layers
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest").to_owned())
+        .collect()
+}
+
+/// The bytes of the `.sig` manifest's config and layers in `registry`.
+pub async fn sig_blob_bytes(registry: &Distribution, image: &Image) -> u64 {
+    let m = sig_manifest(registry, image).await;
     let layers = m["layers"].as_array().expect("layers");
     let sizes = layers.iter().chain(std::iter::once(&m["config"]));
     sizes.map(|d| d["size"].as_u64().expect("size")).sum()

@@ -81,7 +81,10 @@ async fn a_signed_multi_arch_index_promotes_with_every_child() {
     s.staging.push_index(REPO, "v2", &index, &[&amd, &arm]).await;
     push_legacy_signature(&s.staging, REPO, &index, &[&a]).await;
 
-    let (code, report) = s.promote("v2", "stable", &["--expect-current", "none"]).await;
+    // `--all-platforms` is accepted: it is what a promotion does anyway.
+    let (code, report) = s
+        .promote("v2", "stable", &["--expect-current", "none", "--all-platforms"])
+        .await;
     assert_eq!(code, 0, "{report}");
     assert_eq!(manifest_digest(&s.prod, "stable").await, Some(index.digest.clone()));
     for child in [&amd, &arm] {
@@ -92,6 +95,168 @@ async fn a_signed_multi_arch_index_promotes_with_every_child() {
     assert!(manifest_digest(&s.prod, &sig_tag(&index.digest)).await.is_some());
     let (code, stdout, stderr) = s.portcullis(&["verify", &format!("prod.test/{REPO}:stable")]).await;
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+}
+
+/// Each platform image of an index carries its own signatures (a node
+/// pulling one platform by digest verifies that child): the children's
+/// `.sig` tags and bundle referrers are promoted with the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_arch_index_promotes_with_the_signatures_of_each_child() {
+    let a = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let amd = oci_image_for("amd64", &[1100], 321);
+    let arm = oci_image_for("arm64", &[1400], 322);
+    let index = oci_index(&[(&amd, "amd64"), (&arm, "arm64")]);
+    s.staging.push_index(REPO, "v3", &index, &[&amd, &arm]).await;
+    push_legacy_signature(&s.staging, REPO, &index, &[&a]).await;
+    push_legacy_signature(&s.staging, REPO, &amd.manifest, &[&a]).await;
+    let arm_referrer = push_bundle_signature(&s.staging, REPO, &arm.manifest, &a).await;
+
+    let (code, report) = s.promote("v3", "stable", &["--expect-current", "none"]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(manifest_digest(&s.prod, "stable").await, Some(index.digest.clone()));
+    assert_eq!(
+        manifest_digest(&s.prod, &sig_tag(&amd.manifest.digest)).await,
+        manifest_digest(&s.staging, &sig_tag(&amd.manifest.digest)).await,
+        "the amd64 child's .sig"
+    );
+    let r = arm_referrer.manifest.digest.to_string();
+    assert_eq!(
+        manifest_digest(&s.prod, &r).await,
+        Some(arm_referrer.manifest.digest.clone())
+    );
+    let listed = read_fallback_index(&s.prod, REPO, &arm.manifest.digest).await;
+    assert_eq!(
+        listed.iter().map(|e| &e.digest).collect::<Vec<_>>(),
+        vec![&arm_referrer.manifest.digest],
+        "the arm64 child's fallback index"
+    );
+    assert_eq!(report["promotion"]["materialManifests"], 4, "{report}");
+    // Each child verifies in production by digest, with its own signature.
+    for child in [&amd, &arm] {
+        let reference = format!("prod.test/{REPO}@{}", child.manifest.digest);
+        let (code, stdout, stderr) = s.portcullis(&["verify", &reference]).await;
+        assert_eq!(code, 0, "{reference}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    }
+}
+
+/// Production runs Distribution 2.x (no referrers API): a fallback index it
+/// already holds for the digest is merged with the source's entries (union
+/// by digest, its own entries kept), never overwritten nor left hiding the
+/// signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_fallback_index_is_merged_keeping_its_entries() {
+    let a = SigningKey::generate_p256();
+    let b = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let image = small_image(411);
+    s.staging.push_image(REPO, "v11", &image).await;
+    let ours = push_bundle_signature(&s.staging, REPO, &image.manifest, &a).await;
+    // Production already lists a referrer of its own for the digest.
+    let theirs = push_bundle_signature(&s.prod, REPO, &image.manifest, &b).await;
+    let fallback = image.manifest.digest.tag_form();
+    let before = manifest_digest(&s.prod, &fallback).await.expect("production's index");
+
+    let (code, report) = s.promote("v11", "stable", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    let after = manifest_digest(&s.prod, &fallback).await.expect("merged index");
+    assert_ne!(after, before, "merged");
+    let listed = read_fallback_index(&s.prod, REPO, &image.manifest.digest).await;
+    let digests: Vec<&Digest> = listed.iter().map(|e| &e.digest).collect();
+    assert_eq!(
+        digests,
+        vec![&theirs.manifest.digest, &ours.manifest.digest],
+        "production's entry first, as it was, then the promoted one"
+    );
+    assert_eq!(listed[0], IndexEntry::ggcr(&theirs.manifest), "kept byte for byte");
+    assert_eq!(
+        manifest_digest(&s.prod, "stable").await,
+        Some(image.manifest.digest.clone())
+    );
+    let (code, stdout, stderr) = s.portcullis(&["verify", &format!("prod.test/{REPO}:stable")]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    // A rerun finds every entry listed and writes nothing.
+    let (code, report) = s.promote("v11", "stable", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(manifest_digest(&s.prod, &fallback).await, Some(after));
+}
+
+/// From a source with the referrers API (and so no fallback tag) to
+/// production without it: the referrer is copied and production gets a
+/// fallback index listing it (created, as the OCI 1.1 tag schema asks),
+/// or nothing would find the signature there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_index_is_created_when_the_source_has_the_referrers_api() {
+    use crate::support::cosign::{COSIGN_SIGN_PREDICATE, FIXED_CREATED, bundle_referrer, signature_bundle};
+    let a = SigningKey::generate_p256();
+    let staging = crate::support::fake::FakeRegistry::start().await;
+    staging.enable_referrers_api(true);
+    let image = small_image(371);
+    staging.put_image(REPO, "v7", &image);
+    let bundle = signature_bundle(&a, &image.manifest.digest);
+    let referrer = bundle_referrer(&image.manifest, bundle, COSIGN_SIGN_PREDICATE, FIXED_CREATED);
+    staging.put_blob(REPO, &referrer.config);
+    staging.put_blob(REPO, &referrer.bundle);
+    staging.put_manifest(REPO, &referrer.manifest);
+    let s = Setup::start(&a).await;
+    // The same setup, with staging.test on the fake.
+    let config = s.work.path().join("portcullis.yaml");
+    let yaml = std::fs::read_to_string(&config).expect("config");
+    let yaml = yaml.replace(&s.staging.url(), &staging.url());
+    std::fs::write(&config, yaml).expect("config");
+
+    let (code, report) = s.promote("v7", "stable", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        manifest_digest(&s.prod, &referrer.manifest.digest.to_string()).await,
+        Some(referrer.manifest.digest.clone())
+    );
+    let listed = read_fallback_index(&s.prod, REPO, &image.manifest.digest).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].digest, referrer.manifest.digest);
+    assert_eq!(listed[0].size, referrer.manifest.bytes.len());
+    assert_eq!(
+        listed[0].artifact_type.as_deref(),
+        Some("application/vnd.dev.sigstore.bundle.v0.3+json"),
+        "the manifest's artifactType"
+    );
+    let (code, stdout, stderr) = s.portcullis(&["verify", &format!("prod.test/{REPO}:stable")]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+}
+
+/// Production already holds its own `.sig` object for the digest (another
+/// signer's): the promoted signature is added to it, as cosign adds a
+/// signature — production's layer first, kept — instead of the object
+/// being left without the signature the policy requires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_signature_object_is_merged_keeping_its_signatures() {
+    let a = SigningKey::generate_p256();
+    let b = SigningKey::generate_p256();
+    let s = Setup::start(&a).await;
+    let image = small_image(381);
+    push_signed(&s.staging, REPO, "v8", &image, &[&a]).await;
+    push_legacy_signature(&s.prod, REPO, &image.manifest, &[&b]).await;
+    let theirs = sig_layers(&s.prod, &image).await;
+    let ours = sig_layers(&s.staging, &image).await;
+
+    let (code, report) = s.promote("v8", "stable", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    let merged = sig_layers(&s.prod, &image).await;
+    assert_eq!(
+        merged,
+        [theirs, ours].concat(),
+        "production's signature first, then the promoted one"
+    );
+    let (code, stdout, stderr) = s.portcullis(&["verify", &format!("prod.test/{REPO}:stable")]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    // A rerun finds the signature there and writes nothing.
+    let sig = sig_tag(&image.manifest.digest);
+    let before = manifest_digest(&s.prod, &sig).await;
+    let (code, report) = s.promote("v8", "stable", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(manifest_digest(&s.prod, &sig).await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,5 +9,7 @@ mod support;
 
 mod common;
 mod copy;
+mod keyless;
 mod refusals;
 mod roles;
+mod token;

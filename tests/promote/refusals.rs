@@ -1,7 +1,6 @@
 //! Refusals that leave production untouched: unsigned and wrongly signed
 //! sources, a destination tag that is not what was expected, a corrupted
-//! source blob, a destination fallback index hiding the signature, and
-//! bad arguments.
+//! source blob, and bad arguments.
 
 use super::common::*;
 
@@ -105,30 +104,6 @@ async fn a_corrupted_source_blob_aborts_the_copy_and_a_rerun_copies_only_what_is
         manifest_digest(&s.prod, "stable").await,
         Some(image.manifest.digest.clone())
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_destination_fallback_index_that_hides_the_signature_is_kept_and_the_promotion_denied() {
-    let a = SigningKey::generate_p256();
-    let s = Setup::start(&a).await;
-    let image = small_image(411);
-    s.staging.push_image(REPO, "v11", &image).await;
-    push_bundle_signature(&s.staging, REPO, &image.manifest, &a).await;
-    // Production already has its own (empty) fallback index for the digest.
-    let fallback = image.manifest.digest.tag_form();
-    let theirs = referrers_fallback_index(&[]);
-    s.prod.push_manifest(REPO, &fallback, &theirs).await;
-
-    let (code, report) = s.promote("v11", "stable", &[]).await;
-    assert_eq!(code, 1, "{report}");
-    let error = report["error"].as_str().expect("error");
-    assert!(error.starts_with("denied by policy at the destination"), "{error}");
-    assert_eq!(
-        manifest_digest(&s.prod, &fallback).await,
-        Some(theirs.digest.clone()),
-        "not overwritten"
-    );
-    assert_eq!(manifest_digest(&s.prod, "stable").await, None, "tag untouched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

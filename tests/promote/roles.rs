@@ -174,6 +174,51 @@ async fn the_promoters_own_signature_never_satisfies_a_promotion() {
     );
 }
 
+/// A keyless promoter (an OIDC issuer and subject, certificates verified
+/// offline against a trusted root): the policy loads, a source signed by
+/// the build key promotes (the promoter's identity is compared with the
+/// signers' by issuer and subject: `keyless.rs`), and a record cannot be
+/// signed by `--sign-key` for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_promoter_is_separated_from_key_signers() {
+    let a = SigningKey::generate_p256();
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/sigstore/trusted_root/public-good.trusted_root.json"
+    );
+    let rules = format!(
+        "  promoter: {{ keyless: {{ trustRoot: pg, identities: [ {{ issuer: https://token.actions.githubusercontent.com, \
+         subject: 'https://github.com/acme/release/.github/workflows/promote.yml@refs/heads/main' }} ] }} }}\n\
+         trustRoots:\n  pg: {{ trustedRoot: {root} }}\n\
+         rules:\n  - name: apps\n    match: {{ repositories: [\"test/**\"] }}\n    require: {{ signatures: {{ anyOf: [key-a] }} }}\n\
+         promotion:\n  promoter: promoter\n"
+    );
+    let s = Setup::start_with(policy_dir(&[("a", &a)], &rules)).await;
+    let image = small_image(481);
+    push_signed(&s.staging, REPO, "v18", &image, &[&a]).await;
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("promoter.key");
+    write_promoter_key(keys.path(), &key);
+
+    let (code, report) = s
+        .promote("v18", "stable", &["--sign-key", key.to_str().expect("utf8")])
+        .await;
+    assert_eq!(code, 2, "{report}");
+    let error = report["error"].as_str().expect("error");
+    assert!(
+        error.starts_with("the promoter's authority `promoter` is keyless"),
+        "{error}"
+    );
+    assert_eq!(manifest_digest(&s.prod, &image.manifest.digest.to_string()).await, None);
+
+    let (code, report) = s.promote("v18", "stable", &[]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        manifest_digest(&s.prod, "stable").await,
+        Some(image.manifest.digest.clone())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_record_must_be_signed_with_the_promoters_key() {
     let a = SigningKey::generate_p256();

@@ -4,7 +4,7 @@
 //! distribution push API exactly as a client would.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,17 @@ upstreams:
     /// (the reference peer for comparisons and benchmarks).
     pub async fn start_proxy(remote_url: &str) -> Distribution {
         Self::start_with(&format!("proxy:\n  remoteurl: {remote_url}\n")).await
+    }
+
+    /// A registry that requires bearer tokens (Distribution's `auth.token`):
+    /// issued by `realm` for `service` and `issuer`, signed by a key whose
+    /// certificate chains to `root_pem` (a PEM file).
+    pub async fn start_with_token_auth(realm: &str, service: &str, issuer: &str, root_pem: &Path) -> Distribution {
+        Self::start_with(&format!(
+            "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+            root_pem.display()
+        ))
+        .await
     }
 
     async fn start_with(extra_yaml: &str) -> Distribution {
@@ -348,8 +359,9 @@ async fn wait_ready(child: &mut Child, http: &Client<HttpConnector, Full<Bytes>>
             .expect("request");
         // Distribution's own answer (its `charset` suffix), from a process
         // still alive: not some other server that took the probed port.
+        // 401: a registry configured with token authentication.
         if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), http.request(req)).await
-            && resp.status() == StatusCode::OK
+            && (resp.status() == StatusCode::OK || resp.status() == StatusCode::UNAUTHORIZED)
             && resp
                 .headers()
                 .get("content-type")

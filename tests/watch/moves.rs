@@ -199,3 +199,49 @@ async fn all_tags_watches_new_tags_and_deleted_ones_but_not_signature_tags() {
     }
     assert_eq!(s.receiver.accepted(CLOUDEVENTS).len(), 2);
 }
+
+/// A move whose signature cannot be fetched is reported `undecided` (no
+/// verdict is not a denial); once the signature can be read, the unmoved
+/// digest is judged again and `verdict.decided` follows with the verdict.
+#[tokio::test]
+async fn an_undecided_move_is_followed_by_the_decision() {
+    let v1 = small_image(1411);
+    let s = Scenario::start(APPS, 10_000, &v1).await;
+    s.wait_observed(&v1.manifest.digest, "allowed").await;
+
+    let v2 = small_image(1412);
+    let sig = push_legacy_signature(&s.registry, REPO, &v2.manifest, &[&s.a]).await;
+    // The signature's layer goes missing upstream (404 on its GET) before
+    // the tag moves, and comes back later.
+    let hex = sig.layers[0].blob.digest.hex();
+    let data = s
+        .registry
+        .storage()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex)
+        .join("data");
+    let aside = data.with_extension("aside");
+    std::fs::rename(&data, &aside).expect("move the layer aside");
+    s.registry.push_image(REPO, TAG, &v2).await;
+    let got = s.receiver.wait_for(CLOUDEVENTS, WAIT, |r| !r.is_empty()).await;
+    let moved = assert_cloudevent(&got[0]);
+    assert_eq!(
+        (&moved["event"], &moved["verdict"]),
+        (&"tag.moved".into(), &"undecided".into()),
+        "{moved}"
+    );
+    assert_eq!(moved["newDigest"], v2.manifest.digest.to_string());
+
+    std::fs::rename(&aside, &data).expect("restore the layer");
+    let got = s.receiver.wait_for(CLOUDEVENTS, WAIT, |r| r.len() >= 2).await;
+    let decided = assert_cloudevent(&got[1]);
+    assert_eq!(decided["event"], "verdict.decided");
+    assert_eq!(decided["verdict"], "allowed");
+    assert_eq!(decided["newDigest"], v2.manifest.digest.to_string());
+    assert_eq!(decided["authoritiesSatisfied"], serde_json::json!(["key-a"]));
+    s.wait_observed(&v2.manifest.digest, "allowed").await;
+    // Decided once: later rounds are quiet.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(s.receiver.all(CLOUDEVENTS).len(), 2, "no further events");
+}

@@ -18,6 +18,19 @@ async fn watch_once(config: &std::path::Path, policies: &std::path::Path) -> (i3
     crate::support::binary::run(&args, None, WAIT).await
 }
 
+async fn watch_rounds(config: &std::path::Path, policies: &std::path::Path, n: &str) -> (i32, String, String) {
+    let args = [
+        std::ffi::OsStr::new("watch"),
+        std::ffi::OsStr::new("--rounds"),
+        std::ffi::OsStr::new(n),
+        std::ffi::OsStr::new("--config"),
+        config.as_os_str(),
+        std::ffi::OsStr::new("--policies"),
+        policies.as_os_str(),
+    ];
+    crate::support::binary::run(&args, None, WAIT).await
+}
+
 fn config(dir: &std::path::Path, registry: &Distribution, tags: &[&str]) -> std::path::PathBuf {
     let host = registry.host();
     let yaml = format!(
@@ -137,4 +150,31 @@ async fn watch_runs_until_sigterm_and_delivers() {
         .expect("exits")
         .expect("status");
     assert_eq!(status.code(), Some(0));
+}
+
+/// `portcullis watch --rounds N`: N rounds on the data directory's state
+/// (kept afterwards), one line each.
+#[tokio::test]
+async fn watch_rounds_runs_stateful_rounds_and_exits() {
+    let registry = Distribution::start().await;
+    let a = SigningKey::generate_p256();
+    let policy = policy_dir(&[("a", &a)], APPS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = small_image(1481);
+    push_signed(&registry, REPO, "good", &v1, &[&a]).await;
+    let config = config(dir.path(), &registry, &["good", "absent"]);
+    let run = |n| watch_rounds(&config, policy.path(), n);
+    let (code, stdout, stderr) = run("2").await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // The audit log (stdout unless `auditLog` names a file) is interleaved.
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.starts_with('{')).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for (i, line) in lines.iter().enumerate() {
+        let prefix = format!("round {}: 2 tags checked in ", i + 1);
+        assert!(line.starts_with(&prefix) && line.ends_with(" s, 0 failed"), "{line}");
+    }
+    let observations = dir.path().join("data/watch/observations");
+    assert!(observations.is_dir(), "the rounds keep their state");
+    let (code, _, stderr) = run("0").await;
+    assert_eq!(code, 2, "--rounds 0 is refused: {stderr}");
 }

@@ -6,8 +6,10 @@ use std::fmt;
 
 use crate::oci::Digest;
 
-/// The identity of a signer, comparable across authorities.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The identity of a signer, comparable across authorities. Serialized
+/// with the verdicts that name it (promotion's separation of roles reads it).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum SignerId {
     /// A public key, by the sha256 of its canonical DER SubjectPublicKeyInfo
     /// ([`super::PublicKey::fingerprint`]).
