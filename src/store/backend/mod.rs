@@ -266,5 +266,3 @@ impl From<BackendError> for StoreError {
     }
 }
 
-#[cfg(test)]
-mod tests;

@@ -1,1 +1,0 @@
-//! The same test body over every backend.
