@@ -265,4 +265,3 @@ impl From<BackendError> for StoreError {
         StoreError::Backend(Box::new(e))
     }
 }
-
