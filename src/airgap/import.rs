@@ -182,6 +182,7 @@ pub async fn run(config: Config, archive: &Path, options: &Options) -> Result<Re
             // A server may share the data directory: its partial downloads stay.
             clean_tmp: false,
             sources,
+            ..ProxyOptions::default()
         },
     )?;
     let mut report = Report {

@@ -124,15 +124,16 @@ impl Proxy {
         audit: crate::telemetry::audit::AuditSink,
         options: ProxyOptions,
     ) -> Result<Arc<Proxy>, StartError> {
-        let store = Arc::new(Store::open_with(
-            &config.data_dir,
-            crate::store::StoreOptions {
-                tag_memory_entries: config.proxy_limits.tag_memory_entries,
-                max_bytes: config.storage.max_bytes,
-                clean_tmp: options.clean_tmp,
-                s3: config.storage.s3.as_ref().map(s3_options),
-            },
-        )?);
+        let store_options = crate::store::StoreOptions {
+            tag_memory_entries: config.proxy_limits.tag_memory_entries,
+            max_bytes: config.storage.max_bytes,
+            clean_tmp: options.clean_tmp,
+            s3: config.storage.s3.as_ref().map(s3_options),
+        };
+        let store = Arc::new(match options.backend {
+            Some(backend) => Store::with_backend(backend, &config.data_dir, &store_options)?,
+            None => Store::open_with(&config.data_dir, store_options)?,
+        });
         let metrics = Arc::new(Metrics::new());
         let registries = Registries::with_sources(&config, &metrics, |u| {
             if let Some(s) = options.sources.get(&u.host) {
@@ -277,6 +278,9 @@ pub struct ProxyOptions {
     /// Upstreams whose content comes from a local source (an archive being
     /// imported), by host.
     pub sources: std::collections::HashMap<crate::oci::RegistryHost, crate::upstream::local::SharedSource>,
+    /// The store's backend, instead of the one the configuration names
+    /// (tests: replicas sharing one in-memory bucket).
+    pub backend: Option<Arc<dyn crate::store::backend::Backend>>,
 }
 
 impl Default for ProxyOptions {
@@ -284,6 +288,7 @@ impl Default for ProxyOptions {
         ProxyOptions {
             clean_tmp: true,
             sources: std::collections::HashMap::new(),
+            backend: None,
         }
     }
 }

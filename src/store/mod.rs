@@ -10,7 +10,9 @@
 //! `verdicts/<revision>/…` (allow verdicts), `index/` (access times, pins,
 //! counters: `usage`), `quarantine/` (files `store verify` found wrong),
 //! `leases/<alg>/<hex>` (who downloads a blob, on a shared bucket),
-//! `watch/` (watch observations and event queues: always local),
+//! `watch/observations/<upstream>/<repo>/_watch.json` (the registry
+//! watch's last observations, shared by replicas), `watch/queues/` (the
+//! watch's event queues: always local files),
 //! `tmp/` (partial downloads, local; emptied at start).
 //! Every path is derived from validated types, never from request text.
 //!
@@ -46,7 +48,7 @@ pub use spool::{Spool, SpoolState};
 pub use tags::TagStore;
 pub use usage::{Evicted, InUse, Usage, UsageStats};
 pub use verdicts::VerdictStore;
-pub use watch::{EventQueue, Observation, Observations, WatchStore};
+pub use watch::{EventQueue, Observation, Observations, Recorded, WatchStore};
 
 use crate::oci::Digest;
 
@@ -94,7 +96,7 @@ pub struct Store {
     pub usage: Arc<Usage>,
     /// `storage.maxBytes`: the cap on blob bytes, if any.
     max_bytes: Option<u64>,
-    /// The watch's observations and queues: always local files.
+    /// The watch's observations (in the backend) and queues (local files).
     pub watch: WatchStore,
     backend: Arc<dyn Backend>,
 }
@@ -111,7 +113,7 @@ pub struct StoreOptions {
     /// live server, must not.
     pub clean_tmp: bool,
     /// `storage.s3`: content and records in a bucket instead of the data
-    /// directory (which then holds only temp files and the watch's state).
+    /// directory (which then holds only temp files and the watch's event queues).
     pub s3: Option<S3Options>,
 }
 
@@ -171,7 +173,7 @@ impl Store {
     }
 
     /// Open the store over any backend (tests: an in-memory object store).
-    /// `data_dir` holds temp files and the watch's state.
+    /// `data_dir` holds temp files and the watch's event queues.
     pub fn with_backend(
         backend: Arc<dyn Backend>,
         data_dir: &Path,
@@ -189,7 +191,7 @@ impl Store {
             imports: imports::Imports::new(backend.clone()),
             usage: Arc::new(usage),
             max_bytes: options.max_bytes,
-            watch: WatchStore::new(data_dir.join("watch"), tmp),
+            watch: WatchStore::new(backend.clone(), data_dir.join("watch"), tmp),
             backend,
         })
     }

@@ -1,18 +1,27 @@
-//! The registry watch's state on disk: the last observation of each watched
-//! tag (one small JSON file per watched repository) and one event queue per
-//! sink (one file per event, named by sequence number), so a restart loses
+//! The registry watch's state: the last observation of each watched tag
+//! (one small JSON record per watched repository, in the store's backend,
+//! so replicas on one bucket share it) and one event queue per sink (local
+//! files, one per event, named by sequence number), so a restart loses
 //! neither what was seen nor what was not yet delivered.
 //!
-//! Layout: `watch/observations/<host>/<repo>/_watch.json`,
-//! `watch/queues/<sink>/<seq:020>.json`. Paths come from validated types
-//! and configured sink names only.
+//! Layout: `watch/observations/<host>/<repo>/_watch.json` (a backend key:
+//! on the filesystem backend, the path under the data directory earlier
+//! versions wrote), `watch/queues/<sink>/<seq:020>.json` (local). Keys and
+//! paths come from validated types and configured sink names only.
+//!
+//! Replicas agree through conditional writes: an observation record is
+//! created only if absent and replaced only at the version read
+//! ([`WatchStore::update_observations`]); the watcher whose write succeeds
+//! is the one that reports the change (see `watch::round`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::backend::{Backend, BackendError, Key, PutMode, Version, Written};
 use super::{StoreError, io_err, write_atomic};
 use crate::oci::{Digest, RegistryHost, RepoName};
 
@@ -31,48 +40,106 @@ pub struct Observation {
 /// Observations of one repository's tags, by tag.
 pub type Observations = BTreeMap<String, Observation>;
 
-#[derive(Debug)]
+/// A repository's observations as read, with the version a conditional
+/// update must name (`None`: no record yet, so the update creates it).
+#[derive(Clone, Debug, Default)]
+pub struct Recorded {
+    pub observations: Observations,
+    version: Option<Version>,
+}
+
 pub struct WatchStore {
+    backend: Arc<dyn Backend>,
+    /// Local directory of the queues.
     root: PathBuf,
     tmp: PathBuf,
 }
 
+impl std::fmt::Debug for WatchStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
 impl WatchStore {
-    pub(super) fn new(root: PathBuf, tmp: PathBuf) -> WatchStore {
-        WatchStore { root, tmp }
+    pub(super) fn new(backend: Arc<dyn Backend>, root: PathBuf, tmp: PathBuf) -> WatchStore {
+        WatchStore { backend, root, tmp }
     }
 
-    fn observations_path(&self, host: &RegistryHost, repo: &RepoName) -> PathBuf {
-        let mut p = self.root.join("observations").join(host.as_str());
-        for c in repo.components() {
-            p.push(c);
-        }
-        p.join("_watch.json")
+    /// `watch/observations/<host>/<repo>/_watch.json`: repository
+    /// components start with an alphanumeric, so `_watch.json` never
+    /// collides with a nested repository.
+    fn observations_key(host: &RegistryHost, repo: &RepoName) -> Result<Key, StoreError> {
+        Key::new(
+            ["watch", "observations", host.as_str()]
+                .into_iter()
+                .chain(repo.components())
+                .chain(std::iter::once("_watch.json")),
+        )
+        .ok_or_else(|| BackendError::InvalidName(format!("{host}/{repo}")).into())
     }
 
     /// The last observations of `repo`'s watched tags (empty when never
-    /// watched; an unreadable file is reported, a corrupt one is treated as
-    /// never watched and logged).
+    /// watched; an unreadable record is reported, a corrupt one is treated
+    /// as never watched and logged).
     pub fn observations(&self, host: &RegistryHost, repo: &RepoName) -> Result<Observations, StoreError> {
-        let path = self.observations_path(host, repo);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "watch observations unreadable; starting afresh");
-                Observations::new()
-            })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Observations::new()),
-            Err(e) => Err(io_err("read", &path)(e)),
-        }
+        Ok(self.read_observations(host, repo)?.observations)
     }
 
-    /// Replace `repo`'s observations (atomically).
+    /// [`Self::observations`] with the version to update.
+    pub fn read_observations(&self, host: &RegistryHost, repo: &RepoName) -> Result<Recorded, StoreError> {
+        let key = Self::observations_key(host, repo)?;
+        let Some(object) = self.backend.get(&key)? else {
+            return Ok(Recorded::default());
+        };
+        let observations = serde_json::from_slice(&object.bytes).unwrap_or_else(|e| {
+            tracing::warn!(%key, error = %e, "watch observations unreadable; starting afresh");
+            Observations::new()
+        });
+        // A corrupt record keeps its version, so the next update replaces it.
+        Ok(Recorded {
+            observations,
+            version: Some(object.version),
+        })
+    }
+
+    /// Replace `repo`'s observations with `obs` if the record is still the
+    /// one `read` came from (created if `read` found none). `Conflict`:
+    /// another writer (a replica) changed it meanwhile; nothing was written.
+    pub fn update_observations(
+        &self,
+        host: &RegistryHost,
+        repo: &RepoName,
+        read: &Recorded,
+        obs: &Observations,
+    ) -> Result<Written, StoreError> {
+        let mode = match &read.version {
+            None => PutMode::Create,
+            Some(v) => PutMode::Update(v.clone()),
+        };
+        self.write(host, repo, obs, mode)
+    }
+
+    /// Replace `repo`'s observations unconditionally.
     pub fn put_observations(&self, host: &RegistryHost, repo: &RepoName, obs: &Observations) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(obs).map_err(|e| StoreError::Io {
-            action: "encode",
-            path: self.observations_path(host, repo),
-            source: std::io::Error::other(e),
+        self.write(host, repo, obs, PutMode::Overwrite).map(drop)
+    }
+
+    fn write(
+        &self,
+        host: &RegistryHost,
+        repo: &RepoName,
+        obs: &Observations,
+        mode: PutMode,
+    ) -> Result<Written, StoreError> {
+        let key = Self::observations_key(host, repo)?;
+        let bytes = serde_json::to_vec(obs).map_err(|source| BackendError::Encode {
+            key: key.to_string(),
+            source,
         })?;
-        write_atomic(&self.tmp, &self.observations_path(host, repo), &bytes)
+        self.backend.put(&key, Bytes::from(bytes), mode, true)
     }
 
     /// The queue of sink `name` (a configured name: `[A-Za-z0-9_-]{1,64}`).
@@ -190,7 +257,141 @@ mod tests {
     fn store(dir: &Path) -> WatchStore {
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&tmp).expect("tmp");
-        WatchStore::new(dir.join("watch"), tmp)
+        let backend = crate::store::backend::fs::FsBackend::new(dir.to_owned(), tmp.clone());
+        WatchStore::new(Arc::new(backend), dir.join("watch"), tmp)
+    }
+
+    /// Two replicas' watch stores on one in-memory bucket (each with its
+    /// own local directory, as replicas have).
+    fn replicas_on_memory(a: &Path, b: &Path) -> (WatchStore, WatchStore) {
+        let bucket = Arc::new(object_store::memory::InMemory::new());
+        let open = |dir: &Path| {
+            let tmp = dir.join("tmp");
+            std::fs::create_dir_all(&tmp).expect("tmp");
+            let backend = crate::store::backend::object::ObjectBackend::new(
+                bucket.clone(),
+                "cache",
+                tmp.clone(),
+                "memory".into(),
+            )
+            .expect("backend");
+            WatchStore::new(Arc::new(backend), dir.join("watch"), tmp)
+        };
+        (open(a), open(b))
+    }
+
+    fn ids() -> (RegistryHost, RepoName) {
+        ("r.test".parse().expect("host"), "a/b".parse().expect("repo"))
+    }
+
+    fn seen(tag: &str, byte: u8) -> Observations {
+        let mut obs = Observations::new();
+        obs.insert(
+            tag.into(),
+            Observation {
+                digest: Some(Digest::of(crate::oci::Algorithm::Sha256, &[byte])),
+                verdict: Some("allowed".into()),
+                verified_at: u64::from(byte),
+            },
+        );
+        obs
+    }
+
+    /// Both replicas read the same record and write: exactly one write
+    /// lands, the other is told and finds the winner's observations.
+    fn one_of_two_interleaved_updates_wins(a: &WatchStore, b: &WatchStore) {
+        let (h, r) = ids();
+        let (read_a, read_b) = (
+            a.read_observations(&h, &r).expect("read"),
+            b.read_observations(&h, &r).expect("read"),
+        );
+        assert_eq!(
+            a.update_observations(&h, &r, &read_a, &seen("stable", 1))
+                .expect("create"),
+            Written::Done
+        );
+        assert_eq!(
+            b.update_observations(&h, &r, &read_b, &seen("stable", 2))
+                .expect("create"),
+            Written::Conflict,
+            "a second create loses"
+        );
+        let fresh_b = b.read_observations(&h, &r).expect("reread");
+        assert_eq!(fresh_b.observations, seen("stable", 1), "the loser reads the winner's");
+        // Next change: both hold the same version; one update wins again.
+        let fresh_a = a.read_observations(&h, &r).expect("read");
+        assert_eq!(
+            b.update_observations(&h, &r, &fresh_b, &seen("stable", 3))
+                .expect("update"),
+            Written::Done
+        );
+        assert_eq!(
+            a.update_observations(&h, &r, &fresh_a, &seen("stable", 4))
+                .expect("update"),
+            Written::Conflict,
+            "an update at a stale version loses"
+        );
+        assert_eq!(a.observations(&h, &r).expect("read"), seen("stable", 3));
+    }
+
+    #[test]
+    fn interleaved_updates_on_a_shared_bucket_have_one_winner() {
+        let (da, db) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let (a, b) = replicas_on_memory(da.path(), db.path());
+        one_of_two_interleaved_updates_wins(&a, &b);
+        // The queues stay each replica's own.
+        a.queue("soc").expect("queue").push(b"e").expect("push");
+        assert!(b.queue("soc").expect("queue").is_empty());
+    }
+
+    #[test]
+    fn interleaved_updates_on_one_data_directory_have_one_winner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        one_of_two_interleaved_updates_wins(&store(dir.path()), &store(dir.path()));
+    }
+
+    /// The filesystem backend keeps the path earlier versions wrote, so an
+    /// existing data directory's observations are read (and updated).
+    #[test]
+    fn observations_written_by_earlier_versions_are_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (h, r) = ids();
+        let path = dir.path().join("watch/observations/r.test/a/b/_watch.json");
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, serde_json::to_vec(&seen("stable", 9)).expect("encode")).expect("write");
+        let s = store(dir.path());
+        let read = s.read_observations(&h, &r).expect("read");
+        assert_eq!(read.observations, seen("stable", 9));
+        assert_eq!(
+            s.update_observations(&h, &r, &read, &seen("stable", 10))
+                .expect("update"),
+            Written::Done
+        );
+        let on_disk: Observations = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("decode");
+        assert_eq!(on_disk, seen("stable", 10));
+    }
+
+    /// A corrupt record reads as never watched, and is replaced by the
+    /// next update (its version is kept).
+    #[test]
+    fn a_corrupt_record_is_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (h, r) = ids();
+        let path = dir.path().join("watch/observations/r.test/a/b/_watch.json");
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, b"{not json").expect("write");
+        let s = store(dir.path());
+        let read = s.read_observations(&h, &r).expect("read");
+        assert!(read.observations.is_empty());
+        assert_eq!(
+            s.update_observations(&h, &r, &read, &seen("stable", 1))
+                .expect("update"),
+            Written::Done
+        );
+        assert_eq!(s.observations(&h, &r).expect("read"), seen("stable", 1));
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! ```text
 //! every interval (+ up to 10% jitter), per watched repository (round.rs):
 //!   HEAD tag (proxy's upstream client; 429 → Retry-After) ─► compare with
-//!   store::watch observation ─► Proxy::assess (fresh verdict, audited)
-//!   ─► events ─► audit log (JSON line) + metrics + every sink's queue
-//!      (store::watch::EventQueue, fsynced) ─► observation written
+//!   store::watch observations (in the store's backend: shared by replicas)
+//!   ─► Proxy::assess (fresh verdict, audited) ─► conditional write of the
+//!   observations ─► if it won: events ─► audit log (JSON line) + metrics +
+//!   every sink's queue (store::watch::EventQueue, local, fsynced); if
+//!   another watcher wrote first: compare again with its observations
 //! per sink (deliver.rs): oldest queued event ─► render (CloudEvents or
 //!   OCSF) ─► HMAC header ─► POST; 2xx removes it, anything else is retried
 //!   with backoff (at least once, in order)

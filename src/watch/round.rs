@@ -15,8 +15,19 @@
 //!                                    and decided now → verdict.decided
 //! cannot check        → watch.failed (once, until the tag can be checked again)
 //! ```
-//! Events are queued before the observation is written, so a crash between
-//! the two repeats an event rather than losing one.
+//! Replicas watching one shared store agree on who reports a change: the
+//! repository's observations are written conditionally (created if absent,
+//! else replaced only at the version read), and only the watcher whose write
+//! lands queues the events derived from (observations read → observations
+//! written). A watcher whose write conflicts reads the winner's
+//! observations and derives its events again against them, reusing the
+//! digests it resolved: what the winner already reported now reads as
+//! unchanged and yields nothing; only what this watcher saw beyond it (the
+//! tag moved again) is reported. Events are therefore queued right after
+//! the winning write: a crash between the two loses that change's events
+//! (queuing first would have every replica report every change).
+//! `watch.failed` stays each watcher's own (it says this watcher cannot
+//! check a tag).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +43,8 @@ use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::policy::Mutability;
 use crate::policy::glob::Glob;
 use crate::proxy::{Assessment, Judgement, Proxy, Target};
-use crate::store::{Observation, Observations};
+use crate::store::backend::Written;
+use crate::store::{Observation, Observations, Recorded};
 use crate::telemetry::watch_metrics::WatchEventKind;
 use crate::upstream;
 
@@ -89,15 +101,32 @@ impl TargetStats {
     }
 }
 
+/// Conditional writes of one repository's observations attempted in a
+/// round before leaving it to the next (replicas writing it at once).
+const WRITE_ATTEMPTS: usize = 4;
+
 /// What checking one tag produced.
 struct Checked {
     observation: Observation,
     events: Vec<(WatchEventKind, WatchEvent)>,
 }
 
+/// One pass over a repository's tags against one reading of its
+/// observations: what to write and, if the write lands, what to report.
+struct Pass {
+    observations: Observations,
+    events: Vec<(WatchEventKind, WatchEvent)>,
+    stats: TargetStats,
+}
+
+/// What each tag resolved to this round (`None`: absent), so a pass
+/// repeated after a conflicting write asks the upstream nothing again.
+type Resolved = std::collections::HashMap<Tag, Option<Digest>>;
+
 impl Watcher {
     /// Check every tag of `t`, each holding one of the round's `permits`
-    /// while it is checked.
+    /// while it is checked, and record (and report, if this watcher's write
+    /// wins) what changed.
     pub(super) async fn check_target(&self, t: &Watched, permits: &tokio::sync::Semaphore) -> TargetStats {
         let host = t.upstream.host.clone();
         let Some(registry) = self.proxy.registries().get(&host).cloned() else {
@@ -108,39 +137,93 @@ impl Watcher {
             repo: t.upstream.upstream_repo(&t.repository),
             client_name: t.repository.to_string(),
         };
-        let store = self.proxy.store().clone();
-        let (h, r) = (host.clone(), t.repository.clone());
-        let mut observations = match blocking(move || store.watch.observations(&h, &r)).await {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::error!(registry = %host, repository = %t.repository, error = %e, "cannot read watch observations");
-                return TargetStats::failed();
-            }
+        let Some(listed) = self.listed_tags(t, &target).await else {
+            return TargetStats::failed();
         };
-        // For `allTags`, a tag first seen after the repository's first
-        // round was created; for listed tags, absence is recorded instead.
-        let announce_new = matches!(t.tags, TagSelection::All { .. }) && !observations.is_empty();
-        let tags = match self.tags_of(t, &target, &observations).await {
+        let mut resolved = Resolved::new();
+        for _ in 0..WRITE_ATTEMPTS {
+            let store = self.proxy.store().clone();
+            let (h, r) = (host.clone(), t.repository.clone());
+            let read = match blocking(move || store.watch.read_observations(&h, &r)).await {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::error!(registry = %host, repository = %t.repository, error = %e, "cannot read watch observations");
+                    return TargetStats::failed();
+                }
+            };
+            let mut pass = self
+                .check_tags(t, &target, &listed, &read.observations, &mut resolved, permits)
+                .await;
+            match self.record(t, read, &pass).await {
+                Ok(true) => {
+                    pass.stats.failed += self.emit_all(t, pass.events).await;
+                    return pass.stats;
+                }
+                Ok(false) => {
+                    tracing::debug!(registry = %host, repository = %t.repository,
+                        "another watcher recorded this repository first; comparing with its observations");
+                }
+                Err(e) => {
+                    tracing::error!(registry = %host, repository = %t.repository, error = %e, "cannot write watch observations");
+                    pass.stats.failed += 1;
+                    return pass.stats;
+                }
+            }
+        }
+        tracing::warn!(registry = %host, repository = %t.repository, attempts = WRITE_ATTEMPTS,
+            "watch observations contended by other watchers; checked again next round");
+        TargetStats::failed()
+    }
+
+    /// The tags named by the configuration or listed by the upstream
+    /// (`None`, reported, when the listing fails).
+    async fn listed_tags(&self, t: &Watched, target: &Target) -> Option<Vec<Tag>> {
+        let max = match &t.tags {
+            TagSelection::Listed(tags) => return Some(tags.clone()),
+            TagSelection::All { max } => *max,
+        };
+        let registry = t.upstream.host.to_string();
+        match super::list::all_tags(target, max).await {
             Ok(tags) => {
-                let listing = format!("{host}/{}:*", t.repository);
-                self.lock_failing().remove(&listing);
-                tags
+                self.lock_failing().remove(&format!("{registry}/{}:*", t.repository));
+                Some(tags)
             }
             Err(e) => {
                 let repository = t.repository.to_string();
-                self.failed(&host.to_string(), &repository, &t.label, "*", e).await;
-                return TargetStats::failed();
+                self.failed(&registry, &repository, &t.label, "*", e).await;
+                None
             }
+        }
+    }
+
+    /// Check the tags against `previous` observations: what to record and
+    /// report. Tags already in `resolved` are not resolved again.
+    async fn check_tags(
+        &self,
+        t: &Watched,
+        target: &Target,
+        listed: &[Tag],
+        previous: &Observations,
+        resolved: &mut Resolved,
+        permits: &tokio::sync::Semaphore,
+    ) -> Pass {
+        // For `allTags`, a tag first seen after the repository's first
+        // round was created; for listed tags, absence is recorded instead.
+        let all = matches!(t.tags, TagSelection::All { .. });
+        let announce_new = all && !previous.is_empty();
+        let tags = if all {
+            with_last_present(listed, previous)
+        } else {
+            listed.to_vec()
         };
-        let (registry, repository) = (host.to_string(), t.repository.to_string());
-        let previous: Vec<Option<Observation>> =
-            tags.iter().map(|tag| observations.get(tag.as_str()).cloned()).collect();
+        let (registry, repository) = (t.upstream.host.to_string(), t.repository.to_string());
         // Up to `concurrency` tags are checked at once; `buffered` yields
-        // the results in tag order, and events are emitted one tag after
-        // another as they come, so the order is that of a serial round
-        // (checks in flight wait while an event is queued: events are rare).
-        let checks = tags.into_iter().zip(previous).map(|(tag, previous)| {
-            let (registry, repository, target) = (&registry, &repository, &target);
+        // the results in tag order, so events keep a serial round's order.
+        let known: &Resolved = resolved;
+        let checks = tags.into_iter().map(|tag| {
+            let (registry, repository) = (&registry, &repository);
+            let last = previous.get(tag.as_str()).cloned();
+            let known = known.get(&tag).cloned();
             async move {
                 // Never closed, so a permit is always granted eventually.
                 let _permit = permits.acquire().await.ok();
@@ -149,50 +232,78 @@ impl Watcher {
                     repository,
                     tag: tag.as_str(),
                 };
-                let checked = self
-                    .check_tag(about, target, &tag, announce_new, previous.as_ref())
-                    .await;
+                let checked = match known {
+                    Some(now) => Ok(now),
+                    None => resolve(target, &tag).await,
+                };
+                let checked = match checked {
+                    Ok(now) => self
+                        .check_tag(about, target, &tag, announce_new, last.as_ref(), now.clone())
+                        .await
+                        .map(|c| (now, c)),
+                    Err(e) => Err(e),
+                };
                 (tag, checked)
             }
         });
-        let mut results = futures_util::stream::iter(checks).buffered(self.config.concurrency);
-        let mut stats = TargetStats::default();
-        while let Some((tag, checked)) = results.next().await {
-            stats.tags += 1;
-            if !self.conclude(t, &tag, checked, &mut observations).await {
-                stats.failed += 1;
+        let results: Vec<_> = futures_util::stream::iter(checks)
+            .buffered(self.config.concurrency)
+            .collect()
+            .await;
+        let mut pass = Pass {
+            observations: previous.clone(),
+            events: Vec::new(),
+            stats: TargetStats::default(),
+        };
+        for (tag, checked) in results {
+            pass.stats.tags += 1;
+            let key = format!("{registry}/{repository}:{tag}");
+            match checked {
+                Ok((now, checked)) => {
+                    pass.observations.insert(tag.as_str().to_owned(), checked.observation);
+                    pass.events.extend(checked.events);
+                    self.lock_failing().remove(&key);
+                    resolved.insert(tag, now);
+                }
+                Err(e) => {
+                    self.failed(&registry, &repository, &t.label, tag.as_str(), e).await;
+                    pass.stats.failed += 1;
+                }
             }
         }
-        if matches!(t.tags, TagSelection::All { .. }) {
+        if all {
             // Deleted tags were reported; unlisted, they need no record.
-            observations.retain(|_, o| o.digest.is_some());
+            pass.observations.retain(|_, o| o.digest.is_some());
         }
-        let store = self.proxy.store().clone();
-        let (h, r) = (host.clone(), t.repository.clone());
-        if let Err(e) = blocking(move || store.watch.put_observations(&h, &r, &observations)).await {
-            tracing::error!(registry = %host, repository = %t.repository, error = %e, "cannot write watch observations");
-            stats.failed += 1;
-        }
-        stats
+        pass
     }
 
-    /// The tags to check this round: the listed ones, or the upstream's
-    /// listing plus every tag last seen present (so deletions are noticed).
-    async fn tags_of(&self, t: &Watched, target: &Target, obs: &Observations) -> Result<Vec<Tag>, WatchError> {
-        let max = match &t.tags {
-            TagSelection::Listed(tags) => return Ok(tags.clone()),
-            TagSelection::All { max } => *max,
-        };
-        let mut tags = super::list::all_tags(target, max).await?;
-        for (name, o) in obs {
-            if o.digest.is_some()
-                && let Ok(tag) = name.parse::<Tag>()
-                && !tags.contains(&tag)
-            {
-                tags.push(tag);
+    /// Write the pass's observations if the record is still the one read:
+    /// `true` when written (or nothing changed), `false` when another
+    /// watcher wrote first.
+    async fn record(&self, t: &Watched, read: Recorded, pass: &Pass) -> Result<bool, WatchError> {
+        if pass.observations == read.observations && pass.events.is_empty() {
+            // Nothing changed: no write (an unchanged round costs no PUT).
+            return Ok(true);
+        }
+        let store = self.proxy.store().clone();
+        let (h, r, obs) = (t.upstream.host.clone(), t.repository.clone(), pass.observations.clone());
+        let written = blocking(move || store.watch.update_observations(&h, &r, &read, &obs)).await?;
+        Ok(written == Written::Done)
+    }
+
+    /// Queue the events of a won write, in order; how many could not be
+    /// queued (logged: the observation is recorded, so they are lost).
+    async fn emit_all(&self, t: &Watched, events: Vec<(WatchEventKind, WatchEvent)>) -> usize {
+        let mut failed = 0;
+        for (kind, event) in events {
+            if let Err(e) = self.emit(kind, &event).await {
+                tracing::error!(registry = %t.upstream.host, repository = %t.repository, event = kind.as_str(),
+                    subject = %event.subject(), error = %e, "cannot queue a watch event");
+                failed += 1;
             }
         }
-        Ok(tags)
+        failed
     }
 
     /// Count a failed check of `tag` (`*`: the tag list) and send
@@ -215,36 +326,6 @@ impl Watcher {
         }
     }
 
-    /// Emit what checking `tag` found and record its observation (or
-    /// count the failure); `true` when it could be checked.
-    async fn conclude(
-        &self,
-        t: &Watched,
-        tag: &Tag,
-        checked: Result<Checked, WatchError>,
-        obs: &mut Observations,
-    ) -> bool {
-        let (registry, repository) = (t.upstream.host.to_string(), t.repository.to_string());
-        let key = format!("{registry}/{repository}:{tag}");
-        match checked {
-            Ok(checked) => {
-                for (kind, event) in checked.events {
-                    if let Err(e) = self.emit(kind, &event).await {
-                        tracing::error!(tag = %key, error = %e, "cannot queue a watch event; the tag is checked again next round");
-                        return false;
-                    }
-                }
-                obs.insert(tag.as_str().to_owned(), checked.observation);
-                self.lock_failing().remove(&key);
-                true
-            }
-            Err(e) => {
-                self.failed(&registry, &repository, &t.label, tag.as_str(), e).await;
-                false
-            }
-        }
-    }
-
     async fn check_tag(
         &self,
         about: About<'_>,
@@ -252,8 +333,8 @@ impl Watcher {
         tag: &Tag,
         announce_new: bool,
         previous: Option<&Observation>,
+        now: Option<Digest>,
     ) -> Result<Checked, WatchError> {
-        let now = resolve(target, tag).await?;
         let was = previous.map(|p| p.digest.as_ref());
         match (was, now) {
             (_, None) => Ok(self.absent(about, previous)),
@@ -272,13 +353,24 @@ impl Watcher {
 
     /// The tag does not exist (now): `tag.deleted` if it did.
     fn absent(&self, about: About<'_>, previous: Option<&Observation>) -> Checked {
-        let events = match previous.and_then(|p| p.digest.as_ref()) {
-            Some(old) => vec![(
-                WatchEventKind::TagDeleted,
-                WatchEvent::new(WatchEventKind::TagDeleted, about, Some(old), None, None),
-            )],
-            None => Vec::new(),
+        let old = match previous {
+            // Still absent: the record stays as it is (nothing to write).
+            Some(p) if p.digest.is_none() => {
+                return Checked {
+                    observation: p.clone(),
+                    events: Vec::new(),
+                };
+            }
+            Some(p) => p.digest.as_ref(),
+            None => None,
         };
+        let events = old
+            .map(|old| {
+                let event = WatchEvent::new(WatchEventKind::TagDeleted, about, Some(old), None, None);
+                (WatchEventKind::TagDeleted, event)
+            })
+            .into_iter()
+            .collect();
         Checked {
             observation: Observation {
                 digest: None,
@@ -369,6 +461,21 @@ impl Watcher {
             events,
         })
     }
+}
+
+/// The upstream's listing plus every tag last seen present (so deletions
+/// are noticed).
+fn with_last_present(listed: &[Tag], previous: &Observations) -> Vec<Tag> {
+    let mut tags = listed.to_vec();
+    for (name, o) in previous {
+        if o.digest.is_some()
+            && let Ok(tag) = name.parse::<Tag>()
+            && !tags.contains(&tag)
+        {
+            tags.push(tag);
+        }
+    }
+    tags
 }
 
 fn observed(digest: Option<Digest>, a: &Assessment) -> Observation {

@@ -17,4 +17,5 @@ mod delivery;
 mod moves;
 mod once;
 mod receiver;
+mod replicas;
 mod upstream;
