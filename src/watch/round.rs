@@ -29,6 +29,7 @@
 //! `watch.failed` stays each watcher's own (it says this watcher cannot
 //! check a tag).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,9 +155,12 @@ impl Watcher {
             let mut pass = self
                 .check_tags(t, &target, &listed, &read.observations, &mut resolved, permits)
                 .await;
+            if !self.proxy.store().shared() {
+                return self.queue_then_record(t, read, pass).await;
+            }
             match self.record(t, read, &pass).await {
                 Ok(true) => {
-                    pass.stats.failed += self.emit_all(t, pass.events).await;
+                    pass.stats.failed += self.emit_all(t, pass.events).await.len();
                     return pass.stats;
                 }
                 Ok(false) => {
@@ -292,15 +296,48 @@ impl Watcher {
         Ok(written == Written::Done)
     }
 
-    /// Queue the events of a won write, in order; how many could not be
-    /// queued (logged: the observation is recorded, so they are lost).
-    async fn emit_all(&self, t: &Watched, events: Vec<(WatchEventKind, WatchEvent)>) -> usize {
-        let mut failed = 0;
+    /// Alone on the store (no replicas share it): queue the events first,
+    /// then record, so a crash in between repeats an event rather than
+    /// losing one. A tag whose events could not be queued keeps its old
+    /// observation and is checked again next round.
+    async fn queue_then_record(&self, t: &Watched, read: Recorded, mut pass: Pass) -> TargetStats {
+        let unqueued = self.emit_all(t, std::mem::take(&mut pass.events)).await;
+        for tag in &unqueued {
+            match read.observations.get(tag) {
+                Some(old) => pass.observations.insert(tag.clone(), old.clone()),
+                None => pass.observations.remove(tag),
+            };
+        }
+        pass.stats.failed += unqueued.len();
+        match self.record(t, read, &pass).await {
+            Ok(true) => {}
+            // Only another process on the same data directory could have
+            // written: not supported (one watcher per data directory); the
+            // events are queued, the next round compares with its record.
+            Ok(false) => tracing::warn!(registry = %t.upstream.host, repository = %t.repository,
+                "watch observations changed by another process on this data directory"),
+            Err(e) => {
+                tracing::error!(registry = %t.upstream.host, repository = %t.repository, error = %e,
+                    "cannot write watch observations; changes are reported again next round");
+                pass.stats.failed += 1;
+            }
+        }
+        pass.stats
+    }
+
+    /// Queue events in order; the tags whose events could not be queued
+    /// (logged). After a won write on a shared store those are lost: the
+    /// observation is recorded.
+    async fn emit_all(&self, t: &Watched, events: Vec<(WatchEventKind, WatchEvent)>) -> BTreeSet<String> {
+        let mut failed = BTreeSet::new();
         for (kind, event) in events {
+            if failed.contains(&event.tag) {
+                continue;
+            }
             if let Err(e) = self.emit(kind, &event).await {
                 tracing::error!(registry = %t.upstream.host, repository = %t.repository, event = kind.as_str(),
                     subject = %event.subject(), error = %e, "cannot queue a watch event");
-                failed += 1;
+                failed.insert(event.tag.clone());
             }
         }
         failed
