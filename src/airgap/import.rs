@@ -294,13 +294,7 @@ async fn check_image(
 
 /// The repository an image name points to on this site.
 fn target(proxy: &Proxy, name: &ImageName) -> Option<Target> {
-    let upstream = proxy.config().upstream_by_host(name.host.as_str())?.clone();
-    let registry = proxy.registries().get(&upstream.host)?.clone();
-    Some(Target {
-        registry,
-        repo: upstream.upstream_repo(&name.repo),
-        client_name: name.repo.to_string(),
-    })
+    proxy.target(name.host.as_str(), &name.repo)
 }
 
 /// The manifests and blobs under one top-level manifest, in the order they

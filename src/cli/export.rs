@@ -9,7 +9,7 @@ use crate::airgap::ImageName;
 use crate::airgap::export::{self, ExportError, Exported, Platforms, Request};
 use crate::config::Config;
 use crate::promote::record::{PromoterKey, RecordError};
-use crate::proxy::{self, Proxy, ProxyOptions, Target};
+use crate::proxy::{self, Proxy, ProxyOptions};
 
 /// Options of `portcullis export`.
 #[derive(Debug, Clone)]
@@ -119,22 +119,8 @@ fn request(proxy: &Proxy, image: &str) -> Result<Request, SetupError> {
     let name: ImageName = image
         .parse()
         .map_err(|e: String| SetupError::BadReference(image.into(), e))?;
-    let upstream = proxy
-        .config()
-        .upstream_by_host(name.host.as_str())
-        .cloned()
+    let target = proxy
+        .target(name.host.as_str(), &name.repo)
         .ok_or_else(|| SetupError::NotConfigured(image.into()))?;
-    let registry = proxy
-        .registries()
-        .get(&upstream.host)
-        .cloned()
-        .ok_or_else(|| SetupError::NotConfigured(image.into()))?;
-    Ok(Request {
-        target: Target {
-            registry,
-            repo: upstream.upstream_repo(&name.repo),
-            client_name: name.repo.to_string(),
-        },
-        name,
-    })
+    Ok(Request { target, name })
 }

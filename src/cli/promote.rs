@@ -131,22 +131,10 @@ pub async fn run(mut config: Config, src: &str, dst: &str, options: Options) -> 
 fn target(proxy: &Proxy, image: &str) -> Result<(Target, Reference), SetupError> {
     let (host, repo, reference) = split_reference(image).ok_or_else(|| SetupError::BadReference(image.into()))?;
     let host = host.ok_or_else(|| SetupError::NotConfigured(image.into()))?;
-    let upstream = proxy
-        .config()
-        .upstream_by_host(host)
-        .cloned()
-        .ok_or_else(|| SetupError::NotConfigured(image.into()))?;
-    let registry = proxy
-        .registries()
-        .get(&upstream.host)
-        .cloned()
-        .ok_or_else(|| SetupError::NotConfigured(image.into()))?;
     let repo = repo.parse().map_err(|_| SetupError::BadReference(image.into()))?;
-    let target = Target {
-        registry,
-        repo: upstream.upstream_repo(&repo),
-        client_name: repo.to_string(),
-    };
+    let target = proxy
+        .target(host, &repo)
+        .ok_or_else(|| SetupError::NotConfigured(image.into()))?;
     Ok((target, reference))
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::oci::{Reference, RegistryHost};
-use crate::proxy::{self, Proxy, Target};
+use crate::proxy::{self, Proxy};
 use crate::telemetry::Requester;
 use crate::telemetry::audit::{AuditEvent, AuditSink};
 
@@ -67,16 +67,9 @@ pub async fn run(config: Config, image: &str) -> Result<Report, VerifyError> {
     };
     let repo = repo.parse().map_err(|_| VerifyError::BadReference(image.into()))?;
     let proxy = Proxy::with_audit(Arc::new(config), AuditSink::memory())?;
-    let registry = proxy
-        .registries()
-        .get(&upstream.host)
-        .cloned()
+    let target = proxy
+        .target(upstream.host.as_str(), &repo)
         .ok_or_else(|| VerifyError::NotAllowListed(upstream.host.to_string()))?;
-    let target = Target {
-        registry,
-        repo: upstream.upstream_repo(&repo),
-        client_name: repo.to_string(),
-    };
     let who = Requester {
         client: "portcullis verify".to_owned(),
         identity: "-".to_owned(),

@@ -189,6 +189,19 @@ impl Proxy {
         &self.config
     }
 
+    /// The client's repository `repo` on the allow-listed upstream `host`
+    /// (`None`: not an upstream of this proxy): every command that names
+    /// an image builds its [`Target`] here.
+    pub fn target(&self, host: &str, repo: &RepoName) -> Option<Target> {
+        let upstream = self.config.upstream_by_host(host)?;
+        let registry = self.registries.get(&upstream.host)?.clone();
+        Some(Target {
+            registry,
+            repo: upstream.upstream_repo(repo),
+            client_name: repo.to_string(),
+        })
+    }
+
     pub fn registries(&self) -> &Registries {
         &self.registries
     }

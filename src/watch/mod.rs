@@ -36,7 +36,7 @@ pub use event::WatchEvent;
 
 use crate::config::{RepoSelection, TagSelection, WatchConfig};
 use crate::policy::glob::Glob;
-use crate::proxy::{Judgement, Proxy, Target};
+use crate::proxy::{Judgement, Proxy};
 use crate::store::{EventQueue, StoreError};
 use crate::telemetry::watch_metrics::WatchEventKind;
 
@@ -378,16 +378,9 @@ fn compile_globs(config: &WatchConfig) -> Result<Vec<Option<Glob>>, WatchError> 
 async fn once_repository(proxy: &Proxy, t: &round::Watched) -> Result<Vec<TagReport>, WatchError> {
     let mut reports = Vec::new();
     {
-        let registry = proxy
-            .registries()
-            .get(&t.upstream.host)
-            .cloned()
+        let target = proxy
+            .target(t.upstream.host.as_str(), &t.repository)
             .ok_or_else(|| WatchError::Internal(format!("no client for {}", t.upstream.host)))?;
-        let target = Target {
-            registry,
-            repo: t.upstream.upstream_repo(&t.repository),
-            client_name: t.repository.to_string(),
-        };
         let tags = match &t.tags {
             TagSelection::Listed(tags) => tags.clone(),
             TagSelection::All { max } => match list::all_tags(&target, *max).await {

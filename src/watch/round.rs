@@ -130,13 +130,8 @@ impl Watcher {
     /// wins) what changed.
     pub(super) async fn check_target(&self, t: &Watched, permits: &tokio::sync::Semaphore) -> TargetStats {
         let host = t.upstream.host.clone();
-        let Some(registry) = self.proxy.registries().get(&host).cloned() else {
+        let Some(target) = self.proxy.target(host.as_str(), &t.repository) else {
             return TargetStats::failed();
-        };
-        let target = Target {
-            registry,
-            repo: t.upstream.upstream_repo(&t.repository),
-            client_name: t.repository.to_string(),
         };
         let Some(listed) = self.listed_tags(t, &target).await else {
             return TargetStats::failed();
