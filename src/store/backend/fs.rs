@@ -222,13 +222,7 @@ struct FsSink {
 
 impl FsSink {
     fn create(tmp: &Path, final_path: PathBuf, digest: &Digest) -> Result<FsSink, StoreError> {
-        let tmp_path = tmp.join(format!("{}.{}.part", digest.hex(), fastrand::u64(..)));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .map_err(io_err("create", &tmp_path))?;
+        let (file, tmp_path) = super::create_part_file(tmp, digest)?;
         Ok(FsSink {
             file: Some(file),
             tmp_path,

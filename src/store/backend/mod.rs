@@ -186,6 +186,22 @@ pub trait BlobSink: Send + Debug {
     fn commit(self: Box<Self>, proof: &DigestMatched) -> Result<bool, StoreError>;
 }
 
+/// A new temp file under `tmp` for the blob `digest` being downloaded: the
+/// bytes readers follow while it arrives (both backends spool through one).
+pub(super) fn create_part_file(
+    tmp: &std::path::Path,
+    digest: &Digest,
+) -> Result<(std::fs::File, std::path::PathBuf), StoreError> {
+    let path = tmp.join(format!("{}.{}.part", digest.hex(), fastrand::u64(..)));
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(super::io_err("create", &path))?;
+    Ok((file, path))
+}
+
 /// Where the store's bytes live.
 pub trait Backend: Send + Sync + Debug {
     /// Whether other processes may share this storage (replicas on one

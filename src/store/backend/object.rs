@@ -302,13 +302,7 @@ impl Backend for ObjectBackend {
     }
 
     fn blob_sink(&self, key: &Key, digest: &Digest) -> Result<Box<dyn BlobSink>, StoreError> {
-        let tmp_path = self.tmp.join(format!("{}.{}.part", digest.hex(), fastrand::u64(..)));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .map_err(io_err("create", &tmp_path))?;
+        let (file, tmp_path) = super::create_part_file(&self.tmp, digest)?;
         let (store, path) = (self.store.clone(), self.path(key));
         let upload = self
             .run(async move { store.put_multipart(&path).await })?
