@@ -90,6 +90,17 @@ async fn a_manifest_admitted_on_one_replica_serves_its_blobs_on_the_others_and_s
     let policies = policy.path().to_string_lossy().into_owned();
     let (rs, _work) = replicas(3, &registry.url(), &s3, "", &["--policies", &policies]).await;
 
+    // Control: before any replica admitted the manifest, no grant exists
+    // in the bucket and another replica refuses its blobs.
+    let first = &image.blobs()[0].digest;
+    let early = client::get(&format!("{}/v2/test/app/blobs/{first}", base(&rs[1]))).await;
+    assert_eq!(
+        early.status,
+        StatusCode::FORBIDDEN,
+        "no grant yet: {}",
+        rs[1].log_text()
+    );
+
     let m = get_manifest(&rs[0], "test/app", "v1").await;
     assert_eq!(m.status, StatusCode::OK, "replica 1 admits the manifest");
     assert_eq!(m.bytes(), image.manifest.bytes);
@@ -101,6 +112,14 @@ async fn a_manifest_admitted_on_one_replica_serves_its_blobs_on_the_others_and_s
         assert_eq!(got.status, StatusCode::OK, "{}: {}", blob.digest, r.log_text());
         assert_eq!(got.bytes(), blob.bytes);
     }
+    // A shared grant is for its repository only: the same digest under
+    // another repository is not served by another replica.
+    let other = client::get(&format!("{}/v2/test/other/blobs/{first}", base(&rs[2]))).await;
+    assert_eq!(
+        other.status,
+        StatusCode::FORBIDDEN,
+        "the grant of test/app must not serve test/other"
+    );
 
     let mut digests = Vec::new();
     for r in &rs {
