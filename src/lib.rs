@@ -7,6 +7,7 @@
 pub mod airgap;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod oci;
 pub mod policy;

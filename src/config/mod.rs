@@ -4,6 +4,7 @@
 //! Imports: `oci`.
 
 mod auth;
+pub mod cluster;
 pub mod raw;
 mod secret;
 pub mod watch;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use auth::{AuthConfig, AuthRule, DEFAULT_TOKEN_TTL, IdentityPattern};
+pub use cluster::{ClusterConfig, PeerAddr};
 pub use raw::{DEFAULT_CONFIG_YAML, UpstreamUrl};
 pub use secret::Secret;
 pub use watch::{EventFormat, RepoSelection, TagSelection, WatchConfig, WatchTarget, WebhookSink};
@@ -303,6 +305,9 @@ pub struct Config {
     /// `airgap.exportKey`: imports must be signed by this export station
     /// (its PEM public key; relative to the configuration file).
     pub export_key: Option<PathBuf>,
+    /// `cluster:`: the replicas sharing the bucket, which stream blobs and
+    /// tag resolutions to one another.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -477,6 +482,18 @@ impl Config {
                 Some(watch::validate(w, find, origin_dir(origin)).map_err(|(at, m)| invalid(&at, m))?)
             }
         };
+        let cluster = match raw.cluster {
+            None => None,
+            // Peers coordinate over the shared bucket (leases, grants): on
+            // separate data directories there is nothing to share.
+            Some(_) if raw.storage.s3.is_none() => {
+                return Err(invalid(
+                    "cluster.peers",
+                    "replicas share content through `storage.s3`: configure the bucket first".to_owned(),
+                ));
+            }
+            Some(c) => Some(cluster::validate(c, origin_dir(origin)).map_err(|(at, m)| invalid(&at, m))?),
+        };
         let server_limits = server_limits(&raw.server).map_err(|(at, m)| invalid(&format!("server.{at}"), m))?;
         let proxy_limits = proxy_limits(&raw.cache).map_err(|(at, m)| invalid(&format!("cache.{at}"), m))?;
 
@@ -527,6 +544,7 @@ impl Config {
             origin: origin.to_owned(),
             watch,
             export_key: raw.airgap.export_key.map(|p| resolve_path(origin, p)),
+            cluster,
         })
     }
 
@@ -855,6 +873,50 @@ mod tests {
         )
         .expect_err("must refuse");
         assert!(err.to_string().contains("insecurePlainHttp"), "{err}");
+    }
+
+    /// `cluster:` needs the shared bucket and a key of its own (from a file
+    /// or the environment, never inline), and names this replica among the
+    /// peers if `self` is given.
+    #[test]
+    fn cluster_is_validated() {
+        let dir = tempfile::tempdir().expect("dir");
+        let key = dir.path().join("cluster.key");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").expect("key");
+        let s3 = "storage:\n  s3:\n    bucket: portcullis\n";
+        let cluster = format!(
+            "cluster:\n  peers: [10.0.0.2:5000, 10.0.0.1:5000]\n  keyFile: {}\n",
+            key.display()
+        );
+        let ok = |yaml: &str| Config::from_yaml(yaml, "t.yaml", &Overrides::default());
+        let c = ok(&format!("{s3}{cluster}")).expect("valid").cluster.expect("cluster");
+        let peers: Vec<String> = c.peers.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            peers,
+            ["10.0.0.1:5000", "10.0.0.2:5000"],
+            "sorted: every replica hashes one list"
+        );
+        std::fs::write(&key, "short\n").expect("key");
+        for (yaml, expect) in [
+            (cluster.clone(), "storage.s3"),
+            (format!("{s3}{cluster}"), "at least 32 bytes"),
+            (format!("{s3}cluster:\n  peers: [a:1]\n"), "keyFile"),
+            (
+                format!("{s3}cluster:\n  peers: [a:1]\n  key: inline\n"),
+                "unknown field",
+            ),
+            (
+                format!("{s3}cluster:\n  peers: [a:1, a:1]\n  keyEnv: K\n"),
+                "listed twice",
+            ),
+            (
+                format!("{s3}cluster:\n  peers: [a:1]\n  self: b:1\n  keyEnv: K\n"),
+                "not one of",
+            ),
+        ] {
+            let err = ok(&yaml).expect_err(expect);
+            assert!(err.to_string().contains(expect), "{expect}: {err}");
+        }
     }
 
     /// `storage.s3` as the issue shows it; unknown keys, credentials in the

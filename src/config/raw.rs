@@ -68,6 +68,8 @@ pub struct RawConfig {
     /// Air-gap imports (`portcullis import`).
     #[serde(default)]
     pub airgap: RawAirgap,
+    /// Replicas on one bucket that know each other (`cluster.peers`).
+    pub cluster: Option<super::cluster::RawCluster>,
 }
 
 /// `airgap:`.

@@ -30,7 +30,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-fn one_secret(
+pub(super) fn one_secret(
     what: &str,
     inline: Option<String>,
     file: Option<&Path>,

@@ -29,7 +29,7 @@ use crate::oci::Digest;
 use crate::oci::material::{self, MaterialKind};
 use crate::store::GrantScope;
 use crate::store::spool::{self, ChunkStream, ReadError};
-use crate::store::{BlobWriter, Join, Spool};
+use crate::store::{BlobWriter, Join, Spool, SpoolWriter};
 use crate::telemetry::CacheOutcome;
 use crate::upstream::BlobResponse;
 use crate::verify::{BlobVerifier, DigestMatched, IntegrityError};
@@ -206,7 +206,7 @@ impl Proxy {
     /// leader fetches from this repository; a follower of another
     /// repository's download must show the blob is here too.
     async fn download(&self, target: &Target, digest: &Digest) -> Result<(Arc<Spool<Error>>, CacheOutcome), Error> {
-        let (spool, cache) = self.join_download(target, digest).await?;
+        let (spool, cache) = self.join_download(target, digest, PeerRoute::MayRelay).await?;
         match cache {
             CacheOutcome::Miss => self.record_presence(target, digest),
             _ => self.ensure_blob_present(target, digest).await?,
@@ -214,10 +214,11 @@ impl Proxy {
         Ok((spool, cache))
     }
 
-    async fn join_download(
+    pub(super) async fn join_download(
         &self,
         target: &Target,
         digest: &Digest,
+        route: PeerRoute,
     ) -> Result<(Arc<Spool<Error>>, CacheOutcome), Error> {
         let joined = self.flights.join(digest).await.inspect_err(|busy| {
             self.metrics.cold_download_refused();
@@ -232,6 +233,7 @@ impl Proxy {
                     target: target.clone(),
                     digest: digest.clone(),
                     metrics: self.metrics.clone(),
+                    cluster: self.cluster.clone().filter(|_| route == PeerRoute::MayRelay),
                 };
                 let in_flight = self.metrics.download_started();
                 self.downloads.spawn(async move {
@@ -274,7 +276,7 @@ impl Proxy {
 
 /// The `Content-Length` of a response that follows a download: the
 /// upstream's length once it started, streamed with the last byte held back.
-async fn response_size(spool: &Spool<Error>) -> Result<u64, Error> {
+pub(super) async fn response_size(spool: &Spool<Error>) -> Result<u64, Error> {
     let mut rx = spool.subscribe();
     match spool::wait_started(&mut rx).await.map_err(read_error)? {
         Some(size) if size > 0 => Ok(size),
@@ -344,6 +346,16 @@ fn serve(
     })
 }
 
+/// The whole of a blob whose size is known, from its spool.
+pub(super) fn serve_spool(spool: &Arc<Spool<Error>>, size: u64, cache: CacheOutcome) -> BlobServed {
+    BlobServed {
+        size,
+        range: None,
+        body: Some(BlobBody::new(spool::read_range(spool.clone(), 0, size), size)),
+        cache,
+    }
+}
+
 fn read_error(e: ReadError<Error>) -> Error {
     match e {
         ReadError::Failed(e) => e,
@@ -360,6 +372,17 @@ const FOLLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(30 * 60
 /// Longest pause between two looks at a followed download.
 const FOLLOW_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Whether a download may stream from the replica leading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PeerRoute {
+    /// A client's request: relay from the leading replica, if it is another.
+    MayRelay,
+    /// A peer's request: this replica was asked because it leads; it never
+    /// passes the request on (two replicas with different peer lists
+    /// would otherwise ask each other).
+    Local,
+}
+
 /// The leader's download of one blob.
 struct Downloader {
     /// This replica's name in leases.
@@ -368,6 +391,8 @@ struct Downloader {
     target: Target,
     digest: Digest,
     metrics: Arc<crate::telemetry::Metrics>,
+    /// Set when another replica may lead this download (`cluster.peers`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Downloader {
@@ -385,6 +410,17 @@ impl Downloader {
     async fn run(self, spool: &Arc<Spool<Error>>) {
         if !self.store.shared() {
             return self.download(spool).await;
+        }
+        // Replicas that know each other: stream from the one leading this
+        // digest while it downloads.
+        if let Some(leader) = self.peer_leader() {
+            match self.relay(&leader, spool).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.metrics.peer_fallback();
+                    tracing::warn!(digest = %self.digest, error = %e, "leading replica unavailable: coordinating through the bucket's lease");
+                }
+            }
         }
         // Replicas on one bucket: one upstream fetch per blob in total.
         match self.lead_or_follow(spool).await {
@@ -453,6 +489,58 @@ impl Downloader {
         }
     }
 
+    /// The replica leading this digest, if it is another one.
+    fn peer_leader(&self) -> Option<crate::config::PeerAddr> {
+        match self.cluster.as_ref()?.blob_leader(&self.digest) {
+            crate::cluster::Leader::Peer(p) => Some(p.clone()),
+            crate::cluster::Leader::Me => None,
+        }
+    }
+
+    /// Stream the blob from `leader` into the spool, hashing it here too,
+    /// without committing (the leader commits it to the bucket). `Err`
+    /// only when the leader could not be asked: nothing was streamed, and
+    /// the caller coordinates through the bucket instead.
+    async fn relay(
+        &self,
+        leader: &crate::config::PeerAddr,
+        spool: &Arc<Spool<Error>>,
+    ) -> Result<(), crate::cluster::PeerError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let body = cluster
+            .client()
+            .blob(
+                leader,
+                self.target.registry.host(),
+                &self.target.repo,
+                &self.digest,
+                self.metrics.peer_bytes(),
+            )
+            .await?;
+        let (store, d, length) = (self.store.clone(), self.digest.clone(), body.length);
+        let relay = blocking(move || {
+            let mut relay = store.relay_file(&d)?;
+            if let Some(len) = length.filter(|&len| len > 0) {
+                crate::store::SpoolWriter::reserve(&mut relay, len)?;
+            }
+            Ok(relay)
+        });
+        let streamed = match relay.await {
+            Ok(relay) => self.stream(spool, body, relay).await,
+            Err(e) => Err(e),
+        };
+        match streamed {
+            Ok((proof, _relay)) => {
+                spool.complete(&proof);
+                tracing::debug!(digest = %self.digest, %leader, "blob streamed from the leading replica and verified");
+            }
+            Err(e) => self.failed(spool, e, &leader.to_string()),
+        }
+        Ok(())
+    }
+
     async fn download(&self, spool: &Arc<Spool<Error>>) {
         match self.fetch(spool).await {
             Ok((proof, writer)) => {
@@ -475,31 +563,33 @@ impl Downloader {
                     Err(e) => tracing::warn!(digest = %self.digest, error = %e, "verified blob could not be stored"),
                 }
             }
-            Err(e) => {
-                if let Error::Integrity { source, .. } = &e {
-                    self.metrics.integrity_failure(IntegrityKind::Blob);
-                    let (expected, actual) = match source {
-                        IntegrityError::DigestMismatch { expected, actual } => {
-                            (expected.to_string(), actual.to_string())
-                        }
-                        other => (self.digest.to_string(), other.to_string()),
-                    };
-                    tracing::warn!(upstream = %self.target.registry.host(), repo = %self.target.repo, %expected, %actual,
-                        "blob integrity failure: download aborted, nothing stored");
-                } else {
-                    tracing::warn!(upstream = %self.target.registry.host(), repo = %self.target.repo, digest = %self.digest,
-                        error = %e, "blob download failed");
-                }
-                spool.fail(e);
-            }
+            Err(e) => self.failed(spool, e, self.target.registry.host().as_str()),
         }
+    }
+
+    /// The download from `source` (the upstream, or the replica it was
+    /// relayed from) failed: count an integrity failure, tell the followers.
+    fn failed(&self, spool: &Arc<Spool<Error>>, e: Error, source: &str) {
+        if let Error::Integrity { source: why, .. } = &e {
+            self.metrics.integrity_failure(IntegrityKind::Blob);
+            let (expected, actual) = match why {
+                IntegrityError::DigestMismatch { expected, actual } => (expected.to_string(), actual.to_string()),
+                other => (self.digest.to_string(), other.to_string()),
+            };
+            tracing::warn!(upstream = %self.target.registry.host(), %source, repo = %self.target.repo, %expected, %actual,
+                "blob integrity failure: download aborted, nothing stored");
+        } else {
+            tracing::warn!(upstream = %self.target.registry.host(), %source, repo = %self.target.repo, digest = %self.digest,
+                error = %e, "blob download failed");
+        }
+        spool.fail(e);
     }
 
     /// Stream the upstream body to two threads, one hashing and one writing
     /// the temp file (each fed the same `Bytes`, no copies). Returns the
     /// hash's proof with the fully written file, ready to commit.
     async fn fetch(&self, spool: &Arc<Spool<Error>>) -> Result<(DigestMatched, BlobWriter), Error> {
-        let mut upstream = self.target.registry.get_blob(&self.target.repo, &self.digest).await?;
+        let upstream = self.target.registry.get_blob(&self.target.repo, &self.digest).await?;
         let (store, d, length) = (self.store.clone(), self.digest.clone(), upstream.length);
         let writer = blocking(move || {
             let mut writer = store.blobs.writer(&d)?;
@@ -510,6 +600,18 @@ impl Downloader {
             Ok(writer)
         })
         .await?;
+        self.stream(spool, upstream, writer).await
+    }
+
+    /// Publish `source`'s chunks to the spool while one thread hashes them
+    /// and another writes them through `writer`. Returns the proof with the
+    /// fully written `writer`.
+    async fn stream<W: SpoolWriter>(
+        &self,
+        spool: &Arc<Spool<Error>>,
+        mut upstream: BlobResponse,
+        writer: W,
+    ) -> Result<(DigestMatched, W), Error> {
         let reader = writer.reader().map_err(|e| Error::Store(Arc::new(e)))?;
         spool.start(reader, upstream.length);
 
@@ -606,7 +708,7 @@ fn hash_all(
 /// The writing thread: append to the temp file and publish how much is
 /// written (for readers that fell out of the in-memory window). Returns the writer for the commit; an early return
 /// drops it, deleting the temp file.
-fn write_all(mut rx: mpsc::Receiver<Bytes>, mut writer: BlobWriter, spool: &Spool<Error>) -> Result<BlobWriter, Error> {
+fn write_all<W: SpoolWriter>(mut rx: mpsc::Receiver<Bytes>, mut writer: W, spool: &Spool<Error>) -> Result<W, Error> {
     let mut written = 0u64;
     while let Some(chunk) = rx.blocking_recv() {
         writer.write(&chunk).map_err(|e| Error::Store(Arc::new(e)))?;
@@ -650,6 +752,13 @@ impl BlobBody {
             following: None,
             held: None,
         }
+    }
+}
+
+impl BlobBody {
+    /// Keep the stored blob from eviction while this body reads it.
+    pub(super) fn hold(&mut self, held: crate::store::InUse) {
+        self.held = Some(held);
     }
 }
 

@@ -32,6 +32,10 @@ pub enum Error {
     /// the client should retry.
     #[error("too many concurrent {what}; retry later")]
     Overloaded { what: &'static str },
+    /// A peer replica asked this one for work another replica leads (their
+    /// peer lists differ).
+    #[error("this replica does not lead {what}; check that every replica has the same cluster.peers")]
+    NotLeader { what: String },
     #[error("local store: {0}")]
     Store(Arc<StoreError>),
     #[error("internal error: {0}")]

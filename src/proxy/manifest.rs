@@ -296,23 +296,8 @@ impl Proxy {
         accept: &HeaderValue,
     ) -> Result<(Digest, Option<VerifiedManifest>), Error> {
         let reference = Reference::Tag(tag.clone());
-        let key = (
-            target.registry.host().clone(),
-            target.repo.clone(),
-            tag.clone(),
-            accept.as_bytes().to_vec(),
-        );
-        let (registry, repo, asked, accept_owned) = (
-            target.registry.clone(),
-            target.repo.clone(),
-            reference.clone(),
-            accept.clone(),
-        );
         let head = self
-            .tag_heads
-            .run(key, move || async move {
-                registry.head_manifest(&repo, &asked, &accept_owned).await
-            })
+            .head_tag(target, tag, accept, super::blob::PeerRoute::MayRelay)
             .await;
         let (digest, fetched) = match head {
             Ok(upstream::ManifestHead { digest: Some(d), .. }) => (d, None),

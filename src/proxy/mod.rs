@@ -11,6 +11,7 @@ mod error;
 mod evidence;
 mod manifest;
 pub mod offline;
+mod peers;
 mod referrers;
 mod tags;
 
@@ -70,6 +71,9 @@ pub struct Proxy {
     downloads: tokio_util::task::TaskTracker,
     /// This replica's name in download leases (shared stores only).
     replica: Arc<str>,
+    /// The other replicas, with `cluster.peers`: blobs stream from the one
+    /// leading their download, tags resolve on the one leading them.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     gate: Gate,
     metrics: Arc<Metrics>,
 }
@@ -95,6 +99,8 @@ pub enum StartError {
         "no signature policy in {0}: give --policies DIR, or --integrity-only to serve anything that matches its digest"
     )]
     NoPolicy(std::path::PathBuf),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot open the audit log {path}: {source}")]
     AuditLog {
         path: std::path::PathBuf,
@@ -168,6 +174,10 @@ impl Proxy {
         // the gauge current from here on.
         metrics.store_bytes_changed(i64::try_from(store.blob_bytes()).unwrap_or(i64::MAX));
         let limits = config.proxy_limits;
+        let cluster = crate::cluster::Cluster::from_config(&config)?.map(Arc::new);
+        if let Some(c) = &cluster {
+            tracing::info!(me = %c.me(), peers = c.peers().len(), "cluster: blobs and tags are led by one replica each");
+        }
         Ok(Arc::new_cyclic(|me| Proxy {
             me: me.clone(),
             config,
@@ -180,6 +190,7 @@ impl Proxy {
             tag_heads: coalesce::Coalesce::new(),
             downloads: tokio_util::task::TaskTracker::new(),
             replica: replica_name(),
+            cluster,
             gate,
             metrics,
         }))

@@ -36,6 +36,11 @@ pub async fn serve<B>(
         Err(e) => return Err(e.into()),
     };
     record.cache = served.cache;
+    respond(digest, served)
+}
+
+/// The response for `served` (status, length, range, digest headers).
+pub(super) fn respond(digest: &Digest, served: proxy::BlobServed) -> Result<Response<ResponseBody>, ApiError> {
     let (status, len) = match served.range {
         Some(slice) => (StatusCode::PARTIAL_CONTENT, slice.length()),
         None => (StatusCode::OK, served.size),

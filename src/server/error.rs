@@ -65,6 +65,18 @@ impl ApiError {
         a
     }
 
+    /// A peer request without the cluster key (`401`, no challenge: no
+    /// client is meant to log in here).
+    pub fn peer_unauthorized() -> ApiError {
+        let mut a = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "replica-to-replica endpoint: the cluster key is required",
+        );
+        a.warn = true;
+        a
+    }
+
     /// A `/token` request that cannot be served (`400`).
     pub fn bad_token_request(message: &str) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", message)
@@ -227,6 +239,11 @@ impl From<proxy::Error> for ApiError {
                 let mut a = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
                 let seconds = busy.waited.as_secs().max(1);
                 a.retry_after = Some(HeaderValue::from(seconds));
+                a.warn = true;
+                a
+            }
+            proxy::Error::NotLeader { .. } => {
+                let mut a = ApiError::new(StatusCode::MISDIRECTED_REQUEST, "UNSUPPORTED", message);
                 a.warn = true;
                 a
             }

@@ -13,6 +13,7 @@ mod error;
 mod gate;
 mod listen;
 mod manifests;
+mod peers;
 mod preface_deadline;
 mod referrers;
 mod reload;
@@ -151,6 +152,10 @@ where
         proxy.config(),
         proxy.registries(),
     )? {
+        Route::Peer(request) => {
+            record.route = RouteKind::Peer;
+            peers::serve(proxy, req, request, record).await
+        }
         Route::Token => {
             record.route = RouteKind::Token;
             token::serve(ctx, req, body, record).await

@@ -46,6 +46,8 @@ pub enum Route {
     Base,
     /// `/token`: the registry token endpoint (with `auth:`).
     Token,
+    /// `/_portcullis/cluster/v1/…`: another replica asks this one.
+    Peer(PeerRequest),
     /// A repository endpoint with its resolved upstream.
     Repo {
         endpoint: Endpoint,
@@ -53,6 +55,50 @@ pub enum Route {
         /// Set for `?ns=` requests: the namespace to echo.
         namespace: Option<RegistryHost>,
     },
+}
+
+/// A replica's request to the one leading a blob or a tag. Names are the
+/// upstream's (the asking replica already mapped them).
+#[derive(Debug, PartialEq, Eq)]
+pub enum PeerRequest {
+    Blob {
+        upstream: RegistryHost,
+        repo: RepoName,
+        digest: Digest,
+    },
+    Tag {
+        upstream: RegistryHost,
+        repo: RepoName,
+        tag: crate::oci::Tag,
+    },
+}
+
+fn peer_request(method: &Method, path: &str, query: Option<&str>) -> Result<Option<PeerRequest>, ApiError> {
+    use crate::cluster::client::{BLOB_PATH, TAG_PATH};
+    if path != BLOB_PATH && path != TAG_PATH {
+        return Ok(None);
+    }
+    if method != Method::GET {
+        return Err(ApiError::method_not_allowed(method));
+    }
+    let param = |key: &str| {
+        query_param(query, key).ok_or_else(|| ApiError::unsupported(&format!("peer request without `{key}`")))
+    };
+    let upstream: RegistryHost = param("upstream")?.parse().map_err(ApiError::bad_name)?;
+    let repo: RepoName = param("repo")?.parse().map_err(ApiError::bad_name)?;
+    Ok(Some(if path == BLOB_PATH {
+        PeerRequest::Blob {
+            upstream,
+            repo,
+            digest: param("digest")?.parse().map_err(ApiError::bad_digest)?,
+        }
+    } else {
+        PeerRequest::Tag {
+            upstream,
+            repo,
+            tag: param("tag")?.parse().map_err(ApiError::bad_name)?,
+        }
+    }))
 }
 
 /// The raw pieces of a `/v2/<name>/...` path, before routing.
@@ -133,6 +179,9 @@ pub fn parse(
 ) -> Result<Route, ApiError> {
     if path == "/token" {
         return Ok(Route::Token);
+    }
+    if let Some(peer) = peer_request(method, path, query)? {
+        return Ok(Route::Peer(peer));
     }
     let Some(rest) = path.strip_prefix("/v2") else {
         return Err(ApiError::not_found_route(path));

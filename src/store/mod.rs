@@ -28,6 +28,7 @@ pub mod grants;
 pub mod imports;
 pub mod lease;
 pub mod manifests;
+pub mod relay;
 pub mod spool;
 pub mod tags;
 pub mod usage;
@@ -44,6 +45,7 @@ pub use flight::{Busy, Flights, Join};
 pub use grants::{Grant, GrantKey, GrantScope, GrantStore};
 pub use lease::{Lease, LeaseState};
 pub use manifests::ManifestStore;
+pub use relay::{RelayFile, SpoolWriter};
 pub use spool::{Spool, SpoolState};
 pub use tags::TagStore;
 pub use usage::{Evicted, InUse, Usage, UsageStats};
@@ -99,6 +101,8 @@ pub struct Store {
     /// The watch's observations (in the backend) and queues (local files).
     pub watch: WatchStore,
     backend: Arc<dyn Backend>,
+    /// Spool files (local even with a bucket).
+    tmp: PathBuf,
 }
 
 /// How to open the store.
@@ -191,8 +195,9 @@ impl Store {
             imports: imports::Imports::new(backend.clone()),
             usage: Arc::new(usage),
             max_bytes: options.max_bytes,
-            watch: WatchStore::new(backend.clone(), data_dir.join("watch"), tmp),
+            watch: WatchStore::new(backend.clone(), data_dir.join("watch"), tmp.clone()),
             backend,
+            tmp,
         })
     }
 
@@ -301,6 +306,12 @@ impl Store {
     /// beside them and not counted.
     pub fn blob_bytes(&self) -> u64 {
         self.usage.total()
+    }
+
+    /// A spool file for `digest` streamed from the replica that leads its
+    /// download (and commits it): removed when dropped, never committed.
+    pub fn relay_file(&self, digest: &Digest) -> Result<RelayFile, StoreError> {
+        RelayFile::create(&self.tmp, digest)
     }
 
     /// The download lease of `digest` (replicas on one bucket): see [`lease`].

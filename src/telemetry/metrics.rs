@@ -41,6 +41,8 @@ pub enum RouteKind {
     Referrers,
     /// The token endpoint of client authentication.
     Token,
+    /// A replica's request to another (`cluster.peers`).
+    Peer,
     /// Refused before a route was known (bad path, writes, unknown host).
     Unrouted,
 }
@@ -54,6 +56,7 @@ impl RouteKind {
             RouteKind::Tags => "tags",
             RouteKind::Referrers => "referrers",
             RouteKind::Token => "token",
+            RouteKind::Peer => "peer",
             RouteKind::Unrouted => "unrouted",
         }
     }
@@ -378,6 +381,8 @@ pub struct Metrics {
     store_bytes: Gauge,
     store_limit: Gauge,
     store_evictions: Counter,
+    peer_bytes: Counter,
+    peer_fallbacks: Counter,
     auth_failures: Family<ReasonLabels, Counter>,
     connections_refused: Family<CapLabels, Counter>,
     policy_info: Family<PolicyLabels, Gauge>,
@@ -423,6 +428,8 @@ impl Metrics {
             store_bytes: Gauge::default(),
             store_limit: Gauge::default(),
             store_evictions: Counter::default(),
+            peer_bytes: Counter::default(),
+            peer_fallbacks: Counter::default(),
             auth_failures: Family::default(),
             connections_refused: Family::default(),
             policy_info: Family::default(),
@@ -511,6 +518,17 @@ impl Metrics {
             "store_evictions",
             "Blobs evicted from the store to stay under its size cap",
             m.store_evictions.clone(),
+        );
+        r.register_with_unit(
+            "cluster_peer_received",
+            "Blob bytes streamed from the replica leading their download (cluster.peers)",
+            Unit::Bytes,
+            m.peer_bytes.clone(),
+        );
+        r.register(
+            "cluster_peer_fallbacks",
+            "Blob downloads and tag resolutions the leading replica could not take, done here instead",
+            m.peer_fallbacks.clone(),
         );
         r.register(
             "auth_failures",
@@ -642,6 +660,16 @@ impl Metrics {
     /// Counts one following response until the guard drops.
     pub fn follower_joined(&self) -> GaugeGuard {
         GaugeGuard::new(&self.download_followers)
+    }
+
+    /// The counter a blob body from a peer replica adds its bytes to.
+    pub fn peer_bytes(&self) -> Counter {
+        self.peer_bytes.clone()
+    }
+
+    /// A leading replica could not be asked: this one did the work.
+    pub fn peer_fallback(&self) {
+        self.peer_fallbacks.inc();
     }
 
     pub fn cold_download_refused(&self) {

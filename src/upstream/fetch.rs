@@ -41,6 +41,25 @@ pub struct BlobResponse {
 }
 
 impl BlobResponse {
+    /// A blob body from another replica of this proxy (`cluster.peers`):
+    /// the same idle timeout and errors as an upstream's, counted in
+    /// `fetched` (the peer bytes counter, not the upstream one).
+    pub fn from_peer(
+        peer: String,
+        length: Option<u64>,
+        body: Incoming,
+        idle_timeout: Duration,
+        fetched: prometheus_client::metrics::counter::Counter,
+    ) -> BlobResponse {
+        BlobResponse {
+            host: peer,
+            length,
+            body: BlobSource::Network(body),
+            idle_timeout,
+            fetched,
+        }
+    }
+
     /// The next chunk, `None` at the end. Fails if no byte arrives within the
     /// idle timeout or the connection breaks.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {

@@ -9,13 +9,18 @@
 //! - eight concurrent pulls of one cold image spread over three replicas
 //!   cost exactly one upstream GET per blob (download leases);
 //! - a replica killed (`kill -9`) mid-download: the pull retried on another
-//!   replica completes, with at most one more upstream fetch.
+//!   replica completes, with at most one more upstream fetch;
+//! - with `cluster.peers` (`peers.rs`): every replica streams a cold blob
+//!   while the leading replica downloads it, and concurrent resolutions of
+//!   a tag on all replicas share one upstream `HEAD`.
 //!
 //! Upstreams: the real CNCF Distribution registry (signed images, skopeo),
 //! and the in-process fake registry where upstream GETs are counted.
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod peers;
 
 use std::time::Duration;
 

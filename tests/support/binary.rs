@@ -54,6 +54,20 @@ pub async fn serve_with_env(
     env: &[(&str, String)],
 ) -> Served {
     let listen = format!("127.0.0.1:{}", free_port());
+    serve_at(&listen, upstream, data, store, extra, env).await
+}
+
+/// Like [`serve_with_env`], listening on `listen` (a port chosen before:
+/// replicas that list each other in their configuration).
+pub async fn serve_at(
+    listen: &str,
+    upstream: &str,
+    data: tempfile::TempDir,
+    store: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> Served {
+    let listen = listen.to_owned();
     let admin = format!("127.0.0.1:{}", free_port());
     let log = data.path().join(format!("portcullis-{}.log", free_port()));
     let stderr = std::fs::File::create(&log).expect("log file");

@@ -76,6 +76,39 @@ where
     Resp { status, headers, body }
 }
 
+/// GET `url`, also returning how long after the request the first body
+/// byte arrived (`None`: no byte did).
+pub async fn get_timed(url: &str) -> (Resp, Option<std::time::Duration>) {
+    let started = std::time::Instant::now();
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::builder().uri(url).body(Empty::new()).expect("request");
+    let resp = client.request(req).await.expect("response headers");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let mut body = resp.into_body();
+    let (mut bytes, mut first, mut failed) = (Vec::new(), None, None);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() && first.is_none() {
+                        first = Some(started.elapsed());
+                    }
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            Err(e) => {
+                failed = Some(format!("{e:?}"));
+                break;
+            }
+        }
+    }
+    let body = match failed {
+        Some(e) => Err(e),
+        None => Ok(Bytes::from(bytes)),
+    };
+    (Resp { status, headers, body }, first)
+}
+
 pub async fn get(url: &str) -> Resp {
     request(Method::GET, url, &[]).await
 }

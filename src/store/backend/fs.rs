@@ -241,11 +241,7 @@ impl BlobSink for FsSink {
     /// left alone (`KEEP_SIZE`), so a partial file never looks whole.
     fn reserve(&mut self, len: u64) -> Result<(), StoreError> {
         let Some(f) = &self.file else { return Ok(()) };
-        match rustix::fs::fallocate(f, rustix::fs::FallocateFlags::KEEP_SIZE, 0, len) {
-            // Filesystems without fallocate allocate as the bytes arrive.
-            Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
-            r => r.map_err(|e| io_err("allocate", &self.tmp_path)(e.into())),
-        }
+        super::allocate(f, len).map_err(io_err("allocate", &self.tmp_path))
     }
 
     fn write(&mut self, chunk: &Bytes) -> Result<(), StoreError> {

@@ -202,6 +202,16 @@ pub(super) fn create_part_file(
     Ok((file, path))
 }
 
+/// Allocate `len` bytes of a spool file up front (one extent; a full disk
+/// shows before the download, not in its middle). Filesystems without
+/// fallocate allocate as the bytes arrive.
+pub(super) fn allocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, len) {
+        Err(rustix::io::Errno::OPNOTSUPP) | Ok(()) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Where the store's bytes live.
 pub trait Backend: Send + Sync + Debug {
     /// Whether other processes may share this storage (replicas on one

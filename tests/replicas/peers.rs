@@ -1,0 +1,163 @@
+//! `cluster.peers`: replicas that know each other stream a cold blob from
+//! the replica leading its download while it arrives (without peers they
+//! wait for the committed object), and share one upstream `HEAD` per tag.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use super::support::binary::{self, Served};
+use super::support::client;
+use super::support::fake::{FakeRegistry, Fault};
+use super::support::images::oci_image;
+use super::support::s3::S3Server;
+use super::{ACCEPT, BUCKET, base, get_manifest};
+
+/// `n` replicas on `prefix` of the bucket, listing each other in
+/// `cluster.peers` when `peers` is set.
+async fn cluster(
+    n: usize,
+    upstream: &str,
+    s3: &S3Server,
+    prefix: &str,
+    peers: bool,
+) -> (Vec<Served>, tempfile::TempDir) {
+    let work = tempfile::tempdir().expect("work dir");
+    let listens: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", binary::free_port())).collect();
+    let mut yaml = s3.storage_yaml(BUCKET, prefix, None);
+    if peers {
+        let key = work.path().join("cluster.key");
+        std::fs::write(&key, "a-secret-the-replicas-share-0123456789\n").expect("key");
+        yaml.push_str(&format!(
+            "cluster:\n  peers: [{}]\n  keyFile: {}\n",
+            listens.join(", "),
+            key.display()
+        ));
+    }
+    let config = work.path().join("config.yaml");
+    std::fs::write(&config, yaml).expect("config");
+    let config = config.to_string_lossy().into_owned();
+    let flags = ["--config", config.as_str(), "--integrity-only"];
+    let mut out = Vec::new();
+    for (i, listen) in listens.iter().enumerate() {
+        let logs = tempfile::tempdir().expect("logs");
+        let data = work.path().join(format!("replica{i}"));
+        out.push(binary::serve_at(listen, upstream, logs, &data, &flags, &s3.env()).await);
+    }
+    (out, work)
+}
+
+/// Every replica asked for one cold layer at once: when did each client
+/// get its first byte, and how long did the slowest take in all?
+async fn first_bytes_of_a_cold_layer(peers: bool) -> (Vec<Duration>, Duration, usize) {
+    let fake = FakeRegistry::start().await;
+    let image = oci_image(&[4 << 20], 1040 + u64::from(peers));
+    fake.put_image("test/relay", "v1", &image);
+    let layer = image.layers[0].clone();
+    // 64 frames of 64 KiB, 40 ms apart: about 2.6 s upstream.
+    fake.set_fault(
+        &layer.digest,
+        Fault::SlowBody {
+            delay: Duration::from_millis(40),
+        },
+    );
+    let s3 = S3Server::start(&[BUCKET]);
+    let (rs, _work) = cluster(3, &fake.url(), &s3, "relay/", peers).await;
+    let m = get_manifest(&rs[0], "test/relay", "v1").await;
+    assert_eq!(m.status, StatusCode::OK, "{}", rs[0].log_text());
+
+    let started = std::time::Instant::now();
+    let pulls: Vec<_> = rs
+        .iter()
+        .map(|r| {
+            let url = format!("{}/v2/test/relay/blobs/{}", base(r), layer.digest);
+            tokio::spawn(async move { client::get_timed(&url).await })
+        })
+        .collect();
+    let mut firsts = Vec::new();
+    for (i, p) in pulls.into_iter().enumerate() {
+        let (resp, first) = p.await.expect("pull");
+        assert_eq!(resp.status, StatusCode::OK, "replica {i}: {}", rs[i].log_text());
+        assert_eq!(resp.bytes(), layer.bytes, "replica {i}: the layer, byte for byte");
+        firsts.push(first.expect("a first byte"));
+    }
+    let all = started.elapsed();
+    (firsts, all, fake.blob_gets("test/relay", &layer.digest))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_peers_every_replica_streams_a_cold_blob_while_the_leader_downloads_it() {
+    // Control: without peers, the replicas that do not hold the lease wait
+    // for the committed object, so some client's first byte comes only
+    // after the whole download.
+    let (firsts, all, gets) = first_bytes_of_a_cold_layer(false).await;
+    eprintln!("without peers: first bytes {firsts:?}, all done {all:?}, {gets} upstream GET(s)");
+    assert_eq!(gets, 1, "the lease alone already fetches once");
+    let latest = firsts.iter().max().copied().unwrap_or_default();
+    assert!(
+        latest > Duration::from_millis(2000),
+        "without peers a follower should see nothing before the commit: {firsts:?}"
+    );
+
+    let (firsts, all, gets) = first_bytes_of_a_cold_layer(true).await;
+    eprintln!("with peers: first bytes {firsts:?}, all done {all:?}, {gets} upstream GET(s)");
+    assert_eq!(gets, 1, "one upstream GET across the three replicas");
+    for (i, first) in firsts.iter().enumerate() {
+        assert!(
+            *first < Duration::from_millis(1200),
+            "replica {i} streamed its first byte only after {first:?} (all done in {all:?}): {firsts:?}"
+        );
+    }
+}
+
+/// Nine concurrent resolutions of one tag, three per replica: how many
+/// upstream `HEAD`s did they cost?
+async fn heads_for_nine_resolutions(peers: bool) -> (usize, Vec<Served>, FakeRegistry, String, S3Server) {
+    let fake = FakeRegistry::start().await;
+    let image = oci_image(&[1 << 10], 1050);
+    fake.put_image("test/tags", "v1", &image);
+    // The HEAD takes long enough that every resolution starts while it runs.
+    fake.set_fault(
+        "v1",
+        Fault::SlowHeaders {
+            delay: Duration::from_millis(800),
+        },
+    );
+    let s3 = S3Server::start(&[BUCKET]);
+    let (rs, _work) = cluster(3, &fake.url(), &s3, "tags/", peers).await;
+    let asks: Vec<_> = (0..9)
+        .map(|i| {
+            let url = format!("{}/v2/test/tags/manifests/v1", base(&rs[i % 3]));
+            tokio::spawn(async move { client::request(http::Method::GET, &url, &[("accept", ACCEPT)]).await })
+        })
+        .collect();
+    for (i, a) in asks.into_iter().enumerate() {
+        let resp = a.await.expect("resolution");
+        assert_eq!(resp.status, StatusCode::OK, "ask {i}: {}", rs[i % 3].log_text());
+        assert_eq!(resp.bytes(), image.manifest.bytes);
+    }
+    let heads = fake.manifest_requests("HEAD", "test/tags", "v1");
+    (heads, rs, fake, image.layers[0].digest.to_string(), s3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_peers_concurrent_tag_resolutions_share_one_upstream_head() {
+    // Control: each replica shares its HEAD among its own requests only.
+    let (heads, ..) = heads_for_nine_resolutions(false).await;
+    assert_eq!(heads, 3, "without peers: one upstream HEAD per replica");
+
+    let (heads, rs, fake, layer, _s3) = heads_for_nine_resolutions(true).await;
+    assert_eq!(heads, 1, "nine resolutions over three replicas: one upstream HEAD");
+
+    // The internal endpoints want the cluster key: without it, nothing.
+    let peer_url = format!(
+        "{}/_portcullis/cluster/v1/blob?upstream={}&repo=test/tags&digest={}",
+        base(&rs[0]),
+        fake.host(),
+        layer
+    );
+    let refused = client::get(&peer_url).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{:?}", refused.body);
+    let wrong = client::request(http::Method::GET, &peer_url, &[("authorization", "Bearer not-the-key")]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+}
