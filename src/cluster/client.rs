@@ -35,6 +35,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A tag answer is a few hundred bytes.
 const MAX_TAG_ANSWER: usize = 16 * 1024;
+/// How long an unreachable peer is left alone.
+const DOWN_FOR: Duration = Duration::from_secs(5);
 
 /// Why a peer could not answer. The caller then does the work itself (a
 /// lease on the bucket, its own HEAD): a peer never makes a pull fail that
@@ -83,6 +85,10 @@ impl From<&ManifestHead> for TagAnswer {
 /// The client, with the key it presents.
 pub struct PeerClient {
     http: PeerHttp,
+    /// Peers that could not be reached, until when they are not asked
+    /// again: a dead replica's address would otherwise cost every request
+    /// a connect timeout before its fallback.
+    down: std::sync::Mutex<std::collections::HashMap<PeerAddr, std::time::Instant>>,
     scheme: &'static str,
     key: Secret,
     body_idle_timeout: Duration,
@@ -136,6 +142,7 @@ impl PeerClient {
             http: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
                 .build(https),
+            down: std::sync::Mutex::new(std::collections::HashMap::new()),
             scheme: if tls { "https" } else { "http" },
             key,
             body_idle_timeout,
@@ -203,6 +210,46 @@ impl PeerClient {
     }
 
     async fn get(
+        &self,
+        peer: &PeerAddr,
+        path: &str,
+        query: &str,
+        accept: Option<&HeaderValue>,
+    ) -> Result<http::Response<hyper::body::Incoming>, PeerError> {
+        let unreachable = |message: String| PeerError::Unreachable {
+            peer: peer.clone(),
+            message,
+        };
+        if let Some(until) = self.down_until(peer) {
+            return Err(unreachable(format!(
+                "unreachable a moment ago; asked again in {:?}",
+                until.saturating_duration_since(std::time::Instant::now())
+            )));
+        }
+        let sent = self.send(peer, path, query, accept).await;
+        if let Err(PeerError::Unreachable { .. }) = &sent {
+            self.lock_down()
+                .insert(peer.clone(), std::time::Instant::now() + DOWN_FOR);
+        }
+        sent
+    }
+
+    fn lock_down(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PeerAddr, std::time::Instant>> {
+        self.down.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// When `peer` may be asked again, if it was unreachable recently.
+    fn down_until(&self, peer: &PeerAddr) -> Option<std::time::Instant> {
+        let mut down = self.lock_down();
+        let until = *down.get(peer)?;
+        if until <= std::time::Instant::now() {
+            down.remove(peer);
+            return None;
+        }
+        Some(until)
+    }
+
+    async fn send(
         &self,
         peer: &PeerAddr,
         path: &str,

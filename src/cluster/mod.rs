@@ -113,7 +113,7 @@ impl Cluster {
 
     /// The replica that downloads `digest` for all.
     pub fn blob_leader(&self, digest: &Digest) -> Leader<'_> {
-        self.leader(format!("blob\0{digest}").as_bytes())
+        self.leader(&blob_key(digest))
     }
 
     /// The replica that resolves `tag` of `repo` on `upstream` for all.
@@ -121,6 +121,15 @@ impl Cluster {
         self.leader(format!("tag\0{upstream}\0{repo}\0{tag}").as_bytes())
     }
 }
+
+/// What the ring hashes for a blob (public so that operators' tools and
+/// tests can tell which replica leads a digest: [`ring::leader`] over the
+/// sorted peer list).
+pub fn blob_key(digest: &Digest) -> Vec<u8> {
+    format!("blob\0{digest}").into_bytes()
+}
+
+impl Cluster {}
 
 /// This replica's entry: the one whose port is the listen port and whose
 /// host resolves to the listen address (or, listening on every address, to

@@ -91,7 +91,7 @@ async fn with_peers_every_replica_streams_a_cold_blob_while_the_leader_downloads
     // for the committed object, so some client's first byte comes only
     // after the whole download.
     let (firsts, all, gets) = first_bytes_of_a_cold_layer(false).await;
-    eprintln!("without peers: first bytes {firsts:?}, all done {all:?}, {gets} upstream GET(s)");
+    eprintln!("BENCH without peers: first byte per replica {firsts:?}, all done {all:?}, {gets} upstream GET(s)");
     assert_eq!(gets, 1, "the lease alone already fetches once");
     let latest = firsts.iter().max().copied().unwrap_or_default();
     assert!(
@@ -100,7 +100,7 @@ async fn with_peers_every_replica_streams_a_cold_blob_while_the_leader_downloads
     );
 
     let (firsts, all, gets) = first_bytes_of_a_cold_layer(true).await;
-    eprintln!("with peers: first bytes {firsts:?}, all done {all:?}, {gets} upstream GET(s)");
+    eprintln!("BENCH with cluster.peers: first byte per replica {firsts:?}, all done {all:?}, {gets} upstream GET(s)");
     assert_eq!(gets, 1, "one upstream GET across the three replicas");
     for (i, first) in firsts.iter().enumerate() {
         assert!(
@@ -160,4 +160,73 @@ async fn with_peers_concurrent_tag_resolutions_share_one_upstream_head() {
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{:?}", refused.body);
     let wrong = client::request(http::Method::GET, &peer_url, &[("authorization", "Bearer not-the-key")]).await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+}
+
+/// The index in `listens` of the replica leading `digest` (the ring over
+/// the sorted peer list, as every replica computes it).
+fn blob_leader(rs: &[Served], digest: &portcullis::oci::Digest) -> usize {
+    let mut names: Vec<&str> = rs.iter().map(|r| r.listen.as_str()).collect();
+    names.sort_unstable();
+    let i = portcullis::cluster::ring::leader(&names, &portcullis::cluster::blob_key(digest)).expect("a leader");
+    rs.iter().position(|r| r.listen == names[i]).expect("listed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_peers_a_leader_killed_mid_download_leaves_the_blob_to_a_follower() {
+    let fake = FakeRegistry::start().await;
+    let image = oci_image(&[6 << 20], 1060);
+    fake.put_image("test/leader", "v1", &image);
+    let layer = image.layers[0].clone();
+    // ~96 frames of 64 KiB, 40 ms apart: about 4 s for the whole layer.
+    fake.set_fault(
+        &layer.digest,
+        Fault::SlowBody {
+            delay: Duration::from_millis(40),
+        },
+    );
+    let s3 = S3Server::start(&[BUCKET]);
+    let (mut rs, _work) = cluster(3, &fake.url(), &s3, "leader/", true).await;
+    let leader = blob_leader(&rs, &layer.digest);
+    let follower = (leader + 1) % rs.len();
+    let m = get_manifest(&rs[follower], "test/leader", "v1").await;
+    assert_eq!(m.status, StatusCode::OK);
+
+    let url = format!("{}/v2/test/leader/blobs/{}", base(&rs[follower]), layer.digest);
+    let first_url = url.clone();
+    let first = tokio::spawn(async move { client::get_timed(&first_url).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fake.blob_gets("test/leader", &layer.digest) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader never fetched the layer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rs[leader].child.kill().await.expect("kill -9 the leader");
+    let (cut, streamed) = first.await.expect("first pull");
+    assert!(
+        streamed.is_some(),
+        "the follower streamed from the leader before it died"
+    );
+    assert!(
+        cut.body.is_err(),
+        "the response relayed from a killed leader must not complete"
+    );
+
+    // The client retries on the same replica: the leader is gone, its lease
+    // expires, and the follower fetches the layer itself.
+    let started = std::time::Instant::now();
+    let again = client::get(&url).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", rs[follower].log_text());
+    assert_eq!(again.bytes(), layer.bytes);
+    let gets = fake.blob_gets("test/leader", &layer.digest);
+    assert!(
+        gets <= 2,
+        "{gets} upstream GETs: at most one more than the killed leader's"
+    );
+    eprintln!(
+        "BENCH with cluster.peers, the leader killed mid-download: retry done in {:?}, {gets} upstream GETs",
+        started.elapsed()
+    );
 }
