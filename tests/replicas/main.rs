@@ -5,7 +5,8 @@
 //!
 //! - a manifest admitted on one replica lets clients fetch its blobs from
 //!   the others (grants and verdicts live in the bucket), skopeo pulls
-//!   through each replica with the same digests, and ctr through a third;
+//!   through each replica with the same digests, and ctr through a third
+//!   (replicas with `cluster.peers`);
 //! - eight concurrent pulls of one cold image spread over three replicas
 //!   cost exactly one upstream GET per blob (download leases);
 //! - a replica killed (`kill -9`) mid-download: the pull retried on another
@@ -93,7 +94,9 @@ async fn a_manifest_admitted_on_one_replica_serves_its_blobs_on_the_others_and_s
     let policy = policy_dir(&[("a", &key)], RULES);
     let s3 = S3Server::start(&[BUCKET]);
     let policies = policy.path().to_string_lossy().into_owned();
-    let (rs, _work) = replicas(3, &registry.url(), &s3, "", &["--policies", &policies]).await;
+    // The replicas know each other: blobs not led by the replica asked are
+    // streamed from their leader (`peers.rs` compares with and without).
+    let (rs, _work) = peers::cluster_with(3, &registry.url(), &s3, "cache/", true, &["--policies", &policies]).await;
 
     // Control: before any replica admitted the manifest, no grant exists
     // in the bucket and another replica refuses its blobs.

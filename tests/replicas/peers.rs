@@ -14,13 +14,14 @@ use super::support::s3::S3Server;
 use super::{ACCEPT, BUCKET, base, get_manifest};
 
 /// `n` replicas on `prefix` of the bucket, listing each other in
-/// `cluster.peers` when `peers` is set.
-async fn cluster(
+/// `cluster.peers` when `peers` is set, with `extra` flags.
+pub async fn cluster_with(
     n: usize,
     upstream: &str,
     s3: &S3Server,
     prefix: &str,
     peers: bool,
+    extra: &[&str],
 ) -> (Vec<Served>, tempfile::TempDir) {
     let work = tempfile::tempdir().expect("work dir");
     let listens: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", binary::free_port())).collect();
@@ -37,7 +38,8 @@ async fn cluster(
     let config = work.path().join("config.yaml");
     std::fs::write(&config, yaml).expect("config");
     let config = config.to_string_lossy().into_owned();
-    let flags = ["--config", config.as_str(), "--integrity-only"];
+    let mut flags = vec!["--config", config.as_str()];
+    flags.extend_from_slice(extra);
     let mut out = Vec::new();
     for (i, listen) in listens.iter().enumerate() {
         let logs = tempfile::tempdir().expect("logs");
@@ -45,6 +47,17 @@ async fn cluster(
         out.push(binary::serve_at(listen, upstream, logs, &data, &flags, &s3.env()).await);
     }
     (out, work)
+}
+
+/// [`cluster_with`] in integrity-only mode.
+async fn cluster(
+    n: usize,
+    upstream: &str,
+    s3: &S3Server,
+    prefix: &str,
+    peers: bool,
+) -> (Vec<Served>, tempfile::TempDir) {
+    cluster_with(n, upstream, s3, prefix, peers, &["--integrity-only"]).await
 }
 
 /// Every replica asked for one cold layer at once: when did each client
