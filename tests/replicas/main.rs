@@ -199,8 +199,9 @@ async fn pull(r: String, repo: String, image: Image) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eight_cold_pulls_over_three_replicas_fetch_each_blob_once() {
+/// Eight clients pull one cold image spread over three replicas (with or
+/// without `cluster.peers`): each blob must be fetched upstream once.
+async fn eight_cold_pulls_over_three_replicas(peers: bool) {
     let fake = FakeRegistry::start().await;
     let image = oci_image(&[3 << 20, 2 << 20, 1 << 20], 1020);
     fake.put_image("test/cold", "v1", &image);
@@ -212,7 +213,11 @@ async fn eight_cold_pulls_over_three_replicas_fetch_each_blob_once() {
         },
     );
     let s3 = S3Server::start(&[BUCKET]);
-    let (rs, _work) = replicas(3, &fake.url(), &s3, "", &["--integrity-only"]).await;
+    let (rs, _work) = if peers {
+        peers::cluster_with(3, &fake.url(), &s3, "", true, &["--integrity-only"]).await
+    } else {
+        replicas(3, &fake.url(), &s3, "", &["--integrity-only"]).await
+    };
 
     let pulls: Vec<_> = (0..8)
         .map(|i| tokio::spawn(pull(base(&rs[i % 3]), "test/cold".into(), image.clone())))
@@ -228,7 +233,8 @@ async fn eight_cold_pulls_over_three_replicas_fetch_each_blob_once() {
         .collect();
     // One line for bench/replicas.sh.
     eprintln!(
-        "BENCH upstream GETs per blob, 8 clients over 3 replicas: {gets:?} ({} blobs, {:.2} s)",
+        "BENCH upstream GETs per blob, 8 clients over 3 replicas{}: {gets:?} ({} blobs, {:.2} s)",
+        if peers { " with cluster.peers" } else { "" },
         gets.len(),
         started.elapsed().as_secs_f64()
     );
@@ -241,6 +247,16 @@ async fn eight_cold_pulls_over_three_replicas_fetch_each_blob_once() {
             blob.bytes.len()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_cold_pulls_over_three_replicas_fetch_each_blob_once() {
+    eight_cold_pulls_over_three_replicas(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_cold_pulls_over_three_replicas_with_peers_fetch_each_blob_once() {
+    eight_cold_pulls_over_three_replicas(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
