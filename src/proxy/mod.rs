@@ -6,11 +6,13 @@
 mod admission;
 mod assess;
 mod blob;
+mod caching;
 mod coalesce;
 mod error;
 mod evidence;
 mod manifest;
 pub mod offline;
+mod passthrough;
 mod referrers;
 mod tags;
 
@@ -72,6 +74,9 @@ pub struct Proxy {
     replica: Arc<str>,
     gate: Gate,
     metrics: Arc<Metrics>,
+    /// Whether the store takes what is downloaded (disk full, bucket
+    /// refusing writes: reported once per condition).
+    caching: Arc<caching::Caching>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -181,6 +186,7 @@ impl Proxy {
             downloads: tokio_util::task::TaskTracker::new(),
             replica: replica_name(),
             gate,
+            caching: Arc::new(caching::Caching::new(metrics.clone())),
             metrics,
         }))
     }
