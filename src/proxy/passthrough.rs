@@ -125,6 +125,23 @@ fn verified_bytes(bytes: Bytes, range: Option<ByteRange>, head: bool) -> Result<
     })
 }
 
+/// What of `chunk` (at blob offset `at`) belongs to the slice `[start,
+/// end)`: the part the client may have now (short of the slice's last
+/// byte), and that last byte if the chunk holds it (released only with the
+/// proof). Slices are `Bytes` views: nothing is copied.
+fn split(at: u64, chunk: &Bytes, start: u64, end: u64) -> (Option<Bytes>, Option<Bytes>) {
+    let Some(last) = end.checked_sub(1) else {
+        return (None, None);
+    };
+    let chunk_end = at + chunk.len() as u64;
+    // Positions within the chunk: `at <= pos <= chunk_end` where used.
+    let index = |pos: u64| usize::try_from(pos - at).unwrap_or(0);
+    let held = (at <= last && last < chunk_end).then(|| chunk.slice(index(last)..index(last) + 1));
+    let (from, to) = (start.max(at), last.min(chunk_end));
+    let now = (from < to).then(|| chunk.slice(index(from)..index(to)));
+    (now, held)
+}
+
 /// One upstream body on its way to one client: every byte hashed, the
 /// client's slice `[start, end)` handed out as it arrives except its last
 /// byte, which only the verifier's proof releases.
@@ -163,7 +180,11 @@ impl PassThrough {
                     }
                     let at = self.received;
                     self.received += chunk.len() as u64;
-                    if let Some(part) = self.take(at, &chunk) {
+                    let (now, last) = split(at, &chunk, self.start, self.end);
+                    if last.is_some() {
+                        self.held = last;
+                    }
+                    if let Some(part) = now {
                         return Ok(Some(part));
                     }
                 }
@@ -208,19 +229,6 @@ impl PassThrough {
         verifier.finish().map_err(|e| self.integrity(e))
     }
 
-    /// What of `chunk` (at blob offset `at`) the client may have now: its
-    /// part of the slice short of the last byte, which is kept in `held`.
-    fn take(&mut self, at: u64, chunk: &Bytes) -> Option<Bytes> {
-        let chunk_end = at + chunk.len() as u64;
-        let last = self.end.checked_sub(1)?;
-        let index = |pos: u64| usize::try_from(pos - at).unwrap_or(0);
-        if at <= last && last < chunk_end {
-            self.held = Some(chunk.slice(index(last)..index(last) + 1));
-        }
-        let (from, to) = (self.start.max(at), last.min(chunk_end));
-        (from < to).then(|| chunk.slice(index(from)..index(to)))
-    }
-
     fn integrity(&mut self, source: IntegrityError) -> Error {
         self.verifier = None;
         self.held = None;
@@ -249,5 +257,45 @@ impl PassThrough {
             }
         })
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed `blob` in chunks of `size` through `split` for `[start, end)`:
+    /// what the client got before the proof, and the byte held for it.
+    fn run(blob: &[u8], size: usize, start: u64, end: u64) -> (Vec<u8>, Vec<u8>) {
+        let (mut now, mut held) = (Vec::new(), Vec::new());
+        for (i, chunk) in blob.chunks(size).enumerate() {
+            let (part, last) = split((i * size) as u64, &Bytes::copy_from_slice(chunk), start, end);
+            now.extend_from_slice(part.as_deref().unwrap_or_default());
+            if let Some(last) = last {
+                assert!(held.is_empty(), "one last byte");
+                held.extend_from_slice(&last);
+            }
+        }
+        (now, held)
+    }
+
+    /// Whatever the chunking, the client gets its slice but its last byte
+    /// before the proof, and exactly that byte is held for after it.
+    #[test]
+    fn the_last_byte_of_any_slice_waits_for_the_proof() {
+        let blob: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        for size in [1, 7, 64, 999, 1000, 4096] {
+            for (start, end) in [(0, 1000), (0, 1), (999, 1000), (100, 200), (63, 65), (500, 1000)] {
+                let (now, held) = run(&blob, size, start, end);
+                let (s, e) = (start as usize, end as usize);
+                assert_eq!(now, &blob[s..e - 1], "chunks of {size}, [{start}, {end})");
+                assert_eq!(held, &blob[e - 1..e], "chunks of {size}, [{start}, {end})");
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_slice_takes_nothing() {
+        assert_eq!(split(0, &Bytes::from_static(b"abc"), 0, 0), (None, None));
     }
 }

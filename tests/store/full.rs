@@ -380,19 +380,32 @@ async fn pull_in_process(
         .map_err(|e| format!("manifest: {e}"))?;
     assert_eq!(m.manifest.digest(), &image.manifest.digest);
     for blob in image.blobs() {
-        let served = proxy
-            .blob(&target, &blob.digest, None, false)
-            .await
-            .map_err(|e| format!("blob {}: {e}", blob.digest))?;
-        assert_eq!(served.size, blob.bytes.len() as u64);
-        let body = served.body.expect("a GET has a body");
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| format!("blob {} body: {e}", blob.digest))?
-            .to_bytes();
-        assert!(bytes == blob.bytes, "{}: the bytes served differ", blob.digest);
+        get_blob(proxy, host, repo, blob).await?;
     }
+    Ok(())
+}
+
+/// GET one blob in-process and compare its bytes.
+async fn get_blob(
+    proxy: &portcullis::proxy::Proxy,
+    host: &str,
+    repo: &str,
+    blob: &support::images::Blob,
+) -> Result<(), String> {
+    let name: portcullis::oci::RepoName = repo.parse().expect("repo");
+    let target = proxy.target(host, &name).expect("an allow-listed upstream");
+    let served = proxy
+        .blob(&target, &blob.digest, None, false)
+        .await
+        .map_err(|e| format!("blob {}: {e}", blob.digest))?;
+    assert_eq!(served.size, blob.bytes.len() as u64);
+    let body = served.body.expect("a GET has a body");
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| format!("blob {} body: {e}", blob.digest))?
+        .to_bytes();
+    assert!(bytes == blob.bytes, "{}: the bytes served differ", blob.digest);
     Ok(())
 }
 
@@ -453,9 +466,16 @@ async fn a_bucket_refusing_writes_serves_pulls_uncached_and_caches_again_when_it
     for blob in image.blobs() {
         assert!(!stored(&proxy, &blob.digest).await, "{} was not cached", blob.digest);
     }
+    let layer = &image.layers[0];
+    // Requests at once (a leader and followers of one refused download):
+    // each is served, uncached.
+    let together = (0..4).map(|_| get_blob(&proxy, &host, "test/app", layer));
+    for r in futures_util::future::join_all(together).await {
+        r.expect("a concurrent request while the bucket refuses writes");
+    }
+    assert!(!stored(&proxy, &layer.digest).await);
     assert_eq!(failures(&proxy), 1.0, "counted once for the condition");
     assert_eq!(caching(&proxy), 0.0);
-    let layer = &image.layers[0];
     let gets_before = fake.blob_gets("test/app", &layer.digest);
 
     // Uncached bytes are verified all the same: a flipped byte aborts the
