@@ -83,6 +83,16 @@ impl Caching {
         }
     }
 
+    /// A best-effort record (a grant, a verdict) could not be written: part
+    /// of the storage condition if the storage refused it, else a warning.
+    pub(crate) fn best_effort(&self, error: &StoreError, what: &'static str) {
+        if write_failure(error).is_some() {
+            self.failed(error, None);
+        } else {
+            tracing::warn!(%error, "{what}");
+        }
+    }
+
     /// A blob of `len` bytes was committed. Ends the condition if that
     /// shows the room is back: no size was recorded (a bucket), the blob is
     /// at least as large as the write that failed, or `available()` (the
