@@ -256,11 +256,51 @@ use portcullis::store::backend::{Backend, BlobReader, BlobSink, Key, Listed, Obj
 use portcullis::store::{BackendError, StoreError};
 
 /// A backend whose writes (records and blobs) fail while `refusing` is on,
-/// as an S3 bucket that is full, over quota or denies `PutObject`.
+/// as an S3 bucket that is full, over quota or denies `PutObject`; while
+/// `mid_upload` is on, a blob upload starts and fails after its first part.
 #[derive(Debug)]
 struct Refusing {
     inner: Arc<dyn Backend>,
     refusing: Arc<AtomicBool>,
+    mid_upload: Arc<AtomicBool>,
+}
+
+/// Bytes a blob upload takes before it fails (`Refusing::mid_upload`).
+const UPLOAD_FAILS_AFTER: u64 = 100 * 1024;
+
+/// A blob sink that fails once it took [`UPLOAD_FAILS_AFTER`] bytes.
+#[derive(Debug)]
+struct FailingMidUpload {
+    inner: Box<dyn BlobSink>,
+    key: String,
+    written: u64,
+}
+
+impl BlobSink for FailingMidUpload {
+    fn reader(&self) -> Result<std::fs::File, StoreError> {
+        self.inner.reader()
+    }
+    fn reserve(&mut self, len: u64) -> Result<(), StoreError> {
+        self.inner.reserve(len)
+    }
+    fn write(&mut self, chunk: &Bytes) -> Result<(), StoreError> {
+        self.written += chunk.len() as u64;
+        if self.written > UPLOAD_FAILS_AFTER {
+            return Err(BackendError::Object {
+                action: "upload part",
+                key: self.key.clone(),
+                source: object_store::Error::Generic {
+                    store: "refusing",
+                    source: "the upload failed mid-way (test switch)".into(),
+                },
+            }
+            .into());
+        }
+        self.inner.write(chunk)
+    }
+    fn commit(self: Box<Self>, proof: &portcullis::verify::DigestMatched) -> Result<bool, StoreError> {
+        self.inner.commit(proof)
+    }
 }
 
 impl Refusing {
@@ -308,7 +348,15 @@ impl Backend for Refusing {
     }
     fn blob_sink(&self, key: &Key, digest: &portcullis::oci::Digest) -> Result<Box<dyn BlobSink>, StoreError> {
         self.check("upload", key)?;
-        self.inner.blob_sink(key, digest)
+        let sink = self.inner.blob_sink(key, digest)?;
+        if !self.mid_upload.load(Ordering::SeqCst) {
+            return Ok(sink);
+        }
+        Ok(Box::new(FailingMidUpload {
+            inner: sink,
+            key: key.to_string(),
+            written: 0,
+        }))
     }
     fn quarantine(&self, key: &Key, name: &str) -> Result<String, StoreError> {
         self.inner.quarantine(key, name)
@@ -324,7 +372,11 @@ impl Backend for Refusing {
 
 /// An in-process proxy (integrity-only) in front of `fake`, its store a
 /// `Refusing` in-memory bucket.
-fn proxy_over(fake: &FakeRegistry, refusing: &Arc<AtomicBool>) -> (Arc<portcullis::proxy::Proxy>, tempfile::TempDir) {
+fn proxy_over(
+    fake: &FakeRegistry,
+    refusing: &Arc<AtomicBool>,
+    mid_upload: &Arc<AtomicBool>,
+) -> (Arc<portcullis::proxy::Proxy>, tempfile::TempDir) {
     let data = tempfile::tempdir().expect("data dir");
     let tmp = data.path().join("tmp");
     std::fs::create_dir_all(&tmp).expect("tmp");
@@ -333,6 +385,7 @@ fn proxy_over(fake: &FakeRegistry, refusing: &Arc<AtomicBool>) -> (Arc<portculli
     let backend: Arc<dyn Backend> = Arc::new(Refusing {
         inner,
         refusing: refusing.clone(),
+        mid_upload: mid_upload.clone(),
     });
     let yaml = format!(
         "upstreams:\n  - {{ host: \"{}\", url: \"{}\", insecurePlainHttp: true }}\n",
@@ -436,7 +489,7 @@ async fn a_bucket_refusing_writes_serves_pulls_uncached_and_caches_again_when_it
     fake.put_image("test/control", "v1", &control);
     fake.put_image("test/app", "v1", &image);
     let refusing = Arc::new(AtomicBool::new(false));
-    let (proxy, _data) = proxy_over(&fake, &refusing);
+    let (proxy, _data) = proxy_over(&fake, &refusing, &Arc::new(AtomicBool::new(false)));
     let host = fake.host();
     let failures = |p: &portcullis::proxy::Proxy| {
         metric(
@@ -511,4 +564,44 @@ async fn a_bucket_refusing_writes_serves_pulls_uncached_and_caches_again_when_it
         .await
         .expect("a pull from the store");
     assert_eq!(fake.blob_gets("test/app", &layer.digest), gets, "served from the store");
+}
+
+/// A write that fails in the middle of a download (here the bucket; on a
+/// disk, an upstream without a length to reserve): responses already have
+/// bytes, so that download fails, its response is aborted and never
+/// completed, nothing is committed, and the condition is counted once.
+/// Once uploads work again, the next pull caches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_failing_mid_upload_aborts_that_download_and_counts_the_condition() {
+    let fake = FakeRegistry::start().await;
+    let image = oci_image(&[300 * 1024], 1630);
+    fake.put_image("test/app", "v1", &image);
+    let mid_upload = Arc::new(AtomicBool::new(true));
+    let (proxy, _data) = proxy_over(&fake, &Arc::new(AtomicBool::new(false)), &mid_upload);
+    let host = fake.host();
+    let layer = &image.layers[0];
+    let failures = |p: &portcullis::proxy::Proxy| {
+        metric(
+            &p.metrics().render(false),
+            r#"portcullis_store_write_failures_total{reason="backend"}"#,
+        )
+    };
+
+    for _ in 0..2 {
+        let err = pull_in_process(&proxy, &host, "test/app", &image)
+            .await
+            .expect_err("the download whose upload failed is aborted");
+        assert!(err.contains(&layer.digest.to_string()), "the layer's response: {err}");
+        assert!(!stored(&proxy, &layer.digest).await, "nothing committed");
+    }
+    assert_eq!(failures(&proxy), 1.0, "one condition");
+    assert_eq!(metric(&proxy.metrics().render(false), "portcullis_store_caching"), 0.0);
+
+    mid_upload.store(false, Ordering::SeqCst);
+    pull_in_process(&proxy, &host, "test/app", &image)
+        .await
+        .expect("uploads work again");
+    assert!(eventually_stored(&proxy, &layer.digest).await, "cached");
+    assert_eq!(failures(&proxy), 1.0);
+    assert_eq!(metric(&proxy.metrics().render(false), "portcullis_store_caching"), 1.0);
 }
