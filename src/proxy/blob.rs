@@ -563,7 +563,9 @@ impl Downloader {
         .await
         // No byte streamed yet: this download's requests pass through.
         .map_err(|e| self.uncacheable(e, length))?;
-        let reader = writer.reader().map_err(|e| Error::Store(Arc::new(e)))?;
+        let reader = writer
+            .reader()
+            .map_err(|e| self.uncacheable(Error::Store(Arc::new(e)), length))?;
         spool.start(reader, upstream.length);
 
         let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(QUEUE);
