@@ -222,10 +222,18 @@ impl Proxy {
         &self.metrics
     }
 
-    /// Whether the store can take new content (readiness).
+    /// Whether the store can take new content (readiness). A full disk or
+    /// an exhausted quota is not a reason to stop taking pulls: they are
+    /// served verified and uncached (`passthrough`), and the condition has
+    /// its own metric (`portcullis_store_caching`). A read-only or failing
+    /// disk, or a bucket that cannot be written, still fails here.
     pub async fn store_writable(&self) -> Result<(), Error> {
+        use crate::telemetry::metrics::StoreWriteFailure::{NoSpace, Quota};
         let store = self.store.clone();
-        blocking(move || store.check_writable()).await
+        match blocking(move || store.check_writable()).await {
+            Err(Error::Store(e)) if matches!(caching::write_failure(&e), Some(NoSpace | Quota)) => Ok(()),
+            checked => checked,
+        }
     }
 
     /// Refresh the gauges read at scrape time (the filesystem's free space).

@@ -90,6 +90,25 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Fill the filesystem at `dir` to the last byte; the filler's path.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).expect("create the filler");
+    for block in [64 * 1024, 1] {
+        let bytes = vec![0x5a_u8; block];
+        loop {
+            match file.write(&bytes) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling {}: {e}", dir.display()),
+            }
+        }
+    }
+    path
+}
+
 /// Where the binary's filesystem store keeps a committed blob.
 fn blob_file(store: &Path, digest: &portcullis::oci::Digest) -> PathBuf {
     let hex = digest.hex();
@@ -169,12 +188,26 @@ async fn a_full_disk_serves_pulls_uncached_counts_once_and_caches_again_when_spa
     assert_eq!(head.header("content-length"), Some(LAYER.to_string().as_str()));
 
     assert!(
-        !blob_file(fs.path(), &layer.digest).exists(),
-        "the layer was not cached"
-    );
-    assert!(
         committed(fs.path(), &image.config.digest).await,
         "the small config blob still fits and is cached"
+    );
+
+    // Not even room for the readiness probe's file: still ready, since
+    // pulls work, and a pull does.
+    let filler = fill(fs.path());
+    let ready = client::get(&format!("http://{}/readyz", served.admin)).await;
+    assert_eq!(
+        ready.status,
+        StatusCode::OK,
+        "a full disk keeps the server ready: {:?}",
+        ready.bytes()
+    );
+    skopeo_pull(&served, &image).await;
+    std::fs::remove_file(&filler).expect("remove the filler");
+
+    assert!(
+        !blob_file(fs.path(), &layer.digest).exists(),
+        "the layer was not cached"
     );
     let text = metrics_text(&served).await;
     assert_eq!(
