@@ -72,18 +72,19 @@ impl Proxy {
         };
         if let GrantScope::Material(kind) = grant.scope {
             material_fits(digest, size, kind)?;
-            let bytes = pass.read_whole(true).await?;
+            let (bytes, proof) = pass.read_whole(true).await?;
             check_material_bytes(digest, &bytes, kind)?;
-            return verified_bytes(bytes, range, head);
+            return verified_bytes(bytes, &proof, range, head);
         }
         if head {
             // Hashed to the end, nothing kept: the size is then verified.
-            pass.read_whole(false).await?;
-            return Ok(head_only(size, CacheOutcome::Miss));
+            let (_, proof) = pass.read_whole(false).await?;
+            return Ok(head_only(proof.length(), CacheOutcome::Miss));
         }
         if size == 0 {
             // No last byte to hold back: the verdict first.
-            return verified_bytes(pass.read_whole(true).await?, range, head);
+            let (bytes, proof) = pass.read_whole(true).await?;
+            return verified_bytes(bytes, &proof, range, head);
         }
         let slice = match range {
             None => None,
@@ -100,8 +101,14 @@ impl Proxy {
     }
 }
 
-/// A response over bytes already verified whole (material, empty blobs).
-fn verified_bytes(bytes: Bytes, range: Option<ByteRange>, head: bool) -> Result<BlobServed, Error> {
+/// A response over bytes verified whole (material, empty blobs): the proof
+/// is asked for so that nothing else can be served this way.
+fn verified_bytes(
+    bytes: Bytes,
+    _proof: &DigestMatched,
+    range: Option<ByteRange>,
+    head: bool,
+) -> Result<BlobServed, Error> {
     let size = bytes.len() as u64;
     if head {
         return Ok(head_only(size, CacheOutcome::Miss));
@@ -189,8 +196,8 @@ impl PassThrough {
                     }
                 }
                 None => {
-                    self.verify()?;
-                    return Ok(self.held.take());
+                    let proof = self.verify()?;
+                    return Ok(self.release(&proof));
                 }
             }
         }
@@ -200,7 +207,7 @@ impl PassThrough {
     /// false only its verdict (a HEAD's size). The verifier refuses any
     /// byte past the length it was given, so what is kept is bounded by it
     /// (material's cap was checked against that length).
-    async fn read_whole(&mut self, keep: bool) -> Result<Bytes, Error> {
+    async fn read_whole(&mut self, keep: bool) -> Result<(Bytes, DigestMatched), Error> {
         let capacity = if keep { self.end } else { 0 };
         let mut bytes = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0).min(1 << 20));
         while let Some(verifier) = self.verifier.as_mut() {
@@ -214,11 +221,19 @@ impl PassThrough {
                     }
                 }
                 None => {
-                    self.verify()?;
+                    let proof = self.verify()?;
+                    return Ok((Bytes::from(bytes), proof));
                 }
             }
         }
-        Ok(Bytes::from(bytes))
+        Err(Error::Internal("pass-through read after its verdict".into()))
+    }
+
+    /// The held-back last byte of the slice: only the proof that the whole
+    /// blob matched its digest lets it out (as `Spool::complete` does for
+    /// spool readers).
+    fn release(&mut self, _proof: &DigestMatched) -> Option<Bytes> {
+        self.held.take()
     }
 
     /// The verdict: the proof, or the integrity failure (logged, counted).
