@@ -529,13 +529,14 @@ impl Proxy {
         let store = self.store.clone();
         let manifest = admitted.digest().clone();
         let written = tokio::task::spawn_blocking(move || {
-            for (key, grant) in &new {
-                store.grants.put(key, &manifest, *grant);
-            }
+            new.iter()
+                .try_for_each(|(key, grant)| store.grants.put(key, &manifest, *grant))
         })
         .await;
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "persisting blob grants failed");
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.caching.best_effort(&e, "cannot persist a blob grant"),
+            Err(e) => tracing::warn!(error = %e, "persisting blob grants failed"),
         }
     }
 
@@ -776,7 +777,12 @@ impl Proxy {
         }
         if let Some(store) = &self.gate.persisted {
             let (store, key, decision) = (store.clone(), key.clone(), decision.clone());
-            tokio::task::spawn_blocking(move || store.put(&key, &decision));
+            let caching = self.caching.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.put(&key, &decision) {
+                    caching.best_effort(&e, "cannot persist a verdict");
+                }
+            });
         }
     }
 

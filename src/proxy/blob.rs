@@ -13,6 +13,11 @@
 //! ```
 //! The download continues if clients disconnect, so a large blob is never
 //! fetched twice because an impatient client gave up.
+//!
+//! When the store refuses the blob before any byte is streamed (disk full:
+//! the writer or its reservation fails), the download fails `Uncacheable`
+//! and each of its requests is served by `passthrough` instead: verified,
+//! uncached (the condition is reported once, by `caching`).
 
 use crate::telemetry::metrics::IntegrityKind;
 use std::pin::Pin;
@@ -24,12 +29,13 @@ use futures_util::StreamExt as _;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
+use super::caching::{Caching, write_failure};
 use super::{Error, Proxy, Target, blocking};
 use crate::oci::Digest;
 use crate::oci::material::{self, MaterialKind};
-use crate::store::GrantScope;
 use crate::store::spool::{self, ChunkStream, ReadError};
 use crate::store::{BlobWriter, Join, Spool, SpoolWriter};
+use crate::store::{Grant, GrantScope};
 use crate::telemetry::CacheOutcome;
 use crate::upstream::BlobResponse;
 use crate::verify::{BlobVerifier, DigestMatched, IntegrityError};
@@ -165,10 +171,26 @@ impl Proxy {
             return Ok(served);
         }
         if head {
-            return self.head_missing_blob(target, digest).await;
+            return self.head_missing_blob(target, digest, grant).await;
         }
+        match self.follow_download(target, digest, grant.scope, range).await {
+            // The store could not take it (disk full): streamed verified,
+            // not kept; the next request tries to cache it again.
+            Err(Error::Uncacheable(_)) => self.pass_through(target, digest, grant, range, false).await,
+            served => served,
+        }
+    }
+
+    /// Serve a miss from the blob's download (led or followed).
+    async fn follow_download(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        scope: GrantScope,
+        range: Option<ByteRange>,
+    ) -> Result<BlobServed, Error> {
         let (spool, cache) = self.download(target, digest).await?;
-        let size = match grant.scope {
+        let size = match scope {
             GrantScope::Content => response_size(&spool).await?,
             // Material is checked whole before any byte of it is served.
             GrantScope::Material(kind) => {
@@ -234,6 +256,7 @@ impl Proxy {
                     digest: digest.clone(),
                     metrics: self.metrics.clone(),
                     cluster: self.cluster.clone().filter(|_| route == PeerRoute::MayRelay),
+                    caching: self.caching.clone(),
                 };
                 let in_flight = self.metrics.download_started();
                 self.downloads.spawn(async move {
@@ -253,13 +276,18 @@ impl Proxy {
     /// the manifest's digest) when the upstream's HEAD agrees, otherwise the
     /// size of a completed, verified download (which the GET that usually
     /// follows then serves from the store).
-    async fn head_missing_blob(&self, target: &Target, digest: &Digest) -> Result<BlobServed, Error> {
+    async fn head_missing_blob(&self, target: &Target, digest: &Digest, grant: Grant) -> Result<BlobServed, Error> {
         if let Some(size) = self.size_stated_by_admitted_descriptor(target, digest).await? {
             return Ok(head_only(size, CacheOutcome::Miss));
         }
         let (spool, cache) = self.download(target, digest).await?;
-        let size = spool::wait_complete(&mut spool.subscribe()).await.map_err(read_error)?;
-        Ok(head_only(size, cache))
+        match spool::wait_complete(&mut spool.subscribe()).await.map_err(read_error) {
+            Ok(size) => Ok(head_only(size, cache)),
+            // The store could not take it: the size of a verified
+            // pass-through, its bytes discarded.
+            Err(Error::Uncacheable(_)) => self.pass_through(target, digest, grant, None, true).await,
+            Err(e) => Err(e),
+        }
     }
 
     /// The granted descriptor's size, if the upstream has the blob at that
@@ -289,7 +317,7 @@ pub(super) async fn response_size(spool: &Spool<Error>) -> Result<u64, Error> {
     }
 }
 
-fn head_only(size: u64, cache: CacheOutcome) -> BlobServed {
+pub(super) fn head_only(size: u64, cache: CacheOutcome) -> BlobServed {
     BlobServed {
         size,
         range: None,
@@ -308,21 +336,36 @@ async fn check_material(
     size: u64,
     kind: MaterialKind,
 ) -> Result<(), Error> {
-    let refuse = |why: String| Error::Denied {
-        message: format!("blob {digest} is granted only as verification material, and {why}"),
-    };
-    let limit = kind.max_blob_bytes();
-    if size > limit {
-        return Err(refuse(format!(
-            "its {size} bytes exceed the {limit}-byte limit for material"
-        )));
-    }
+    material_fits(digest, size, kind)?;
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     let mut chunks = spool::read_range(spool.clone(), 0, size);
     while let Some(chunk) = chunks.next().await {
         bytes.extend_from_slice(&chunk.map_err(read_error)?);
     }
-    material::check_blob(kind, &bytes).map_err(|e| refuse(e.to_string()))
+    check_material_bytes(digest, &bytes, kind)
+}
+
+/// Material is size-capped per kind: refused past it, unread.
+pub(super) fn material_fits(digest: &Digest, size: u64, kind: MaterialKind) -> Result<(), Error> {
+    let limit = kind.max_blob_bytes();
+    if size > limit {
+        return Err(refuse_material(
+            digest,
+            format!("its {size} bytes exceed the {limit}-byte limit for material"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the whole, verified `bytes` are material of `kind`.
+pub(super) fn check_material_bytes(digest: &Digest, bytes: &[u8], kind: MaterialKind) -> Result<(), Error> {
+    material::check_blob(kind, bytes).map_err(|e| refuse_material(digest, e.to_string()))
+}
+
+fn refuse_material(digest: &Digest, why: String) -> Error {
+    Error::Denied {
+        message: format!("blob {digest} is granted only as verification material, and {why}"),
+    }
 }
 
 fn serve(
@@ -393,6 +436,8 @@ struct Downloader {
     metrics: Arc<crate::telemetry::Metrics>,
     /// Set when another replica may lead this download (`cluster.peers`).
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The storage condition: write failures recorded, commits end it.
+    caching: Arc<Caching>,
 }
 
 impl Downloader {
@@ -527,8 +572,14 @@ impl Downloader {
             }
             Ok(relay)
         });
-        let streamed = match relay.await {
-            Ok(relay) => self.stream(spool, body, relay).await,
+        let length = body.length;
+        let relay = relay.await.map_err(|e| self.uncacheable(e, length));
+        let streamed = match relay.and_then(|relay| {
+            let reader =
+                SpoolWriter::reader(&relay).map_err(|e| self.uncacheable(Error::Store(Arc::new(e)), length))?;
+            Ok((relay, reader))
+        }) {
+            Ok((relay, reader)) => self.stream(spool, body, relay, reader).await,
             Err(e) => Err(e),
         };
         match streamed {
@@ -549,9 +600,10 @@ impl Downloader {
                 // keeping them, and takes longer than the last chunk did.
                 spool.complete(&proof);
                 let len = proof.length();
-                let (store, digest) = (self.store.clone(), self.digest.clone());
+                let (store, digest, caching) = (self.store.clone(), self.digest.clone(), self.caching.clone());
                 let committed = blocking(move || {
                     let added = writer.commit(proof)?;
+                    caching.committed(len, || store.available_bytes().ok().flatten());
                     Ok((added, store.record_commit(&digest, len, added)?))
                 });
                 match committed.await {
@@ -560,6 +612,7 @@ impl Downloader {
                         tracing::debug!(digest = %self.digest, bytes = len, "blob verified and stored");
                     }
                     // Served verified, but not kept: the next request downloads again.
+                    Err(Error::Store(e)) if write_failure(&e).is_some() => self.caching.failed(&e, Some(len)),
                     Err(e) => tracing::warn!(digest = %self.digest, error = %e, "verified blob could not be stored"),
                 }
             }
@@ -578,6 +631,10 @@ impl Downloader {
             };
             tracing::warn!(upstream = %self.target.registry.host(), %source, repo = %self.target.repo, %expected, %actual,
                 "blob integrity failure: download aborted, nothing stored");
+        } else if is_storage_condition(&e) {
+            // Recorded (once per condition) by `fetch`; an `Uncacheable`
+            // download's requests pass through.
+            tracing::debug!(digest = %self.digest, error = %e, "blob download stopped: the store refuses writes");
         } else {
             tracing::warn!(upstream = %self.target.registry.host(), %source, repo = %self.target.repo, digest = %self.digest,
                 error = %e, "blob download failed");
@@ -599,20 +656,26 @@ impl Downloader {
             }
             Ok(writer)
         })
-        .await?;
-        self.stream(spool, upstream, writer).await
+        .await
+        // No byte streamed yet: this download's requests pass through.
+        .map_err(|e| self.uncacheable(e, length))?;
+        let reader = writer
+            .reader()
+            .map_err(|e| self.uncacheable(Error::Store(Arc::new(e)), length))?;
+        self.stream(spool, upstream, writer, reader).await
     }
 
-    /// Publish `source`'s chunks to the spool while one thread hashes them
-    /// and another writes them through `writer`. Returns the proof with the
-    /// fully written `writer`.
+    /// Publish `upstream`'s chunks to the spool while one thread hashes
+    /// them and another writes them through `writer` (which `reader`
+    /// follows). Returns the proof with the fully written `writer`.
     async fn stream<W: SpoolWriter>(
         &self,
         spool: &Arc<Spool<Error>>,
         mut upstream: BlobResponse,
         writer: W,
+        reader: std::fs::File,
     ) -> Result<(DigestMatched, W), Error> {
-        let reader = writer.reader().map_err(|e| Error::Store(Arc::new(e)))?;
+        let length = upstream.length;
         spool.start(reader, upstream.length);
 
         let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(QUEUE);
@@ -625,6 +688,15 @@ impl Downloader {
         let network = pump_network(&mut upstream, spool, hash_tx, write_tx).await;
         let proof = joined(hashing.await);
         let written = joined(writing.await);
+        if let Err(Error::Store(e)) = &written
+            && write_failure(e).is_some()
+        {
+            // Mid-stream (no length to reserve, or a filesystem whose
+            // reservation did not hold): responses already have bytes, so
+            // this download fails; a retry is served uncached if the
+            // store refuses again before streaming.
+            self.caching.failed(e, length);
+        }
         match (network, proof, written) {
             // The bytes are what the digest says: a connection error after the
             // last byte changes nothing.
@@ -634,6 +706,29 @@ impl Downloader {
             (Err(e), _, _) => Err(e),
             (Ok(()), Err(e), _) | (Ok(()), Ok(_), Err(e)) => Err(e),
         }
+    }
+}
+
+impl Downloader {
+    /// A storage write failed before the download streamed anything:
+    /// recorded, and [`Error::Uncacheable`] for the requests that follow it.
+    fn uncacheable(&self, e: Error, length: Option<u64>) -> Error {
+        match e {
+            Error::Store(s) if write_failure(&s).is_some() => {
+                self.caching.failed(&s, length);
+                Error::Uncacheable(s)
+            }
+            other => other,
+        }
+    }
+}
+
+/// A failure that is the storage condition's, already recorded.
+fn is_storage_condition(e: &Error) -> bool {
+    match e {
+        Error::Uncacheable(_) => true,
+        Error::Store(s) => write_failure(s).is_some(),
+        _ => false,
     }
 }
 
@@ -744,7 +839,7 @@ impl std::fmt::Debug for BlobBody {
 }
 
 impl BlobBody {
-    fn new(rx: ChunkStream<Error>, len: u64) -> BlobBody {
+    pub(super) fn new(rx: ChunkStream<Error>, len: u64) -> BlobBody {
         BlobBody {
             rx,
             remaining: len,

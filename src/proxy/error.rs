@@ -38,6 +38,13 @@ pub enum Error {
     NotLeader { what: String },
     #[error("local store: {0}")]
     Store(Arc<StoreError>),
+    /// The store could not take a blob before any byte of it was streamed
+    /// (disk full, bucket refusing writes): requests following that
+    /// download are served by a verified pass-through instead
+    /// (`proxy::passthrough`); a client sees this only where none is
+    /// possible.
+    #[error("local store cannot cache this blob now: {0}")]
+    Uncacheable(Arc<StoreError>),
     #[error("internal error: {0}")]
     Internal(String),
 }

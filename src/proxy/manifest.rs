@@ -90,13 +90,20 @@ impl Proxy {
         // Boxed: an admission's future (discovery, verification) is large,
         // and debug builds poll it on a 2 MiB worker stack.
         let admitted = Box::pin(self.admit(target, tag, manifest, who)).await?;
-        self.persist(&admitted).await?;
+        // A store that refuses writes (disk full) does not stop the pull:
+        // the admitted manifest is served from memory, not kept.
+        let size = u64::try_from(admitted.bytes().len()).ok();
+        self.persist(&admitted)
+            .await
+            .or_else(|e| self.served_uncached(e, size))?;
         // Only an admitted digest may become the tag's last-known digest
         // (the outage fallback and the pin for immutable tags).
         if let Some(tag) = tag
             && stale_warning.is_none()
         {
-            self.record_tag(target, tag, admitted.digest()).await?;
+            self.record_tag(target, tag, admitted.digest())
+                .await
+                .or_else(|e| self.served_uncached(e, None))?;
         }
         Ok(ManifestServed {
             manifest: admitted,

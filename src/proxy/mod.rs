@@ -6,11 +6,13 @@
 mod admission;
 mod assess;
 mod blob;
+mod caching;
 mod coalesce;
 mod error;
 mod evidence;
 mod manifest;
 pub mod offline;
+mod passthrough;
 mod peers;
 mod referrers;
 mod tags;
@@ -76,6 +78,9 @@ pub struct Proxy {
     cluster: Option<Arc<crate::cluster::Cluster>>,
     gate: Gate,
     metrics: Arc<Metrics>,
+    /// Whether the store takes what is downloaded (disk full, bucket
+    /// refusing writes: reported once per condition).
+    caching: Arc<caching::Caching>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -192,6 +197,7 @@ impl Proxy {
             replica: replica_name(),
             cluster,
             gate,
+            caching: Arc::new(caching::Caching::new(metrics.clone())),
             metrics,
         }))
     }
@@ -227,10 +233,18 @@ impl Proxy {
         &self.metrics
     }
 
-    /// Whether the store can take new content (readiness).
+    /// Whether the store can take new content (readiness). A full disk or
+    /// an exhausted quota is not a reason to stop taking pulls: they are
+    /// served verified and uncached (`passthrough`), and the condition has
+    /// its own metric (`portcullis_store_caching`). A read-only or failing
+    /// disk, or a bucket that cannot be written, still fails here.
     pub async fn store_writable(&self) -> Result<(), Error> {
+        use crate::telemetry::metrics::StoreWriteFailure::{NoSpace, Quota};
         let store = self.store.clone();
-        blocking(move || store.check_writable()).await
+        match blocking(move || store.check_writable()).await {
+            Err(Error::Store(e)) if matches!(caching::write_failure(&e), Some(NoSpace | Quota)) => Ok(()),
+            checked => checked,
+        }
     }
 
     /// Refresh the gauges read at scrape time (the filesystem's free space).

@@ -247,7 +247,9 @@ impl From<proxy::Error> for ApiError {
                 a.warn = true;
                 a
             }
-            proxy::Error::Store(_) | proxy::Error::Internal(_) => ApiError::internal(message),
+            proxy::Error::Store(_) | proxy::Error::Uncacheable(_) | proxy::Error::Internal(_) => {
+                ApiError::internal(message)
+            }
         }
     }
 }

@@ -132,6 +132,17 @@ impl<E: Clone + Send + Sync + 'static> Flights<E> {
         }))
     }
 
+    /// A download slot for a download nothing follows (a pass-through
+    /// while the store refuses writes), waiting at most the configured time;
+    /// it is free again when the permit drops.
+    pub async fn slot(&self) -> Result<OwnedSemaphorePermit, Busy> {
+        match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            // Timed out, or closed (never: the semaphore is never closed).
+            Ok(Err(_)) | Err(_) => Err(self.busy()),
+        }
+    }
+
     fn busy(&self) -> Busy {
         Busy {
             max_downloads: self.max_downloads,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::StoreError;
 use super::backend::{Backend, Key, PutMode, Written};
 use crate::oci::material::MaterialKind;
 use crate::oci::{Algorithm, Digest, RegistryHost, RepoName};
@@ -109,12 +110,16 @@ impl GrantStore {
         self.get(key).is_some()
     }
 
-    /// Best effort: a grant that cannot be persisted still holds in memory.
+    /// Best effort: a grant that cannot be persisted still holds in memory;
+    /// the backend's refusal is returned for the caller to report (a full
+    /// store is one condition, not a warning per admission).
     /// A content grant replaces a material one, never the reverse: written
     /// only if absent, or over the exact version read (replicas granting the
     /// same blob at once cannot narrow each other's grant).
-    pub fn put(&self, key: &GrantKey, manifest: &Digest, grant: Grant) {
-        let Some(object_key) = Self::key(key) else { return };
+    pub fn put(&self, key: &GrantKey, manifest: &Digest, grant: Grant) -> Result<(), StoreError> {
+        let Some(object_key) = Self::key(key) else {
+            return Ok(());
+        };
         let record = GrantRecord {
             key: key.clone(),
             manifest: manifest.clone(),
@@ -124,27 +129,24 @@ impl GrantStore {
             Ok(b) => Bytes::from(b),
             Err(e) => {
                 tracing::warn!(error = %e, blob = %key.blob, "cannot encode a blob grant");
-                return;
+                return Ok(());
             }
         };
         for _ in 0..CONFLICT_RETRIES {
             let mode = match self.read(key) {
-                Some((existing, _)) if existing.scope.wider(grant.scope) == existing.scope => return,
+                Some((existing, _)) if existing.scope.wider(grant.scope) == existing.scope => return Ok(()),
                 Some((_, version)) => PutMode::Update(version),
                 None => PutMode::Create,
             };
             // Not fsynced: admissions wait for their grants to be written (so
             // a restart right after finds them), and a grant lost in a crash
             // costs only a new manifest request, which grants again.
-            match self.backend.put(&object_key, bytes.clone(), mode, false) {
-                Ok(Written::Done) => return,
-                Ok(Written::Conflict) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, blob = %key.blob, "cannot persist a blob grant");
-                    return;
-                }
+            match self.backend.put(&object_key, bytes.clone(), mode, false)? {
+                Written::Done => return Ok(()),
+                Written::Conflict => continue,
             }
         }
+        Ok(())
     }
 }
 
@@ -173,7 +175,7 @@ mod tests {
             scope: GrantScope::Content,
             size: Some(5),
         };
-        store.put(&key("abc123"), &manifest, content);
+        store.put(&key("abc123"), &manifest, content).expect("put");
         assert!(store.contains(&key("abc123")));
         assert!(!store.contains(&key("def456")), "another revision");
         let mut other_repo = key("abc123");
@@ -196,9 +198,9 @@ mod tests {
             scope: GrantScope::Material(MaterialKind::LegacySignature),
             size: Some(5),
         };
-        store.put(&key("abc123"), &manifest, material);
+        store.put(&key("abc123"), &manifest, material).expect("put");
         assert_eq!(store.get(&key("abc123")), Some(content));
-        store.put(&key("fff000"), &manifest, material);
+        store.put(&key("fff000"), &manifest, material).expect("put");
         assert_eq!(store.get(&key("fff000")), Some(material));
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::StoreError;
 use super::backend::{Backend, Key, PutMode};
 use crate::oci::{Algorithm, Digest, RegistryHost, RepoName};
 use crate::policy::Decision;
@@ -67,23 +68,26 @@ impl VerdictStore {
     }
 
     /// Best effort: a verdict that cannot be persisted is simply verified
-    /// again. Written only if absent: a verdict for one key is the same
-    /// whoever reached it (same revision, same rule, same digest).
-    pub fn put(&self, key: &VerdictKey, decision: &Decision) {
-        let Some(object_key) = Self::key(key) else { return };
+    /// again; the backend's refusal is returned for the caller to report.
+    /// Written only if absent: a verdict for one key is the same whoever
+    /// reached it (same revision, same rule, same digest).
+    pub fn put(&self, key: &VerdictKey, decision: &Decision) -> Result<(), StoreError> {
+        let Some(object_key) = Self::key(key) else {
+            return Ok(());
+        };
         let record = VerdictRecord {
             key: key.clone(),
             decision: decision.clone(),
         };
-        let written = serde_json::to_vec(&record)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                self.backend
-                    .put(&object_key, Bytes::from(bytes), PutMode::Create, true)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "cannot persist a verdict");
-        }
+        let bytes = match serde_json::to_vec(&record) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode a verdict");
+                return Ok(());
+            }
+        };
+        self.backend
+            .put(&object_key, Bytes::from(bytes), PutMode::Create, true)
+            .map(|_| ())
     }
 }

@@ -277,6 +277,35 @@ impl ReloadOutcome {
 }
 label_value!(ReloadOutcome);
 
+/// Why the store refused a write (`portcullis_store_write_failures_total`):
+/// the operating system's reason for a local file, or the object store.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum StoreWriteFailure {
+    /// `ENOSPC`: the filesystem is full.
+    NoSpace,
+    /// `EDQUOT`: a disk quota is exhausted.
+    Quota,
+    /// `EROFS`: the filesystem is read-only.
+    ReadOnly,
+    /// The object store refused or failed a write (S3).
+    Backend,
+    /// Any other local I/O error.
+    Io,
+}
+
+impl StoreWriteFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreWriteFailure::NoSpace => "no_space",
+            StoreWriteFailure::Quota => "quota",
+            StoreWriteFailure::ReadOnly => "read_only",
+            StoreWriteFailure::Backend => "backend",
+            StoreWriteFailure::Io => "io",
+        }
+    }
+}
+label_value!(StoreWriteFailure);
+
 label_value!(CacheOutcome);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -340,6 +369,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreWriteLabels {
+    reason: StoreWriteFailure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     outcome: ReloadOutcome,
 }
@@ -383,6 +417,8 @@ pub struct Metrics {
     store_evictions: Counter,
     peer_bytes: Counter,
     peer_fallbacks: Counter,
+    store_write_failures: Family<StoreWriteLabels, Counter>,
+    store_caching: Gauge,
     auth_failures: Family<ReasonLabels, Counter>,
     connections_refused: Family<CapLabels, Counter>,
     policy_info: Family<PolicyLabels, Gauge>,
@@ -430,6 +466,8 @@ impl Metrics {
             store_evictions: Counter::default(),
             peer_bytes: Counter::default(),
             peer_fallbacks: Counter::default(),
+            store_write_failures: Family::default(),
+            store_caching: Gauge::default(),
             auth_failures: Family::default(),
             connections_refused: Family::default(),
             policy_info: Family::default(),
@@ -530,6 +568,17 @@ impl Metrics {
             "Blob downloads and tag resolutions the leading replica could not take, done here instead",
             m.peer_fallbacks.clone(),
         );
+        r.register(
+            "store_write_failures",
+            "Storage write failures by reason, counted once per condition (the first failure after the store last took a blob), not per request",
+            m.store_write_failures.clone(),
+        );
+        r.register(
+            "store_caching",
+            "1 while downloaded blobs are being kept; 0 while the store refuses writes and pulls are served verified but uncached",
+            m.store_caching.clone(),
+        );
+        m.store_caching.set(1);
         r.register(
             "auth_failures",
             "Client authentication failures by reason",
@@ -692,6 +741,20 @@ impl Metrics {
         self.store_evictions.inc();
     }
 
+    /// The store started refusing writes (once per condition): counted,
+    /// and `portcullis_store_caching` drops to 0.
+    pub fn store_write_failing(&self, reason: StoreWriteFailure) {
+        self.store_write_failures
+            .get_or_create(&StoreWriteLabels { reason })
+            .inc();
+        self.store_caching.set(0);
+    }
+
+    /// The store takes blobs again.
+    pub fn store_caching_resumed(&self) {
+        self.store_caching.set(1);
+    }
+
     /// A client authentication failure; `reason` is one of a fixed set
     /// (the authentication module's failure enum).
     pub fn auth_failure(&self, reason: &'static str) {
@@ -801,6 +864,7 @@ mod tests {
         m.store_bytes_changed(1);
         m.store_available(1);
         m.store_evicted();
+        m.store_write_failing(StoreWriteFailure::NoSpace);
         m.auth_failure("bad_password");
         m.connection_refused(ConnectionRefusal::Global);
         m.policy_in_force(None);

@@ -25,7 +25,7 @@ pub async fn pull(proxy: &TestProxy, repo: &str, image: &Image) {
     }
 }
 
-fn metric(text: &str, series: &str) -> f64 {
+pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
         .map_or(0.0, |v| v.trim().parse().expect("a number"))

@@ -2,7 +2,9 @@
 //! recently served blobs and keeps serving (evicted content is fetched and
 //! verified again), the `store stats|verify|gc` commands on the built
 //! binary, and crash safety: `kill -9` of the real binary at many points
-//! of downloads, commits and evictions never leaves wrong content behind.
+//! of downloads, commits and evictions never leaves wrong content behind;
+//! a full disk (a small tmpfs) or a bucket refusing writes keeps pulls
+//! working, verified and uncached, and caching resumes when space returns.
 //!
 //! Upstream: the real CNCF Distribution registry.
 
@@ -13,3 +15,4 @@ mod backends;
 mod cap;
 mod cli;
 mod crash;
+mod full;
