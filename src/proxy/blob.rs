@@ -214,7 +214,7 @@ impl Proxy {
     /// upstream confirms that repository has it too (one `HEAD`): private
     /// content never leaks into another route by digest. With a policy,
     /// the grant is that proof.
-    async fn ensure_blob_present(&self, target: &Target, digest: &Digest) -> Result<(), Error> {
+    pub(super) async fn ensure_blob_present(&self, target: &Target, digest: &Digest) -> Result<(), Error> {
         if !self.integrity_only() || self.known_present(target, digest) {
             return Ok(());
         }
@@ -226,11 +226,15 @@ impl Proxy {
     /// Follow the running download of `digest`, or start one (bounded by
     /// the download slots: `Error::Busy` when none frees up in time). A
     /// leader fetches from this repository; a follower of another
-    /// repository's download must show the blob is here too.
+    /// repository's download must show the blob is here too. On a shared
+    /// store even a leader may end up serving another replica's bytes (a
+    /// relay, or an object committed under another replica's lease, fetched
+    /// for whichever repository that replica was asked), so there every
+    /// download shows it.
     async fn download(&self, target: &Target, digest: &Digest) -> Result<(Arc<Spool<Error>>, CacheOutcome), Error> {
         let (spool, cache) = self.join_download(target, digest, PeerRoute::MayRelay).await?;
         match cache {
-            CacheOutcome::Miss => self.record_presence(target, digest),
+            CacheOutcome::Miss if !self.store.shared() => self.record_presence(target, digest),
             _ => self.ensure_blob_present(target, digest).await?,
         }
         Ok((spool, cache))

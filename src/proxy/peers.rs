@@ -58,6 +58,10 @@ impl Proxy {
         let store = self.store.clone();
         let d = digest.clone();
         if let Some((file, size, held)) = blocking(move || store.open_blob(&d, true)).await? {
+            // Integrity-only: a blob cached for another repository is
+            // relayed for this one only once the upstream confirms it, as
+            // for a client of this replica.
+            self.ensure_blob_present(&target, digest).await?;
             let spool = std::sync::Arc::new(Spool::completed(file, size));
             let mut served = serve_spool(&spool, size, CacheOutcome::Hit);
             if let Some(body) = served.body.as_mut() {
@@ -66,6 +70,10 @@ impl Proxy {
             return Ok(served);
         }
         let (spool, cache) = self.join_download(&target, digest, PeerRoute::Local).await?;
+        if cache != CacheOutcome::Miss {
+            // Following a download another repository started.
+            self.ensure_blob_present(&target, digest).await?;
+        }
         let size = super::blob::response_size(&spool).await?;
         Ok(serve_spool(&spool, size, cache))
     }

@@ -243,3 +243,59 @@ async fn with_peers_a_leader_killed_mid_download_leaves_the_blob_to_a_follower()
         started.elapsed()
     );
 }
+
+/// Integrity-only replicas have no grants: a blob another replica is
+/// fetching (or has committed) for one repository is served for another
+/// only once the upstream confirms that repository has it too, whether the
+/// bytes come from a relay or from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_peers_a_blob_fetched_for_one_repository_is_not_served_for_another() {
+    let fake = FakeRegistry::start().await;
+    let image = oci_image(&[2 << 20], 1070);
+    fake.put_image("test/public", "v1", &image);
+    let layer = image.layers[0].clone();
+    fake.set_fault(
+        &layer.digest,
+        Fault::SlowBody {
+            delay: Duration::from_millis(20),
+        },
+    );
+    let s3 = S3Server::start(&[BUCKET]);
+    let (rs, _work) = cluster(3, &fake.url(), &s3, "private/", true).await;
+    let public = rs
+        .iter()
+        .map(|r| format!("{}/v2/test/public/blobs/{}", base(r), layer.digest))
+        .collect::<Vec<_>>();
+    let private = rs
+        .iter()
+        .map(|r| format!("{}/v2/test/private/blobs/{}", base(r), layer.digest))
+        .collect::<Vec<_>>();
+    // While replica 1 downloads it for test/public, every replica is asked
+    // for it under test/private, where the upstream does not have it.
+    let url = public[0].clone();
+    let downloading = tokio::spawn(async move { client::get(&url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (i, url) in private.iter().enumerate() {
+        let got = client::get(url).await;
+        assert_eq!(
+            got.status,
+            StatusCode::NOT_FOUND,
+            "replica {i} during the download: {:?}",
+            got.body
+        );
+    }
+    let first = downloading.await.expect("public pull");
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.bytes(), layer.bytes);
+    // And once it is committed in the bucket.
+    for (i, url) in private.iter().enumerate() {
+        let got = client::get(url).await;
+        assert_eq!(got.status, StatusCode::NOT_FOUND, "replica {i} after the commit");
+    }
+    // Control: the repository that has it is served by every replica.
+    for (i, url) in public.iter().enumerate() {
+        let got = client::get(url).await;
+        assert_eq!(got.status, StatusCode::OK, "replica {i}: {}", rs[i].log_text());
+        assert_eq!(got.bytes(), layer.bytes);
+    }
+}
