@@ -53,6 +53,15 @@ pub enum PeerError {
     Protocol { peer: PeerAddr, message: String },
 }
 
+impl PeerError {
+    fn unreachable(peer: &PeerAddr, message: String) -> PeerError {
+        PeerError::Unreachable {
+            peer: peer.clone(),
+            message,
+        }
+    }
+}
+
 /// What the tag endpoint answers: the upstream's HEAD as the leader saw it.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -216,15 +225,14 @@ impl PeerClient {
         query: &str,
         accept: Option<&HeaderValue>,
     ) -> Result<http::Response<hyper::body::Incoming>, PeerError> {
-        let unreachable = |message: String| PeerError::Unreachable {
-            peer: peer.clone(),
-            message,
-        };
         if let Some(until) = self.down_until(peer) {
-            return Err(unreachable(format!(
-                "unreachable a moment ago; asked again in {:?}",
-                until.saturating_duration_since(std::time::Instant::now())
-            )));
+            return Err(PeerError::unreachable(
+                peer,
+                format!(
+                    "unreachable a moment ago; asked again in {:?}",
+                    until.saturating_duration_since(std::time::Instant::now())
+                ),
+            ));
         }
         let sent = self.send(peer, path, query, accept).await;
         if let Err(PeerError::Unreachable { .. }) = &sent {
@@ -256,10 +264,7 @@ impl PeerClient {
         query: &str,
         accept: Option<&HeaderValue>,
     ) -> Result<http::Response<hyper::body::Incoming>, PeerError> {
-        let unreachable = |message: String| PeerError::Unreachable {
-            peer: peer.clone(),
-            message,
-        };
+        let unreachable = |message: String| PeerError::unreachable(peer, message);
         let uri: Uri = format!("{}://{peer}{path}?{query}", self.scheme)
             .parse()
             .map_err(|e: http::uri::InvalidUri| unreachable(e.to_string()))?;

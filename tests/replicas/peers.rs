@@ -9,7 +9,7 @@ use http::StatusCode;
 use super::support::binary::{self, Served};
 use super::support::client;
 use super::support::fake::{FakeRegistry, Fault};
-use super::support::images::oci_image;
+use super::support::images::{Blob, oci_image};
 use super::support::s3::S3Server;
 use super::{ACCEPT, BUCKET, base, get_manifest};
 
@@ -60,21 +60,28 @@ async fn cluster(
     cluster_with(n, upstream, s3, prefix, peers, &["--integrity-only"]).await
 }
 
+/// The fake upstream with a one-layer image under `repo:v1` whose layer is
+/// sent in 64 KiB frames `delay` apart, and an S3 server for the bucket.
+async fn slow_layer(repo: &str, size: usize, seed: u64, delay: Duration) -> (FakeRegistry, Blob, S3Server) {
+    let fake = FakeRegistry::start().await;
+    let image = oci_image(&[size], seed);
+    fake.put_image(repo, "v1", &image);
+    let layer = image.layers[0].clone();
+    fake.set_fault(&layer.digest, Fault::SlowBody { delay });
+    (fake, layer, S3Server::start(&[BUCKET]))
+}
+
 /// Every replica asked for one cold layer at once: when did each client
 /// get its first byte, and how long did the slowest take in all?
 async fn first_bytes_of_a_cold_layer(peers: bool) -> (Vec<Duration>, Duration, usize) {
-    let fake = FakeRegistry::start().await;
-    let image = oci_image(&[4 << 20], 1040 + u64::from(peers));
-    fake.put_image("test/relay", "v1", &image);
-    let layer = image.layers[0].clone();
     // 64 frames of 64 KiB, 40 ms apart: about 2.6 s upstream.
-    fake.set_fault(
-        &layer.digest,
-        Fault::SlowBody {
-            delay: Duration::from_millis(40),
-        },
-    );
-    let s3 = S3Server::start(&[BUCKET]);
+    let (fake, layer, s3) = slow_layer(
+        "test/relay",
+        4 << 20,
+        1040 + u64::from(peers),
+        Duration::from_millis(40),
+    )
+    .await;
     let (rs, _work) = cluster(3, &fake.url(), &s3, "relay/", peers).await;
     let m = get_manifest(&rs[0], "test/relay", "v1").await;
     assert_eq!(m.status, StatusCode::OK, "{}", rs[0].log_text());
@@ -186,18 +193,8 @@ fn blob_leader(rs: &[Served], digest: &portcullis::oci::Digest) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_peers_a_leader_killed_mid_download_leaves_the_blob_to_a_follower() {
-    let fake = FakeRegistry::start().await;
-    let image = oci_image(&[6 << 20], 1060);
-    fake.put_image("test/leader", "v1", &image);
-    let layer = image.layers[0].clone();
     // ~96 frames of 64 KiB, 40 ms apart: about 4 s for the whole layer.
-    fake.set_fault(
-        &layer.digest,
-        Fault::SlowBody {
-            delay: Duration::from_millis(40),
-        },
-    );
-    let s3 = S3Server::start(&[BUCKET]);
+    let (fake, layer, s3) = slow_layer("test/leader", 6 << 20, 1060, Duration::from_millis(40)).await;
     let (mut rs, _work) = cluster(3, &fake.url(), &s3, "leader/", true).await;
     let leader = blob_leader(&rs, &layer.digest);
     let follower = (leader + 1) % rs.len();
@@ -250,17 +247,7 @@ async fn with_peers_a_leader_killed_mid_download_leaves_the_blob_to_a_follower()
 /// bytes come from a relay or from the bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_peers_a_blob_fetched_for_one_repository_is_not_served_for_another() {
-    let fake = FakeRegistry::start().await;
-    let image = oci_image(&[2 << 20], 1070);
-    fake.put_image("test/public", "v1", &image);
-    let layer = image.layers[0].clone();
-    fake.set_fault(
-        &layer.digest,
-        Fault::SlowBody {
-            delay: Duration::from_millis(20),
-        },
-    );
-    let s3 = S3Server::start(&[BUCKET]);
+    let (fake, layer, s3) = slow_layer("test/public", 2 << 20, 1070, Duration::from_millis(20)).await;
     let (rs, _work) = cluster(3, &fake.url(), &s3, "private/", true).await;
     let public = rs
         .iter()
