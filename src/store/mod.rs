@@ -115,6 +115,9 @@ pub struct StoreOptions {
     /// `storage.s3`: content and records in a bucket instead of the data
     /// directory (which then holds only temp files and the watch's event queues).
     pub s3: Option<S3Options>,
+    /// On a shared store: a blob served within this (by any replica, as the
+    /// merged access index says) is not evicted (`usage`).
+    pub eviction_grace: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -124,6 +127,7 @@ impl Default for StoreOptions {
             max_bytes: None,
             clean_tmp: true,
             s3: None,
+            eviction_grace: usage::DEFAULT_SHARED_GRACE,
         }
     }
 }
@@ -181,7 +185,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let tmp = data_dir.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
-        let usage = Usage::load(backend.clone())?;
+        let usage = Usage::load(backend.clone())?.with_grace(options.eviction_grace);
         Ok(Store {
             blobs: BlobStore::new(backend.clone()),
             manifests: ManifestStore::new(backend.clone()),

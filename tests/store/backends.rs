@@ -184,8 +184,10 @@ fn eviction(s: &Subject) {
         }
         store.usage.flush().expect("flush");
     }
+    // One replica: no grace for other replicas' serves.
     let options = StoreOptions {
         max_bytes: Some(250_000),
+        eviction_grace: Duration::ZERO,
         ..StoreOptions::default()
     };
     let store = Store::with_backend(s.backend.clone(), s.dir.path(), &options).expect("reopen");
