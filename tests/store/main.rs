@@ -1,8 +1,10 @@
 //! The store (issue 10, local backend): a size cap that evicts the least
 //! recently served blobs and keeps serving (evicted content is fetched and
 //! verified again), the `store stats|verify|gc` commands on the built
-//! binary, and crash safety: `kill -9` of the real binary at many points
-//! of downloads, commits and evictions never leaves wrong content behind.
+//! binary, crash safety: `kill -9` of the real binary at many points of
+//! downloads, commits and evictions never leaves wrong content behind (on
+//! the data directory and on an S3 bucket), and the access index replicas
+//! on one bucket share (`shared`).
 //!
 //! Upstream: the real CNCF Distribution registry.
 
@@ -13,3 +15,4 @@ mod backends;
 mod cap;
 mod cli;
 mod crash;
+mod shared;
