@@ -610,15 +610,20 @@ fn read_json<T: for<'de> Deserialize<'de>>(backend: &dyn Backend, key: &'static 
 }
 
 /// The stored pins (entries whose digest does not parse are dropped).
-fn read_pins(backend: &dyn Backend) -> Result<Option<(BTreeMap<Digest, String>, Version)>, StoreError> {
-    Ok(read_json::<BTreeMap<String, String>>(backend, PINS)?.map(|(pins, version)| {
-        let pins = pins
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(d, why)| d.parse().ok().map(|d| (d, why)))
-            .collect();
-        (pins, version)
-    }))
+/// Pins by digest, and the version they were read at.
+type Pins = (BTreeMap<Digest, String>, Version);
+
+fn read_pins(backend: &dyn Backend) -> Result<Option<Pins>, StoreError> {
+    Ok(
+        read_json::<BTreeMap<String, String>>(backend, PINS)?.map(|(pins, version)| {
+            let pins = pins
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(d, why)| d.parse().ok().map(|d| (d, why)))
+                .collect();
+            (pins, version)
+        }),
+    )
 }
 
 fn write_json<T: Serialize>(backend: &dyn Backend, key: &Key, value: &T, mode: PutMode) -> Result<Written, StoreError> {

@@ -131,7 +131,10 @@ fn both_replicas_records_survive_their_flushes() {
 
     let index = bucket.index();
     assert!(last_served(&index, &blobs[0]) > committed, "a's serve: {index}");
-    assert!(last_served(&index, &blobs[1]) > committed, "b's serve survived a's flush: {index}");
+    assert!(
+        last_served(&index, &blobs[1]) > committed,
+        "b's serve survived a's flush: {index}"
+    );
     assert_eq!(index["hits"], 2, "{index}");
     assert_eq!(index["downloads"], 4, "{index}");
 

@@ -188,7 +188,10 @@ fn both_replicas_records_survive_their_flushes() {
     a.flush().expect("a flushes");
     b.flush().expect("b flushes after, and keeps a's record");
     let index = stored_index(&backend);
-    assert!(index.last_served[&x.to_string()] > 1_000, "a's serve of x survived b's flush");
+    assert!(
+        index.last_served[&x.to_string()] > 1_000,
+        "a's serve of x survived b's flush"
+    );
     assert!(index.last_served[&y.to_string()] > 1_000, "b's serve of y");
     assert_eq!(index.hits, 3, "three serves in all, each counted once");
     // b took a's time of x into its own order.
@@ -205,8 +208,14 @@ fn both_replicas_records_survive_their_flushes() {
 fn a_blob_another_replica_served_within_the_grace_is_not_evicted() {
     let (_dir, backend) = shared();
     let blobs: Vec<Digest> = (0..4u8).map(|i| put(&backend, &[i; 100])).collect();
-    let a = Arc::new(Usage::load(backend.clone()).expect("a").with_grace(Duration::from_secs(60)));
-    let b = Usage::load(backend.clone()).expect("b").with_grace(Duration::from_secs(60));
+    let a = Arc::new(
+        Usage::load(backend.clone())
+            .expect("a")
+            .with_grace(Duration::from_secs(60)),
+    );
+    let b = Usage::load(backend.clone())
+        .expect("b")
+        .with_grace(Duration::from_secs(60));
     // Everything long unserved as both replicas see it; then a serves the
     // oldest, and flushes (its minute tick).
     for (i, d) in blobs.iter().enumerate() {
@@ -274,7 +283,10 @@ fn concurrent_flushes_lose_nothing() {
     let index = stored_index(&backend);
     assert_eq!(index.hits, REPLICAS as u64, "every replica's hit counted once");
     for d in &blobs {
-        assert!(index.last_served[&d.to_string()] > 1_000, "{d}: its serve survived the race");
+        assert!(
+            index.last_served[&d.to_string()] > 1_000,
+            "{d}: its serve survived the race"
+        );
     }
 }
 
