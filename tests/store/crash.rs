@@ -64,6 +64,26 @@ impl Backend {
         }
     }
 
+    /// Bytes of the committed blobs (`blobs/` in the data directory, or
+    /// under the prefix in the s3s-fs bucket's directory).
+    fn blob_bytes(&self, store: &std::path::Path) -> u64 {
+        let mut dirs = vec![match self {
+            Backend::Fs => store.join("blobs"),
+            Backend::S3(s3) => s3.root.path().join(BUCKET).join("cache").join("blobs"),
+        }];
+        let mut total = 0;
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                match entry.metadata() {
+                    Ok(m) if m.is_dir() => dirs.push(entry.path()),
+                    Ok(m) => total += m.len(),
+                    Err(_) => {}
+                }
+            }
+        }
+        total
+    }
+
     /// Wait until every download lease in the bucket has expired (their
     /// holders were killed): the next run may then download any blob,
     /// instead of waiting for a dead holder (which the last run checks).
@@ -195,7 +215,8 @@ async fn kill_9_at_many_points(backend: Backend, seed: u64) {
         registry.push_image(&format!("test/c{i}"), "v1", image).await;
     }
     // Room for two images: every round evicts.
-    let subject = Subject::new(backend, 2 * layer as u64 + (512 << 10));
+    let cap = 2 * layer as u64 + (512 << 10);
+    let subject = Subject::new(backend, cap);
     let window = subject.backend.kill_window();
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut killed_mid_download = 0;
@@ -255,6 +276,8 @@ async fn kill_9_at_many_points(backend: Backend, seed: u64) {
     let stopped = tokio::time::timeout(Duration::from_secs(60), served.child.wait()).await;
     assert!(matches!(stopped, Ok(Ok(_))), "SIGTERM: {stopped:?}");
     subject.verify("after the last run").await;
+    let held = subject.backend.blob_bytes(&subject.store);
+    assert!(held <= cap, "the cap held (evictions ran): {held} > {cap}");
     // A run that was not killed aborted every upload it did not complete
     // (an eviction or a failed download drops its sink): no new orphans.
     let after = subject.backend.open_uploads();
