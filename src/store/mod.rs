@@ -165,14 +165,25 @@ impl Store {
     /// Lists the blobs once (sizes for the cap).
     pub fn open_with(data_dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         let tmp = data_dir.join("tmp");
+        let backend: Arc<dyn Backend> = match &options.s3 {
+            None => Arc::new(backend::fs::FsBackend::new(data_dir.to_owned(), tmp.clone())),
+            Some(s3) => {
+                let object = backend::object::ObjectBackend::s3(s3, tmp.clone())?;
+                // Uploads an earlier run was killed in the middle of.
+                if options.clean_tmp {
+                    match object.abort_abandoned_uploads() {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(uploads = n, "aborted the uploads an earlier run left"),
+                        Err(e) => tracing::warn!(error = %e, "cannot abort the uploads an earlier run left"),
+                    }
+                }
+                Arc::new(object)
+            }
+        };
         if options.clean_tmp && tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io_err("clean", &tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
-        let backend: Arc<dyn Backend> = match &options.s3 {
-            None => Arc::new(backend::fs::FsBackend::new(data_dir.to_owned(), tmp.clone())),
-            Some(s3) => Arc::new(backend::object::ObjectBackend::s3(s3, tmp.clone())?),
-        };
         Self::with_backend(backend, data_dir, &options)
     }
 

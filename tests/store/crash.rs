@@ -109,15 +109,15 @@ impl Backend {
         tokio::time::sleep(Duration::from_millis(latest.saturating_sub(now) + 50)).await;
     }
 
-    /// Multipart uploads started and neither completed nor aborted: s3s-fs
-    /// keeps one `.upload-<id>.json` per upload in its root (and the parts
-    /// beside it as `.upload_id-<id>.part-<n>`).
+    /// The ids of multipart uploads started and neither completed nor
+    /// aborted: s3s-fs keeps one `.upload-<id>.json` per upload in its root
+    /// (and the parts beside it as `.upload_id-<id>.part-<n>`).
     fn open_uploads(&self) -> Vec<String> {
         let Backend::S3(s3) = self else { return Vec::new() };
         std::fs::read_dir(s3.root.path())
             .expect("s3 root")
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(".upload-") && n.ends_with(".json"))
+            .filter_map(|n| Some(n.strip_prefix(".upload-")?.strip_suffix(".json")?.to_owned()))
             .collect()
     }
 }
@@ -167,6 +167,29 @@ impl Subject {
             out.contains("ok: every file hashes to its digest") && !out.contains("MISMATCH"),
             "store verify {when}: {out}"
         );
+    }
+
+    /// The upload ids a killed run journaled in its temp directory (the
+    /// next start aborts them).
+    fn journaled_uploads(&self) -> Vec<String> {
+        std::fs::read_dir(self.store.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "upload"))
+            .filter_map(|e| {
+                let entry: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+                Some(entry["id"].as_str()?.to_owned())
+            })
+            .collect()
+    }
+
+    /// None of `journaled` is still open (the start that just happened
+    /// aborted them).
+    fn assert_aborted(&self, journaled: &[String], when: &str) {
+        let open = self.backend.open_uploads();
+        let left: Vec<&String> = journaled.iter().filter(|id| open.contains(id)).collect();
+        assert!(left.is_empty(), "{when}: journaled uploads still open: {left:?}");
     }
 
     fn tmp_files(&self) -> usize {
@@ -220,6 +243,9 @@ async fn kill_9_at_many_points(backend: Backend, seed: u64) {
     let window = subject.backend.kill_window();
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut killed_mid_download = 0;
+    // Uploads the last killed run journaled, and how many in all.
+    let mut journaled: Vec<String> = Vec::new();
+    let mut journaled_total = 0;
 
     for round in 0..KILLS {
         // On S3 the killed runs' leases keep their blobs from the next runs
@@ -234,6 +260,7 @@ async fn kill_9_at_many_points(backend: Backend, seed: u64) {
             0,
             "round {round}: partial files of the killed run were cleaned at start"
         );
+        subject.assert_aborted(&journaled, &format!("round {round}"));
         let tasks = pull_all(&format!("http://{}", served.listen), &images);
         // Somewhere in downloads, commits or evictions.
         tokio::time::sleep(Duration::from_millis(rng.u64(window.clone()))).await;
@@ -241,6 +268,8 @@ async fn kill_9_at_many_points(backend: Backend, seed: u64) {
         if subject.tmp_files() > 0 {
             killed_mid_download += 1;
         }
+        journaled = subject.journaled_uploads();
+        journaled_total += journaled.len();
         for t in tasks {
             let _ = t.await;
         }
@@ -248,7 +277,8 @@ async fn kill_9_at_many_points(backend: Backend, seed: u64) {
     }
     let orphans = subject.backend.open_uploads();
     eprintln!(
-        "{killed_mid_download} of {KILLS} kills left partial downloads behind; {} incomplete multipart uploads",
+        "{killed_mid_download} of {KILLS} kills left partial downloads behind; {journaled_total} uploads journaled \
+         by killed runs, {} open now",
         orphans.len()
     );
     assert!(killed_mid_download > 0, "no kill landed in the middle of a download");
@@ -258,6 +288,7 @@ async fn kill_9_at_many_points(backend: Backend, seed: u64) {
     // at most one lease time to live).
     let pulled = Instant::now();
     let mut served = subject.serve(&registry.url()).await;
+    subject.assert_aborted(&journaled, "the last start");
     let base = format!("http://{}", served.listen);
     for (i, image) in images.iter().enumerate() {
         for blob in image.blobs() {
@@ -280,12 +311,15 @@ async fn kill_9_at_many_points(backend: Backend, seed: u64) {
     assert!(held <= cap, "the cap held (evictions ran): {held} > {cap}");
     // A run that was not killed aborted every upload it did not complete
     // (an eviction or a failed download drops its sink): no new orphans.
+    // What is left was killed while being created, before its journal
+    // entry: the bucket's lifecycle rule is for those.
     let after = subject.backend.open_uploads();
     assert!(
         after.iter().all(|u| orphans.contains(u)),
         "uploads left by a run that was not killed: {:?}",
         after.iter().filter(|u| !orphans.contains(u)).collect::<Vec<_>>()
     );
+    eprintln!("{} uploads left that no journal named", after.len());
     eprintln!("{:?} in all", started.elapsed());
 }
 
