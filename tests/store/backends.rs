@@ -1,7 +1,8 @@
 //! The storage seam: one test body over every backend — the local
 //! filesystem, `object_store`'s `InMemory`, and a real S3 server (s3s-fs on
 //! a loopback port). Records, conditional writes, streamed blobs committed
-//! only with the proof, ranged reads, eviction after a re-listing, leases.
+//! only with the proof, ranged reads, eviction after a re-listing, leases,
+//! and (s3s-fs) the journal that lets a restart abort a killed run's uploads.
 //! Races (leases, tags) run where conditional writes are atomic: the
 //! filesystem backend and `InMemory` (s3s-fs checks, then renames).
 

@@ -5,10 +5,11 @@
 //! nothing wrong (`store verify` with the same configuration, exit 0), a
 //! restart cleans the partial files, and the content then pulls byte for
 //! byte. On S3 the killed replica's download leases expire (the pull after
-//! the last restart completes), and what a kill leaves in the bucket is
-//! only incomplete multipart uploads (never listed, never served; the
-//! bucket's lifecycle rule removes them), while a run that is not killed
-//! leaves none.
+//! the last restart completes); what a kill leaves in the bucket is only
+//! incomplete multipart uploads (never listed, never served), every one
+//! the killed run journaled is aborted by the next start (the rest, killed
+//! while being created, are the bucket lifecycle rule's), and a run that
+//! is not killed leaves none.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
