@@ -66,8 +66,10 @@ pub const TOMBSTONE_KEEP: u64 = 60 * 60 * 1000;
 const ATTEMPTS: u32 = 12;
 
 /// On a shared store, the merge before an eviction is skipped if one landed
-/// this recently (milliseconds): commits past the cap come in bursts.
-const RESYNC_AFTER: u64 = 1000;
+/// this recently (milliseconds): commits past the cap come in bursts, and
+/// while the grace keeps everything, each would read and write the whole
+/// index. A few seconds of staleness are nothing beside the grace.
+const RESYNC_AFTER: u64 = 5000;
 
 /// One stored blob.
 #[derive(Clone, Copy, Debug)]

@@ -252,7 +252,8 @@ fn a_blob_another_replica_served_within_the_grace_is_not_evicted() {
     let mut file = stored_index(&backend);
     file.last_served.values_mut().for_each(|t| *t = 2_000);
     write_json(&*backend, &Key::fixed(USAGE), &file, PutMode::Overwrite).expect("age the index");
-    std::thread::sleep(Duration::from_millis(RESYNC_AFTER + 10));
+    // As if RESYNC_AFTER had passed since b's last merge.
+    b.state().last_sync = 0;
     let evicted = b.evict_over(50, true).expect("evict");
     assert_eq!(evicted.blobs.len(), 2);
 }
