@@ -183,6 +183,8 @@ fn remote(n: usize, client: &Arc<object_store::aws::AmazonS3>, backend: &Arc<dyn
         dir,
         &StoreOptions {
             max_bytes: Some(1024),
+            // One replica: no grace for other replicas' serves.
+            eviction_grace: std::time::Duration::ZERO,
             ..StoreOptions::default()
         },
     )

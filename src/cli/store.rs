@@ -34,6 +34,7 @@ fn open(config: &Config) -> Result<Store, StoreError> {
             max_bytes: config.storage.max_bytes,
             clean_tmp: false,
             s3: config.storage.s3.as_ref().map(crate::proxy::s3_options),
+            eviction_grace: crate::proxy::eviction_grace(&config.storage),
             ..StoreOptions::default()
         },
     )

@@ -217,6 +217,9 @@ pub struct S3Storage {
     /// Empty, or ending in `/`.
     pub prefix: String,
     pub allow_http: bool,
+    /// `evictionGrace`: a blob served by any replica within this is not
+    /// evicted; `None`: the store's default.
+    pub eviction_grace: Option<Duration>,
 }
 
 /// `storage.s3`: a bucket name S3 accepts, an `http(s)://` endpoint (plain
@@ -255,6 +258,7 @@ fn s3_storage(raw: &raw::RawS3) -> Result<S3Storage, (String, String)> {
             format!("{prefix}/")
         },
         allow_http: raw.allow_http,
+        eviction_grace: raw.eviction_grace.map(|d| d.0),
     })
 }
 

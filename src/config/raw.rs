@@ -160,6 +160,9 @@ pub struct RawS3 {
     /// Allow a plain `http://` endpoint (a local test server).
     #[serde(default)]
     pub allow_http: bool,
+    /// A blob served (by any replica) within this is not evicted; absent:
+    /// three minutes (longer than the access index's flush interval).
+    pub eviction_grace: Option<HumanDuration>,
 }
 
 /// The admin listener (metrics and probes).

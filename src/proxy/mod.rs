@@ -140,6 +140,7 @@ impl Proxy {
             max_bytes: config.storage.max_bytes,
             clean_tmp: options.clean_tmp,
             s3: config.storage.s3.as_ref().map(s3_options),
+            eviction_grace: eviction_grace(&config.storage),
         };
         let store = Arc::new(match options.backend {
             Some(backend) => Store::with_backend(backend, &config.data_dir, &store_options)?,
@@ -267,7 +268,7 @@ impl Proxy {
     /// Write the store's access times every minute while the server runs
     /// (the caller aborts the task; shutdown writes them once more).
     pub async fn flush_usage_periodically(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        let mut tick = tokio::time::interval(crate::store::usage::FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -294,6 +295,15 @@ fn replica_name() -> Arc<str> {
         std::process::id(),
         fastrand::u32(..)
     ))
+}
+
+/// `storage.s3.evictionGrace`, or the store's default.
+pub fn eviction_grace(storage: &crate::config::Storage) -> std::time::Duration {
+    storage
+        .s3
+        .as_ref()
+        .and_then(|s3| s3.eviction_grace)
+        .unwrap_or(crate::store::usage::DEFAULT_SHARED_GRACE)
 }
 
 /// `storage.s3` as the store opens it.

@@ -119,6 +119,9 @@ pub struct StoreOptions {
     /// `storage.s3`: content and records in a bucket instead of the data
     /// directory (which then holds only temp files and the watch's event queues).
     pub s3: Option<S3Options>,
+    /// On a shared store: a blob served within this (by any replica, as the
+    /// merged access index says) is not evicted (`usage`).
+    pub eviction_grace: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -128,6 +131,7 @@ impl Default for StoreOptions {
             max_bytes: None,
             clean_tmp: true,
             s3: None,
+            eviction_grace: usage::DEFAULT_SHARED_GRACE,
         }
     }
 }
@@ -165,14 +169,25 @@ impl Store {
     /// Lists the blobs once (sizes for the cap).
     pub fn open_with(data_dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         let tmp = data_dir.join("tmp");
+        let backend: Arc<dyn Backend> = match &options.s3 {
+            None => Arc::new(backend::fs::FsBackend::new(data_dir.to_owned(), tmp.clone())),
+            Some(s3) => {
+                let object = backend::object::ObjectBackend::s3(s3, tmp.clone())?;
+                // Uploads an earlier run was killed in the middle of.
+                if options.clean_tmp {
+                    match object.abort_abandoned_uploads() {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(uploads = n, "aborted the uploads an earlier run left"),
+                        Err(e) => tracing::warn!(error = %e, "cannot abort the uploads an earlier run left"),
+                    }
+                }
+                Arc::new(object)
+            }
+        };
         if options.clean_tmp && tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io_err("clean", &tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
-        let backend: Arc<dyn Backend> = match &options.s3 {
-            None => Arc::new(backend::fs::FsBackend::new(data_dir.to_owned(), tmp.clone())),
-            Some(s3) => Arc::new(backend::object::ObjectBackend::s3(s3, tmp.clone())?),
-        };
         Self::with_backend(backend, data_dir, &options)
     }
 
@@ -185,7 +200,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let tmp = data_dir.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
-        let usage = Usage::load(backend.clone())?;
+        let usage = Usage::load(backend.clone())?.with_grace(options.eviction_grace);
         Ok(Store {
             blobs: BlobStore::new(backend.clone()),
             manifests: ManifestStore::new(backend.clone()),

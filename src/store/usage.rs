@@ -1,11 +1,36 @@
 //! What the blob store holds, and when each blob was last served: the
 //! bookkeeping behind `storage.maxBytes`. The least recently *served* blob
 //! goes first (recorded here, in memory, on every serve, and written to
-//! `index/usage.json` once a minute and at shutdown — not file atimes, and
-//! not a write per request; on a shared bucket each replica keeps its own
-//! order and the index is last-writer-wins: it is a hint, not content). Pinned
-//! blobs (content that cannot be fetched again, e.g. imported for an
-//! air-gapped site) and blobs a response is reading are never evicted.
+//! `index/usage.json` every [`FLUSH_EVERY`] and at shutdown — not file
+//! atimes, and not a write per request). Pinned blobs (content that cannot
+//! be fetched again, e.g. imported for an air-gapped site) and blobs a
+//! response is reading are never evicted.
+//!
+//! **Replicas on one bucket** share the index without any other server:
+//! - a flush reads the stored index, merges it with what this replica
+//!   recorded (per digest the latest served time wins; the hit and download
+//!   counters add this replica's increments since its last flush; removals
+//!   travel as tombstones, kept [`TOMBSTONE_KEEP`], so an entry of an
+//!   evicted blob is not brought back by a replica that still remembers
+//!   it), and writes the result conditionally (`If-None-Match: *` /
+//!   `If-Match` on the version read), reading and merging again on a
+//!   conflict: no replica's record is lost to another's flush. The merged
+//!   times also flow back into this replica's order;
+//! - blobs held by a response count as served at every flush, so a long
+//!   stream stays recent in the shared index while it lasts;
+//! - before choosing victims, a replica on a shared store flushes (the
+//!   merge brings in the other replicas' times and removals) and re-reads
+//!   the pins, and then never evicts a blob served, as far as the merged
+//!   index says, within its grace (default [`DEFAULT_SHARED_GRACE`], longer
+//!   than the flush interval); its removals are flushed right after.
+//!
+//! What remains: another replica's serve of a blob in the minute since that
+//! replica's last flush is invisible, so a blob whose previous recorded
+//! serve is older than the grace can be evicted while that replica starts
+//! streaming it (the response ends early, the client retries, the blob is
+//! fetched and verified again). Times are wall clocks: replicas' clocks
+//! must agree to within a few seconds. Pins are read, changed and written
+//! the same conditional way, so concurrent pins are not lost.
 //!
 //! Only blobs are counted and evicted: manifests, tags, verdicts and grants
 //! are small beside them, and a grant whose blob was evicted stays true (the
@@ -13,19 +38,38 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
-
+use self::index::{PINS, Snapshot, USAGE, UsageFile, backoff, merge, read_json, read_pins, write_json};
 use super::StoreError;
-use super::backend::{Backend, Key, PutMode};
+use super::backend::{Backend, BackendError, Key, PutMode, Written};
 use super::blobs::{AREA, BlobStore};
 use crate::oci::Digest;
 
 /// After going over the cap, evict down to this share of it, so that one
 /// eviction makes room for more than one commit.
 const LOW_WATERMARK_PERCENT: u64 = 90;
+
+/// How often a server writes the index (its timer; also at shutdown).
+pub const FLUSH_EVERY: Duration = Duration::from_secs(60);
+
+/// On a shared store, a blob served within this (by any replica, as the
+/// merged index says) is not evicted: three flush intervals.
+pub const DEFAULT_SHARED_GRACE: Duration = Duration::from_secs(180);
+
+/// How long the index remembers an eviction (milliseconds): far longer than
+/// any replica goes between flushes.
+pub const TOMBSTONE_KEEP: u64 = 60 * 60 * 1000;
+
+/// Conditional writes of one index before giving up (each conflict means
+/// another replica wrote in between).
+const ATTEMPTS: u32 = 12;
+
+/// On a shared store, the merge before an eviction is skipped if one landed
+/// this recently (milliseconds): commits past the cap come in bursts, and
+/// while the grace keeps everything, each would read and write the whole
+/// index. A few seconds of staleness are nothing beside the grace.
+const RESYNC_AFTER: u64 = 5000;
 
 /// One stored blob.
 #[derive(Clone, Copy, Debug)]
@@ -41,18 +85,29 @@ struct State {
     total: u64,
     pins: BTreeMap<Digest, String>,
     in_use: HashMap<Digest, usize>,
+    /// Totals as last merged, plus this replica's increments since.
     hits: u64,
     downloads: u64,
-    dirty: bool,
+    /// This replica's increments not yet in the stored index.
+    pending_hits: u64,
+    pending_downloads: u64,
+    /// Blobs this replica removed (Unix ms), not yet in the stored index.
+    removed: HashMap<Digest, u64>,
+    /// Bumped on every change worth a flush.
+    generation: u64,
+    flushed_generation: u64,
+    /// When the last merge landed (Unix ms).
+    last_sync: u64,
 }
 
-/// `index/usage.json`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct UsageFile {
-    last_served: BTreeMap<String, u64>,
-    hits: u64,
-    downloads: u64,
+impl State {
+    fn touch(&mut self) {
+        self.generation += 1;
+    }
+
+    fn dirty(&self) -> bool {
+        self.generation != self.flushed_generation || !self.in_use.is_empty()
+    }
 }
 
 /// The blob store's size, access order, pins and readers.
@@ -60,10 +115,13 @@ struct UsageFile {
 pub struct Usage {
     backend: Arc<dyn Backend>,
     state: Mutex<State>,
+    /// When the blobs were listed at load (Unix ms): an index entry of a
+    /// blob this replica does not know and nobody served since was not in
+    /// the store then, and is dropped at the next flush.
+    listed_at: u64,
+    /// On a shared store: see [`DEFAULT_SHARED_GRACE`]. Zero otherwise.
+    grace: Duration,
 }
-
-const USAGE: &str = "index/usage.json";
-const PINS: &str = "index/pins.json";
 
 /// What an eviction removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -91,20 +149,23 @@ fn now_millis() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Usage {
     /// List the blobs once (sizes; the digest from each key) and read the
     /// index (access times, pins, counters). A blob the index does not know
-    /// counts as served when it was last modified.
+    /// counts as served when it was last modified. On a shared backend the
+    /// eviction grace is [`DEFAULT_SHARED_GRACE`] (see [`Usage::with_grace`]).
     pub fn load(backend: Arc<dyn Backend>) -> Result<Usage, StoreError> {
-        let file: UsageFile = read_json(&*backend, USAGE)?.unwrap_or_default();
-        let pins: BTreeMap<String, String> = read_json(&*backend, PINS)?.unwrap_or_default();
+        let listed_at = now_millis();
+        let file: UsageFile = read_json(&*backend, USAGE)?.and_then(|(f, _)| f).unwrap_or_default();
+        let pins = read_pins(&*backend)?.map(|(p, _)| p).unwrap_or_default();
         let mut state = State {
             hits: file.hits,
             downloads: file.downloads,
-            pins: pins
-                .into_iter()
-                .filter_map(|(d, why)| d.parse().ok().map(|d| (d, why)))
-                .collect(),
+            pins,
             ..State::default()
         };
         for (digest, size, modified) in list_blobs(&*backend)? {
@@ -112,10 +173,27 @@ impl Usage {
             state.total += size;
             state.blobs.insert(digest, Entry { size, last_served });
         }
+        let grace = if backend.shared() {
+            DEFAULT_SHARED_GRACE
+        } else {
+            Duration::ZERO
+        };
         Ok(Usage {
             backend,
             state: Mutex::new(state),
+            listed_at,
+            grace,
         })
+    }
+
+    /// On a shared store, evict no blob served within `grace` (by any
+    /// replica, as far as the merged index says); ignored on a store no
+    /// other process shares (its readers are all in this process).
+    pub fn with_grace(mut self, grace: Duration) -> Usage {
+        if self.backend.shared() {
+            self.grace = grace;
+        }
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -145,7 +223,8 @@ impl Usage {
     pub fn served(&self, digest: &Digest) {
         let mut s = self.state();
         s.hits += 1;
-        s.dirty = true;
+        s.pending_hits += 1;
+        s.touch();
         if let Some(e) = s.blobs.get_mut(digest) {
             e.last_served = now_millis();
         }
@@ -172,7 +251,8 @@ impl Usage {
     pub fn added(&self, digest: &Digest, size: u64, new: bool) {
         let mut s = self.state();
         s.downloads += 1;
-        s.dirty = true;
+        s.pending_downloads += 1;
+        s.touch();
         if new && !s.blobs.contains_key(digest) {
             s.total += size;
         }
@@ -187,15 +267,15 @@ impl Usage {
 
     /// Never evict `digest` (content that cannot be fetched again).
     pub fn pin(&self, digest: &Digest, reason: &str) -> Result<(), StoreError> {
-        let mut s = self.state();
-        s.pins.insert(digest.clone(), reason.to_owned());
-        self.write_pins(&s)
+        self.change_pins(|pins| {
+            pins.insert(digest.clone(), reason.to_owned());
+        })
     }
 
     pub fn unpin(&self, digest: &Digest) -> Result<(), StoreError> {
-        let mut s = self.state();
-        s.pins.remove(digest);
-        self.write_pins(&s)
+        self.change_pins(|pins| {
+            pins.remove(digest);
+        })
     }
 
     pub fn is_pinned(&self, digest: &Digest) -> bool {
@@ -203,20 +283,51 @@ impl Usage {
     }
 
     /// When over `cap`, evict least recently served blobs (neither pinned
-    /// nor being read) down to the low watermark; `to_cap` evicts only down
-    /// to the cap itself (`store gc`). Files are removed under the lock, so
-    /// a response either holds its blob first or finds it gone (and fetches
-    /// it again), never a file vanishing between the check and the read.
+    /// nor being read, nor on a shared store served within the grace) down
+    /// to the low watermark; `to_cap` evicts only down to the cap itself
+    /// (`store gc`). Files are removed under the lock, so a response either
+    /// holds its blob first or finds it gone (and fetches it again), never
+    /// a file vanishing between the check and the read.
+    ///
+    /// On a shared store the index is merged (and the pins re-read) first,
+    /// and the removals are flushed after; a failure to merge first is
+    /// returned, and nothing is evicted on stale times.
     pub fn evict_over(&self, cap: u64, to_cap: bool) -> Result<Evicted, StoreError> {
+        if self.total() <= cap {
+            return Ok(Evicted::default());
+        }
+        let shared = self.backend.shared();
+        if shared && now_millis().saturating_sub(self.state().last_sync) >= RESYNC_AFTER {
+            self.sync()?;
+            self.reload_pins()?;
+        }
+        let evicted = self.evict_locked(cap, to_cap)?;
+        if shared
+            && !evicted.blobs.is_empty()
+            && let Err(e) = self.sync()
+        {
+            // The next flush carries them.
+            tracing::warn!(error = %e, "cannot record evictions in the shared access index");
+        }
+        Ok(evicted)
+    }
+
+    fn evict_locked(&self, cap: u64, to_cap: bool) -> Result<Evicted, StoreError> {
         let mut s = self.state();
         if s.total <= cap {
             return Ok(Evicted::default());
         }
         let target = if to_cap { cap } else { cap / 100 * LOW_WATERMARK_PERCENT };
+        let now = now_millis();
+        let recent = now.saturating_sub(millis(self.grace));
         let mut order: Vec<(u64, Digest)> = s
             .blobs
             .iter()
-            .filter(|(d, _)| !s.pins.contains_key(*d) && s.in_use.get(*d).is_none_or(|n| *n == 0))
+            .filter(|(d, e)| {
+                !s.pins.contains_key(*d)
+                    && s.in_use.get(*d).is_none_or(|n| *n == 0)
+                    && (self.grace.is_zero() || e.last_served < recent)
+            })
             .map(|(d, e)| (e.last_served, d.clone()))
             .collect();
         order.sort();
@@ -240,9 +351,10 @@ impl Usage {
                 s.total = s.total.saturating_sub(e.size);
                 evicted.bytes += e.size;
             }
+            s.removed.insert(digest.clone(), now);
             evicted.blobs.push(digest);
         }
-        s.dirty = true;
+        s.touch();
         Ok(evicted)
     }
 
@@ -251,24 +363,135 @@ impl Usage {
         let mut s = self.state();
         if let Some(e) = s.blobs.remove(digest) {
             s.total = s.total.saturating_sub(e.size);
-            s.dirty = true;
+        }
+        s.removed.insert(digest.clone(), now_millis());
+        s.touch();
+    }
+
+    /// Merge what this replica recorded into the stored index, if anything
+    /// changed (or a response holds a blob).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        if !self.state().dirty() {
+            return Ok(());
+        }
+        self.sync()
+    }
+
+    /// Read, merge, write conditionally; on a conflict read and merge
+    /// again. The merged times and removals then flow into this replica.
+    fn sync(&self) -> Result<(), StoreError> {
+        let key = Key::fixed(USAGE);
+        for attempt in 0..ATTEMPTS {
+            let snapshot = self.snapshot();
+            let (stored, version) = match read_json::<UsageFile>(&*self.backend, USAGE)? {
+                Some((file, version)) => (file.unwrap_or_default(), Some(version)),
+                None => (UsageFile::default(), None),
+            };
+            let now = now_millis();
+            let merged = merge(stored, &snapshot, now, self.listed_at);
+            let mode = version.map_or(PutMode::Create, PutMode::Update);
+            match write_json(&*self.backend, &key, &merged, mode)? {
+                Written::Done => {
+                    self.adopt(&merged, &snapshot, now);
+                    return Ok(());
+                }
+                Written::Conflict => backoff(attempt),
+            }
+        }
+        Err(BackendError::Contended {
+            key: key.to_string(),
+            attempts: ATTEMPTS,
+        }
+        .into())
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let s = self.state();
+        let now = now_millis();
+        let mut served: HashMap<Digest, u64> = s.blobs.iter().map(|(d, e)| (d.clone(), e.last_served)).collect();
+        // Being read right now: as recent as it gets.
+        for d in s.in_use.keys() {
+            if let Some(t) = served.get_mut(d) {
+                *t = now;
+            }
+        }
+        Snapshot {
+            served,
+            removed: s.removed.clone(),
+            hits: s.pending_hits,
+            downloads: s.pending_downloads,
+            generation: s.generation,
         }
     }
 
-    /// Write the access times and counters if they changed.
-    pub fn flush(&self) -> Result<(), StoreError> {
+    /// After `merged` was written from `snapshot`: take the other
+    /// replicas' later times and removals, and count what was sent as sent.
+    fn adopt(&self, merged: &UsageFile, snapshot: &Snapshot, now: u64) {
         let mut s = self.state();
-        if !s.dirty {
-            return Ok(());
+        let s = &mut *s;
+        s.pending_hits = s.pending_hits.saturating_sub(snapshot.hits);
+        s.pending_downloads = s.pending_downloads.saturating_sub(snapshot.downloads);
+        s.hits = merged.hits.saturating_add(s.pending_hits);
+        s.downloads = merged.downloads.saturating_add(s.pending_downloads);
+        for (d, t) in &snapshot.removed {
+            if s.removed.get(d) == Some(t) {
+                s.removed.remove(d);
+            }
         }
-        let file = UsageFile {
-            last_served: s.blobs.iter().map(|(d, e)| (d.to_string(), e.last_served)).collect(),
-            hits: s.hits,
-            downloads: s.downloads,
-        };
-        write_json(&*self.backend, USAGE, &file)?;
-        s.dirty = false;
+        let mut gone = Vec::new();
+        for (d, e) in &mut s.blobs {
+            let key = d.to_string();
+            if let Some(t) = merged.last_served.get(&key) {
+                e.last_served = e.last_served.max(*t);
+            }
+            // Removed by a replica after anyone last served it here.
+            if merged.removed.get(&key).is_some_and(|r| *r >= e.last_served) {
+                gone.push(d.clone());
+            }
+        }
+        for d in gone {
+            if let Some(e) = s.blobs.remove(&d) {
+                s.total = s.total.saturating_sub(e.size);
+            }
+        }
+        if s.generation == snapshot.generation {
+            s.flushed_generation = s.generation;
+        }
+        s.last_sync = now;
+    }
+
+    /// Take the stored pins (another replica may have pinned since).
+    fn reload_pins(&self) -> Result<(), StoreError> {
+        let pins = read_pins(&*self.backend)?.map(|(p, _)| p).unwrap_or_default();
+        self.state().pins = pins;
         Ok(())
+    }
+
+    /// Read the stored pins, change them, write them conditionally (again
+    /// on a conflict), and keep the result.
+    fn change_pins(&self, change: impl Fn(&mut BTreeMap<Digest, String>)) -> Result<(), StoreError> {
+        let key = Key::fixed(PINS);
+        for attempt in 0..ATTEMPTS {
+            let (mut pins, version) = match read_pins(&*self.backend)? {
+                Some((pins, version)) => (pins, Some(version)),
+                None => (BTreeMap::new(), None),
+            };
+            change(&mut pins);
+            let file: BTreeMap<String, &String> = pins.iter().map(|(d, why)| (d.to_string(), why)).collect();
+            let mode = version.map_or(PutMode::Create, PutMode::Update);
+            match write_json(&*self.backend, &key, &file, mode)? {
+                Written::Done => {
+                    self.state().pins = pins;
+                    return Ok(());
+                }
+                Written::Conflict => backoff(attempt),
+            }
+        }
+        Err(BackendError::Contended {
+            key: key.to_string(),
+            attempts: ATTEMPTS,
+        }
+        .into())
     }
 
     pub fn stats(&self) -> UsageStats {
@@ -282,11 +505,6 @@ impl Usage {
             hits: s.hits,
             downloads: s.downloads,
         }
-    }
-
-    fn write_pins(&self, s: &State) -> Result<(), StoreError> {
-        let pins: BTreeMap<String, &String> = s.pins.iter().map(|(d, why)| (d.to_string(), why)).collect();
-        write_json(&*self.backend, PINS, &pins)
     }
 
     fn release(&self, digest: &Digest) {
@@ -313,24 +531,6 @@ impl Drop for InUse {
     }
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(backend: &dyn Backend, key: &'static str) -> Result<Option<T>, StoreError> {
-    let key = Key::fixed(key);
-    // The index is written atomically; one that does not parse was
-    // written by another version: start over rather than refuse to run
-    // (it holds access times, not content).
-    Ok(backend.get(&key)?.and_then(|o| serde_json::from_slice(&o.bytes).ok()))
-}
-
-fn write_json<T: Serialize>(backend: &dyn Backend, key: &'static str, value: &T) -> Result<(), StoreError> {
-    let key = Key::fixed(key);
-    let bytes = serde_json::to_vec(value).map_err(|source| super::BackendError::Encode {
-        key: key.to_string(),
-        source,
-    })?;
-    backend.put(&key, Bytes::from(bytes), PutMode::Overwrite, true)?;
-    Ok(())
-}
-
 /// Every stored blob whose key is a digest: (digest, size, modification
 /// time in Unix milliseconds).
 pub(super) fn list_blobs(backend: &dyn Backend) -> Result<Vec<(Digest, u64, u64)>, StoreError> {
@@ -344,103 +544,6 @@ pub(super) fn list_blobs(backend: &dyn Backend) -> Result<Vec<(Digest, u64, u64)
         .collect())
 }
 
+mod index;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::oci::Algorithm;
-
-    fn put(backend: &Arc<dyn Backend>, bytes: &[u8]) -> Digest {
-        let d = Digest::of(Algorithm::Sha256, bytes);
-        let body = Bytes::copy_from_slice(bytes);
-        backend
-            .put(&BlobStore::key(&d), body, PutMode::Overwrite, false)
-            .expect("write");
-        d
-    }
-
-    fn exists(backend: &Arc<dyn Backend>, d: &Digest) -> bool {
-        backend.size(&BlobStore::key(d)).expect("stat").is_some()
-    }
-
-    fn setup() -> (tempfile::TempDir, Arc<dyn Backend>) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let tmp = dir.path().join("tmp");
-        std::fs::create_dir_all(&tmp).expect("tmp");
-        let backend = crate::store::backend::fs::FsBackend::new(dir.path().to_owned(), tmp);
-        (dir, Arc::new(backend))
-    }
-
-    fn set_served(u: &Usage, d: &Digest, secs: u64) {
-        if let Some(e) = u.state().blobs.get_mut(d) {
-            e.last_served = secs;
-        }
-    }
-
-    #[test]
-    fn the_least_recently_served_goes_first_and_pins_and_readers_stay() {
-        let (_dir, blobs) = setup();
-        let a = put(&blobs, &[1u8; 100]);
-        let b = put(&blobs, &[2u8; 100]);
-        let c = put(&blobs, &[3u8; 100]);
-        let d = put(&blobs, &[4u8; 100]);
-        let u = Arc::new(Usage::load(blobs.clone()).expect("load"));
-        assert_eq!(u.total(), 400);
-        for (digest, t) in [(&a, 10), (&b, 20), (&c, 30), (&d, 40)] {
-            set_served(&u, digest, t);
-        }
-        u.pin(&a, "imported").expect("pin");
-        let reading = u.hold(&b);
-
-        // Cap 250: over by 150, low watermark 225: two blobs must go; the
-        // oldest two (a pinned, b being read) stay, so c and d go.
-        let evicted = u.evict_over(250, false).expect("evict");
-        assert_eq!(evicted.blobs, vec![c.clone(), d.clone()]);
-        assert_eq!(evicted.bytes, 200);
-        assert_eq!(u.total(), 200);
-        assert!(!exists(&blobs, &c));
-        assert!(exists(&blobs, &a) && exists(&blobs, &b));
-
-        drop(reading);
-        let evicted = u.evict_over(150, true).expect("evict");
-        assert_eq!(evicted.blobs, vec![b], "only the unpinned, unread one");
-        assert_eq!(u.evict_over(1000, false).expect("no-op"), Evicted::default());
-    }
-
-    #[test]
-    fn access_times_pins_and_counters_survive_a_restart() {
-        let (_dir, blobs) = setup();
-        let a = put(&blobs, b"alpha");
-        let b = put(&blobs, b"bravo");
-        {
-            let u = Arc::new(Usage::load(blobs.clone()).expect("load"));
-            set_served(&u, &a, 5);
-            set_served(&u, &b, 0);
-            u.served(&b);
-            u.pin(&a, "air gap").expect("pin");
-            u.flush().expect("flush");
-        }
-        let u = Usage::load(blobs.clone()).expect("reload");
-        assert!(u.is_pinned(&a));
-        let stats = u.stats();
-        assert_eq!((stats.blobs, stats.bytes, stats.pinned, stats.hits), (2, 10, 1, 1));
-        let order: Vec<u64> = [&a, &b]
-            .iter()
-            .map(|d| u.state().blobs.get(*d).map_or(0, |e| e.last_served))
-            .collect();
-        assert_eq!(order[0], 5);
-        assert!(order[1] > 1_000_000_000_000, "b's serve was recorded: {order:?}");
-    }
-
-    #[test]
-    fn a_commit_of_a_known_blob_is_not_counted_twice() {
-        let (_dir, blobs) = setup();
-        let u = Usage::load(blobs.clone()).expect("load");
-        let d = Digest::of(Algorithm::Sha256, b"x");
-        u.added(&d, 7, true);
-        u.added(&d, 7, true);
-        u.added(&d, 7, false);
-        assert_eq!(u.total(), 7);
-        u.forget(&d);
-        assert_eq!(u.total(), 0);
-    }
-}
+mod tests;

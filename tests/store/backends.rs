@@ -1,7 +1,8 @@
 //! The storage seam: one test body over every backend — the local
 //! filesystem, `object_store`'s `InMemory`, and a real S3 server (s3s-fs on
 //! a loopback port). Records, conditional writes, streamed blobs committed
-//! only with the proof, ranged reads, eviction after a re-listing, leases.
+//! only with the proof, ranged reads, eviction after a re-listing, leases,
+//! and (s3s-fs) the journal that lets a restart abort a killed run's uploads.
 //! Races (leases, tags) run where conditional writes are atomic: the
 //! filesystem backend and `InMemory` (s3s-fs checks, then renames).
 
@@ -184,8 +185,10 @@ fn eviction(s: &Subject) {
         }
         store.usage.flush().expect("flush");
     }
+    // One replica: no grace for other replicas' serves.
     let options = StoreOptions {
         max_bytes: Some(250_000),
+        eviction_grace: Duration::ZERO,
         ..StoreOptions::default()
     };
     let store = Store::with_backend(s.backend.clone(), s.dir.path(), &options).expect("reopen");
@@ -309,4 +312,65 @@ fn s3_server_s3s_fs() {
     blobs(&s);
     eviction(&s3());
     leases(&s3());
+}
+
+/// A run killed mid-download (here: a sink never dropped) leaves its
+/// multipart upload open and journaled in the temp directory; the next
+/// start aborts it and clears the journal.
+#[test]
+fn an_upload_a_killed_run_left_is_aborted_at_the_next_start() {
+    let server = S3Server::start(&["portcullis"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let open_uploads = || {
+        std::fs::read_dir(server.root.path())
+            .expect("root")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(".upload-") && n.ends_with(".json"))
+            .count()
+    };
+    let journal = || {
+        std::fs::read_dir(&tmp)
+            .expect("tmp")
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "upload"))
+            .count()
+    };
+    let client = Arc::new(server.client("portcullis"));
+    let backend = ObjectBackend::new(client, "cache/", tmp.clone(), "s3s-fs".into()).expect("backend");
+    let bytes = vec![7u8; 1000];
+    let digest = Digest::of(Algorithm::Sha256, &bytes);
+    let mut sink = backend
+        .blob_sink(&Key::content("blobs", &digest), &digest)
+        .expect("sink");
+    sink.write(&Bytes::from(bytes)).expect("write");
+    // As after kill -9: no drop, no abort.
+    std::mem::forget(sink);
+    assert_eq!((open_uploads(), journal()), (1, 1));
+
+    let restarted = ObjectBackend::new(
+        Arc::new(server.client("portcullis")),
+        "cache/",
+        tmp.clone(),
+        "s3s-fs".into(),
+    )
+    .expect("backend");
+    assert_eq!(restarted.abort_abandoned_uploads().expect("abort"), 1);
+    assert_eq!((open_uploads(), journal()), (0, 0));
+    assert_eq!(restarted.abort_abandoned_uploads().expect("again"), 0);
+
+    // A sink dropped without a commit aborts its upload itself.
+    let sink = restarted
+        .blob_sink(&Key::content("blobs", &digest), &digest)
+        .expect("sink");
+    drop(sink);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while open_uploads() + journal() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped sink's upload stayed open"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -278,6 +278,8 @@ pub enum BackendError {
         #[source]
         source: tokio::task::JoinError,
     },
+    #[error("{key}: still changing after {attempts} conditional writes (other replicas writing)")]
+    Contended { key: String, attempts: u32 },
     #[error("{0:?} is not a plain key component")]
     InvalidName(String),
     #[error("the object store's runtime stopped")]

@@ -8,9 +8,15 @@
 //! Blobs stream: a download is written to a local temp file (for clients
 //! following it) and uploaded in parts as it arrives; the multipart upload
 //! is completed only with the verifier's proof and aborted otherwise, so
-//! nothing unverified ever appears under a digest. Reads are ranged GETs,
-//! one streaming GET per sequential reader.
+//! nothing unverified ever appears under a digest. Each upload in progress
+//! is journaled beside its temp file (`<hex>.<n>.upload`: key and upload
+//! id), so that the next start of a replica killed mid-download aborts
+//! what it left ([`ObjectBackend::abort_abandoned_uploads`]); only an
+//! upload whose creation the kill interrupted escapes the journal (the
+//! bucket's lifecycle rule covers it). Reads are ranged GETs, one
+//! streaming GET per sequential reader.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -19,10 +25,12 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    GetOptions, GetRange, MultipartUpload, ObjectStore, ObjectStoreExt as _, PutOptions, PutPayload, UpdateVersion,
+    GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt as _, PutOptions, PutPayload, UpdateVersion,
 };
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::{Backend, BackendError, BlobReader, BlobSink, Key, Listed, Object, PutMode, ReadAt, Version, Written};
@@ -89,10 +97,25 @@ fn object_err<'a>(action: &'static str, key: &'a Key) -> impl FnOnce(object_stor
     }
 }
 
+/// What the backend needs of an object store: objects, and multipart
+/// uploads by id (an upload a killed replica left is aborted by id at its
+/// next start). S3 and `InMemory` are both.
+pub trait Bucket: ObjectStore + MultipartStore {}
+
+impl<T: ObjectStore + MultipartStore> Bucket for T {}
+
+/// A multipart upload in progress, journaled in the temp directory.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Journaled {
+    key: String,
+    id: MultipartId,
+}
+
 /// Objects under a prefix of an `ObjectStore`.
 #[derive(Debug)]
 pub struct ObjectBackend {
-    store: Arc<dyn ObjectStore>,
+    store: Arc<dyn Bucket>,
     prefix: String,
     /// Local temp files of downloads in progress (followed by clients).
     tmp: PathBuf,
@@ -139,12 +162,7 @@ impl ObjectBackend {
     }
 
     /// Any object store under `prefix` (tests: `InMemory`).
-    pub fn new(
-        store: Arc<dyn ObjectStore>,
-        prefix: &str,
-        tmp: PathBuf,
-        what: String,
-    ) -> Result<ObjectBackend, StoreError> {
+    pub fn new(store: Arc<dyn Bucket>, prefix: &str, tmp: PathBuf, what: String) -> Result<ObjectBackend, StoreError> {
         let prefix = prefix.trim_matches('/');
         Ok(ObjectBackend {
             store,
@@ -167,6 +185,41 @@ impl ObjectBackend {
     fn key_of(&self, location: &ObjectPath) -> Option<Key> {
         let rest = location.as_ref().strip_prefix(&self.prefix)?;
         Key::new(rest.split('/'))
+    }
+
+    /// Abort the multipart uploads journaled in the temp directory (a run
+    /// killed mid-download left them) and remove their entries; returns how
+    /// many. Only at a server's start, before the temp directory is
+    /// emptied: the `store` commands run beside a live server. An abort
+    /// that fails (already gone, or refused) is logged and not retried: the
+    /// bucket's lifecycle rule is the backstop.
+    pub fn abort_abandoned_uploads(&self) -> Result<usize, StoreError> {
+        let entries = match std::fs::read_dir(&self.tmp) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err("list", &self.tmp)(e)),
+        };
+        let mut aborted = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "upload") {
+                continue;
+            }
+            let journaled = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Journaled>(&b).ok());
+            if let Some(j) = journaled
+                && let Some(key) = Key::new(j.key.split('/'))
+            {
+                let (store, location, id) = (self.store.clone(), self.path(&key), j.id.clone());
+                match self.run(async move { store.abort_multipart(&location, &id).await })? {
+                    Ok(()) => aborted += 1,
+                    Err(e) => tracing::info!(error = %e, %key, upload = %j.id, "cannot abort an abandoned upload"),
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        Ok(aborted)
     }
 
     fn run<T: Send + 'static>(
@@ -304,20 +357,35 @@ impl Backend for ObjectBackend {
     fn blob_sink(&self, key: &Key, digest: &Digest) -> Result<Box<dyn BlobSink>, StoreError> {
         let (file, tmp_path) = super::create_part_file(&self.tmp, digest)?;
         let (store, path) = (self.store.clone(), self.path(key));
-        let upload = self
-            .run(async move { store.put_multipart(&path).await })?
+        let id = self
+            .run(async move { store.create_multipart(&path).await })?
             .map_err(object_err("start a multipart upload of", key))?;
-        Ok(Box::new(MultipartSink {
+        let entry = serde_json::to_vec(&Journaled {
+            key: key.to_string(),
+            id: id.clone(),
+        });
+        // From here on, dropping the sink aborts the upload (and removes
+        // the journal entry); a kill leaves the entry for the next start.
+        let sink = MultipartSink {
             file: Some(file),
+            journal: tmp_path.with_extension("upload"),
             tmp_path,
             key: key.clone(),
-            upload: Some(upload),
+            id: Some(id),
             buffer: BytesMut::new(),
-            parts: Vec::new(),
+            next_part: 0,
+            parts: VecDeque::new(),
+            done: Vec::new(),
             rt: self.rt.clone(),
             store: self.store.clone(),
             path: self.path(key),
-        }))
+        };
+        let entry = entry.map_err(|source| BackendError::Encode {
+            key: key.to_string(),
+            source,
+        })?;
+        std::fs::write(&sink.journal, entry).map_err(io_err("write", &sink.journal))?;
+        Ok(Box::new(sink))
     }
 
     fn quarantine(&self, key: &Key, name: &str) -> Result<String, StoreError> {
@@ -347,7 +415,7 @@ impl Backend for ObjectBackend {
 /// `Range` request, a jump) starts a new GET at its offset.
 #[derive(Debug)]
 struct RangedReader {
-    store: Arc<dyn ObjectStore>,
+    store: Arc<dyn Bucket>,
     path: ObjectPath,
     key: String,
     size: u64,
@@ -443,16 +511,24 @@ impl ReadAt for RangedReader {
 
 /// A blob streaming to a multipart upload (and to a local temp file that
 /// clients following the download read). Completed only by `commit`;
-/// dropped, it aborts the upload and removes the temp file.
+/// dropped, it aborts the upload and removes the temp file and the journal
+/// entry.
 struct MultipartSink {
     file: Option<File>,
     tmp_path: PathBuf,
+    /// The journal entry naming the upload (see the module docs).
+    journal: PathBuf,
     key: Key,
-    upload: Option<Box<dyn MultipartUpload>>,
+    /// The upload, until it is completed.
+    id: Option<MultipartId>,
     buffer: BytesMut,
-    parts: Vec<JoinHandle<object_store::Result<()>>>,
+    next_part: usize,
+    /// Parts uploading, oldest first.
+    parts: VecDeque<JoinHandle<object_store::Result<PartId>>>,
+    /// Parts uploaded, in order.
+    done: Vec<PartId>,
     rt: Arc<Runtime>,
-    store: Arc<dyn ObjectStore>,
+    store: Arc<dyn Bucket>,
     path: ObjectPath,
 }
 
@@ -465,25 +541,34 @@ impl std::fmt::Debug for MultipartSink {
 }
 
 impl MultipartSink {
-    /// Start uploading the buffered bytes as one part, keeping at most
+    /// Start uploading the buffered bytes as the next part, keeping at most
     /// `PARTS_IN_FLIGHT` parts in flight (this thread waits for the oldest).
     fn send_part(&mut self) -> Result<(), StoreError> {
-        let Some(upload) = self.upload.as_mut() else {
+        let Some(id) = self.id.clone() else {
             return Ok(());
         };
-        let part = upload.put_part(PutPayload::from(self.buffer.split().freeze()));
+        let (store, path, idx) = (self.store.clone(), self.path.clone(), self.next_part);
+        let payload = PutPayload::from(self.buffer.split().freeze());
         let handle = self.rt.handle().ok_or(BackendError::RuntimeGone)?;
-        self.parts.push(handle.spawn(part));
+        self.parts
+            .push_back(handle.spawn(async move { store.put_part(&path, &id, idx, payload).await }));
+        self.next_part += 1;
         while self.parts.len() > PARTS_IN_FLIGHT {
-            let oldest = self.parts.remove(0);
-            self.wait_part(oldest)?;
+            self.wait_oldest()?;
         }
         Ok(())
     }
 
-    fn wait_part(&self, part: JoinHandle<object_store::Result<()>>) -> Result<(), StoreError> {
+    /// Wait for the oldest part in flight; `false` if none was.
+    fn wait_oldest(&mut self) -> Result<bool, StoreError> {
+        let Some(part) = self.parts.pop_front() else {
+            return Ok(false);
+        };
         match exec(&self.rt, part)? {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(id)) => {
+                self.done.push(id);
+                Ok(true)
+            }
             Ok(Err(e)) => Err(object_err("upload a part of", &self.key)(e)),
             Err(source) => Err(BackendError::Task {
                 action: "upload a part of",
@@ -517,21 +602,26 @@ impl BlobSink for MultipartSink {
 
     fn commit(mut self: Box<Self>, _proof: &DigestMatched) -> Result<bool, StoreError> {
         // An empty blob is still one (empty) part: S3 needs at least one.
-        if !self.buffer.is_empty() || self.parts.is_empty() {
+        if !self.buffer.is_empty() || self.next_part == 0 {
             self.send_part()?;
         }
-        for part in std::mem::take(&mut self.parts) {
-            self.wait_part(part)?;
-        }
+        while self.wait_oldest()? {}
         let (store, path) = (self.store.clone(), self.path.clone());
         let existed = exec(&self.rt, async move { store.head(&path).await.is_ok() })?;
-        let Some(mut upload) = self.upload.take() else {
+        let Some(id) = self.id.clone() else {
             return Ok(false);
         };
-        let completed = exec(&self.rt, async move { upload.complete().await })?;
+        let (store, path, parts) = (self.store.clone(), self.path.clone(), std::mem::take(&mut self.done));
+        let completed = exec(
+            &self.rt,
+            async move { store.complete_multipart(&path, &id, parts).await },
+        )?;
+        // Not completed: the drop aborts it.
         completed.map_err(object_err("complete the multipart upload of", &self.key))?;
+        self.id = None;
         self.file = None;
         let _ = std::fs::remove_file(&self.tmp_path);
+        let _ = std::fs::remove_file(&self.journal);
         Ok(!existed)
     }
 }
@@ -542,12 +632,21 @@ impl Drop for MultipartSink {
             part.abort();
         }
         // Not completed: abort the upload in the background (a drop may run
-        // on a runtime thread, where waiting is not allowed). A crash leaves
-        // the parts to the bucket's lifecycle rule for incomplete uploads.
-        if let (Some(mut upload), Some(handle)) = (self.upload.take(), self.rt.handle()) {
-            handle.spawn(async move {
-                let _ = upload.abort().await;
-            });
+        // on a runtime thread, where waiting is not allowed), then drop its
+        // journal entry. A crash leaves the entry to the next start.
+        match (self.id.take(), self.rt.handle()) {
+            (Some(id), Some(handle)) => {
+                let (store, path, journal) = (self.store.clone(), self.path.clone(), self.journal.clone());
+                handle.spawn(async move {
+                    if store.abort_multipart(&path, &id).await.is_ok() {
+                        let _ = std::fs::remove_file(&journal);
+                    }
+                });
+            }
+            (None, _) => {
+                let _ = std::fs::remove_file(&self.journal);
+            }
+            (Some(_), None) => {}
         }
         let _ = std::fs::remove_file(&self.tmp_path);
     }
