@@ -64,10 +64,18 @@ async fn the_least_recently_served_blobs_go_first_and_come_back_verified() {
     }
     assert!(proxy.has_blob(&images[0].layers[0].digest), "recently served: kept");
     assert!(proxy.has_blob(&images[3].layers[0].digest), "just committed: kept");
-    let text = String::from_utf8_lossy(&client::get(&proxy.admin_url("/metrics")).await.bytes()).into_owned();
+    // The metrics are updated once the commit that evicted returns, a
+    // moment after the file is gone: wait for them.
+    let text = loop {
+        let text = String::from_utf8_lossy(&client::get(&proxy.admin_url("/metrics")).await.bytes()).into_owned();
+        if metric(&text, "portcullis_store_evictions_total") >= 1.0 {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no eviction counted: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let held = metric(&text, "portcullis_store_bytes");
     assert!(held <= cap as f64, "held {held} > cap {cap}");
-    assert!(metric(&text, "portcullis_store_evictions_total") >= 1.0, "{text}");
     let on_disk = bytes_under(&proxy.data_dir.path().join("blobs"));
     assert_eq!(on_disk as f64, held, "the gauge is what the disk holds");
 
