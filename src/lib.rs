@@ -1,7 +1,8 @@
 //! Portcullis: a verifying pull-through OCI registry proxy.
 //!
 //! Module map (imports point downward only):
-//! `oci` → `telemetry`, `verify` → `config` → `auth`, `upstream`, `store` → `proxy` → `promote`, `server`.
+//! `oci` → `telemetry`, `verify` → `config` → `auth`, `upstream`, `store` → `proxy` → `promote`, `server` → `cli`
+//! (the commands `main.rs` starts).
 //! See `docs/ARCHITECTURE.md` for the request flow.
 
 pub mod airgap;

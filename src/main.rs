@@ -1,14 +1,15 @@
-//! The `portcullis` binary: parse the command line, load the configuration,
-//! run. Everything else lives in the library.
+//! The `portcullis` binary: parse the command line and start the command.
+//! Each command (loading the configuration, running, printing, the exit
+//! code) lives in the library's `cli` module.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use portcullis::config::{Config, Overrides, UpstreamUrl};
-use portcullis::server::Server;
-use portcullis::telemetry::{self, LogFormat};
+use portcullis::cli;
+use portcullis::config::{Overrides, UpstreamUrl};
+use portcullis::telemetry::LogFormat;
 
 /// A cold blob arrives in 256 KiB receive buffers, a few thousand per
 /// 512 MiB, each freed once hashed, written and sent. glibc's malloc hands
@@ -244,7 +245,6 @@ fn main() -> ExitCode {
             offline,
             log_format,
         } => {
-            telemetry::init(log_format);
             let overrides = Overrides {
                 listen,
                 admin_listen,
@@ -254,11 +254,7 @@ fn main() -> ExitCode {
                 integrity_only,
                 offline,
             };
-            report(
-                Config::load(config.as_deref(), &overrides)
-                    .map_err(anyhow::Error::from)
-                    .and_then(serve),
-            )
+            cli::serve::command(config.as_deref(), &overrides, log_format)
         }
         Command::Verify {
             image,
@@ -266,23 +262,12 @@ fn main() -> ExitCode {
             policies,
             default_upstream,
         } => {
-            telemetry::init(LogFormat::Compact);
             let overrides = Overrides {
                 policies,
                 default_upstream,
                 ..Default::default()
             };
-            let outcome = Config::load(config.as_deref(), &overrides)
-                .map_err(anyhow::Error::from)
-                .and_then(|c| verify(c, &image));
-            match outcome {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("portcullis: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            cli::verify::command(config.as_deref(), &overrides, &image)
         }
         Command::Watch {
             once,
@@ -291,19 +276,12 @@ fn main() -> ExitCode {
             policies,
             default_upstream,
         } => {
-            telemetry::init(LogFormat::Compact);
             let overrides = Overrides {
                 policies,
                 default_upstream,
                 ..Default::default()
             };
-            Config::load(config.as_deref(), &overrides)
-                .map_err(anyhow::Error::from)
-                .and_then(|c| watch(c, once, rounds))
-                .unwrap_or_else(|e| {
-                    eprintln!("portcullis: {e:#}");
-                    ExitCode::from(2)
-                })
+            cli::watch::command(config.as_deref(), &overrides, once, rounds)
         }
         Command::Promote {
             src,
@@ -317,24 +295,17 @@ fn main() -> ExitCode {
             chunk_bytes,
             sign_key,
         } => {
-            telemetry::init(LogFormat::Compact);
             let overrides = Overrides {
                 policies,
                 ..Default::default()
             };
-            let options = portcullis::cli::promote::Options {
+            let options = cli::promote::Options {
                 expect_current,
                 dry_run,
                 chunk_bytes,
                 sign_key,
             };
-            match Config::load(config.as_deref(), &overrides).map_err(anyhow::Error::from) {
-                Ok(config) => promote(config, &src, &dst, options, json),
-                Err(e) => {
-                    eprintln!("portcullis: {e:#}");
-                    ExitCode::from(portcullis::cli::promote::EXIT_FAILED)
-                }
-            }
+            cli::promote::command(config.as_deref(), &overrides, &src, &dst, options, json)
         }
         Command::Export {
             images,
@@ -348,27 +319,17 @@ fn main() -> ExitCode {
             sign_key,
             json,
         } => {
-            telemetry::init(LogFormat::Compact);
             let overrides = Overrides {
                 policies,
                 ..Default::default()
             };
-            let zstd = zstd || output.extension().is_some_and(|e| e == "zst");
-            let options = platform
-                .as_deref()
-                .map(portcullis::cli::export::platform)
-                .transpose()
-                .map(|p| portcullis::cli::export::Options {
-                    platforms: p.unwrap_or(portcullis::airgap::export::Platforms::All),
-                    zstd,
-                    sign_key,
-                    data_dir,
-                });
-            match (Config::load(config.as_deref(), &overrides), options) {
-                (Ok(config), Ok(options)) => export(config, &images, &output, options, json),
-                (Err(e), _) => fail(&e, 2),
-                (_, Err(e)) => fail(&e, 2),
-            }
+            let flags = cli::export::Flags {
+                platform,
+                zstd,
+                sign_key,
+                data_dir,
+            };
+            cli::export::command(config.as_deref(), &overrides, &images, &output, flags, json)
         }
         Command::Import {
             archive,
@@ -380,25 +341,21 @@ fn main() -> ExitCode {
             export_key,
             json,
         } => {
-            telemetry::init(LogFormat::Compact);
             let overrides = Overrides {
                 policies,
                 data_dir,
                 ..Default::default()
             };
-            let options = portcullis::cli::import::Options {
+            let options = cli::import::Options {
                 repository,
                 all_or_nothing,
                 export_key,
             };
-            match Config::load(config.as_deref(), &overrides) {
-                Ok(config) => import(config, &archive, options, json),
-                Err(e) => fail(&e, 2),
-            }
+            cli::import::command(config.as_deref(), &overrides, &archive, options, json)
         }
         Command::Policy {
             command: PolicyCommand::Check { dir },
-        } => report(policy_check(&dir)),
+        } => cli::policy::check(&dir),
         Command::Store {
             command,
             config,
@@ -408,307 +365,15 @@ fn main() -> ExitCode {
                 data_dir,
                 ..Default::default()
             };
-            match Config::load(config.as_deref(), &overrides).map_err(anyhow::Error::from) {
-                Ok(config) => store(command, &config),
-                Err(e) => report(Err(e)),
-            }
+            let action = match command {
+                StoreCommand::Stats => cli::store::Action::Stats,
+                StoreCommand::Verify => cli::store::Action::Verify,
+                StoreCommand::Gc => cli::store::Action::Gc,
+            };
+            cli::store::command(config.as_deref(), &overrides, action)
         }
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => report(
-            Config::load(Some(&file), &Overrides::default())
-                .map(|c| print!("{}", c.describe()))
-                .map_err(Into::into),
-        ),
-    }
-}
-
-fn serve(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let server = Server::bind(config).await?;
-        server.log_startup();
-        server.run(shutdown_signal()).await;
-        Ok(())
-    })
-}
-
-/// Print the verdict with its reasons; `Ok(true)` when allowed.
-fn verify(config: Config, image: &str) -> anyhow::Result<bool> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = runtime.block_on(portcullis::cli::verify::run(config, image))?;
-    for event in &report.events {
-        println!("{}", serde_json::to_string_pretty(event)?);
-    }
-    match (&report.error, report.allowed) {
-        (None, true) => println!("ALLOW {image}"),
-        (Some(e), _) => println!("DENY {image}: {e}"),
-        (None, false) => println!("DENY {image}"),
-    }
-    Ok(report.allowed)
-}
-
-/// Run a promotion and print its outcome; the exit code says which.
-fn promote(config: Config, src: &str, dst: &str, options: portcullis::cli::promote::Options, json: bool) -> ExitCode {
-    use portcullis::cli::promote::{self, EXIT_FAILED};
-    let outcome = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| Ok(rt.block_on(promote::run(config, src, dst, options))?));
-    let report = match outcome {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("portcullis: {e:#}");
-            return ExitCode::from(EXIT_FAILED);
-        }
-    };
-    let code = report.exit_code();
-    let verdict = match code {
-        0 => "promoted",
-        1 => "denied",
-        _ => "failed",
-    };
-    if json {
-        let out = serde_json::json!({
-            "result": verdict,
-            "source": src,
-            "destination": dst,
-            "promotion": report.result.as_ref().ok(),
-            "error": report.result.as_ref().err().map(|e| e.to_string()),
-            "requests": report.requests,
-            "audit": report.events,
-        });
-        println!("{out}");
-    } else {
-        match &report.result {
-            Ok(p) if p.dry_run => println!("DRY RUN: would promote {src} ({}) to {dst}", p.digest),
-            Ok(p) => println!("PROMOTED {src} ({}) to {dst}; copied {:?}", p.digest, p.copied),
-            Err(e) => println!("{} {src} to {dst}: {e}", verdict.to_uppercase()),
-        }
-        for w in report.result.iter().flat_map(|p| &p.warnings) {
-            println!("warning: {w}");
-        }
-    }
-    ExitCode::from(code)
-}
-
-fn fail(e: &dyn std::fmt::Display, code: u8) -> ExitCode {
-    eprintln!("portcullis: {e:#}");
-    ExitCode::from(code)
-}
-
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
-}
-
-/// Run an export and print what went into the archive.
-fn export(
-    config: Config,
-    images: &[String],
-    output: &std::path::Path,
-    options: portcullis::cli::export::Options,
-    json: bool,
-) -> ExitCode {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e, 2),
-    };
-    match rt.block_on(portcullis::cli::export::run(config, images, output, options)) {
-        Ok(done) => {
-            if json {
-                println!("{}", serde_json::to_string(&done).unwrap_or_default());
-            } else {
-                for i in &done.images {
-                    println!("EXPORTED {} {} ({} material)", i.reference, i.digest, i.material.len());
-                }
-                println!(
-                    "{}: {} blobs, {} bytes{}",
-                    output.display(),
-                    done.blobs,
-                    done.bytes,
-                    if done.signed { ", signed export record" } else { "" }
-                );
-                for w in &done.warnings {
-                    println!("warning: {w}");
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            let code = e.exit_code();
-            let verdict = if code == 1 { "DENIED" } else { "FAILED" };
-            println!("{verdict}: {e}");
-            ExitCode::from(code)
-        }
-    }
-}
-
-/// Run an import and print one line per image.
-fn import(
-    config: Config,
-    archive: &std::path::Path,
-    options: portcullis::cli::import::Options,
-    json: bool,
-) -> ExitCode {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e, 2),
-    };
-    match rt.block_on(portcullis::cli::import::run(config, archive, options)) {
-        Ok(report) => {
-            if json {
-                println!("{}", serde_json::to_string(&report).unwrap_or_default());
-            } else {
-                for i in &report.imported {
-                    println!(
-                        "IMPORTED {} {} ({} manifests, {} blobs)",
-                        i.name, i.digest, i.manifests, i.blobs
-                    );
-                }
-                for r in &report.refused {
-                    println!("REFUSED {}: {}", r.name, r.reason);
-                }
-                if let Some(p) = &report.archive_problem {
-                    println!("ARCHIVE: {p}");
-                }
-            }
-            ExitCode::from(report.exit_code())
-        }
-        Err(e) => fail(&e, 2),
-    }
-}
-
-fn store(command: StoreCommand, config: &Config) -> ExitCode {
-    use portcullis::cli::store;
-    let size = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
-    let outcome = match command {
-        StoreCommand::Stats => store::stats(config).map(|s| {
-            println!("store: {}", s.location);
-            println!("blobs: {} ({})", s.usage.blobs, size(s.usage.bytes));
-            match s.max_bytes {
-                Some(cap) => println!(
-                    "cap: {} ({:.1}% used)",
-                    size(cap),
-                    s.usage.bytes as f64 * 100.0 / cap.max(1) as f64
-                ),
-                None => println!("cap: none"),
-            }
-            println!("pinned: {} ({})", s.usage.pinned, size(s.usage.pinned_bytes));
-            match s.hit_ratio() {
-                Some(r) => println!(
-                    "hit ratio: {:.1}% ({} served from the store, {} downloaded)",
-                    r * 100.0,
-                    s.usage.hits,
-                    s.usage.downloads
-                ),
-                None => println!("hit ratio: - (nothing served yet)"),
-            }
-            ExitCode::SUCCESS
-        }),
-        StoreCommand::Verify => store::verify(config).map(|r| {
-            println!("checked: {} files", r.checked);
-            for path in &r.quarantined {
-                println!("MISMATCH: moved to {}", path.display());
-            }
-            if r.quarantined.is_empty() {
-                println!("ok: every file hashes to its digest");
-                ExitCode::SUCCESS
-            } else {
-                println!("{} files did not match their digest", r.quarantined.len());
-                ExitCode::from(1)
-            }
-        }),
-        StoreCommand::Gc => store::gc(config).map(|(evicted, left)| {
-            println!(
-                "evicted: {} blobs ({}); held now: {}",
-                evicted.blobs.len(),
-                size(evicted.bytes),
-                size(left)
-            );
-            ExitCode::SUCCESS
-        }),
-    };
-    outcome.unwrap_or_else(|e| {
-        eprintln!("portcullis: {e}");
-        ExitCode::FAILURE
-    })
-}
-
-/// `watch --once`: one line per tag and its exit status; `--rounds N`:
-/// one line per round; otherwise run until a shutdown signal.
-fn watch(config: Config, once: bool, rounds: Option<u32>) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        if let Some(n) = rounds {
-            let failed = portcullis::cli::watch::rounds(config, n, |line| println!("{line}")).await?;
-            return Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS });
-        }
-        if !once {
-            portcullis::cli::watch::run(config, shutdown_signal()).await?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        let reports = portcullis::cli::watch::once(config).await?;
-        for r in &reports {
-            println!("{}", r.line());
-        }
-        Ok(ExitCode::from(portcullis::cli::watch::exit_code(&reports)))
-    })
-}
-
-fn policy_check(dir: &std::path::Path) -> anyhow::Result<()> {
-    let p = portcullis::policy::load_dir(dir)?;
-    println!("policy in {}: valid, revision {}", dir.display(), p.revision);
-    println!(
-        "  authorities: {}",
-        p.authorities.keys().cloned().collect::<Vec<_>>().join(", ")
-    );
-    for r in &p.rules {
-        let registry = r
-            .registry
-            .as_ref()
-            .map_or("any registry".to_owned(), |g| g.as_str().to_owned());
-        let repos: Vec<&str> = r.repositories.iter().map(|g| g.as_str()).collect();
-        println!(
-            "  rule {} ({:?}): {registry}, repositories {}",
-            r.name,
-            r.mode,
-            repos.join(", ")
-        );
-    }
-    println!("  no match: {:?}", p.no_match);
-    if let Some(promoter) = &p.promoter {
-        println!("  promotion: the promoter's authority {promoter} never satisfies a promoted source");
-    }
-    for w in &p.warnings {
-        println!("warning: {w}");
-    }
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
-fn report(result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("portcullis: {e:#}");
-            ExitCode::FAILURE
-        }
+        } => cli::config::check(&file),
     }
 }

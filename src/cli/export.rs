@@ -3,13 +3,17 @@
 //! directory (or a temporary one), and the archive.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
+
+use super::{fail, runtime};
 
 use crate::airgap::ImageName;
 use crate::airgap::export::{self, ExportError, Exported, Platforms, Request};
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::promote::record::{PromoterKey, RecordError};
 use crate::proxy::{self, Proxy, ProxyOptions};
+use crate::telemetry::{self, LogFormat};
 
 /// Options of `portcullis export`.
 #[derive(Debug, Clone)]
@@ -58,6 +62,79 @@ pub fn platform(s: &str) -> Result<Platforms, SetupError> {
             architecture: arch.to_owned(),
         }),
         _ => Err(SetupError::BadPlatform(s.to_owned())),
+    }
+}
+
+/// The flags of `portcullis export` that become its [`Options`].
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// `--platform os/arch` (every platform without it).
+    pub platform: Option<String>,
+    /// `--zstd` (a `.zst` output name compresses too).
+    pub zstd: bool,
+    pub sign_key: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Load the configuration, export `images` to `output` and print what went
+/// into the archive (text, or one JSON object with `json`). Exit 1: the
+/// policy denied an image, nothing written; 2: failed.
+pub fn command(
+    path: Option<&Path>,
+    overrides: &Overrides,
+    images: &[String],
+    output: &Path,
+    flags: Flags,
+    json: bool,
+) -> ExitCode {
+    telemetry::init(LogFormat::Compact);
+    let zstd = flags.zstd || output.extension().is_some_and(|e| e == "zst");
+    let options = flags.platform.as_deref().map(platform).transpose().map(|p| Options {
+        platforms: p.unwrap_or(Platforms::All),
+        zstd,
+        sign_key: flags.sign_key,
+        data_dir: flags.data_dir,
+    });
+    match (Config::load(path, overrides), options) {
+        (Ok(config), Ok(options)) => execute(config, images, output, options, json),
+        (Err(e), _) => fail(&e, 2),
+        (_, Err(e)) => fail(&e, 2),
+    }
+}
+
+/// Run an export and print what went into the archive.
+fn execute(config: Config, images: &[String], output: &Path, options: Options, json: bool) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, 2),
+    };
+    match rt.block_on(run(config, images, output, options)) {
+        Ok(done) => {
+            if json {
+                println!("{}", serde_json::to_string(&done).unwrap_or_default());
+            } else {
+                for i in &done.images {
+                    println!("EXPORTED {} {} ({} material)", i.reference, i.digest, i.material.len());
+                }
+                println!(
+                    "{}: {} blobs, {} bytes{}",
+                    output.display(),
+                    done.blobs,
+                    done.bytes,
+                    if done.signed { ", signed export record" } else { "" }
+                );
+                for w in &done.warnings {
+                    println!("warning: {w}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let code = e.exit_code();
+            let verdict = if code == 1 { "DENIED" } else { "FAILED" };
+            println!("{verdict}: {e}");
+            ExitCode::from(code)
+        }
     }
 }
 

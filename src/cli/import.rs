@@ -2,11 +2,15 @@
 //! archive, and the report (what was imported, what was refused and why).
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::{fail, runtime};
 
 use crate::airgap::import::{self, ImportError, Options as ImportOptions, Report};
 use crate::airgap::record::{ExportStation, SignatureError};
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::oci::{RegistryHost, RepoName};
+use crate::telemetry::{self, LogFormat};
 
 /// Options of `portcullis import`.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +45,47 @@ pub async fn run(config: Config, archive: &Path, options: Options) -> Result<Rep
         export_station,
     };
     Ok(import::run(config, archive, &opts).await?)
+}
+
+/// Load the configuration, import `archive` and print one line per image
+/// (text, or one JSON object with `json`). Exit 1: something was refused;
+/// 2: failed.
+pub fn command(path: Option<&Path>, overrides: &Overrides, archive: &Path, options: Options, json: bool) -> ExitCode {
+    telemetry::init(LogFormat::Compact);
+    match Config::load(path, overrides) {
+        Ok(config) => execute(config, archive, options, json),
+        Err(e) => fail(&e, 2),
+    }
+}
+
+/// Run an import and print one line per image.
+fn execute(config: Config, archive: &Path, options: Options, json: bool) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, 2),
+    };
+    match rt.block_on(run(config, archive, options)) {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                for i in &report.imported {
+                    println!(
+                        "IMPORTED {} {} ({} manifests, {} blobs)",
+                        i.name, i.digest, i.manifests, i.blobs
+                    );
+                }
+                for r in &report.refused {
+                    println!("REFUSED {}: {}", r.name, r.reason);
+                }
+                if let Some(p) = &report.archive_problem {
+                    println!("ARCHIVE: {p}");
+                }
+            }
+            ExitCode::from(report.exit_code())
+        }
+        Err(e) => fail(&e, 2),
+    }
 }
 
 fn repository(s: &str) -> Result<(RegistryHost, RepoName), SetupError> {

@@ -2,14 +2,18 @@
 //! [`promote::Plan`] on the configured registries and run it with the
 //! proxy's own gate.
 
+use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 
+use super::runtime;
 use super::verify::split_reference;
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::oci::{Reference, Tag};
 use crate::promote::{self, Expected, Plan, PromoteError, Promoted};
 use crate::proxy::{self, Proxy, Target};
 use crate::telemetry::audit::{AuditEvent, AuditSink};
+use crate::telemetry::{self, LogFormat};
 
 /// Exit code: promoted (or, with `--dry-run`, would be).
 pub const EXIT_PROMOTED: u8 = 0;
@@ -124,6 +128,69 @@ pub async fn run(mut config: Config, src: &str, dst: &str, options: Options) -> 
         events: proxy.gate().audit_sink().kept(),
         requests,
     })
+}
+
+/// Load the configuration, promote `src` to `dst` and print the outcome
+/// (text, or one JSON object with `json`); the exit code says which
+/// ([`EXIT_PROMOTED`], [`EXIT_DENIED`], [`EXIT_FAILED`]).
+pub fn command(
+    path: Option<&Path>,
+    overrides: &Overrides,
+    src: &str,
+    dst: &str,
+    options: Options,
+    json: bool,
+) -> ExitCode {
+    telemetry::init(LogFormat::Compact);
+    match Config::load(path, overrides).map_err(anyhow::Error::from) {
+        Ok(config) => execute(config, src, dst, options, json),
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Run a promotion and print its outcome; the exit code says which.
+fn execute(config: Config, src: &str, dst: &str, options: Options, json: bool) -> ExitCode {
+    let outcome = runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| Ok(rt.block_on(run(config, src, dst, options))?));
+    let report = match outcome {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let code = report.exit_code();
+    let verdict = match code {
+        0 => "promoted",
+        1 => "denied",
+        _ => "failed",
+    };
+    if json {
+        let out = serde_json::json!({
+            "result": verdict,
+            "source": src,
+            "destination": dst,
+            "promotion": report.result.as_ref().ok(),
+            "error": report.result.as_ref().err().map(|e| e.to_string()),
+            "requests": report.requests,
+            "audit": report.events,
+        });
+        println!("{out}");
+    } else {
+        match &report.result {
+            Ok(p) if p.dry_run => println!("DRY RUN: would promote {src} ({}) to {dst}", p.digest),
+            Ok(p) => println!("PROMOTED {src} ({}) to {dst}; copied {:?}", p.digest, p.copied),
+            Err(e) => println!("{} {src} to {dst}: {e}", verdict.to_uppercase()),
+        }
+        for w in report.result.iter().flat_map(|p| &p.warnings) {
+            println!("warning: {w}");
+        }
+    }
+    ExitCode::from(code)
 }
 
 /// A reference on a configured registry (the registry must be named: a

@@ -1,13 +1,16 @@
 //! `portcullis verify IMAGE`: resolve, fetch, verify and admit one image
 //! reference exactly as the proxy would, and report the verdict.
 
+use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::config::Config;
+use super::runtime;
+use crate::config::{Config, Overrides};
 use crate::oci::{Reference, RegistryHost};
 use crate::proxy::{self, Proxy};
-use crate::telemetry::Requester;
 use crate::telemetry::audit::{AuditEvent, AuditSink};
+use crate::telemetry::{self, LogFormat, Requester};
 
 /// The outcome of `portcullis verify`.
 #[derive(Debug)]
@@ -80,6 +83,38 @@ pub async fn run(config: Config, image: &str) -> Result<Report, VerifyError> {
         events: proxy.gate().audit_sink().kept(),
         error: result.err().map(|e| e.to_string()),
     })
+}
+
+/// Load the configuration, verify `image` and print the verdict with its
+/// reasons (exit 0 allowed; 1 denied, or it could not be checked).
+pub fn command(path: Option<&Path>, overrides: &Overrides, image: &str) -> ExitCode {
+    telemetry::init(LogFormat::Compact);
+    let outcome = Config::load(path, overrides)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| execute(c, image));
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Print the verdict with its reasons; `Ok(true)` when allowed.
+fn execute(config: Config, image: &str) -> anyhow::Result<bool> {
+    let runtime = runtime()?;
+    let report = runtime.block_on(run(config, image))?;
+    for event in &report.events {
+        println!("{}", serde_json::to_string_pretty(event)?);
+    }
+    match (&report.error, report.allowed) {
+        (None, true) => println!("ALLOW {image}"),
+        (Some(e), _) => println!("DENY {image}: {e}"),
+        (None, false) => println!("DENY {image}"),
+    }
+    Ok(report.allowed)
 }
 
 #[cfg(test)]

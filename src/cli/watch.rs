@@ -5,11 +5,15 @@
 //! until SIGTERM/Ctrl-C.
 
 use std::future::Future;
+use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::config::Config;
+use super::{runtime, shutdown_signal};
+use crate::config::{Config, Overrides};
 use crate::proxy::{self, Proxy};
 use crate::telemetry::audit::AuditSink;
+use crate::telemetry::{self, LogFormat};
 use crate::watch::{self, TagReport, WatchError, Watcher};
 
 /// Why the watch could not run.
@@ -105,4 +109,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         () = shutdown => tracing::info!("watch stopping; undelivered events stay queued"),
     }
     Ok(())
+}
+
+/// Load the configuration and watch: `--once` (`once`) prints one line per
+/// tag and exits with [`exit_code`]; `--rounds N` (`rounds`) prints one line
+/// per round (exit 2 if a check failed); otherwise the watch runs until a
+/// shutdown signal. Exit 2 when the watch could not run.
+pub fn command(path: Option<&Path>, overrides: &Overrides, once: bool, rounds: Option<u32>) -> ExitCode {
+    telemetry::init(LogFormat::Compact);
+    Config::load(path, overrides)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| execute(c, once, rounds))
+        .unwrap_or_else(|e| {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::from(2)
+        })
+}
+
+/// `watch --once`: one line per tag and its exit status; `--rounds N`:
+/// one line per round; otherwise run until a shutdown signal.
+fn execute(config: Config, once: bool, rounds: Option<u32>) -> anyhow::Result<ExitCode> {
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        if let Some(n) = rounds {
+            let failed = self::rounds(config, n, |line| println!("{line}")).await?;
+            return Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS });
+        }
+        if !once {
+            run(config, shutdown_signal()).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let reports = self::once(config).await?;
+        for r in &reports {
+            println!("{}", r.line());
+        }
+        Ok(ExitCode::from(exit_code(&reports)))
+    })
 }
