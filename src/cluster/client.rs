@@ -283,7 +283,7 @@ impl PeerClient {
         let resp = tokio::time::timeout(RESPONSE_TIMEOUT, self.http.request(req))
             .await
             .map_err(|_| unreachable(format!("no answer within {RESPONSE_TIMEOUT:?}")))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(crate::upstream::error_chain(&e)))?;
         match resp.status() {
             StatusCode::OK => Ok(resp),
             StatusCode::MISDIRECTED_REQUEST => Err(PeerError::NotLeader { peer: peer.clone() }),

@@ -242,7 +242,7 @@ fn redact_query(uri: &Uri) -> String {
 }
 
 /// The error and its sources, for messages (hyper's top-level text is terse).
-pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

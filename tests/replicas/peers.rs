@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use super::support;
 use super::support::binary::{self, Served};
 use super::support::client;
 use super::support::fake::{FakeRegistry, Fault};
 use super::support::images::{Blob, oci_image};
 use super::support::s3::S3Server;
+use super::support::tls::{Ca, write_pair};
 use super::{ACCEPT, BUCKET, base, get_manifest};
 
 /// `n` replicas on `prefix` of the bucket, listing each other in
@@ -23,16 +25,39 @@ pub async fn cluster_with(
     peers: bool,
     extra: &[&str],
 ) -> (Vec<Served>, tempfile::TempDir) {
+    let yaml = Yaml::default();
+    cluster_configured(n, upstream, s3, prefix, peers, extra, &yaml).await
+}
+
+/// Configuration beyond the bucket and the peer list.
+#[derive(Default)]
+struct Yaml {
+    /// Top-level sections (`tls:`).
+    top: String,
+    /// Lines inside `cluster:` (indented by two).
+    cluster: String,
+}
+
+async fn cluster_configured(
+    n: usize,
+    upstream: &str,
+    s3: &S3Server,
+    prefix: &str,
+    peers: bool,
+    extra: &[&str],
+    more: &Yaml,
+) -> (Vec<Served>, tempfile::TempDir) {
     let work = tempfile::tempdir().expect("work dir");
     let listens: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", binary::free_port())).collect();
-    let mut yaml = s3.storage_yaml(BUCKET, prefix, None);
+    let mut yaml = format!("{}{}", more.top, s3.storage_yaml(BUCKET, prefix, None));
     if peers {
         let key = work.path().join("cluster.key");
         std::fs::write(&key, "a-secret-the-replicas-share-0123456789\n").expect("key");
         yaml.push_str(&format!(
-            "cluster:\n  peers: [{}]\n  keyFile: {}\n",
+            "cluster:\n  peers: [{}]\n  keyFile: {}\n{}",
             listens.join(", "),
-            key.display()
+            key.display(),
+            more.cluster
         ));
     }
     let config = work.path().join("config.yaml");
@@ -284,5 +309,85 @@ async fn with_peers_a_blob_fetched_for_one_repository_is_not_served_for_another(
         let got = client::get(url).await;
         assert_eq!(got.status, StatusCode::OK, "replica {i}: {}", rs[i].log_text());
         assert_eq!(got.bytes(), layer.bytes);
+    }
+}
+
+/// A counter's value in a `/metrics` text (0 when absent).
+async fn counter(r: &Served, series: &str) -> f64 {
+    let text = client::get(&format!("http://{}/metrics", r.admin)).await.bytes();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
+/// Replicas whose listeners speak TLS reach each other over TLS and check
+/// the leader's certificate against `cluster.caFile`: trusted, the
+/// follower relays the blob; untrusted (control), it refuses the leader
+/// and falls back to the bucket's lease. One upstream GET either way, and
+/// skopeo gets the image through both replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_peers_over_tls_the_follower_checks_the_leaders_certificate() {
+    support::require_tool("skopeo");
+    let ca = Ca::new("Portcullis replicas CA");
+    let certs = tempfile::tempdir().expect("certs");
+    let (cert, key) = write_pair(certs.path(), "replica", &ca.leaf("replica", &["127.0.0.1"], false));
+    let ca_file = certs.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("ca");
+    for (trusted, seed) in [(false, 1080), (true, 1081)] {
+        let (fake, layer, s3) = slow_layer("test/tls", 2 << 20, seed, Duration::from_millis(20)).await;
+        let yaml = Yaml {
+            top: format!("tls:\n  cert: {}\n  key: {}\n", cert.display(), key.display()),
+            cluster: if trusted {
+                format!("  caFile: {}\n", ca_file.display())
+            } else {
+                String::new()
+            },
+        };
+        let (rs, _work) = cluster_configured(2, &fake.url(), &s3, "tls/", true, &["--integrity-only"], &yaml).await;
+        let mut copied = Vec::new();
+        let handles: Vec<_> = rs
+            .iter()
+            .map(|r| {
+                let src = format!("docker://{}/test/tls:v1", r.listen);
+                let hex = layer.digest.hex().to_owned();
+                tokio::spawn(async move {
+                    let dest = tempfile::tempdir().expect("dest");
+                    let dir = format!("dir:{}", dest.path().display());
+                    support::skopeo_copy_exact(&src, &dir, Duration::from_secs(120)).await?;
+                    std::fs::read(dest.path().join(hex)).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            let got = h
+                .await
+                .expect("skopeo task")
+                .unwrap_or_else(|e| panic!("replica {i}: {e}\n{}", rs[i].log_text()));
+            copied.push(got);
+        }
+        assert!(
+            copied.iter().all(|c| *c == layer.bytes),
+            "the layer, byte for byte, through both replicas"
+        );
+        assert_eq!(fake.blob_gets("test/tls", &layer.digest), 1, "trusted: {trusted}");
+        let mut relayed = 0.0;
+        let mut fallbacks = 0.0;
+        for r in &rs {
+            relayed += counter(r, "portcullis_cluster_peer_received_bytes_total").await;
+            fallbacks += counter(r, "portcullis_cluster_peer_fallbacks_total").await;
+        }
+        if trusted {
+            assert!(relayed >= layer.bytes.len() as f64, "relayed {relayed} bytes");
+            assert_eq!(fallbacks, 0.0, "a trusted leader is always asked");
+        } else {
+            assert_eq!(relayed, 0.0, "an untrusted leader's bytes are never taken");
+            assert!(fallbacks >= 1.0, "the follower fell back to the lease");
+            let logs: String = rs.iter().map(Served::log_text).collect();
+            assert!(
+                logs.contains("leading replica unavailable") && logs.contains("UnknownIssuer"),
+                "the log names the certificate the follower refused:\n{logs}"
+            );
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! - `distribution`: the real CNCF Distribution registry (`docker-registry`).
 //! - `containerd`: containerd on its own socket, driven with `ctr`.
 //! - `s3`: a real S3 server (s3s-fs) in-process on a loopback port.
+//! - `tls`: a CA and the certificates it signs (rcgen), as PEM files.
 #![allow(dead_code)]
 
 pub mod admission;
@@ -22,6 +23,7 @@ pub mod fake;
 pub mod images;
 pub mod proxy;
 pub mod s3;
+pub mod tls;
 
 /// Fail with a clear message when a required external tool is missing;
 /// tests never skip silently.
