@@ -568,21 +568,10 @@ impl Downloader {
                 self.metrics.peer_bytes(),
             )
             .await?;
-        let (store, d, length) = (self.store.clone(), self.digest.clone(), body.length);
-        let relay = blocking(move || {
-            let mut relay = store.relay_file(&d)?;
-            if let Some(len) = length.filter(|&len| len > 0) {
-                crate::store::SpoolWriter::reserve(&mut relay, len)?;
-            }
-            Ok(relay)
-        });
-        let length = body.length;
-        let relay = relay.await.map_err(|e| self.uncacheable(e, length));
-        let streamed = match relay.and_then(|relay| {
-            let reader =
-                SpoolWriter::reader(&relay).map_err(|e| self.uncacheable(Error::Store(Arc::new(e)), length))?;
-            Ok((relay, reader))
-        }) {
+        let streamed = match self
+            .open_spool(body.length, |store, digest| store.relay_file(digest))
+            .await
+        {
             Ok((relay, reader)) => self.stream(spool, body, relay, reader).await,
             Err(e) => Err(e),
         };
@@ -651,9 +640,24 @@ impl Downloader {
     /// hash's proof with the fully written file, ready to commit.
     async fn fetch(&self, spool: &Arc<Spool<Error>>) -> Result<(DigestMatched, BlobWriter), Error> {
         let upstream = self.target.registry.get_blob(&self.target.repo, &self.digest).await?;
-        let (store, d, length) = (self.store.clone(), self.digest.clone(), upstream.length);
+        let (writer, reader) = self
+            .open_spool(upstream.length, |store, digest| store.blobs.writer(digest))
+            .await?;
+        self.stream(spool, upstream, writer, reader).await
+    }
+
+    /// Create the spool file a download writes through (`create`),
+    /// reserving `length` bytes, and a reader that follows it. A storage
+    /// failure here comes before any byte streamed: it is recorded, and the
+    /// download's requests pass through ([`Error::Uncacheable`]).
+    async fn open_spool<W: SpoolWriter>(
+        &self,
+        length: Option<u64>,
+        create: impl FnOnce(&crate::store::Store, &Digest) -> Result<W, crate::store::StoreError> + Send + 'static,
+    ) -> Result<(W, std::fs::File), Error> {
+        let (store, d) = (self.store.clone(), self.digest.clone());
         let writer = blocking(move || {
-            let mut writer = store.blobs.writer(&d)?;
+            let mut writer = create(&store, &d)?;
             // fallocate refuses a zero length (EINVAL); nothing to reserve.
             if let Some(len) = length.filter(|&len| len > 0) {
                 writer.reserve(len)?;
@@ -661,12 +665,11 @@ impl Downloader {
             Ok(writer)
         })
         .await
-        // No byte streamed yet: this download's requests pass through.
         .map_err(|e| self.uncacheable(e, length))?;
         let reader = writer
             .reader()
             .map_err(|e| self.uncacheable(Error::Store(Arc::new(e)), length))?;
-        self.stream(spool, upstream, writer, reader).await
+        Ok((writer, reader))
     }
 
     /// Publish `upstream`'s chunks to the spool while one thread hashes

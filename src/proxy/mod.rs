@@ -211,13 +211,18 @@ impl Proxy {
     /// (`None`: not an upstream of this proxy): every command that names
     /// an image builds its [`Target`] here.
     pub fn target(&self, host: &str, repo: &RepoName) -> Option<Target> {
-        let upstream = self.config.upstream_by_host(host)?;
-        let registry = self.registries.get(&upstream.host)?.clone();
+        let (upstream, registry) = self.upstream(host)?;
         Some(Target {
             registry,
             repo: upstream.upstream_repo(repo),
             client_name: repo.to_string(),
         })
+    }
+
+    /// The allow-listed upstream `host` and its client.
+    fn upstream(&self, host: &str) -> Option<(&Arc<crate::config::Upstream>, Arc<Registry>)> {
+        let upstream = self.config.upstream_by_host(host)?;
+        Some((upstream, self.registries.get(&upstream.host)?.clone()))
     }
 
     pub fn registries(&self) -> &Registries {

@@ -23,11 +23,9 @@ impl Proxy {
     /// `repo` as the upstream `host` names it (a peer sends the upstream's
     /// repository name, already mapped).
     fn peer_target(&self, host: &RegistryHost, repo: &RepoName) -> Result<Target, Error> {
-        let not_ours = || Error::Denied {
+        let (_, registry) = self.upstream(host.as_str()).ok_or_else(|| Error::Denied {
             message: format!("{host} is not an upstream of this replica"),
-        };
-        let upstream = self.config.upstream_by_host(host.as_str()).ok_or_else(not_ours)?;
-        let registry = self.registries.get(&upstream.host).ok_or_else(not_ours)?.clone();
+        })?;
         Ok(Target {
             registry,
             repo: repo.clone(),
