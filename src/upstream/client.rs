@@ -48,28 +48,35 @@ fn base_roots() -> &'static RootCertStore {
     })
 }
 
+/// The TLS client configuration of every outgoing connection (upstreams,
+/// peer replicas): webpki and native roots plus the PEM certificates of
+/// `ca_file`, aws-lc-rs, no client certificate.
+pub fn tls_client_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = base_roots().clone();
+    if let Some(ca) = ca_file {
+        let certs =
+            CertificateDer::pem_file_iter(ca).map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("bad PEM in {}: {e}", ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 pub(super) fn build(upstream: &Upstream, policy: &UpstreamPolicy) -> Result<HttpClient, Error> {
     let setup = |message: String| Error::Setup {
         host: upstream.host.to_string(),
         message,
     };
-    let mut roots = base_roots().clone();
-    if let Some(ca) = &upstream.ca_file {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .map_err(|e| setup(format!("cannot read CA file {}: {e}", ca.display())))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| setup(format!("bad PEM in {}: {e}", ca.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| setup(format!("bad CA certificate in {}: {e}", ca.display())))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| setup(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = tls_client_config(upstream.ca_file.as_deref()).map_err(setup)?;
     let http = GuardedConnector::new(DestinationGuard::for_upstream(upstream), |http| {
         http.enforce_http(false);
         http.set_connect_timeout(Some(policy.connect_timeout));

@@ -16,7 +16,7 @@ mod realms;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use client::error_chain;
+pub use client::{error_chain, tls_client_config};
 pub use error::{Error, FailureClass};
 pub use fetch::{BlobResponse, ManifestHead, TagsPage};
 pub use push::{Mount, Upload};
