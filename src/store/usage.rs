@@ -40,9 +40,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use self::index::{PINS, Snapshot, USAGE, UsageFile, backoff, merge, read_json, read_pins, write_json};
+use self::index::{PINS, Snapshot, USAGE, UsageFile, merge, read_json, read_pins, until_written, write_json};
 use super::StoreError;
-use super::backend::{Backend, BackendError, Key, PutMode, Written};
+use super::backend::{Backend, Key, PutMode, Written};
 use super::blobs::{AREA, BlobStore};
 use crate::oci::Digest;
 
@@ -60,10 +60,6 @@ pub const DEFAULT_SHARED_GRACE: Duration = Duration::from_secs(180);
 /// How long the index remembers an eviction (milliseconds): far longer than
 /// any replica goes between flushes.
 pub const TOMBSTONE_KEEP: u64 = 60 * 60 * 1000;
-
-/// Conditional writes of one index before giving up (each conflict means
-/// another replica wrote in between).
-const ATTEMPTS: u32 = 12;
 
 /// On a shared store, the merge before an eviction is skipped if one landed
 /// this recently (milliseconds): commits past the cap come in bursts, and
@@ -380,8 +376,7 @@ impl Usage {
     /// Read, merge, write conditionally; on a conflict read and merge
     /// again. The merged times and removals then flow into this replica.
     fn sync(&self) -> Result<(), StoreError> {
-        let key = Key::fixed(USAGE);
-        for attempt in 0..ATTEMPTS {
+        until_written(USAGE, || {
             let snapshot = self.snapshot();
             let (stored, version) = match read_json::<UsageFile>(&*self.backend, USAGE)? {
                 Some((file, version)) => (file.unwrap_or_default(), Some(version)),
@@ -390,19 +385,12 @@ impl Usage {
             let now = now_millis();
             let merged = merge(stored, &snapshot, now, self.listed_at);
             let mode = version.map_or(PutMode::Create, PutMode::Update);
-            match write_json(&*self.backend, &key, &merged, mode)? {
-                Written::Done => {
-                    self.adopt(&merged, &snapshot, now);
-                    return Ok(());
-                }
-                Written::Conflict => backoff(attempt),
+            let written = write_json(&*self.backend, &Key::fixed(USAGE), &merged, mode)?;
+            if written == Written::Done {
+                self.adopt(&merged, &snapshot, now);
             }
-        }
-        Err(BackendError::Contended {
-            key: key.to_string(),
-            attempts: ATTEMPTS,
-        }
-        .into())
+            Ok(written)
+        })
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -470,8 +458,7 @@ impl Usage {
     /// Read the stored pins, change them, write them conditionally (again
     /// on a conflict), and keep the result.
     fn change_pins(&self, change: impl Fn(&mut BTreeMap<Digest, String>)) -> Result<(), StoreError> {
-        let key = Key::fixed(PINS);
-        for attempt in 0..ATTEMPTS {
+        until_written(PINS, || {
             let (mut pins, version) = match read_pins(&*self.backend)? {
                 Some((pins, version)) => (pins, Some(version)),
                 None => (BTreeMap::new(), None),
@@ -479,19 +466,12 @@ impl Usage {
             change(&mut pins);
             let file: BTreeMap<String, &String> = pins.iter().map(|(d, why)| (d.to_string(), why)).collect();
             let mode = version.map_or(PutMode::Create, PutMode::Update);
-            match write_json(&*self.backend, &key, &file, mode)? {
-                Written::Done => {
-                    self.state().pins = pins;
-                    return Ok(());
-                }
-                Written::Conflict => backoff(attempt),
+            let written = write_json(&*self.backend, &Key::fixed(PINS), &file, mode)?;
+            if written == Written::Done {
+                self.state().pins = pins;
             }
-        }
-        Err(BackendError::Contended {
-            key: key.to_string(),
-            attempts: ATTEMPTS,
-        }
-        .into())
+            Ok(written)
+        })
     }
 
     pub fn stats(&self) -> UsageStats {

@@ -70,9 +70,32 @@ pub(super) fn merge(stored: UsageFile, snapshot: &Snapshot, now: u64, listed_at:
     }
 }
 
+/// Conditional writes of one index tried before giving up: each conflict
+/// means another replica's write just landed.
+const ATTEMPTS: u32 = 12;
+
+/// Run `attempt` (read, change, conditional write of `key`) until its write
+/// lands, pausing after each conflict; `Contended` if it never does.
+pub(super) fn until_written(
+    key: &'static str,
+    mut attempt: impl FnMut() -> Result<Written, StoreError>,
+) -> Result<(), StoreError> {
+    for n in 0..ATTEMPTS {
+        if attempt()? == Written::Done {
+            return Ok(());
+        }
+        backoff(n);
+    }
+    Err(BackendError::Contended {
+        key: key.to_owned(),
+        attempts: ATTEMPTS,
+    }
+    .into())
+}
+
 /// A short random pause after a lost conditional write, growing with the
 /// attempt, so racing replicas spread out.
-pub(super) fn backoff(attempt: u32) {
+fn backoff(attempt: u32) {
     let base = 5u64 << attempt.min(6);
     std::thread::sleep(Duration::from_millis(base + fastrand::u64(..=base)));
 }
