@@ -203,3 +203,18 @@ manifest = json.dumps({
 open(f"{w}/{name}.manifest.json", "wb").write(manifest)
 PY
 }
+
+# allow_all_policy DIR: a policy directory whose one rule allows everything
+# (`static: allow`), for benchmarks that measure copying or watching, not
+# signature checks.
+allow_all_policy() {
+    mkdir -p "$1"
+    cat >"$1/allow.yaml" <<'YML'
+apiVersion: portcullis.dev/v1alpha1
+kind: Policy
+rules:
+  - name: bench
+    match: { repositories: ["**"] }
+    static: allow
+YML
+}

@@ -53,15 +53,7 @@ push_blob bench/app "$W/layer.bin"
 push_blob bench/app "$W/app.config.json"
 push_manifest bench/app v1 "$W/app.manifest.json"
 
-mkdir -p "$W/policies"
-cat >"$W/policies/allow.yaml" <<'YML'
-apiVersion: portcullis.dev/v1alpha1
-kind: Policy
-rules:
-  - name: bench
-    match: { repositories: ["**"] }
-    static: allow
-YML
+allow_all_policy "$W/policies"
 cat >"$W/portcullis.yaml" <<YML
 dataDir: $W/data
 upstreams:

@@ -62,15 +62,7 @@ for t in range(tags):
         sys.exit(f"PUT t{t:04d}: {r.status}")
 PY
 
-mkdir -p "$W/policies"
-cat >"$W/policies/allow.yaml" <<'YML'
-apiVersion: portcullis.dev/v1alpha1
-kind: Policy
-rules:
-  - name: bench
-    match: { repositories: ["**"] }
-    static: allow
-YML
+allow_all_policy "$W/policies"
 tag_list=$(python3 -c "print(', '.join(f't{t:04d}' for t in range($TAGS)))")
 # config NAME CONCURRENCY URL: writes $W/watch-NAME.yaml (its own data directory)
 config() {

@@ -189,14 +189,21 @@ fn remote(n: usize, client: &Arc<object_store::aws::AmazonS3>, backend: &Arc<dyn
         },
     )
     .expect("reopen with a cap");
+    time_gc(&capped, "s3: evict {} blobs in one pass (bulk delete)");
+}
+
+/// Evict down to the store's cap now and print how long it took, under
+/// `label` (its `{}` is the number of blobs evicted).
+fn time_gc(store: &Store, label: &str) {
     let started = Instant::now();
-    let evicted = capped.gc().expect("gc");
+    let evicted = store.gc().expect("gc");
     let elapsed = started.elapsed();
+    let n = evicted.blobs.len();
     println!(
-        "s3: evict {} blobs in one pass (bulk delete) {:>10.1} ms  ({:.1} µs/blob)",
-        evicted.blobs.len(),
+        "{} {:>10.1} ms  ({:.1} µs/blob)",
+        label.replace("{}", &n.to_string()),
         elapsed.as_secs_f64() * 1e3,
-        elapsed.as_secs_f64() * 1e6 / evicted.blobs.len().max(1) as f64
+        elapsed.as_secs_f64() * 1e6 / n.max(1) as f64
     );
 }
 
@@ -238,13 +245,5 @@ fn local(n: usize) {
         },
     )
     .expect("reopen with a cap");
-    let started = Instant::now();
-    let evicted = capped.gc().expect("gc");
-    let elapsed = started.elapsed();
-    println!(
-        "evict {} blobs in one pass (incl. unlink)   {:>10.1} ms  ({:.1} µs/blob)",
-        evicted.blobs.len(),
-        elapsed.as_secs_f64() * 1e3,
-        elapsed.as_secs_f64() * 1e6 / evicted.blobs.len().max(1) as f64
-    );
+    time_gc(&capped, "evict {} blobs in one pass (incl. unlink)  ");
 }

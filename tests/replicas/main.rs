@@ -96,7 +96,16 @@ async fn a_manifest_admitted_on_one_replica_serves_its_blobs_on_the_others_and_s
     let policies = policy.path().to_string_lossy().into_owned();
     // The replicas know each other: blobs not led by the replica asked are
     // streamed from their leader (`peers.rs` compares with and without).
-    let (rs, _work) = peers::cluster_with(3, &registry.url(), &s3, "cache/", true, &["--policies", &policies]).await;
+    let (rs, _work) = peers::cluster_with(
+        3,
+        &registry.url(),
+        &s3,
+        "cache/",
+        true,
+        &["--policies", &policies],
+        &peers::Yaml::default(),
+    )
+    .await;
 
     // Control: before any replica admitted the manifest, no grant exists
     // in the bucket and another replica refuses its blobs.
@@ -214,7 +223,16 @@ async fn eight_cold_pulls_over_three_replicas(peers: bool) {
     );
     let s3 = S3Server::start(&[BUCKET]);
     let (rs, _work) = if peers {
-        peers::cluster_with(3, &fake.url(), &s3, "", true, &["--integrity-only"]).await
+        peers::cluster_with(
+            3,
+            &fake.url(),
+            &s3,
+            "",
+            true,
+            &["--integrity-only"],
+            &peers::Yaml::default(),
+        )
+        .await
     } else {
         replicas(3, &fake.url(), &s3, "", &["--integrity-only"]).await
     };

@@ -15,30 +15,19 @@ use super::support::s3::S3Server;
 use super::support::tls::{Ca, write_pair};
 use super::{ACCEPT, BUCKET, base, get_manifest};
 
-/// `n` replicas on `prefix` of the bucket, listing each other in
-/// `cluster.peers` when `peers` is set, with `extra` flags.
-pub async fn cluster_with(
-    n: usize,
-    upstream: &str,
-    s3: &S3Server,
-    prefix: &str,
-    peers: bool,
-    extra: &[&str],
-) -> (Vec<Served>, tempfile::TempDir) {
-    let yaml = Yaml::default();
-    cluster_configured(n, upstream, s3, prefix, peers, extra, &yaml).await
-}
-
 /// Configuration beyond the bucket and the peer list.
 #[derive(Default)]
-struct Yaml {
+pub struct Yaml {
     /// Top-level sections (`tls:`).
     top: String,
     /// Lines inside `cluster:` (indented by two).
     cluster: String,
 }
 
-async fn cluster_configured(
+/// `n` replicas on `prefix` of the bucket, listing each other in
+/// `cluster.peers` when `peers` is set, with `extra` flags and `more`
+/// configuration.
+pub async fn cluster_with(
     n: usize,
     upstream: &str,
     s3: &S3Server,
@@ -82,7 +71,7 @@ async fn cluster(
     prefix: &str,
     peers: bool,
 ) -> (Vec<Served>, tempfile::TempDir) {
-    cluster_with(n, upstream, s3, prefix, peers, &["--integrity-only"]).await
+    cluster_with(n, upstream, s3, prefix, peers, &["--integrity-only"], &Yaml::default()).await
 }
 
 /// The fake upstream with a one-layer image under `repo:v1` whose layer is
@@ -344,7 +333,7 @@ async fn with_peers_over_tls_the_follower_checks_the_leaders_certificate() {
                 String::new()
             },
         };
-        let (rs, _work) = cluster_configured(2, &fake.url(), &s3, "tls/", true, &["--integrity-only"], &yaml).await;
+        let (rs, _work) = cluster_with(2, &fake.url(), &s3, "tls/", true, &["--integrity-only"], &yaml).await;
         let mut copied = Vec::new();
         let handles: Vec<_> = rs
             .iter()
